@@ -1,0 +1,24 @@
+"""fleetsim: a discrete-event capacity simulator for LLM inference fleets.
+
+import sim
+result = sim.run(sim.compose(["fleet.replicas=2"]))
+result.summary["slo_attainment"]
+"""
+
+from sim.config import Config
+from sim.errors import ConfigError, TraceError, UserError
+
+__version__ = "0.1.0"
+__all__ = ["Config", "ConfigError", "Result", "TraceError", "UserError", "compose", "run"]
+
+
+def __getattr__(name: str):  # keep `import sim` light: SimPy, pandas and Hydra load on use
+    if name in ("run", "Result"):
+        from sim import runner
+
+        return getattr(runner, name)
+    if name == "compose":
+        from sim.cli import compose
+
+        return compose
+    raise AttributeError(f"module 'sim' has no attribute {name!r}")

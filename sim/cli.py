@@ -1,0 +1,130 @@
+"""The `fleetsim` command: a Hydra app around `sim.run`.
+
+`fleetsim [overrides]` runs one scenario into Hydra's run directory; `fleetsim -m ...` sweeps.
+Bad input (an unknown config option, a value of the wrong type, a value that fails validation)
+prints one line naming the key and exits with code 2; anything else is a bug and keeps its
+traceback. This module, the config store registration and the sweep callback are the only
+places that import Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sim.config import Config, to_config
+from sim.errors import UserError
+
+EXIT_USAGE = 2
+
+
+def conf_dir() -> str:
+    """The config directory: inside the installed package, or `conf/` of a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"fleetsim configs not found next to {here}")
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Config:
+    """The validated-type Config the command line would build from these overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        node = hydra_compose(config_name=config_name, overrides=list(overrides))
+    return to_config(node)
+
+
+def _fmt(value: float, unit: str = "", digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}g}{unit}"
+
+
+def format_summary(summary: dict, cfg: Config) -> str:
+    s = summary
+    slo = cfg.slo
+    verdict = "MET" if s["slo_met"] else "MISSED"
+    lines = [
+        f"fleetsim: {cfg.model.name} on {s['max_replicas']} x {s['gpus_per_replica']} {cfg.gpu.name}, "
+        f"workload {cfg.workload.name}, {s['sim_duration_s']:.0f} s simulated in {s['wall_time_s']:.2f} s",
+        f"  requests   {s['n_requests']} (gpu {s['n_gpu']}, api {s['n_api']}, rejected {s['n_rejected']})",
+        f"  TTFT       p50 {_fmt(s['ttft_p50'], ' s')}   p99 {_fmt(s['ttft_p99'], ' s')}   (SLO {slo.ttft_s:g} s)",
+        f"  TPOT       p50 {_fmt(s['tpot_p50'] and s['tpot_p50'] * 1e3, ' ms')}   "
+        f"p99 {_fmt(s['tpot_p99'] and s['tpot_p99'] * 1e3, ' ms')}   (SLO {slo.tpot_s * 1e3:g} ms)",
+        f"  SLO        {verdict}: attainment {s['slo_attainment']:.1%} (target {slo.attainment:.0%}, "
+        f"p{slo.percentile:g})",
+        f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}), "
+        f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour",
+        f"  GPUs       utilisation {s['gpu_utilization']:.1%} (busy {s['gpu_busy']:.1%} of the time)",
+    ]
+    return "\n".join(lines)
+
+
+def _task(node) -> None:  # the Hydra task function
+    from hydra.core.hydra_config import HydraConfig
+
+    from sim.runner import run
+
+    out = HydraConfig.get().runtime.output_dir
+    try:
+        result = run(node)
+    except UserError as exc:
+        print(f"fleetsim: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    result.save(out)
+    print(format_summary(result.summary, result.config))
+    print(f"  outputs    {out}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf composition errors as one line."""
+    text = str(exc).strip()
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text}: {str(cause).strip()}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        if ln.startswith(("full_key", "object_type", "reference_type", "Config search path", "Set the environment")):
+            continue
+        if ln.startswith(("provider=", "pkg://", "file://")):
+            continue
+        keep.append(ln)
+    return " ".join(keep)[:400]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    register_configs()
+    user_wants_trace = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of exit(1)
+    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(_task)
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException, UserError) as exc:
+        if user_wants_trace:
+            raise
+        print(f"fleetsim: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,364 @@
+"""Typed configuration: the schema of every config group and the checks run before simulating.
+
+The dataclasses are the single source of truth for config keys. Hydra composes YAML files from
+`conf/` onto them (see `sim.cli`); the Python API accepts an instance, a nested dict or an
+OmegaConf node. `validate` raises `ConfigError` naming the key, the value and what is allowed.
+Nothing here changes a config after it has been validated.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.errors import ConfigError
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class LengthConfig:
+    """A token-length model: `dist` plus the parameters that distribution uses."""
+
+    dist: str = "fixed"  # fixed | uniform | lognormal | empirical
+    mean: float | None = None  # fixed: the value; lognormal: the mean
+    p99: float | None = None  # lognormal: 99th percentile
+    low: int | None = None  # uniform: inclusive bounds
+    high: int | None = None
+    path: str | None = None  # empirical: CSV/Parquet lengths table
+    column: str | None = None  # empirical: column to resample
+    scale: float = 1.0  # multiplies every sampled length (what-if)
+
+
+@dataclass
+class WorkloadConfig:
+    name: str = "steady"
+    arrival: str = "poisson"  # poisson | uniform (evenly spaced)
+    rate: float = 10.0  # mean arrivals per second
+    duration_s: float = 600.0  # horizon of generated arrivals
+    prompt_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=1000.0, p99=4000.0))
+    output_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=250.0, p99=1000.0))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "llama3-8b"
+    params_b: float = 8.03  # total parameters, billions
+    active_params_b: float | None = None  # parameters used per token (MoE); default: params_b
+    flop_params_b: float | None = None  # parameters in per-token matmuls; default: active
+    layers: int = 32
+    hidden: int = 4096
+    heads: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    experts: int = 0  # routed experts per MoE layer (0: dense model)
+    experts_per_token: int = 0
+    max_position: int = 131072  # longest context the model supports
+    weight_dtype: str = "bf16"  # bf16 | fp8 | int4
+
+
+@dataclass
+class GpuConfig:
+    name: str = "h100"
+    memory_gib: float = 80.0
+    mem_bw_tbps: float = 3.35  # HBM bandwidth, 1e12 B/s
+    bf16_tflops: float = 989.0  # dense
+    fp8_tflops: float | None = 1979.0  # dense; None where the GPU has no FP8 tensor cores
+    link_gbps: float = 450.0  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
+    allreduce_latency_us: float = 10.0  # per all-reduce, small messages
+    max_tp: int = 8  # GPUs per node that can form one TP group
+    price_per_hour: float = 2.69  # $ per GPU-hour
+
+
+@dataclass
+class EngineConfig:
+    name: str = "vllm"
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    enable_chunked_prefill: bool = True
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    reserve_gib: float = 3.5  # non-KV memory per GPU: activations, CUDA graphs, NCCL
+    tensor_parallel_size: int = 1
+    kv_cache_dtype: str = "auto"  # auto (= bf16) | bf16 | fp8
+    max_model_len: int | None = None  # default: min(model.max_position, KV capacity)
+    fast_forward: bool = True
+    prefix_caching: bool = False
+    # performance model (roofline); defaults from scripts/calibrate.py
+    eta_weights: float = 0.8
+    eta_kv: float = 0.85
+    eta_flops: float = 0.5
+    step_overhead_ms: float = 1.0
+    perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
+
+
+@dataclass
+class FleetConfig:
+    name: str = "fixed"
+    replicas: int = 1
+    router: str = "least_outstanding"
+
+
+@dataclass
+class ApiConfig:
+    name: str = "none"
+
+
+@dataclass
+class SloConfig:
+    name: str = "chat"
+    ttft_s: float = 1.0
+    tpot_s: float = 0.05
+    percentile: float = 95.0
+    attainment: float = 0.95
+
+
+@dataclass
+class OutputConfig:
+    timeseries_interval_s: float = 60.0
+    plots: bool = True
+    requests: bool = True  # write requests.parquet
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+# ----------------------------------------------------------------------------- building
+
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
+KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
+ARRIVALS = ("poisson", "uniform")
+LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
+ROUTERS = ("least_outstanding", "round_robin")
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
+
+
+def to_config(obj: Any) -> Config:
+    """Return a `Config` from a Config, a nested dict or an OmegaConf node (type-checked)."""
+    if isinstance(obj, Config):
+        return obj
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), obj)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        first = str(exc).splitlines()[0]
+        raise ConfigError(key, getattr(exc, "value", None) or "?", first) from None
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _positive(value: float | None, key: str, *, integer: bool = False) -> None:
+    kind = "a positive integer" if integer else "a positive number"
+    _check(value is not None and math.isfinite(value) and value > 0, key, value, f"must be {kind}")
+
+
+def _fraction(value: float, key: str) -> None:
+    _check(0 < value <= 1, key, value, "must be in (0, 1]")
+
+
+def validate_length(lc: LengthConfig, key: str) -> None:
+    _check(lc.dist in LENGTH_DISTS, f"{key}.dist", lc.dist, f"must be one of {', '.join(LENGTH_DISTS)}")
+    _positive(lc.scale, f"{key}.scale")
+    if lc.dist == "fixed":
+        _check(lc.mean is not None and lc.mean >= 1, f"{key}.mean", lc.mean, "fixed lengths need mean >= 1")
+    elif lc.dist == "uniform":
+        _check(lc.low is not None and lc.low >= 1, f"{key}.low", lc.low, "uniform lengths need low >= 1")
+        _check(
+            lc.high is not None and lc.high >= lc.low,  # type: ignore[operator]
+            f"{key}.high",
+            lc.high,
+            f"uniform lengths need high >= low ({lc.low})",
+        )
+    elif lc.dist == "lognormal":
+        _check(lc.mean is not None and lc.mean >= 1, f"{key}.mean", lc.mean, "lognormal lengths need mean >= 1")
+        _check(
+            lc.p99 is not None and lc.p99 > lc.mean,  # type: ignore[operator]
+            f"{key}.p99",
+            lc.p99,
+            f"lognormal lengths need p99 > mean ({lc.mean})",
+        )
+    elif lc.dist == "empirical":
+        _check(bool(lc.path), f"{key}.path", lc.path, "empirical lengths need a CSV or Parquet path")
+        _check(Path(str(lc.path)).is_file(), f"{key}.path", lc.path, "file not found")
+
+
+def length_upper_bound(lc: LengthConfig) -> float | None:
+    """Largest length the model can draw, or None when it is unbounded or data-driven."""
+    if lc.dist == "fixed" and lc.mean is not None:
+        return max(1, round(lc.mean * lc.scale))
+    if lc.dist == "uniform" and lc.high is not None:
+        return max(1, round(lc.high * lc.scale))
+    return None
+
+
+def validate(cfg: Config) -> None:
+    """Check every value before simulating; raise ConfigError on the first bad one."""
+    _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+
+    w = cfg.workload
+    _check(w.arrival in ARRIVALS, "workload.arrival", w.arrival, f"must be one of {', '.join(ARRIVALS)}")
+    _positive(w.rate, "workload.rate")
+    _positive(w.duration_s, "workload.duration_s")
+    validate_length(w.prompt_tokens, "workload.prompt_tokens")
+    validate_length(w.output_tokens, "workload.output_tokens")
+
+    m = cfg.model
+    _positive(m.params_b, "model.params_b")
+    for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "max_position"):
+        _positive(getattr(m, key), f"model.{key}", integer=True)
+    _check(m.heads % m.kv_heads == 0, "model.kv_heads", m.kv_heads, f"must divide model.heads ({m.heads})")
+    if m.active_params_b is not None:
+        _positive(m.active_params_b, "model.active_params_b")
+        _check(
+            m.active_params_b <= m.params_b,
+            "model.active_params_b",
+            m.active_params_b,
+            f"must not exceed model.params_b ({m.params_b})",
+        )
+    if m.flop_params_b is not None:
+        _positive(m.flop_params_b, "model.flop_params_b")
+    _check(m.experts >= 0, "model.experts", m.experts, "must be >= 0 (0 for a dense model)")
+    if m.experts:
+        _check(
+            1 <= m.experts_per_token < m.experts,
+            "model.experts_per_token",
+            m.experts_per_token,
+            f"must be in [1, model.experts={m.experts})",
+        )
+        _check(
+            m.active_params_b is not None and m.active_params_b < m.params_b,
+            "model.active_params_b",
+            m.active_params_b,
+            "an MoE model (experts > 0) needs active_params_b < params_b",
+        )
+    _check(
+        m.weight_dtype in WEIGHT_BYTES,
+        "model.weight_dtype",
+        m.weight_dtype,
+        f"must be one of {', '.join(WEIGHT_BYTES)}",
+    )
+
+    g = cfg.gpu
+    for key in ("memory_gib", "mem_bw_tbps", "bf16_tflops", "link_gbps"):
+        _positive(getattr(g, key), f"gpu.{key}")
+    if g.fp8_tflops is not None:
+        _positive(g.fp8_tflops, "gpu.fp8_tflops")
+    _check(g.allreduce_latency_us >= 0, "gpu.allreduce_latency_us", g.allreduce_latency_us, "must be >= 0")
+    _positive(g.max_tp, "gpu.max_tp", integer=True)
+    _check(g.price_per_hour >= 0, "gpu.price_per_hour", g.price_per_hour, "must be >= 0 ($ per GPU-hour)")
+
+    e = cfg.engine
+    _positive(e.max_num_seqs, "engine.max_num_seqs", integer=True)
+    _check(
+        e.max_num_batched_tokens >= e.max_num_seqs,
+        "engine.max_num_batched_tokens",
+        e.max_num_batched_tokens,
+        f"must be >= engine.max_num_seqs ({e.max_num_seqs})",
+    )
+    _check(e.block_size in BLOCK_SIZES, "engine.block_size", e.block_size, f"must be one of {BLOCK_SIZES}")
+    _fraction(e.gpu_memory_utilization, "engine.gpu_memory_utilization")
+    _check(e.reserve_gib >= 0, "engine.reserve_gib", e.reserve_gib, "must be >= 0")
+    tp = e.tensor_parallel_size
+    _check(
+        tp >= 1 and tp & (tp - 1) == 0 and tp <= g.max_tp,
+        "engine.tensor_parallel_size",
+        tp,
+        f"must be a power of two from 1 to gpu.max_tp={g.max_tp} ({g.name})",
+    )
+    _check(m.heads % tp == 0, "engine.tensor_parallel_size", tp, f"must divide model.heads ({m.heads})")
+    _check(
+        e.kv_cache_dtype in KV_BYTES,
+        "engine.kv_cache_dtype",
+        e.kv_cache_dtype,
+        f"must be one of {', '.join(KV_BYTES)}",
+    )
+    for key in ("eta_weights", "eta_kv", "eta_flops"):
+        _fraction(getattr(e, key), f"engine.{key}")
+    _check(e.step_overhead_ms >= 0, "engine.step_overhead_ms", e.step_overhead_ms, "must be >= 0")
+    if e.perf_table is not None:
+        _check(Path(e.perf_table).is_file(), "engine.perf_table", e.perf_table, "file not found")
+    if e.max_model_len is not None:
+        _positive(e.max_model_len, "engine.max_model_len", integer=True)
+        _check(
+            e.max_model_len <= m.max_position,
+            "engine.max_model_len",
+            e.max_model_len,
+            f"must not exceed model.max_position ({m.max_position})",
+        )
+
+    # Memory: the weights must fit and leave room for KV (imported here: plain arithmetic).
+    from sim.kvcache import memory_plan
+
+    plan = memory_plan(m, g, e)
+    per_gpu = plan.weight_bytes_per_gpu / 2**30
+    usable = g.memory_gib * e.gpu_memory_utilization - e.reserve_gib
+    _check(
+        plan.kv_blocks > 0,
+        "model.params_b",
+        m.params_b,
+        f"{m.name} weights need {per_gpu:.1f} GiB per GPU ({m.weight_dtype}, TP={tp}) but {g.name} "
+        f"leaves {usable:.1f} GiB (memory x utilisation - reserve); raise engine.tensor_parallel_size "
+        "or use a smaller model.weight_dtype",
+    )
+    if e.max_model_len is not None:
+        _check(
+            e.max_model_len <= plan.kv_tokens,
+            "engine.max_model_len",
+            e.max_model_len,
+            f"exceeds the KV cache ({plan.kv_tokens} tokens for {m.name} on {tp}x{g.name}); "
+            "lower it or add memory (TP, KV dtype)",
+        )
+    if not e.enable_chunked_prefill:
+        _check(
+            e.max_num_batched_tokens >= plan.max_model_len,
+            "engine.max_num_batched_tokens",
+            e.max_num_batched_tokens,
+            f"without chunked prefill must be >= max_model_len ({plan.max_model_len}); "
+            "set engine.max_model_len lower or enable chunked prefill",
+        )
+    for key in ("prompt_tokens", "output_tokens"):
+        bound = length_upper_bound(getattr(w, key))
+        limit = plan.max_model_len if key == "prompt_tokens" else plan.max_model_len - 1
+        _check(
+            bound is None or bound <= limit,
+            f"workload.{key}",
+            bound,
+            f"every request would exceed the context limit: at most {limit} tokens fit "
+            f"(max_model_len {plan.max_model_len}, KV cache {plan.kv_tokens} tokens)",
+        )
+
+    f = cfg.fleet
+    _positive(f.replicas, "fleet.replicas", integer=True)
+    _check(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
+
+    _check(cfg.api.name == "none", "api.name", cfg.api.name, "only 'none' is available")
+
+    s = cfg.slo
+    _positive(s.ttft_s, "slo.ttft_s")
+    _positive(s.tpot_s, "slo.tpot_s")
+    _check(0 < s.percentile <= 100, "slo.percentile", s.percentile, "must be in (0, 100]")
+    _check(0 <= s.attainment <= 1, "slo.attainment", s.attainment, "must be in [0, 1]")
+
+    _positive(cfg.output.timeseries_interval_s, "output.timeseries_interval_s")

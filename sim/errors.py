@@ -1,0 +1,41 @@
+"""User-facing errors: bad configuration values, malformed traces, bad CLI input.
+
+Each one carries a single-line message that names what is wrong and where. The command line
+prints it and exits with code 2, without a traceback; anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user; the message is one line and says what to change."""
+
+
+class ConfigError(UserError):
+    """A configuration value is invalid: names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, allowed: str):
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{key}={_show(value)}: {allowed}")
+
+
+class TraceError(UserError):
+    """A trace file cannot be read: names the file, the row and the column."""
+
+    def __init__(self, path: str, problem: str, row: int | None = None, column: str | None = None):
+        self.path = path
+        self.row = row
+        self.column = column
+        where = str(path)
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column {column!r}"
+        super().__init__(f"{where}: {problem}")
+
+
+def _show(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,172 @@
+"""Per-request table, time series and summary: every metric defined once (docs/metrics.md).
+
+Plain NumPy/pandas on the records the simulation wrote; nothing here touches SimPy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from sim.config import Config
+from sim.fleet import REASON_NAMES, ROUTE_API, ROUTE_GPU, ROUTE_NAMES, ROUTE_REJECTED, Records
+from sim.workload import Workload
+
+REQUEST_COLUMNS = (
+    "id",
+    "arrival_s",
+    "prompt_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "route",
+    "replica",
+    "queue_s",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "finish_s",
+    "preemptions",
+    "reject_reason",
+)
+
+
+def requests_frame(workload: Workload, rec: Records) -> pd.DataFrame:
+    arrival = workload.arrival_s
+    out = workload.output_tokens
+    served = (rec.route == ROUTE_GPU) | (rec.route == ROUTE_API)
+    ttft = np.where(served, rec.first_token - arrival, np.nan)
+    e2e = np.where(served, rec.finish - arrival, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (e2e - ttft) / (out - 1), np.nan)
+    route_names = np.array([ROUTE_NAMES[k] for k in (ROUTE_GPU, ROUTE_API, ROUTE_REJECTED)])
+    reasons = np.array([REASON_NAMES[k] for k in sorted(REASON_NAMES)])
+    return pd.DataFrame(
+        {
+            "id": np.arange(len(arrival), dtype=np.int64),
+            "arrival_s": arrival,
+            "prompt_tokens": workload.prompt_tokens,
+            "output_tokens": out,
+            "cached_tokens": rec.cached,
+            "route": route_names[rec.route],
+            "replica": rec.replica,
+            "queue_s": rec.start - arrival,
+            "ttft_s": ttft,
+            "tpot_s": tpot,
+            "e2e_s": e2e,
+            "finish_s": rec.finish,
+            "preemptions": rec.preemptions,
+            "reject_reason": reasons[rec.reason],
+        }
+    )
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    values = values[~np.isnan(values)]
+    return float(np.percentile(values, q)) if len(values) else math.nan
+
+
+def slo_mask(df: pd.DataFrame, ttft_s: float, tpot_s: float) -> np.ndarray:
+    """Requests that met both thresholds (one-token outputs have no TPOT to miss)."""
+    ttft = df["ttft_s"].to_numpy()
+    tpot = df["tpot_s"].to_numpy()
+    with np.errstate(invalid="ignore"):
+        return (ttft <= ttft_s) & ((tpot <= tpot_s) | np.isnan(tpot)) & (df["route"].to_numpy() != "rejected")
+
+
+def summarize(
+    cfg: Config,
+    df: pd.DataFrame,
+    *,
+    sim_duration_s: float,
+    busy_s: float,
+    occupancy_s: float,
+    replica_seconds: float,
+    gpu_cost: float,
+    api_cost: float,
+    mean_replicas: float,
+    max_replicas: int,
+    extra: dict | None = None,
+) -> dict:
+    route = df["route"].to_numpy()
+    served = route != "rejected"
+    ttft = df["ttft_s"].to_numpy()
+    tpot = df["tpot_s"].to_numpy()
+    e2e = df["e2e_s"].to_numpy()
+    queue = df["queue_s"].to_numpy()
+    slo = cfg.slo
+    ok = slo_mask(df, slo.ttft_s, slo.tpot_s)
+    n = len(df)
+    attainment = float(ok.mean()) if n else math.nan
+    ttft_q = _pct(ttft, slo.percentile)
+    tpot_q = _pct(tpot, slo.percentile)
+    slo_met = bool(
+        (math.isnan(ttft_q) or ttft_q <= slo.ttft_s)
+        and (math.isnan(tpot_q) or tpot_q <= slo.tpot_s)
+        and attainment >= slo.attainment
+        and served.any()
+    )
+    in_tok = int(df["prompt_tokens"].to_numpy()[served].sum())
+    out_tok = int(df["output_tokens"].to_numpy()[served].sum())
+    total_cost = gpu_cost + api_cost
+    tokens = in_tok + out_tok
+    summary = {
+        "n_requests": n,
+        "n_gpu": int((route == "gpu").sum()),
+        "n_api": int((route == "api").sum()),
+        "n_rejected": int((route == "rejected").sum()),
+        "ttft_p50": _pct(ttft, 50),
+        "ttft_p90": _pct(ttft, 90),
+        "ttft_p99": _pct(ttft, 99),
+        "tpot_p50": _pct(tpot, 50),
+        "tpot_p90": _pct(tpot, 90),
+        "tpot_p99": _pct(tpot, 99),
+        "e2e_p50": _pct(e2e, 50),
+        "e2e_p99": _pct(e2e, 99),
+        "slo_attainment": attainment,
+        "slo_met": slo_met,
+        "gpu_cost": gpu_cost,
+        "api_cost": api_cost,
+        "total_cost": total_cost,
+        "cost_per_mtok": total_cost / tokens * 1e6 if tokens else math.nan,
+        "input_tokens": in_tok,
+        "output_tokens": out_tok,
+        "gpu_utilization": occupancy_s / replica_seconds if replica_seconds else 0.0,
+        "mean_replicas": mean_replicas,
+        "max_replicas": max_replicas,
+        "preemptions": int(df["preemptions"].sum()),
+        "sim_duration_s": sim_duration_s,
+        "wall_time_s": 0.0,  # set by the caller once everything is built
+        # more than the contract asks
+        "ttft_mean": _mean(ttft),
+        "tpot_mean": _mean(tpot),
+        "e2e_mean": _mean(e2e),
+        "queue_mean": _mean(queue),
+        "queue_p99": _pct(queue, 99),
+        "ttft_slo_percentile": ttft_q,
+        "tpot_slo_percentile": tpot_q,
+        "throughput_req_s": float(served.sum() / sim_duration_s) if sim_duration_s else math.nan,
+        "throughput_tok_s": tokens / sim_duration_s if sim_duration_s else math.nan,
+        "cost_per_hour": total_cost / sim_duration_s * 3600 if sim_duration_s else math.nan,
+        "gpu_busy": busy_s / replica_seconds if replica_seconds else 0.0,
+    }
+    summary.update(extra or {})
+    return summary
+
+
+def _mean(values: np.ndarray) -> float:
+    values = values[~np.isnan(values)]
+    return float(values.mean()) if len(values) else math.nan
+
+
+def json_ready(summary: dict) -> dict:
+    """NaN and infinities become null; NumPy scalars become Python numbers."""
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = None
+        out[key] = value
+    return out

@@ -1,0 +1,94 @@
+"""Figures of a run: latency CDFs against the SLO and the fleet timeline.
+
+Uses matplotlib's object API with the Agg canvas (no pyplot state), so plotting is safe inside
+sweep workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from sim.runner import Result
+
+
+def _save(fig: Figure, path: Path) -> None:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+
+
+def _cdf(ax, values: np.ndarray, threshold: float, label: str, unit_scale: float, unit: str, pct: float) -> None:
+    values = np.sort(values[~np.isnan(values)]) * unit_scale
+    if len(values) == 0:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        return
+    y = np.arange(1, len(values) + 1) / len(values)
+    ax.plot(values, y, color="#1f77b4", lw=1.8)
+    ax.axvline(threshold * unit_scale, color="#d62728", ls="--", lw=1.2, label=f"SLO {threshold * unit_scale:g} {unit}")
+    ax.axhline(pct / 100, color="grey", ls=":", lw=1, label=f"p{pct:g}")
+    met = float(np.mean(values <= threshold * unit_scale))
+    ax.set_title(f"{label}: {met:.1%} within SLO")
+    ax.set_xlabel(f"{label} ({unit})")
+    ax.set_ylabel("fraction of requests")
+    ax.set_ylim(0, 1.01)
+    if values[-1] > 0 and values[-1] / max(values[0], 1e-9) > 100:
+        ax.set_xscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+
+
+def latency_cdf(result: Result, path: Path) -> None:
+    df = result.requests
+    slo = result.config.slo
+    fig = Figure(figsize=(11, 4.2))
+    ax1, ax2 = fig.subplots(1, 2)
+    _cdf(ax1, df["ttft_s"].to_numpy(), slo.ttft_s, "TTFT", 1.0, "s", slo.percentile)
+    _cdf(ax2, df["tpot_s"].to_numpy(), slo.tpot_s, "TPOT", 1000.0, "ms", slo.percentile)
+    fig.suptitle(
+        f"{result.config.model.name} on {result.config.gpu.name} - "
+        f"SLO attainment {result.summary['slo_attainment']:.1%} (target {slo.attainment:.0%})"
+    )
+    _save(fig, path)
+
+
+def timeline(result: Result, path: Path) -> None:
+    ts = result.timeseries
+    if ts.empty:
+        return
+    minutes = (ts["time_s"] + ts["interval_s"] / 2) / 60
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(3, 1, sharex=True)
+    ax = axes[0]
+    ax.plot(minutes, ts["arrivals"] / ts["interval_s"], label="arrivals/s", color="#1f77b4")
+    ax.plot(minutes, ts["completions"] / ts["interval_s"], label="completions/s", color="#2ca02c", alpha=0.8)
+    ax.set_ylabel("requests/s")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    ax.plot(minutes, ts["running"], label="running (end of interval)", color="#9467bd")
+    ax.plot(minutes, ts["queued"], label="queued (end of interval)", color="#d62728")
+    ax.plot(minutes, ts["in_system"], label="in system (interval mean)", color="#7f7f7f", ls="--")
+    ax.set_ylabel("requests")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    ax = axes[2]
+    ax.plot(minutes, 100 * ts["kv_util"], label="KV cache used", color="#ff7f0e")
+    ax.plot(minutes, 100 * ts["gpu_busy"], label="GPU busy", color="#8c564b")
+    ax.set_ylabel("% of fleet")
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("simulated time (min)")
+    ax.legend(loc="upper right")
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"Fleet timeline - {int(ts['replicas_active'].max())} replica(s)")
+    _save(fig, path)
+
+
+def save_all(result: Result, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    latency_cdf(result, out / "latency_cdf.png")
+    timeline(result, out / "timeline.png")

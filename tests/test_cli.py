@@ -1,0 +1,119 @@
+"""The command line end to end: outputs, exit codes, one-line errors, the installed configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import ROOT
+
+SUMMARY_KEYS = [
+    "n_requests",
+    "n_gpu",
+    "n_api",
+    "n_rejected",
+    "ttft_p50",
+    "ttft_p90",
+    "ttft_p99",
+    "tpot_p50",
+    "tpot_p90",
+    "tpot_p99",
+    "e2e_p50",
+    "e2e_p99",
+    "slo_attainment",
+    "slo_met",
+    "gpu_cost",
+    "api_cost",
+    "total_cost",
+    "cost_per_mtok",
+    "input_tokens",
+    "output_tokens",
+    "gpu_utilization",
+    "mean_replicas",
+    "max_replicas",
+    "preemptions",
+    "sim_duration_s",
+    "wall_time_s",
+]
+REQUEST_COLUMNS = [
+    "id",
+    "arrival_s",
+    "prompt_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "route",
+    "replica",
+    "queue_s",
+    "ttft_s",
+    "tpot_s",
+    "e2e_s",
+    "finish_s",
+    "preemptions",
+]
+
+
+def fleetsim(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sim", *args], check=False, cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_default_scenario_writes_every_output(tmp_path):
+    out = tmp_path / "run"
+    p = fleetsim("workload.duration_s=120", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "SLO" in p.stdout and "$/M tokens" not in p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(SUMMARY_KEYS) <= set(summary)
+    assert summary["n_requests"] == summary["n_gpu"] > 0
+    assert summary["total_cost"] == pytest.approx(summary["gpu_cost"] + summary["api_cost"])
+    tokens = summary["input_tokens"] + summary["output_tokens"]
+    assert summary["cost_per_mtok"] == pytest.approx(summary["total_cost"] / tokens * 1e6)
+    df = pd.read_parquet(out / "requests.parquet")
+    assert list(df.columns[: len(REQUEST_COLUMNS)]) == REQUEST_COLUMNS
+    assert len(df) == summary["n_requests"]
+    ts = pd.read_csv(out / "timeseries.csv")
+    assert {"time_s", "arrivals", "completions", "queued", "running", "kv_util", "cost_so_far"} <= set(ts.columns)
+    for png in ("latency_cdf.png", "timeline.png"):
+        assert (out / "plots" / png).stat().st_size > 10_000
+    assert (out / ".hydra" / "config.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("gpu=tpu9",), "Could not find 'gpu/tpu9'"),
+        (("workload.rate=abc",), "workload.rate"),
+        (("workload.rate=-1",), "workload.rate"),
+        (("nonsense=1",), "nonsense"),
+        (("model=llama3-70b", "gpu=l40s"), "model.params_b"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, words):
+    p = fleetsim(*args, f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    assert words in lines[0]
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_configs(tmp_path):
+    """An installed console script finds its configs inside the package (sim/conf)."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("fleetsim-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {f"sim/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
+    assert shipped and shipped <= names
+    assert any(n.endswith("entry_points.txt") for n in names)

@@ -1,0 +1,221 @@
+"""Model tests: the engine against queueing theory, conservation, determinism, the KV invariant,
+and fast-forward against the per-iteration reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import sim
+from sim.engine import DECODE, Replica
+from sim.perf import build_perf
+from tests.conftest import cfg
+
+FIXED = (
+    "workload.prompt_tokens.dist=fixed",
+    "workload.prompt_tokens.mean=512",
+    "workload.output_tokens.dist=fixed",
+    "workload.output_tokens.mean=64",
+)
+
+# Workloads on which both engine modes must agree: mixed lengths, multiple replicas, chunked
+# prefill of long prompts, preemption under KV pressure, MoE, tensor parallelism, no chunking.
+EQUIVALENCE_CASES = {
+    "mixed-lengths": ("workload.duration_s=120", "workload.rate=12"),
+    "two-replicas-rr": ("workload.duration_s=60", "workload.rate=40", "fleet.replicas=2", "fleet.router=round_robin"),
+    "chunked-prefill": (
+        "workload.duration_s=60",
+        "workload.rate=4",
+        "workload.prompt_tokens.mean=6000",
+        "workload.prompt_tokens.p99=30000",
+        "engine.max_num_batched_tokens=1024",
+    ),
+    "kv-pressure": (
+        "workload.duration_s=60",
+        "workload.rate=20",
+        "engine.gpu_memory_utilization=0.3",
+        "engine.max_num_batched_tokens=512",
+    ),
+    "moe-tp2": ("workload.duration_s=60", "workload.rate=15", "model=qwen3-30b-a3b", "engine.tensor_parallel_size=2"),
+    "no-chunking": (
+        "workload.duration_s=60",
+        "workload.rate=8",
+        "engine.enable_chunked_prefill=false",
+        "engine.max_model_len=16384",
+        "engine.max_num_batched_tokens=16384",
+    ),
+    "seq-limit": (
+        "workload.duration_s=60",
+        "workload.rate=10",
+        "engine.max_num_seqs=4",
+        "engine.max_num_batched_tokens=2048",
+    ),
+}
+
+
+def _compare(a, b, what):
+    for col in ("ttft_s", "e2e_s", "finish_s", "tpot_s"):
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        assert np.array_equal(np.isnan(x), np.isnan(y)), f"{what}: {col} NaN pattern differs"
+        m = ~np.isnan(x)
+        rel = np.abs(x[m] - y[m]) / np.maximum(np.abs(y[m]), 1e-300)
+        assert rel.max(initial=0) <= 1e-9, f"{what}: {col} differs by {rel.max():.3g}"
+    # queue_s is ~0 for requests that find an idle replica: compare absolutely
+    assert np.allclose(a["queue_s"], b["queue_s"], rtol=1e-9, atol=1e-9, equal_nan=True)
+    assert (a["preemptions"].to_numpy() == b["preemptions"].to_numpy()).all()
+    assert (a["replica"].to_numpy() == b["replica"].to_numpy()).all()
+
+
+@pytest.mark.parametrize("case", sorted(EQUIVALENCE_CASES))
+def test_fast_forward_equals_per_iteration(case):
+    over = EQUIVALENCE_CASES[case]
+    fast = sim.run(cfg(*over, "engine.fast_forward=true"))
+    slow = sim.run(cfg(*over, "engine.fast_forward=false"))
+    _compare(fast.requests, slow.requests, case)
+    assert fast.summary["iterations"] == slow.summary["iterations"]
+    assert fast.summary["engine_events"] <= slow.summary["engine_events"]
+    if case == "kv-pressure":
+        assert fast.summary["preemptions"] > 0, "the KV-pressure case must preempt"
+    if case == "chunked-prefill":
+        assert (fast.requests["prompt_tokens"] > 1024).sum() > 10
+
+
+def test_fast_forward_saves_events_on_decode_heavy_work():
+    over = (
+        "workload.duration_s=120",
+        "workload.rate=2",
+        "workload.output_tokens.mean=1000",
+        "workload.output_tokens.p99=3000",
+    )
+    fast = sim.run(cfg(*over))
+    slow = sim.run(cfg(*over, "engine.fast_forward=false"))
+    assert slow.summary["engine_events"] == slow.summary["iterations"]
+    assert fast.summary["engine_events"] * 20 < slow.summary["engine_events"]
+
+
+def _brute_blocks(rep: Replica, x: int) -> int:
+    """Blocks held by the running requests, computed request by request."""
+    total = 0
+    for req in rep.running.values():
+        if req.state == DECODE:
+            total += -(-(req.o + x) // rep.bs)
+        else:
+            total += req.blocks
+    return total
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_kv_blocks_never_exceed_capacity(monkeypatch, fast):
+    checked = {"n": 0, "peak": 0.0}
+    original = Replica._schedule
+
+    def checking(self):
+        duration = original(self)
+        # after scheduling, blocks for the iteration at g are allocated
+        held = _brute_blocks(self, self.g + 1)
+        assert held <= self.total_blocks
+        agg = self.held_other + (self._dec_blocks(self.g + 1) if self.n_dec else 0)
+        assert agg == held
+        if self._seg_n > 1:  # the whole fast-forwarded run stays within capacity
+            assert _brute_blocks(self, self.g + self._seg_n) <= self.total_blocks
+        checked["n"] += 1
+        checked["peak"] = max(checked["peak"], held / self.total_blocks)
+        return duration
+
+    monkeypatch.setattr(Replica, "_schedule", checking)
+    over = EQUIVALENCE_CASES["kv-pressure"]
+    r = sim.run(cfg(*over, f"engine.fast_forward={str(fast).lower()}"))
+    assert checked["n"] > 1000
+    assert checked["peak"] > 0.95, "the case should fill the cache"
+    assert r.summary["preemptions"] > 0
+
+
+def test_ttft_at_least_the_prefill_alone():
+    over = ("workload.duration_s=120", "workload.rate=15", "engine.max_num_batched_tokens=2048")
+    r = sim.run(cfg(*over))
+    c = r.config
+    perf = build_perf(c.model, c.gpu, c.engine)
+    budget = c.engine.max_num_batched_tokens
+    df = r.requests[r.requests.route == "gpu"]
+    for p, ttft in zip(df.prompt_tokens.to_numpy(), df.ttft_s.to_numpy(), strict=True):
+        alone = 0.0
+        done = 0
+        while done < p:
+            chunk = min(budget, p - done)
+            alone += perf.iteration_time(0, 0, [(chunk, done)])
+            done += chunk
+        assert ttft >= alone * (1 - 1e-12)
+
+
+def test_conservation_with_rejections():
+    over = ("workload.duration_s=120", "workload.rate=10", "engine.max_model_len=3000")
+    r = sim.run(cfg(*over))
+    df, s = r.requests, r.summary
+    assert s["n_gpu"] + s["n_api"] + s["n_rejected"] == s["n_requests"] == len(df)
+    assert s["n_rejected"] > 0 and s["n_gpu"] > 0
+    rejected = df[df.route == "rejected"]
+    assert ((rejected.prompt_tokens + rejected.output_tokens) > 3000).all()
+    assert (rejected.reject_reason == "exceeds_max_model_len").all()
+    served = df[df.route == "gpu"]
+    assert ((served.prompt_tokens + served.output_tokens) <= 3000).all()
+    assert served.finish_s.notna().all() and served.ttft_s.notna().all()
+    assert s["input_tokens"] == served.prompt_tokens.sum()
+    assert s["output_tokens"] == served.output_tokens.sum()
+    assert set(df.route) <= {"gpu", "api", "rejected"}
+    assert (served.finish_s >= served.arrival_s + served.ttft_s - 1e-12).all()
+    assert r.timeseries.arrivals.sum() == s["n_requests"]
+    assert r.timeseries.completions.sum() == s["n_gpu"]
+
+
+def test_determinism_byte_identical_requests(tmp_path):
+    over = ("workload.duration_s=60", "workload.rate=10", "fleet.replicas=2")
+    a = sim.run(cfg(*over, "seed=7")).save(tmp_path / "a")
+    b = sim.run(cfg(*over, "seed=7")).save(tmp_path / "b")
+    c = sim.run(cfg(*over, "seed=8")).save(tmp_path / "c")
+    assert (a / "requests.parquet").read_bytes() == (b / "requests.parquet").read_bytes()
+    assert (a / "timeseries.csv").read_bytes() == (b / "timeseries.csv").read_bytes()
+    assert (a / "requests.parquet").read_bytes() != (c / "requests.parquet").read_bytes()
+    import json
+
+    sa = json.loads((a / "summary.json").read_text())
+    sb = json.loads((b / "summary.json").read_text())
+    sa.pop("wall_time_s")
+    sb.pop("wall_time_s")
+    assert sa == sb
+
+
+def test_littles_law_on_the_time_series():
+    r = sim.run(cfg("workload.duration_s=1800", "workload.rate=10", "output.timeseries_interval_s=30"))
+    ts, df = r.timeseries, r.requests
+    horizon = ts.interval_s.sum()
+    assert horizon == pytest.approx(r.summary["sim_duration_s"], rel=1e-12)
+    mean_in_system = (ts.in_system * ts.interval_s).sum() / horizon
+    lam = len(df) / horizon  # measured arrival rate over the same horizon
+    assert mean_in_system == pytest.approx(lam * df.e2e_s.mean(), rel=1e-6)
+    # and against the configured rate: Poisson count noise 1/sqrt(18000) = 0.75 %, drain < 1 %
+    assert mean_in_system == pytest.approx(10.0 * df.e2e_s.mean(), rel=0.03)
+
+
+def test_md1_mean_queue_wait():
+    """One replica, one sequence at a time, fixed lengths, Poisson arrivals at rho = 0.7."""
+    c = cfg(*FIXED, "engine.max_num_seqs=1")
+    perf = build_perf(c.model, c.gpu, c.engine)
+    service = perf.iteration_time(0, 0, [(512, 0)]) + perf.decode_run(1, 512, 63).time(63)
+    rho = 0.7
+    lam = rho / service
+    n = 200_000
+    r = sim.run(
+        cfg(*FIXED, "engine.max_num_seqs=1", f"workload.rate={lam}", f"workload.duration_s={n / lam}", "seed=3")
+    )
+    df = r.requests
+    # every request's own service time is exactly D
+    assert np.allclose(df.e2e_s - df.queue_s, service, rtol=1e-9)
+    wait = df.queue_s.to_numpy()
+    theory = rho * service / (2 * (1 - rho))
+    # waits are autocorrelated: standard error from 50 batch means
+    batches = wait[: len(wait) // 50 * 50].reshape(50, -1).mean(axis=1)
+    se = batches.std(ddof=1) / math.sqrt(50)
+    assert 0.05 * theory >= 3 * se, "sample too small for a 5 % tolerance"
+    assert wait.mean() == pytest.approx(theory, rel=0.05)

@@ -1,0 +1,151 @@
+"""Performance model: roofline terms, the closed-form decode run, and the measured table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.config import EngineConfig
+from sim.perf import LinearDecodeRun, Roofline, TablePerf
+from tests.conftest import cfg
+
+
+def roofline(*overrides):
+    c = cfg(*overrides)
+    return Roofline(c.model, c.gpu, c.engine)
+
+
+def brute(perf, b, ctx, n):
+    return [perf.iteration_time(b, ctx + b * k, []) for k in range(n)]
+
+
+@pytest.mark.parametrize("over", [(), ("model=qwen3-30b-a3b",), ("model=llama3-70b", "engine.tensor_parallel_size=4")])
+@pytest.mark.parametrize(("b", "ctx"), [(1, 0), (1, 100_000), (64, 20_000), (256, 500_000)])
+def test_decode_run_equals_sum_of_iterations(over, b, ctx):
+    perf = roofline(*over)
+    n = 3000
+    times = brute(perf, b, ctx, n)
+    run = perf.decode_run(b, ctx, n)
+    cum = np.cumsum(times)
+    for m in (1, 2, 17, 500, n):
+        assert math.isclose(run.time(m), cum[m - 1], rel_tol=1e-11)
+    for m in (0, 1, 5, 123, 2999):
+        t = cum[m - 1] if m else 0.0
+        assert run.steps_within(t + 1e-12) == m
+        if m:
+            assert run.steps_within(t - 1e-9) == m - 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    c0=st.floats(0, 1e-2),
+    am=st.floats(1e-4, 1e-1),
+    bm=st.floats(0, 1e-4),
+    ac=st.floats(1e-4, 1e-1),
+    bc=st.floats(0, 1e-4),
+    e=st.floats(0, 50),
+)
+def test_linear_run_regime_switch(c0, am, bm, ac, bc, e):
+    """Both regimes and the crossing: closed form against an explicit sum."""
+    run = LinearDecodeRun(c0, am, bm, ac, bc)
+    n = 400
+    t = [c0 + max(am + bm * k, ac + bc * k) for k in range(n)]
+    cum = np.concatenate([[0.0], np.cumsum(t)])
+    for m in (1, 7, 150, n):
+        assert math.isclose(run.time(m), cum[m], rel_tol=1e-9)
+    if e < cum[-1]:
+        want = int(np.searchsorted(cum, e, side="right")) - 1
+        got = run.steps_within(e)
+        # at an exact boundary either side is acceptable
+        assert got == want or math.isclose(cum[max(got, want)], e, rel_tol=1e-12)
+
+
+def test_decode_is_memory_bound_and_grows_with_context():
+    perf = roofline()
+    t0 = perf.iteration_time(1, 0, [])
+    t1 = perf.iteration_time(1, 100_000, [])
+    assert t1 > t0
+    # doubling a small batch barely changes a memory-bound step
+    assert perf.iteration_time(2, 0, []) / t0 < 1.01
+
+
+def test_prefill_is_compute_bound_and_linear_in_tokens():
+    perf = roofline()
+    t1 = perf.iteration_time(0, 0, [(4096, 0)])
+    t2 = perf.iteration_time(0, 0, [(8192, 0)])
+    assert 1.8 < t2 / t1 < 2.2
+
+
+def test_moe_reads_more_experts_as_the_batch_grows():
+    perf = roofline("model=qwen3-30b-a3b")
+    assert perf.weight_time(1) < perf.weight_time(8) < perf.weight_time(256)
+    c = cfg("model=qwen3-30b-a3b")
+    dense_equiv = c.model.params_b * 2e9 / (c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12)
+    assert perf.weight_time(10_000) == pytest.approx(dense_equiv, rel=1e-6)
+    active = c.model.active_params_b * 2e9 / (c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12)
+    assert perf.weight_time(1) == pytest.approx(active, rel=1e-6)
+
+
+def test_tensor_parallel_splits_work_and_adds_allreduce():
+    one = roofline("model=llama3-70b", "model.weight_dtype=fp8", "gpu=h200")
+    four = roofline("model=llama3-70b", "model.weight_dtype=fp8", "gpu=h200", "engine.tensor_parallel_size=4")
+    t1, t4 = one.iteration_time(8, 8000, []), four.iteration_time(8, 8000, [])
+    assert t4 < t1 / 2  # weights split four ways
+    assert t4 > t1 / 4  # but the all-reduce and fixed overhead do not shrink
+
+
+def test_fp8_weights_use_fp8_flops_where_the_gpu_has_them():
+    h = roofline("model.weight_dtype=fp8")
+    hb = roofline()
+    a = roofline("gpu=a100-80gb", "model.weight_dtype=fp8")
+    ab = roofline("gpu=a100-80gb")
+    big = [(8192, 0)]
+    assert h.iteration_time(0, 0, big) < 0.6 * hb.iteration_time(0, 0, big)
+    # A100 has no FP8 tensor cores: same compute time, only the weight read shrinks
+    assert a.iteration_time(0, 0, big) == pytest.approx(ab.iteration_time(0, 0, big), rel=0.05)
+
+
+def test_table_model_reproduces_a_grid_it_was_built_from(tmp_path):
+    perf = roofline()
+    rows = []
+    # a table row (batch, tokens, context) holds the time of b - 1 decoders plus one prefill
+    # chunk of tokens - b + 1, reading `context` KV tokens in all (tokens < batch: unreachable)
+    for b in (1, 16, 64, 256):
+        for tok in (1, 16, 64, 256, 1024, 4096, 8192):
+            for ctx in (8192, 20_000, 100_000, 1_000_000):
+                if tok > b:
+                    t = perf.iteration_time(b - 1, ctx - tok, [(tok - b + 1, 0)])
+                else:
+                    t = perf.iteration_time(b, ctx - b, [])
+                rows.append((b, tok, ctx, t * 1000))
+    path = tmp_path / "table.csv"
+    path.write_text("batch_size,tokens,context,iteration_ms\n" + "\n".join(",".join(map(str, r)) for r in rows))
+    table = TablePerf(str(path))
+    # on grid points the table gives back the values; decode runs match the formula closely
+    assert table.iteration_time(64, 100_000 - 64, []) == pytest.approx(
+        perf.iteration_time(64, 100_000 - 64, []), rel=1e-9
+    )
+    run_t, run_r = table.decode_run(16, 50_000, 500), perf.decode_run(16, 50_000, 500)
+    assert run_t.time(500) == pytest.approx(run_r.time(500), rel=0.02)
+    assert run_t.steps_within(run_t.time(123) + 1e-12) == 123
+
+
+def test_table_model_rejects_a_partial_grid(tmp_path):
+    from sim.errors import ConfigError
+
+    path = tmp_path / "t.csv"
+    path.write_text("batch_size,tokens,context,iteration_ms\n1,1,0,5\n2,2,0,5\n1,2,0,5\n")
+    with pytest.raises(ConfigError, match="full grid"):
+        TablePerf(str(path))
+    path.write_text("batch_size,tokens,context,iteration_ms\n1,1,0,abc\n")
+    with pytest.raises(ConfigError, match="row 2"):
+        TablePerf(str(path))
+
+
+def test_engine_config_is_plain_dataclass():
+    e = EngineConfig()
+    assert e.fast_forward and e.block_size == 16
