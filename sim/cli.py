@@ -13,21 +13,11 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from sim.config import Config, to_config
+from sim.config import Config, conf_dir, to_config
 from sim.errors import UserError
 
 EXIT_USAGE = 2
-
-
-def conf_dir() -> str:
-    """The config directory: inside the installed package, or `conf/` of a checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"fleetsim configs not found next to {here}")
 
 
 def register_configs() -> None:

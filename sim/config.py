@@ -87,10 +87,10 @@ class EngineConfig:
     fast_forward: bool = True
     prefix_caching: bool = False
     # performance model (roofline); defaults from scripts/calibrate.py
-    eta_weights: float = 0.8
-    eta_kv: float = 0.85
-    eta_flops: float = 0.5
-    step_overhead_ms: float = 1.0
+    eta_weights: float = 0.716
+    eta_kv: float = 0.884
+    eta_flops: float = 0.637
+    step_overhead_ms: float = 0.773
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
 
 
@@ -136,6 +136,29 @@ class Config:
 
 
 # ----------------------------------------------------------------------------- building
+
+
+def conf_dir() -> str:
+    """The config directory: inside the installed package, or `conf/` of a checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"fleetsim configs not found next to {here}")
+
+
+def load_option(group: str, name: str) -> Any:
+    """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`)."""
+    import yaml
+
+    path = Path(conf_dir()) / group / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ConfigError(group, name, f"unknown option; known: {', '.join(known)}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("defaults", None)
+    return to_config({group: data}).__dict__[group]
+
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
 KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}

@@ -1,0 +1,44 @@
+"""The shipped roofline factors are the calibration's fit, and the fit stays close to the data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim.calibrate import PARAMS, Fit, load_points
+from sim.config import EngineConfig, load_option
+
+
+@pytest.fixture(scope="module")
+def fit():
+    f = Fit(load_points())
+    return f, f.solve()
+
+
+def test_shipped_defaults_are_the_fit(fit):
+    _, theta = fit
+    shipped = load_option("engine", "vllm")
+    schema = EngineConfig()
+    for name, value in zip(PARAMS, theta, strict=True):
+        assert getattr(shipped, name) == pytest.approx(value, abs=1e-3), f"rerun scripts/calibrate.py --write ({name})"
+        assert getattr(schema, name) == pytest.approx(value, abs=1e-3), f"EngineConfig default for {name}"
+
+
+def test_factors_are_physical(fit):
+    _, (step, eta_w, eta_kv, eta_f) = fit
+    assert 0.2 <= step <= 2.5  # ms, the catalog's evidence range
+    for eta in (eta_w, eta_kv, eta_f):
+        assert 0.4 <= eta < 1.0, "an efficiency at its bound means the fit is degenerate"
+
+
+def _errors(rows, **where):
+    return np.array([abs(r.error) for r in rows if all(getattr(r, k) == v for k, v in where.items())])
+
+
+def test_fit_errors_stay_bounded(fit):
+    f, _ = fit
+    assert _errors(f.slopes).max() < 0.10
+    itl = _errors(f.rows, group="itl")
+    assert itl.mean() < 0.12 and itl.max() < 0.20
+    assert _errors(f.rows, stage="flops").max() < 0.10
+    assert _errors(f.rows, stage="step", group="linear").max() < 0.20
