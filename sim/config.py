@@ -164,7 +164,6 @@ WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
 KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
 ARRIVALS = ("poisson", "uniform")
 LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
-ROUTERS = ("least_outstanding", "round_robin")
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
 
 
@@ -374,6 +373,8 @@ def validate(cfg: Config) -> None:
 
     f = cfg.fleet
     _positive(f.replicas, "fleet.replicas", integer=True)
+    from sim.router import ROUTERS
+
     _check(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
 
     _check(cfg.api.name == "none", "api.name", cfg.api.name, "only 'none' is available")

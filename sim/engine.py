@@ -7,18 +7,23 @@ more blocks than are free, the most recently admitted running request is preempt
 its KV is dropped and it goes back to the front of the waiting queue). New requests join only
 at iteration boundaries, and no request is admitted in an iteration that preempted one.
 
-Fast-forward: while no request joins, finishes or is preempted, a replica's iterations are all
-decode-only with a fixed batch, so it advances the whole run as one SimPy event (closed-form
-duration from the performance model). An arrival that could join interrupts the run; the
-iteration in progress completes and the new request is scheduled at that boundary, exactly as
-in per-iteration mode (`engine.fast_forward=false`).
+Fast-forward (`engine.fast_forward=true`). A replica advances in *segments*, each one SimPy
+event: an optional head iteration (prefill chunks plus one decode token per running sequence)
+followed by a run of decode-only iterations with a fixed batch, whose duration has a closed
+form (`sim.perf`). A segment ends where the batch would change by itself: a decoder finishes,
+the KV cache runs short, or a prefill stays partial. A head iteration cannot be changed once it
+starts, so its outcome (first tokens, new decoders) is applied when it is planned. An arrival
+that can join cuts the segment at the boundary after the iteration in progress and plans the
+iteration at that boundary there and then (planned again if another request arrives before the
+boundary), so joining costs one event. With `engine.fast_forward=false` every iteration is its
+own event; both modes give the same per-request times (tests/test_engine.py).
 
 Decoders are not visited per iteration. Their state is kept as aggregates over a global
 iteration counter `g`: a decoder with KV offset o holds o + g tokens at boundary g, so
     context(g)   = s_off + n_dec g
     blocks(x)    = sum_i ceil((o_i + x) / block_size)
-which `_dec_blocks` evaluates in O(block_size) from a histogram of o_i mod block_size. A heap
-keyed by the iteration at which each decoder emits its last token gives the next completion.
+which `_blocks` evaluates in O(block_size) from a histogram of o_i mod block_size. A heap keyed
+by the iteration at which each decoder emits its last token gives the next completion.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 import simpy
 
@@ -78,8 +84,94 @@ class Request:
         self.cached = 0
 
 
+def _blocks(x: int, n: int, q_sum: int, cnt: list[int], bs: int) -> int:
+    """sum_i ceil((o_i + x) / bs) for n decoders with sum(o_i // bs) = q_sum and o_i % bs counted
+    in cnt."""
+    cycles, h = divmod(x, bs)
+    total = q_sum + n * cycles + n
+    if h == 0:
+        total -= cnt[0]
+    elif h >= 2:
+        total += sum(cnt[bs + 1 - h :])
+    return total
+
+
+def _kv_steps(g: int, n: int, q_sum: int, cnt: list[int], bs: int, capacity: int, limit: int) -> int:
+    """How many decode iterations from g on (at most `limit`) get their KV blocks within
+    `capacity`."""
+    slack = capacity - _blocks(g + 1, n, q_sum, cnt, bs)
+    if slack < 0:
+        return 0
+    cycles = slack // n  # every block_size iterations the decoders need exactly n new blocks
+    if cycles * bs >= limit:
+        return limit
+    x = g + 1 + cycles * bs
+    slack -= cycles * n
+    while True:
+        x += 1
+        slack -= cnt[(1 - x) % bs]  # decoders whose KV fills a block at boundary x - 1
+        if slack < 0:
+            return min(x - 1 - g, limit)
+
+
+class Plan(NamedTuple):
+    """The iteration planned at a cut boundary, and the decode run it leads to (if any)."""
+
+    boundary: float  # time of the boundary
+    steps: int  # iterations of the current segment before the boundary
+    admit: list[tuple[Request, int, int]]  # (request, prefill chunk, new blocks)
+    head: float  # duration of the head iteration
+    head_occ: float
+    merged: bool  # the head's outcome can be applied at once (no partial prefill, no finish)
+    run: DecodeRun | None  # decode run after the head
+    run_n: int
+    run_occ: float
+
+
 class Replica:
     """A continuous-batching engine with a paged KV cache, run as a SimPy process (`serve`)."""
+
+    __slots__ = (
+        "_chunks",
+        "_head",
+        "_head_occ",
+        "_heap",
+        "_occ",
+        "_pending",
+        "_resume",
+        "_run",
+        "_seg_iters",
+        "_seg_start",
+        "_seq",
+        "_timer",
+        "_wake",
+        "bs",
+        "busy_s",
+        "chunked",
+        "cnt",
+        "env",
+        "fast_forward",
+        "g",
+        "held_other",
+        "index",
+        "iterations",
+        "max_seqs",
+        "max_tokens",
+        "n_dec",
+        "occ_s",
+        "on_done",
+        "perf",
+        "preemptions",
+        "prefilling",
+        "proc",
+        "q_sum",
+        "running",
+        "s_off",
+        "segments",
+        "timers",
+        "total_blocks",
+        "waiting",
+    )
 
     def __init__(
         self,
@@ -118,56 +210,78 @@ class Replica:
         self.cnt = [0] * self.bs  # histogram of o_i % block_size
         self.held_other = 0  # blocks held by prefilling requests
 
+        # the current segment: [head iteration][decode run], starting at boundary self.g
         self._seg_start = 0.0
-        self._seg_n = 0  # iterations in the current segment
+        self._seg_iters = 0  # iterations in the segment (0: idle)
+        self._head = 0.0  # head iteration's duration (0.0: none)
+        self._head_occ = 0.0
+        self._chunks: list[tuple[Request, int]] = []  # head chunks applied at the segment's end
         self._run: DecodeRun | None = None
-        self._chunks: list[tuple[Request, int]] = []
+        self._occ = 0.0  # occupancy during the run
+        self._pending: Plan | None = None  # a cut planned at a boundary not reached yet
         self._wake: simpy.Event | None = None
+        self._timer: simpy.Timeout | None = None
 
-        self._occ = 0.0  # occupancy of the current segment's first iteration
         self.busy_s = 0.0
         self.occ_s = 0.0  # integral of occupancy over time
         self.iterations = 0
-        self.segments = 0
+        self.segments = 0  # segments completed (or cut)
+        self.timers = 0  # SimPy events the replica scheduled (cut segments included)
         self.preemptions = 0
         self.proc = env.process(self.serve())
+        self._resume = self.proc._resume  # see _retarget
 
     # ------------------------------------------------------------------ public
 
     @property
     def outstanding(self) -> int:
+        """Requests waiting or running here."""
         return len(self.waiting) + len(self.running)
 
     def submit(self, req: Request) -> None:
-        """Queue a request; wake the replica or cut its decode run so the request can join."""
-        could_join = not self.waiting and len(self.running) < self.max_seqs
+        """Queue a request; wake the replica, or cut its segment if the request can join."""
         self.waiting.append(req)
         if self._wake is not None:
             if not self._wake.triggered:
                 self._wake.succeed()
-        elif self._seg_n > 1 and could_join and self.n_dec < self.max_tokens:
-            done = self._run.steps_within(self.env.now - self._seg_start)  # type: ignore[union-attr]
-            if done + 1 < self._seg_n:
-                self._seg_n = done + 1
-                self.proc.interrupt()
+            return
+        now = self.env.now
+        pending = self._pending
+        if pending is not None:
+            if now < pending.boundary:  # the planned boundary is ahead: plan it again
+                self._plan_cut(pending.steps)
+                return
+            self._materialize()
+        if self._run is None:  # a single iteration: the request joins at its end
+            return
+        if len(self.waiting) > 1:  # the head of the queue was not admissible: FIFO
+            return
+        done = self._iterations_done(now)
+        if done + 1 < self._seg_iters:
+            self._plan_cut(done + 1)
+
+    def sync(self) -> None:
+        """Bring the state up to env.now (a planned cut whose boundary has passed)."""
+        if self._pending is not None and self.env.now >= self._pending.boundary:
+            self._materialize()
 
     def busy_time(self, now: float) -> float:
         """Seconds spent running iterations up to `now` (counting the one in progress)."""
-        return self.busy_s + (now - self._seg_start if self._seg_n else 0.0)
+        return self.busy_s + (now - self._seg_start if self._seg_iters else 0.0)
 
     def occupancy_time(self, now: float) -> float:
         """Integral of occupancy up to `now`: per iteration, the most used of batch slots
         (running / max_num_seqs), token budget and KV blocks."""
-        return self.occ_s + (self._occ * (now - self._seg_start) if self._seg_n else 0.0)
+        return self.occ_s + (self._occupied(now - self._seg_start) if self._seg_iters else 0.0)
 
     def kv_blocks_used(self) -> int:
         """Blocks allocated right now (for the iteration in progress)."""
         if not self.running:
             return self.held_other
-        steps = 0
-        if self._seg_n > 1:
-            steps = min(self._run.steps_within(self.env.now - self._seg_start), self._seg_n - 1)  # type: ignore[union-attr]
-        return self.held_other + (self._dec_blocks(self.g + steps + 1) if self.n_dec else 0)
+        x = self.g + 1
+        if self._seg_iters:
+            x += min(self._iterations_done(self.env.now), self._seg_iters - 1)
+        return self.held_other + (_blocks(x, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
 
     # ------------------------------------------------------------------ process
 
@@ -179,26 +293,57 @@ class Replica:
                 yield self._wake
                 self._wake = None
             duration = self._schedule()
-            self.segments += 1
-            try:
-                yield env.timeout(duration)
-            except simpy.Interrupt:
-                # An arrival can join: finish the iteration in progress, then re-plan.
-                end = self._seg_start + self._run.time(self._seg_n)  # type: ignore[union-attr]
-                yield env.timeout(max(0.0, end - env.now))
-            self._commit()
+            self._timer = env.timeout(duration)
+            self.timers += 1
+            yield self._timer  # may be moved by _plan_cut
+            if self._pending is not None:
+                self._materialize()
+            self._advance(env.now)
 
-    # ------------------------------------------------------------------ scheduling
+    # ------------------------------------------------------------------ segments
+
+    def _boundary(self, k: int) -> float:
+        """Time of the boundary after k iterations of the current segment."""
+        if self._head:
+            if k == 0:
+                return self._seg_start
+            return self._seg_start + self._head + (self._run.time(k - 1) if k > 1 else 0.0)  # type: ignore[union-attr]
+        return self._seg_start + self._run.time(k)  # type: ignore[union-attr]
+
+    def _iterations_done(self, now: float) -> int:
+        elapsed = now - self._seg_start
+        if self._head:
+            if elapsed < self._head or self._run is None:
+                return 0
+            return 1 + self._run.steps_within(elapsed - self._head)
+        return self._run.steps_within(elapsed) if self._run is not None else 0
+
+    def _occupied(self, elapsed: float) -> float:
+        head = self._head
+        if head:
+            if elapsed <= head:
+                return self._head_occ * elapsed
+            return self._head_occ * head + self._occ * (elapsed - head)
+        return self._occ * elapsed
+
+    def _set_segment(self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float):
+        self._seg_start = start
+        self._head = head
+        self._head_occ = head_occ
+        self._chunks = chunks
+        self._run = run if run_n else None
+        self._seg_iters = (1 if head else 0) + run_n
+        self._occ = occ
 
     def _schedule(self) -> float:
-        """Form the batch for the iteration at boundary g; return the segment's duration."""
+        """Form the batch at boundary g and plan the segment; return its duration."""
         now = self.env.now
         g = self.g
         bs = self.bs
         running = self.running
         free = self.total_blocks - self.held_other
         if self.n_dec:
-            free -= self._dec_blocks(g + 1)
+            free -= _blocks(g + 1, self.n_dec, self.q_sum, self.cnt, bs)
         preempted = False
         while free < 0:  # decoders' next tokens need blocks: preempt the newest
             free += self._preempt(next(reversed(running.values())))
@@ -206,7 +351,7 @@ class Replica:
 
         budget = self.max_tokens - self.n_dec
         chunks: list[tuple[Request, int]] = []
-        for req in list(self.prefilling):
+        for req in list(self.prefilling) if self.prefilling else ():
             if budget <= 0:
                 break
             if req.state != PREFILL:  # preempted while making room for an earlier one
@@ -224,59 +369,207 @@ class Replica:
             chunks.append((req, c))
             budget -= c
 
-        if not preempted:
-            waiting = self.waiting
-            while waiting and budget > 0 and len(running) < self.max_seqs:
-                req = waiting[0]
-                rem = req.target - req.computed
-                if rem > budget and not self.chunked:
-                    break
-                c = rem if rem < budget else budget
-                need = -(-(req.computed + c) // bs) - req.blocks
-                if need > free:
-                    break
-                waiting.popleft()
-                running[req.id] = req
-                self.prefilling.append(req)
-                req.state = PREFILL
-                free -= need
-                req.blocks += need
-                self.held_other += need
-                if req.start < 0:
-                    req.start = now
+        if not preempted and self.waiting:  # vLLM admits nobody in a step that preempted
+            for req, c, need in self._plan_admission(free, budget):
+                self.waiting.popleft()
+                self._admit(req, need, now)
                 chunks.append((req, c))
+                free -= need
                 budget -= c
 
         if not chunks and not self.n_dec:
             raise RuntimeError(f"replica {self.index}: empty iteration at t={now}")
-        self._seg_start = now
-        self._chunks = chunks
-        self._occ = max(
-            len(running) / self.max_seqs,
-            (self.max_tokens - budget) / self.max_tokens,
-            (self.total_blocks - free) / self.total_blocks,
-        )
+        occ = self._occupancy(len(running), budget, free)
         context = self.s_off + self.n_dec * g
-        if chunks or not self.fast_forward or preempted:
-            self._seg_n = 1
-            self._run = None
-            return self.perf.iteration_time(self.n_dec, context, [(c, r.computed) for r, c in chunks])
+        if not chunks and self.fast_forward and not preempted:  # a pure decode run
+            n = self._run_length(g)
+            run = self.perf.decode_run(self.n_dec, context, n)
+            self._set_segment(now, 0.0, 0.0, [], run, n, occ)
+            return run.time(n)
+        head = self.perf.iteration_time(self.n_dec, context, [(c, r.computed) for r, c in chunks])
+        if self.fast_forward and not preempted and self._mergeable(chunks):
+            self._apply_head(chunks, now + head, g + 1)
+            n = self._run_length(g + 1)
+            run = self.perf.decode_run(self.n_dec, self.s_off + self.n_dec * (g + 1), n) if n else None
+            run_occ = self._run_occupancy()
+            self._set_segment(now, head, occ, [], run, n, run_occ)
+            return head + (run.time(n) if run is not None else 0.0)
+        self._set_segment(now, head, occ, chunks, None, 0, 0.0)
+        return head
 
+    def _mergeable(self, chunks) -> bool:
+        """The head's outcome is final: every prefill completes, nobody finishes at its end,
+        and nobody waits (a freed token budget could admit them at the next boundary)."""
+        if self.waiting:
+            return False
+        for req, c in chunks:
+            if req.computed + c != req.target or req.generated + 1 >= req.output:
+                return False
+        return len(chunks) == len(self.prefilling)
+
+    def _apply_head(self, chunks, end: float, g_next: int) -> None:
+        """Apply a head iteration's outcome: prefills complete, first tokens at `end`."""
+        for req, c in chunks:
+            req.computed += c
+            self.held_other -= req.blocks
+            req.blocks = 0
+            if req.generated == 0:
+                req.first_token = end
+            req.generated += 1
+            self._join_decode(req, g_next)
+        self.prefilling.clear()
+
+    def _run_occupancy(self) -> float:
+        used = self.held_other + (_blocks(self.g + 2, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
+        return self._occupancy(len(self.running), self.max_tokens - self.n_dec, self.total_blocks - used)
+
+    def _next_finish(self) -> int:
         heap = self._heap
         while heap[0][2] != heap[0][3].ver:  # drop entries of preempted decoders
             heapq.heappop(heap)
-        n = min(heap[0][0] - g, self._kv_steps(g))
-        self._seg_n = n
-        self._run = self.perf.decode_run(self.n_dec, context, n)
-        return self._run.time(n)
+        return heap[0][0]
 
-    def _commit(self) -> None:
-        """Account the finished segment: prefill progress, first tokens, completions."""
-        now = self.env.now
-        n = self._seg_n
+    def _plan_admission(self, free: int, budget: int) -> list[tuple[Request, int, int]]:
+        """Waiting requests (FIFO) admissible now: (request, prefill chunk, new blocks)."""
+        plan = []
+        seats = self.max_seqs - len(self.running)
+        bs = self.bs
+        for req in self.waiting:
+            if budget <= 0 or seats <= 0:
+                break
+            rem = req.target - req.computed
+            if rem > budget and not self.chunked:
+                break
+            c = rem if rem < budget else budget
+            need = -(-(req.computed + c) // bs) - req.blocks
+            if need > free:
+                break
+            plan.append((req, c, need))
+            free -= need
+            budget -= c
+            seats -= 1
+        return plan
+
+    def _admit(self, req: Request, need: int, now: float) -> None:
+        self.running[req.id] = req
+        self.prefilling.append(req)
+        req.state = PREFILL
+        req.blocks += need
+        self.held_other += need
+        if req.start < 0:
+            req.start = now
+
+    def _occupancy(self, seats: int, budget: int, free: int) -> float:
+        return max(
+            seats / self.max_seqs,
+            (self.max_tokens - budget) / self.max_tokens,
+            (self.total_blocks - free) / self.total_blocks,
+        )
+
+    # ------------------------------------------------------------------ cutting a segment
+
+    def _plan_cut(self, steps: int) -> None:
+        """Requests can join at the boundary after `steps` iterations of the current segment:
+        end the segment there and plan the iteration (and the decode run after it) that starts
+        at that boundary. Decoders finish and the KV cache runs short only at the segment's own
+        end, beyond the cut, so the plan depends on nothing but the waiting queue."""
+        g = self.g + steps
+        bs = self.bs
+        n, q_sum, cnt = self.n_dec, self.q_sum, self.cnt
+        free = self.total_blocks - self.held_other - _blocks(g + 1, n, q_sum, cnt, bs)
+        budget = self.max_tokens - n
+        admit = self._plan_admission(free, budget)
+        pending = self._pending
+        if not admit or (pending is not None and len(admit) == len(pending.admit)):
+            return  # nobody can join (or nobody more than already planned)
+        chunks = [(c, r.computed) for r, c, _ in admit]
+        head = self.perf.iteration_time(n, self.s_off + n * g, chunks)
+        for _, c, need in admit:
+            budget -= c
+            free -= need
+        seats = len(self.running) + len(admit)
+        head_occ = self._occupancy(seats, budget, free)
+        merged = len(admit) == len(self.waiting)
+        if merged:
+            for r, c, _ in admit:
+                if r.computed + c != r.target or r.generated + 1 >= r.output:
+                    merged = False
+                    break
+        run, run_n, run_occ = None, 0, 0.0
+        if merged:  # the aggregates once the admitted requests decode from boundary g + 1
+            q2, s2, fin = q_sum, self.s_off, self._next_finish()
+            residues = []
+            for r, _, _ in admit:
+                o = r.target - (g + 1)
+                q, rem = divmod(o, bs)
+                q2 += q
+                cnt[rem] += 1  # restored below
+                residues.append(rem)
+                s2 += o
+                f = g + r.output - r.generated
+                if f < fin:
+                    fin = f
+            n2 = n + len(admit)
+            cap = self.total_blocks - self.held_other
+            run_n = _kv_steps(g + 1, n2, q2, cnt, bs, cap, fin - (g + 1))
+            if run_n:
+                run = self.perf.decode_run(n2, s2 + n2 * (g + 1), run_n)
+                used = self.held_other + _blocks(g + 2, n2, q2, cnt, bs)
+                run_occ = self._occupancy(seats, self.max_tokens - n2, self.total_blocks - used)
+            for rem in residues:
+                cnt[rem] -= 1
+        boundary = self._boundary(steps)
+        self._pending = Plan(boundary, steps, admit, head, head_occ, merged, run, run_n, run_occ)
+        end = boundary + head + (run.time(run_n) if run is not None else 0.0)
+        self._retarget(end)
+
+    def _retarget(self, end: float) -> None:
+        """Make `serve` resume at `end` instead of at its current timer.
+
+        Equivalent to interrupting it and having it wait again, without the interrupt's extra
+        event and exception (a measurable share of the engine's time): the process is moved
+        from the old timer to a new one, as SimPy's own interrupt does internally.
+        """
+        env = self.env
+        self._timer.callbacks.remove(self._resume)  # type: ignore[union-attr]
+        timer = env.timeout(max(0.0, end - env.now))
+        timer.callbacks.append(self._resume)  # type: ignore[union-attr]
+        self.proc._target = timer
+        self._timer = timer
+        self.timers += 1
+
+    def _materialize(self) -> None:
+        """The planned boundary has passed: finish the cut segment there, admit the planned
+        requests and make the planned iteration (and run) the current segment."""
+        p: Plan = self._pending  # type: ignore[assignment]
+        self._pending = None
+        # the cut segment ends before any decoder finishes: only the iteration count moves
+        elapsed = p.boundary - self._seg_start
+        self.busy_s += elapsed
+        self.occ_s += self._occupied(elapsed)
+        self.iterations += p.steps
+        self.segments += 1
+        self.g += p.steps
+        chunks = []
+        for req, c, need in p.admit:
+            self.waiting.popleft()  # the planned requests are the head of the queue, in order
+            self._admit(req, need, p.boundary)
+            chunks.append((req, c))
+        if p.merged:
+            self._apply_head(chunks, p.boundary + p.head, self.g + 1)
+            self._set_segment(p.boundary, p.head, p.head_occ, [], p.run, p.run_n, p.run_occ)
+        else:
+            self._set_segment(p.boundary, p.head, p.head_occ, chunks, None, 0, 0.0)
+
+    # ------------------------------------------------------------------ accounting
+
+    def _advance(self, now: float) -> None:
+        """Account the segment ending at `now`: iterations, prefill progress, completions."""
+        n = self._seg_iters
         self.busy_s += now - self._seg_start
-        self.occ_s += self._occ * (now - self._seg_start)
+        self.occ_s += self._occupied(now - self._seg_start)
         self.iterations += n
+        self.segments += 1
         self.g += n
         g = self.g
         if self._chunks:
@@ -301,7 +594,8 @@ class Replica:
             if ver == req.ver:
                 self._leave_decode(req)
                 self._finish(req, now)
-        self._seg_n = 0
+        self._seg_iters = 0
+        self._head = 0.0
         self._run = None
 
     def _finish(self, req: Request, now: float) -> None:
@@ -332,32 +626,11 @@ class Replica:
         self.n_dec -= 1
         req.ver += 1
 
-    def _dec_blocks(self, x: int) -> int:
-        """Blocks the decoders hold once each has x + o_i tokens: sum ceil((o_i + x) / bs)."""
-        bs = self.bs
-        cycles, h = divmod(x, bs)
-        n = self.n_dec
-        total = self.q_sum + n * cycles + n
-        if h == 0:
-            total -= self.cnt[0]
-        elif h >= 2:
-            total += sum(self.cnt[bs + 1 - h :])
-        return total
-
-    def _kv_steps(self, g: int) -> int:
-        """Decode iterations from g on whose new blocks fit (iteration g itself is known to)."""
-        n = self.n_dec
-        bs = self.bs
-        cnt = self.cnt
-        slack = self.total_blocks - self.held_other - self._dec_blocks(g + 1)
-        cycles = slack // n  # each block_size iterations need exactly n new blocks
-        x = g + 1 + cycles * bs
-        slack -= cycles * n
-        while True:
-            x += 1
-            slack -= cnt[(1 - x) % bs]  # decoders whose KV fills a block at boundary x - 1
-            if slack < 0:
-                return x - 1 - g
+    def _run_length(self, g: int) -> int:
+        """Decode iterations from boundary g until a decoder finishes or the KV cache is short."""
+        return _kv_steps(
+            g, self.n_dec, self.q_sum, self.cnt, self.bs, self.total_blocks - self.held_other, self._next_finish() - g
+        )
 
     def _preempt(self, req: Request) -> int:
         """Recompute-preempt a running request; return the blocks that frees for iteration g."""

@@ -60,6 +60,7 @@ class Fleet:
             for i in range(cfg.fleet.replicas)
         ]
         self.router = make_router(cfg.fleet.router)
+        self.loads = [0] * len(self.replicas)  # requests waiting or running, per replica
         self.n_total = len(workload)
         self.n_closed = 0
         self.finished = env.event()
@@ -85,6 +86,7 @@ class Fleet:
         outputs = wl.output_tokens.tolist()
         max_len = self.plan.max_model_len
         replicas = self.replicas
+        loads = self.loads
         choose = self.router.choose
         for i, t in enumerate(wl.arrival_s.tolist()):
             if t > env.now:
@@ -96,9 +98,10 @@ class Fleet:
                 continue
             self._account(1)
             req = Request(i, t, p, o)
-            rep = choose(replicas, req)
-            req.replica = rep.index
-            rep.submit(req)
+            k = choose(loads, req)
+            loads[k] += 1
+            req.replica = k
+            replicas[k].submit(req)
 
     def sample(self, interval: float):
         env = self.env
@@ -117,18 +120,26 @@ class Fleet:
         self._in_system += delta
 
     def _done(self, req: Request, now: float) -> None:
+        k = req.replica
+        self.loads[k] -= 1
         i = req.id
         rec = self.records
         rec.route[i] = ROUTE_GPU
-        rec.replica[i] = req.replica
+        rec.replica[i] = k
         rec.start[i] = req.start
         rec.first_token[i] = req.first_token
         rec.finish[i] = now
-        rec.preemptions[i] = req.preemptions
-        rec.cached[i] = req.cached
-        self._account(-1)
+        if req.preemptions:
+            rec.preemptions[i] = req.preemptions
+        if req.cached:
+            rec.cached[i] = req.cached
+        self._area += self._in_system * (now - self._last)  # live time-series accounting
+        self._last = now
+        self._in_system -= 1
         self._completions += 1
-        self._close()
+        self.n_closed += 1
+        if self.n_closed == self.n_total:
+            self.finished.succeed()
 
     def _reject(self, i: int, reason: int) -> None:
         self.records.route[i] = ROUTE_REJECTED
@@ -154,6 +165,8 @@ class Fleet:
     def take_sample(self) -> None:
         """Close the current time-series bin at env.now."""
         now = self.env.now
+        for rep in self.replicas:
+            rep.sync()
         self._account(0)
         span = now - self._bin_start
         if span <= 0:

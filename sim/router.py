@@ -1,45 +1,46 @@
 """Routers: the fleet's global scheduler, choosing a replica for each arriving request.
 
-A router is a one-method object (`choose`) looked up by name in `ROUTERS`. It sees the replicas
-that can take work now and returns one of them; ties break on the lowest index, so runs are
+A router is a one-method object looked up by name in `ROUTERS`. It sees the fleet's load vector
+(requests waiting or running per replica; `NOT_ROUTABLE` for a replica that cannot take work)
+and returns the index of the replica to use. Ties break on the lowest index, so runs are
 deterministic.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from sim.engine import Replica, Request
+if TYPE_CHECKING:
+    from sim.engine import Request
+
+NOT_ROUTABLE = 1 << 62  # load of a replica that is not active (provisioning, stopped, ...)
 
 
 class Router(Protocol):
-    def choose(self, replicas: Sequence[Replica], req: Request) -> Replica: ...
+    def choose(self, loads: list[int], req: Request) -> int: ...
 
 
 class LeastOutstanding:
-    """Fewest requests waiting or running (vLLM router / Ray Serve's default spirit)."""
+    """Fewest requests waiting or running; the first such replica on ties."""
 
-    def choose(self, replicas: Sequence[Replica], req: Request) -> Replica:
-        best = replicas[0]
-        low = best.outstanding
-        for rep in replicas:
-            n = len(rep.waiting) + len(rep.running)
-            if n < low:
-                best, low = rep, n
-        return best
+    def choose(self, loads: list[int], req: Request) -> int:
+        return loads.index(min(loads))  # two C-level passes: cheap even for large fleets
 
 
 class RoundRobin:
-    """Each replica in turn, regardless of load."""
+    """Each routable replica in turn, regardless of load."""
 
     def __init__(self) -> None:
         self._next = 0
 
-    def choose(self, replicas: Sequence[Replica], req: Request) -> Replica:
-        rep = replicas[self._next % len(replicas)]
-        self._next += 1
-        return rep
+    def choose(self, loads: list[int], req: Request) -> int:
+        n = len(loads)
+        for k in range(n):
+            i = (self._next + k) % n
+            if loads[i] < NOT_ROUTABLE:
+                self._next = i + 1
+                return i
+        return self._next % n
 
 
 ROUTERS: dict[str, type] = {

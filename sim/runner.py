@@ -70,7 +70,8 @@ def run(config: Any, workload: Workload | None = None) -> Result:
     ts["cost_so_far"] = gpus * cfg.gpu.price_per_hour * (ts["time_s"] + ts["interval_s"]) / 3600
     stats = {
         "iterations": sum(r.iterations for r in fleet.replicas),
-        "engine_events": sum(r.segments for r in fleet.replicas),
+        "engine_events": sum(r.timers for r in fleet.replicas),
+        "engine_batches": sum(r.segments for r in fleet.replicas),
     }
     summary = summarize(
         cfg,

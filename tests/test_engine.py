@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sim
-from sim.engine import DECODE, Replica
+from sim.engine import DECODE, Replica, _blocks
 from sim.perf import build_perf
 from tests.conftest import cfg
 
@@ -46,6 +46,13 @@ EQUIVALENCE_CASES = {
         "engine.max_model_len=16384",
         "engine.max_num_batched_tokens=16384",
     ),
+    "sparse-kv-pressure": (
+        "workload.duration_s=300",
+        "workload.rate=1.5",
+        "workload.output_tokens.mean=1500",
+        "workload.output_tokens.p99=4000",
+        "engine.gpu_memory_utilization=0.32",
+    ),
     "seq-limit": (
         "workload.duration_s=60",
         "workload.rate=10",
@@ -76,8 +83,8 @@ def test_fast_forward_equals_per_iteration(case):
     _compare(fast.requests, slow.requests, case)
     assert fast.summary["iterations"] == slow.summary["iterations"]
     assert fast.summary["engine_events"] <= slow.summary["engine_events"]
-    if case == "kv-pressure":
-        assert fast.summary["preemptions"] > 0, "the KV-pressure case must preempt"
+    if "kv-pressure" in case:
+        assert fast.summary["preemptions"] > 0, "the KV-pressure cases must preempt"
     if case == "chunked-prefill":
         assert (fast.requests["prompt_tokens"] > 1024).sum() > 10
 
@@ -106,8 +113,16 @@ def _brute_blocks(rep: Replica, x: int) -> int:
     return total
 
 
+KV_CASES = {
+    "saturated": EQUIVALENCE_CASES["kv-pressure"],
+    # few arrivals per replica: most requests join by cutting a decode run
+    "sparse": EQUIVALENCE_CASES["sparse-kv-pressure"],
+}
+
+
 @pytest.mark.parametrize("fast", [True, False])
-def test_kv_blocks_never_exceed_capacity(monkeypatch, fast):
+@pytest.mark.parametrize("case", sorted(KV_CASES))
+def test_kv_blocks_never_exceed_capacity(monkeypatch, fast, case):
     checked = {"n": 0, "peak": 0.0}
     original = Replica._schedule
 
@@ -116,20 +131,31 @@ def test_kv_blocks_never_exceed_capacity(monkeypatch, fast):
         # after scheduling, blocks for the iteration at g are allocated
         held = _brute_blocks(self, self.g + 1)
         assert held <= self.total_blocks
-        agg = self.held_other + (self._dec_blocks(self.g + 1) if self.n_dec else 0)
+        agg = self.held_other + (_blocks(self.g + 1, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
         assert agg == held
-        if self._seg_n > 1:  # the whole fast-forwarded run stays within capacity
-            assert _brute_blocks(self, self.g + self._seg_n) <= self.total_blocks
+        # every iteration of the segment (head, then decode run) stays within capacity
+        for x in range(self.g + 1, self.g + self._seg_iters + 1):
+            assert _brute_blocks(self, x) <= self.total_blocks
         checked["n"] += 1
         checked["peak"] = max(checked["peak"], held / self.total_blocks)
         return duration
 
+    planned = Replica._materialize
+
+    def checking_planned(self):
+        planned(self)  # a segment planned at a cut becomes current
+        for x in range(self.g + 1, self.g + self._seg_iters + 1):
+            assert _brute_blocks(self, x) <= self.total_blocks
+        checked["cuts"] = checked.get("cuts", 0) + 1
+
     monkeypatch.setattr(Replica, "_schedule", checking)
-    over = EQUIVALENCE_CASES["kv-pressure"]
-    r = sim.run(cfg(*over, f"engine.fast_forward={str(fast).lower()}"))
-    assert checked["n"] > 1000
+    monkeypatch.setattr(Replica, "_materialize", checking_planned)
+    r = sim.run(cfg(*KV_CASES[case], f"engine.fast_forward={str(fast).lower()}"))
+    assert checked["n"] > 200
     assert checked["peak"] > 0.95, "the case should fill the cache"
     assert r.summary["preemptions"] > 0
+    if fast and case == "sparse":
+        assert checked.get("cuts", 0) > 100, "segments planned at cuts must be checked too"
 
 
 def test_ttft_at_least_the_prefill_alone():
