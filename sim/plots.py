@@ -61,28 +61,29 @@ def timeline(result: Result, path: Path) -> None:
     if ts.empty:
         return
     minutes = (ts["time_s"] + ts["interval_s"] / 2) / 60
-    fig = Figure(figsize=(11, 7.5))
+    fig = Figure(figsize=(12.5, 7.5))
     axes = fig.subplots(3, 1, sharex=True)
     ax = axes[0]
     ax.plot(minutes, ts["arrivals"] / ts["interval_s"], label="arrivals/s", color="#1f77b4")
     ax.plot(minutes, ts["completions"] / ts["interval_s"], label="completions/s", color="#2ca02c", alpha=0.8)
     ax.set_ylabel("requests/s")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     ax = axes[1]
     ax.plot(minutes, ts["running"], label="running (end of interval)", color="#9467bd")
     ax.plot(minutes, ts["queued"], label="queued (end of interval)", color="#d62728")
     ax.plot(minutes, ts["in_system"], label="in system (interval mean)", color="#7f7f7f", ls="--")
     ax.set_ylabel("requests")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     ax = axes[2]
-    ax.plot(minutes, 100 * ts["kv_util"], label="KV cache used", color="#ff7f0e")
-    ax.plot(minutes, 100 * ts["gpu_busy"], label="GPU busy", color="#8c564b")
+    ax.plot(minutes, 100 * ts["kv_util"], label="KV cache used (end of interval)", color="#ff7f0e")
+    ax.plot(minutes, 100 * ts["gpu_utilization"], label="utilisation (engine occupancy)", color="#17becf")
+    ax.plot(minutes, 100 * ts["gpu_busy"], label="busy (any work running)", color="#8c564b", ls=":")
     ax.set_ylabel("% of fleet")
     ax.set_ylim(0, 105)
     ax.set_xlabel("simulated time (min)")
-    ax.legend(loc="upper right")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     fig.suptitle(f"Fleet timeline - {int(ts['replicas_active'].max())} replica(s)")
     _save(fig, path)

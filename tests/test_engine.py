@@ -102,6 +102,19 @@ def test_fast_forward_saves_events_on_decode_heavy_work():
     assert fast.summary["engine_events"] * 20 < slow.summary["engine_events"]
 
 
+def test_events_grow_with_requests_not_tokens():
+    """Same arrivals, outputs 1x / 4x / 16x longer: engine events per request stay flat, while
+    the per-iteration reference needs one event per iteration."""
+    base = ("workload.duration_s=300", "workload.rate=4", "fleet.replicas=2", "workload.output_tokens.dist=fixed")
+    events = []
+    for out in (100, 400, 1600):
+        s = sim.run(cfg(*base, f"workload.output_tokens.mean={out}")).summary
+        assert s["output_tokens"] == out * s["n_requests"]
+        events.append(s["engine_events"] / s["n_requests"])
+    assert max(events) < 1.3 * min(events)
+    assert s["iterations"] > 20 * s["engine_events"]
+
+
 def _brute_blocks(rep: Replica, x: int) -> int:
     """Blocks held by the running requests, computed request by request."""
     total = 0

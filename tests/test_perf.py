@@ -149,3 +149,28 @@ def test_table_model_rejects_a_partial_grid(tmp_path):
 def test_engine_config_is_plain_dataclass():
     e = EngineConfig()
     assert e.fast_forward and e.block_size == 16
+
+
+def test_a_measured_table_replaces_the_formula_end_to_end(tmp_path):
+    """engine.perf_table drives a whole run; built from the roofline, it reproduces the
+    roofline run within the interpolation error."""
+    import sim
+
+    perf = roofline()
+    rows = []
+    for b in (1, 8, 32, 128, 256):
+        for tok in (1, 8, 32, 128, 256, 512, 1024, 2048, 4096, 8192):
+            for ctx in (8192, 50_000, 200_000, 500_000):
+                if tok > b:
+                    t = perf.iteration_time(b - 1, ctx - tok, [(tok - b + 1, 0)])
+                else:
+                    t = perf.iteration_time(b, ctx - b, [])
+                rows.append(f"{b},{tok},{ctx},{t * 1000}")
+    path = tmp_path / "measured.csv"
+    path.write_text("batch_size,tokens,context,iteration_ms\n" + "\n".join(rows) + "\n")
+    over = ("workload.duration_s=120", "workload.rate=8")
+    formula = sim.run(cfg(*over)).summary
+    table = sim.run(cfg(*over, f"engine.perf_table={path}")).summary
+    assert table["n_gpu"] == formula["n_gpu"]
+    for key in ("ttft_p50", "tpot_p50", "e2e_p50"):
+        assert table[key] == pytest.approx(formula[key], rel=0.1), key
