@@ -12,6 +12,10 @@ __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "Result", "TraceError", "UserError", "compose", "run"]
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
 def __getattr__(name: str):  # keep `import sim` light: SimPy, pandas and Hydra load on use
     if name in ("run", "Result"):
         from sim import runner

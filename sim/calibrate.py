@@ -298,17 +298,13 @@ def report(theta, fit_rows: list[Row], slope_rows: list[Row], check_rows: list[R
         "",
     ]
     lines += ["## Sources", ""]
-    lines += [f"- `{k}`: {v}" for k, v in sorted(sources.items())]
+    lines += [f"- `{k}`: {v}" for k, v in sources.items()]
     return "\n".join(lines) + "\n"
 
 
 def sources_of(points: dict) -> dict:
-    out = {}
-    for section in points.values():
-        for entries in section.values():
-            for e in entries:
-                out[e["id"]] = e["source"]
-    return out
+    """Point id -> source, in file order."""
+    return {e["id"]: e["source"] for section in points.values() for entries in section.values() for e in entries}
 
 
 def write_engine_defaults(path: Path, theta) -> None:

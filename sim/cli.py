@@ -13,6 +13,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from sim.config import Config, conf_dir, to_config
 from sim.errors import UserError
@@ -40,16 +41,21 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Confi
 def _fmt(value: float, unit: str = "", digits: int = 3) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return f"{value:.{digits}g}{unit}"
+    if unit == " s" and value >= 120:
+        return f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.1f} h"
+    return f"{value:.{digits}g}{unit}" if abs(value) < 10**digits else f"{value:,.0f}{unit}"
 
 
 def format_summary(summary: dict, cfg: Config) -> str:
     s = summary
     slo = cfg.slo
     verdict = "MET" if s["slo_met"] else "MISSED"
+    gpus = "1 GPU" if s["gpus_per_replica"] == 1 else f"{s['gpus_per_replica']} GPUs"
+    replicas = "replica" if s["max_replicas"] == 1 else "replicas"
     lines = [
-        f"fleetsim: {cfg.model.name} on {s['max_replicas']} x {s['gpus_per_replica']} {cfg.gpu.name}, "
-        f"workload {cfg.workload.name}, {s['sim_duration_s']:.0f} s simulated in {s['wall_time_s']:.2f} s",
+        f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), "
+        f"{s['max_replicas']} {replicas} x {gpus} {cfg.gpu.name}, "
+        f"workload {cfg.workload.name}: {s['sim_duration_s']:,.0f} s simulated in {s['wall_time_s']:.2f} s",
         f"  requests   {s['n_requests']} (gpu {s['n_gpu']}, api {s['n_api']}, rejected {s['n_rejected']})",
         f"  TTFT       p50 {_fmt(s['ttft_p50'], ' s')}   p99 {_fmt(s['ttft_p99'], ' s')}   (SLO {slo.ttft_s:g} s)",
         f"  TPOT       p50 {_fmt(s['tpot_p50'] and s['tpot_p50'] * 1e3, ' ms')}   "
@@ -58,8 +64,15 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"p{slo.percentile:g})",
         f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}), "
         f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour",
-        f"  GPUs       utilisation {s['gpu_utilization']:.1%} (busy {s['gpu_busy']:.1%} of the time)",
+        f"  engine     occupancy {s['gpu_utilization']:.1%} (busiest of batch slots, token budget, KV cache; "
+        f"100% = saturated), busy {s['gpu_busy']:.1%} of the time",
     ]
+    classes = sorted({k.split(".", 1)[1] for k in s if k.startswith("slo_attainment.")})
+    lines.extend(
+        f"  class {name:<10s} {s[f'n_requests.{name}']} requests, attainment {s[f'slo_attainment.{name}']:.1%}, "
+        f"TTFT p99 {_fmt(s[f'ttft_p99.{name}'], ' s')}"
+        for name in classes
+    )
     return "\n".join(lines)
 
 
@@ -72,11 +85,26 @@ def _task(node) -> None:  # the Hydra task function
     try:
         result = run(node)
     except UserError as exc:
+        _discard_empty_run_dir(Path(out))
         print(f"fleetsim: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     result.save(out)
     print(format_summary(result.summary, result.config))
     print(f"  outputs    {out}")
+
+
+def _discard_empty_run_dir(out: Path) -> None:
+    """A run stopped by bad input leaves no directory behind (only Hydra's bookkeeping was in it)."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    if any(p.name not in (".hydra", "fleetsim.log") for p in out.iterdir()):
+        return
+    log = out / "fleetsim.log"
+    if log.exists() and log.stat().st_size:
+        return
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -27,19 +27,82 @@ class LengthConfig:
     p99: float | None = None  # lognormal: 99th percentile
     low: int | None = None  # uniform: inclusive bounds
     high: int | None = None
-    path: str | None = None  # empirical: CSV/Parquet lengths table
-    column: str | None = None  # empirical: column to resample
-    scale: float = 1.0  # multiplies every sampled length (what-if)
+    path: str | None = None  # empirical: a CSV/Parquet lengths table ...
+    column: str | None = None  # ... and the column to resample (default: the first)
+    values: list[float] | None = None  # empirical: inline sample to resample from
 
 
 @dataclass
-class WorkloadConfig:
-    name: str = "steady"
-    arrival: str = "poisson"  # poisson | uniform (evenly spaced)
-    rate: float = 10.0  # mean arrivals per second
-    duration_s: float = 600.0  # horizon of generated arrivals
+class PairsConfig:
+    """Joint (prompt, output) lengths resampled together from a table or trace."""
+
+    path: str | None = None  # CSV/Parquet table or trace file
+    format: str = "csv"  # csv | parquet, or a trace format (azure, burstgpt, mooncake)
+    prompt_column: str | None = None  # csv/parquet: defaults num_prefill_tokens / prompt_tokens
+    output_column: str | None = None  # csv/parquet: defaults num_decode_tokens / output_tokens
+    values: list[list[int]] | None = None  # inline [[prompt, output], ...]
+
+
+@dataclass
+class ColumnMap:
+    """Which columns of a csv/parquet trace hold what."""
+
+    arrival_s: str = "arrival_s"  # arrival time (time_unit, or date-time strings)
+    prompt_tokens: str = "prompt_tokens"
+    output_tokens: str = "output_tokens"
+    label: str | None = None  # a column naming each request's class (tenant), if any
+
+
+@dataclass
+class SourceConfig:
+    """One stream of requests: an arrival process and its token lengths."""
+
+    arrival: str = "poisson"  # poisson | uniform | mmpp | gamma | diurnal | trace
+    rate: float = 10.0  # mean arrivals per second (diurnal: mean over a weekday)
+    # mmpp: two-state Markov-modulated Poisson (calm and burst)
+    burst_multiplier: float = 4.0  # burst rate / calm rate
+    burst_mean_s: float = 30.0  # mean length of a burst
+    calm_mean_s: float = 270.0  # mean time between bursts
+    # gamma renewal process and diurnal: inter-arrival coefficient of variation
+    cv: float = 1.0
+    # diurnal: a 24-hour rate profile
+    peak_to_trough: float = 3.0  # sinusoidal profile: busiest hour / quietest hour
+    peak_hour: float = 14.0
+    hourly_weights: list[float] | None = None  # or 24 relative hourly rates (overrides the sinusoid)
+    weekend_factor: float = 1.0  # Saturday and Sunday rates relative to weekdays
+    start_weekday: int = 0  # weekday of t=0 (0 = Monday)
+    # trace replay
+    path: str | None = None
+    format: str = "csv"  # azure | burstgpt | mooncake | csv | parquet
+    columns: ColumnMap = field(default_factory=ColumnMap)  # csv/parquet (and burstgpt's label)
+    time_unit: str = "s"  # csv/parquet arrival column unit: s | ms | us
+    keep_failed: bool = False  # burstgpt: keep zero-response (failed) rows as 1-token outputs
+    sort: bool = False  # timestamps out of order: error (false) or sort with a warning (true)
+    # token lengths (trace replay takes them from the trace)
     prompt_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=1000.0, p99=4000.0))
     output_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=250.0, p99=1000.0))
+    pairs: PairsConfig = field(default_factory=PairsConfig)  # when set, replaces both length models
+    # this class's own SLO thresholds (default: the slo group's)
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+
+
+@dataclass
+class WorkloadConfig(SourceConfig):
+    """The workload: one source (the fields above) or a mix of named sources, then what-if
+    transforms applied to the whole."""
+
+    name: str = "steady"
+    duration_s: float | None = 600.0  # horizon of arrivals; null: the whole trace
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # a mix: class name -> source
+    # what-if transforms, in this order
+    window_start_s: float | None = None  # keep arrivals in [start, end) (from the first), re-zeroed
+    window_end_s: float | None = None
+    rate_scale: float = 1.0  # time compressed by this factor: 2 = the same traffic twice as fast
+    loop: bool = False  # repeat the arrivals to fill duration_s
+    load_scale: float = 1.0  # requests thinned (<1) or replicated (>1), time shape kept
+    prompt_scale: float = 1.0  # multiply every prompt length
+    output_scale: float = 1.0  # multiply every output length
 
 
 @dataclass
@@ -147,6 +210,17 @@ def conf_dir() -> str:
     raise RuntimeError(f"fleetsim configs not found next to {here}")
 
 
+def resolve_path(path: str) -> Path:
+    """A data path as given if it exists (absolute, or relative to the working directory), else
+    relative to the project root (the directory holding conf/), so `traces/...` works from
+    anywhere in a checkout."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    rooted = Path(conf_dir()).resolve().parent / p
+    return rooted if rooted.exists() else p
+
+
 def load_option(group: str, name: str) -> Any:
     """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`)."""
     import yaml
@@ -162,7 +236,6 @@ def load_option(group: str, name: str) -> Any:
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
 KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
-ARRIVALS = ("poisson", "uniform")
 LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
 
@@ -202,7 +275,6 @@ def _fraction(value: float, key: str) -> None:
 
 def validate_length(lc: LengthConfig, key: str) -> None:
     _check(lc.dist in LENGTH_DISTS, f"{key}.dist", lc.dist, f"must be one of {', '.join(LENGTH_DISTS)}")
-    _positive(lc.scale, f"{key}.scale")
     if lc.dist == "fixed":
         _check(lc.mean is not None and lc.mean >= 1, f"{key}.mean", lc.mean, "fixed lengths need mean >= 1")
     elif lc.dist == "uniform":
@@ -222,17 +294,120 @@ def validate_length(lc: LengthConfig, key: str) -> None:
             f"lognormal lengths need p99 > mean ({lc.mean})",
         )
     elif lc.dist == "empirical":
-        _check(bool(lc.path), f"{key}.path", lc.path, "empirical lengths need a CSV or Parquet path")
-        _check(Path(str(lc.path)).is_file(), f"{key}.path", lc.path, "file not found")
+        if lc.values is not None:
+            _check(len(lc.values) > 0 and min(lc.values) >= 1, f"{key}.values", "[...]", "need token counts >= 1")
+        else:
+            _check(bool(lc.path), f"{key}.path", lc.path, "empirical lengths need a path or inline values")
+            _check(resolve_path(str(lc.path)).is_file(), f"{key}.path", lc.path, "file not found")
 
 
 def length_upper_bound(lc: LengthConfig) -> float | None:
     """Largest length the model can draw, or None when it is unbounded or data-driven."""
     if lc.dist == "fixed" and lc.mean is not None:
-        return max(1, round(lc.mean * lc.scale))
+        return max(1, round(lc.mean))
     if lc.dist == "uniform" and lc.high is not None:
-        return max(1, round(lc.high * lc.scale))
+        return max(1, round(lc.high))
+    if lc.dist == "empirical" and lc.values:
+        return max(1, round(max(lc.values)))
     return None
+
+
+def length_lower_bound(lc: LengthConfig) -> float:
+    """Smallest length the model can draw (1 for unbounded models)."""
+    if lc.dist == "fixed" and lc.mean is not None:
+        return max(1, round(lc.mean))
+    if lc.dist == "uniform" and lc.low is not None:
+        return max(1, lc.low)
+    if lc.dist == "empirical" and lc.values:
+        return max(1, round(min(lc.values)))
+    return 1.0
+
+
+def validate_source(src: SourceConfig, key: str, duration: float | None) -> None:
+    from sim.arrivals import ARRIVALS, TRACE
+    from sim.traces import READERS, TIME_UNITS
+
+    known = (*ARRIVALS, TRACE)
+    _check(src.arrival in known, f"{key}.arrival", src.arrival, f"must be one of {', '.join(known)}")
+    if src.arrival == TRACE:
+        _check(bool(src.path), f"{key}.path", src.path, "trace replay needs a file")
+        _check(resolve_path(str(src.path)).is_file(), f"{key}.path", src.path, "file not found")
+        _check(src.format in READERS, f"{key}.format", src.format, f"must be one of {', '.join(READERS)}")
+        _check(
+            src.time_unit in TIME_UNITS, f"{key}.time_unit", src.time_unit, f"must be one of {', '.join(TIME_UNITS)}"
+        )
+    else:
+        _positive(src.rate, f"{key}.rate")
+        _check(
+            duration is not None, "workload.duration_s", duration, f"a synthetic source ({src.arrival}) needs a horizon"
+        )
+        if src.pairs.path or src.pairs.values:
+            if src.pairs.values is not None:
+                ok = (
+                    all(len(p) == 2 and p[0] >= 1 and p[1] >= 1 for p in src.pairs.values) and len(src.pairs.values) > 0
+                )
+                _check(ok, f"{key}.pairs.values", "[...]", "need [prompt, output] pairs of token counts >= 1")
+            else:
+                _check(
+                    resolve_path(str(src.pairs.path)).is_file(), f"{key}.pairs.path", src.pairs.path, "file not found"
+                )
+                _check(
+                    src.pairs.format in READERS,
+                    f"{key}.pairs.format",
+                    src.pairs.format,
+                    f"must be one of {', '.join(READERS)}",
+                )
+        else:
+            validate_length(src.prompt_tokens, f"{key}.prompt_tokens")
+            validate_length(src.output_tokens, f"{key}.output_tokens")
+    if src.arrival == "mmpp":
+        _check(src.burst_multiplier >= 1, f"{key}.burst_multiplier", src.burst_multiplier, "must be >= 1")
+        _positive(src.burst_mean_s, f"{key}.burst_mean_s")
+        _positive(src.calm_mean_s, f"{key}.calm_mean_s")
+    if src.arrival in ("gamma", "diurnal"):
+        _positive(src.cv, f"{key}.cv")
+    if src.arrival == "diurnal":
+        _check(src.peak_to_trough >= 1, f"{key}.peak_to_trough", src.peak_to_trough, "must be >= 1")
+        _check(0 <= src.peak_hour < 24, f"{key}.peak_hour", src.peak_hour, "must be in [0, 24)")
+        if src.hourly_weights is not None:
+            w = src.hourly_weights
+            _check(
+                len(w) == 24 and min(w) >= 0 and sum(w) > 0,
+                f"{key}.hourly_weights",
+                f"[{len(w)} values]",
+                "need 24 non-negative weights, not all zero",
+            )
+        _check(src.weekend_factor >= 0, f"{key}.weekend_factor", src.weekend_factor, "must be >= 0")
+        _check(src.start_weekday in range(7), f"{key}.start_weekday", src.start_weekday, "must be 0 (Monday) .. 6")
+    for k in ("slo_ttft_s", "slo_tpot_s"):
+        if getattr(src, k) is not None:
+            _positive(getattr(src, k), f"{key}.{k}")
+
+
+def validate_workload(w: WorkloadConfig) -> None:
+    if w.duration_s is not None:
+        _positive(w.duration_s, "workload.duration_s")
+    if w.sources:
+        for name, src in w.sources.items():
+            _check(
+                bool(name) and "." not in name, "workload.sources", name, "class names must be non-empty, without dots"
+            )
+            validate_source(src, f"workload.sources.{name}", w.duration_s)
+    else:
+        validate_source(w, "workload", w.duration_s)
+    if w.window_start_s is not None:
+        _check(w.window_start_s >= 0, "workload.window_start_s", w.window_start_s, "must be >= 0")
+    if w.window_end_s is not None:
+        _check(
+            w.window_end_s > (w.window_start_s or 0.0),
+            "workload.window_end_s",
+            w.window_end_s,
+            f"must be > window_start_s ({w.window_start_s or 0})",
+        )
+    for k in ("rate_scale", "load_scale", "prompt_scale", "output_scale"):
+        _positive(getattr(w, k), f"workload.{k}")
+    if w.loop:
+        _check(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
 
 
 def validate(cfg: Config) -> None:
@@ -240,11 +415,7 @@ def validate(cfg: Config) -> None:
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
 
     w = cfg.workload
-    _check(w.arrival in ARRIVALS, "workload.arrival", w.arrival, f"must be one of {', '.join(ARRIVALS)}")
-    _positive(w.rate, "workload.rate")
-    _positive(w.duration_s, "workload.duration_s")
-    validate_length(w.prompt_tokens, "workload.prompt_tokens")
-    validate_length(w.output_tokens, "workload.output_tokens")
+    validate_workload(w)
 
     m = cfg.model
     _positive(m.params_b, "model.params_b")
@@ -360,14 +531,17 @@ def validate(cfg: Config) -> None:
             f"without chunked prefill must be >= max_model_len ({plan.max_model_len}); "
             "set engine.max_model_len lower or enable chunked prefill",
         )
-    for key in ("prompt_tokens", "output_tokens"):
-        bound = length_upper_bound(getattr(w, key))
-        limit = plan.max_model_len if key == "prompt_tokens" else plan.max_model_len - 1
+    for name, src in (w.sources or {"": w}).items():
+        if src.arrival == "trace" or src.pairs.path or src.pairs.values:
+            continue  # lengths come from data: over-long requests are rejected one by one
+        prefix = f"workload.sources.{name}" if name else "workload"
+        p_low = length_lower_bound(src.prompt_tokens) * w.prompt_scale
+        o_low = length_lower_bound(src.output_tokens) * w.output_scale
         _check(
-            bound is None or bound <= limit,
-            f"workload.{key}",
-            bound,
-            f"every request would exceed the context limit: at most {limit} tokens fit "
+            p_low + o_low <= plan.max_model_len,
+            f"{prefix}.prompt_tokens",
+            length_upper_bound(src.prompt_tokens),
+            f"every request would exceed the context limit: at most {plan.max_model_len} prompt + output tokens fit "
             f"(max_model_len {plan.max_model_len}, KV cache {plan.kv_tokens} tokens)",
         )
 

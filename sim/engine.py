@@ -5,7 +5,8 @@ partially prefilled and newly admitted requests, within `max_num_seqs` and
 `max_num_batched_tokens`. The KV cache is paged in blocks; when the decoders' next tokens need
 more blocks than are free, the most recently admitted running request is preempted (recompute:
 its KV is dropped and it goes back to the front of the waiting queue). New requests join only
-at iteration boundaries, and no request is admitted in an iteration that preempted one.
+at iteration boundaries (one arriving exactly at a boundary joins the iteration after the one
+that starts there), and no request is admitted in an iteration that preempted one.
 
 Fast-forward (`engine.fast_forward=true`). A replica advances in *segments*, each one SimPy
 event: an optional head iteration (prefill chunks plus one decode token per running sequence)
@@ -112,6 +113,20 @@ def _kv_steps(g: int, n: int, q_sum: int, cnt: list[int], bs: int, capacity: int
         slack -= cnt[(1 - x) % bs]  # decoders whose KV fills a block at boundary x - 1
         if slack < 0:
             return min(x - 1 - g, limit)
+
+
+class BoundaryTimer(simpy.Timeout):
+    """A timeout processed before the other events of the same instant (SimPy's URGENT
+    priority), so an arrival at exactly an iteration boundary always finds the next iteration
+    already formed and joins the one after, in both engine modes."""
+
+    def __init__(self, env: simpy.Environment, delay: float):
+        self.env = env
+        self.callbacks = []
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        env.schedule(self, simpy.events.URGENT, delay)
 
 
 class Plan(NamedTuple):
@@ -293,7 +308,7 @@ class Replica:
                 yield self._wake
                 self._wake = None
             duration = self._schedule()
-            self._timer = env.timeout(duration)
+            self._timer = BoundaryTimer(env, duration)
             self.timers += 1
             yield self._timer  # may be moved by _plan_cut
             if self._pending is not None:
@@ -480,8 +495,17 @@ class Replica:
         budget = self.max_tokens - n
         admit = self._plan_admission(free, budget)
         pending = self._pending
-        if not admit or (pending is not None and len(admit) == len(pending.admit)):
-            return  # nobody can join (or nobody more than already planned)
+        if not admit:
+            return  # nobody can join
+        # Nobody more joins than planned: the plan stands, unless it was merged with the run
+        # after it and someone is now left waiting (the budget the head's prefills free at its
+        # end may admit them at the next boundary).
+        if (
+            pending is not None
+            and len(admit) == len(pending.admit)
+            and (not pending.merged or len(admit) == len(self.waiting))
+        ):
+            return
         chunks = [(c, r.computed) for r, c, _ in admit]
         head = self.perf.iteration_time(n, self.s_off + n * g, chunks)
         for _, c, need in admit:
@@ -532,7 +556,7 @@ class Replica:
         """
         env = self.env
         self._timer.callbacks.remove(self._resume)  # type: ignore[union-attr]
-        timer = env.timeout(max(0.0, end - env.now))
+        timer = BoundaryTimer(env, max(0.0, end - env.now))
         timer.callbacks.append(self._resume)  # type: ignore[union-attr]
         self.proc._target = timer
         self._timer = timer
@@ -636,6 +660,7 @@ class Replica:
         """Recompute-preempt a running request; return the blocks that frees for iteration g."""
         del self.running[req.id]
         if req.state == DECODE:
+            req.generated = req.output - (req.finish_g - self.g)  # tokens out by boundary g
             freed = -(-(req.o + self.g + 1) // self.bs)
             self._leave_decode(req)
         else:

@@ -22,13 +22,25 @@ class ConfigError(UserError):
 
 
 class TraceError(UserError):
-    """A trace file cannot be read: names the file, the row and the column."""
+    """A trace file cannot be read: names the file, the line (text files) or row (Parquet, 1-based)
+    and the column."""
 
-    def __init__(self, path: str, problem: str, row: int | None = None, column: str | None = None):
-        self.path = path
+    def __init__(
+        self,
+        path: str,
+        problem: str,
+        *,
+        line: int | None = None,
+        row: int | None = None,
+        column: str | None = None,
+    ):
+        self.path = str(path)
+        self.line = line
         self.row = row
         self.column = column
-        where = str(path)
+        where = self.path
+        if line is not None:
+            where += f", line {line}"
         if row is not None:
             where += f", row {row}"
         if column is not None:

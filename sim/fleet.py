@@ -64,6 +64,7 @@ class Fleet:
         self.n_total = len(workload)
         self.n_closed = 0
         self.finished = env.event()
+        self._arrivals_done = False
         # live accounting for the time series
         self._in_system = 0
         self._area = 0.0  # integral of requests in system since the last sample
@@ -102,6 +103,7 @@ class Fleet:
             loads[k] += 1
             req.replica = k
             replicas[k].submit(req)
+        self._arrivals_done = True
 
     def sample(self, interval: float):
         env = self.env
@@ -110,6 +112,14 @@ class Fleet:
             k += 1
             yield env.timeout(k * interval - env.now)
             self.take_sample()
+            if (
+                self._arrivals_done
+                and not self.finished.triggered
+                and all(not r.running and not r.waiting for r in self.replicas)
+            ):  # a bug, never a user error: requests went missing
+                raise RuntimeError(
+                    f"{self.n_total - self.n_closed} request(s) neither served nor rejected at t={env.now:.1f}"
+                )
 
     # ------------------------------------------------------------------ records
 

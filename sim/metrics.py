@@ -29,6 +29,7 @@ REQUEST_COLUMNS = (
     "finish_s",
     "preemptions",
     "reject_reason",
+    "class",
 )
 
 
@@ -58,6 +59,7 @@ def requests_frame(workload: Workload, rec: Records) -> pd.DataFrame:
             "finish_s": rec.finish,
             "preemptions": rec.preemptions,
             "reject_reason": reasons[rec.reason],
+            "class": workload.class_of(),
         }
     )
 
@@ -67,8 +69,24 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else math.nan
 
 
-def slo_mask(df: pd.DataFrame, ttft_s: float, tpot_s: float) -> np.ndarray:
-    """Requests that met both thresholds (one-token outputs have no TPOT to miss)."""
+def slo_thresholds(df: pd.DataFrame, cfg: Config, class_slo: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request TTFT and TPOT thresholds: the slo group's, or the request class's own."""
+    ttft = np.full(len(df), cfg.slo.ttft_s)
+    tpot = np.full(len(df), cfg.slo.tpot_s)
+    if class_slo:
+        cls = df["class"].to_numpy()
+        for name, (t1, t2) in class_slo.items():
+            mine = cls == name
+            if t1 is not None:
+                ttft[mine] = t1
+            if t2 is not None:
+                tpot[mine] = t2
+    return ttft, tpot
+
+
+def slo_mask(df: pd.DataFrame, ttft_s, tpot_s) -> np.ndarray:
+    """Requests that met both thresholds (scalars or per-request arrays); one-token outputs have
+    no TPOT to miss; rejected requests miss."""
     ttft = df["ttft_s"].to_numpy()
     tpot = df["tpot_s"].to_numpy()
     with np.errstate(invalid="ignore"):
@@ -87,6 +105,7 @@ def summarize(
     api_cost: float,
     mean_replicas: float,
     max_replicas: int,
+    class_slo: dict | None = None,
     extra: dict | None = None,
 ) -> dict:
     route = df["route"].to_numpy()
@@ -96,7 +115,7 @@ def summarize(
     e2e = df["e2e_s"].to_numpy()
     queue = df["queue_s"].to_numpy()
     slo = cfg.slo
-    ok = slo_mask(df, slo.ttft_s, slo.tpot_s)
+    ok = slo_mask(df, *slo_thresholds(df, cfg, class_slo or {}))
     n = len(df)
     attainment = float(ok.mean()) if n else math.nan
     ttft_q = _pct(ttft, slo.percentile)
@@ -152,6 +171,17 @@ def summarize(
         "gpu_busy": busy_s / replica_seconds if replica_seconds else 0.0,
     }
     summary.update(extra or {})
+    classes = df["class"].to_numpy()
+    names = list(dict.fromkeys(classes.tolist()))
+    if len(names) > 1:  # a mix: the main figures per class, as flat keys "<key>.<class>"
+        for name in names:
+            mine = classes == name
+            summary[f"n_requests.{name}"] = int(mine.sum())
+            summary[f"slo_attainment.{name}"] = float(ok[mine].mean())
+            summary[f"ttft_p99.{name}"] = _pct(ttft[mine], 99)
+            summary[f"tpot_p99.{name}"] = _pct(tpot[mine], 99)
+            summary[f"e2e_p50.{name}"] = _pct(e2e[mine], 50)
+            summary[f"n_rejected.{name}"] = int((route[mine] == "rejected").sum())
     return summary
 
 

@@ -214,16 +214,18 @@ class TablePerf:
             axes, grid.reshape([len(a) for a in axes]) / 1000, bounds_error=False, fill_value=None
         )
         self.path = Path(path)
+        self._floor = float(grid.min()) / 1000  # no iteration is faster than the fastest measured
 
     def iteration_time(self, n_decode: int, context: int, chunks: Chunks) -> float:
         tokens = n_decode + sum(c for c, _ in chunks)
         ctx = context + n_decode + sum(c + k0 for c, k0 in chunks)
-        return float(self._interp([(n_decode + len(chunks), tokens, ctx)])[0])
+        return max(float(self._interp([(n_decode + len(chunks), tokens, ctx)])[0]), self._floor)
 
     def decode_run(self, n_decode: int, context: int, n_max: int) -> TableDecodeRun:
         k = np.arange(n_max, dtype=float)
         pts = np.column_stack([np.full(n_max, n_decode), np.full(n_max, n_decode), context + n_decode + n_decode * k])
-        return TableDecodeRun(np.concatenate([[0.0], np.cumsum(self._interp(pts))]))
+        times = np.maximum(self._interp(pts), self._floor)  # extrapolation may not go below the table
+        return TableDecodeRun(np.concatenate([[0.0], np.cumsum(times)]))
 
 
 class TableDecodeRun:

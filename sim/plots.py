@@ -42,6 +42,16 @@ def _cdf(ax, values: np.ndarray, threshold: float, label: str, unit_scale: float
     ax.legend(loc="lower right")
 
 
+def scenario(result: Result) -> str:
+    """One line saying what was simulated, for figure titles."""
+    c, s = result.config, result.summary
+    tp = c.engine.tensor_parallel_size
+    reps = f"{s['max_replicas']} replica{'s' if s['max_replicas'] != 1 else ''}"
+    per = f"{tp}x {c.gpu.name}" if tp > 1 else c.gpu.name
+    rate = s["n_requests"] / max(float(result.requests.arrival_s.max()), 1e-9)
+    return f"{c.model.name} ({c.model.weight_dtype}) - {reps} of {per} - workload {c.workload.name}, {rate:.3g} req/s"
+
+
 def latency_cdf(result: Result, path: Path) -> None:
     df = result.requests
     slo = result.config.slo
@@ -50,8 +60,7 @@ def latency_cdf(result: Result, path: Path) -> None:
     _cdf(ax1, df["ttft_s"].to_numpy(), slo.ttft_s, "TTFT", 1.0, "s", slo.percentile)
     _cdf(ax2, df["tpot_s"].to_numpy(), slo.tpot_s, "TPOT", 1000.0, "ms", slo.percentile)
     fig.suptitle(
-        f"{result.config.model.name} on {result.config.gpu.name} - "
-        f"SLO attainment {result.summary['slo_attainment']:.1%} (target {slo.attainment:.0%})"
+        f"{scenario(result)}\nSLO attainment {result.summary['slo_attainment']:.1%} (target {slo.attainment:.0%})"
     )
     _save(fig, path)
 
@@ -70,9 +79,9 @@ def timeline(result: Result, path: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     ax = axes[1]
-    ax.plot(minutes, ts["running"], label="running (end of interval)", color="#9467bd")
-    ax.plot(minutes, ts["queued"], label="queued (end of interval)", color="#d62728")
-    ax.plot(minutes, ts["in_system"], label="in system (interval mean)", color="#7f7f7f", ls="--")
+    ax.plot(minutes, ts["in_system"], label="in system (interval mean)", color="#7f7f7f", lw=2)
+    ax.plot(minutes, ts["running"], label="running (at interval end)", color="#9467bd", ls="--", lw=1)
+    ax.plot(minutes, ts["queued"], label="queued (at interval end)", color="#d62728", ls="--", lw=1)
     ax.set_ylabel("requests")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
@@ -85,7 +94,13 @@ def timeline(result: Result, path: Path) -> None:
     ax.set_xlabel("simulated time (min)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
-    fig.suptitle(f"Fleet timeline - {int(ts['replicas_active'].max())} replica(s)")
+    last_arrival = float(result.requests.arrival_s.max()) / 60
+    end = float(ts["time_s"].iloc[-1] + ts["interval_s"].iloc[-1]) / 60
+    if end - last_arrival > 0.02 * end:
+        for a in axes:
+            a.axvspan(last_arrival, end, color="#eeeeee", zorder=0)
+        axes[0].text(last_arrival, axes[0].get_ylim()[1] * 0.95, " arrivals end: drain", fontsize=8, va="top")
+    fig.suptitle(f"Timeline - {scenario(result)}")
     _save(fig, path)
 
 

@@ -16,11 +16,19 @@ import pandas as pd
 import simpy
 
 from sim.config import Config, to_config, validate
-from sim.fleet import SAMPLE_COLUMNS, Fleet
+from sim.errors import UserError
+from sim.fleet import ROUTE_NONE, SAMPLE_COLUMNS, Fleet
 from sim.kvcache import MemoryPlan, memory_plan
 from sim.metrics import json_ready, requests_frame, summarize
 from sim.perf import build_perf
 from sim.workload import Workload, build_workload
+
+
+def config_yaml(cfg: Config) -> str:
+    """The fully resolved config of a run, as YAML (the Python API's counterpart of .hydra/)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
 @dataclass
@@ -37,6 +45,7 @@ class Result:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
+        (out / "config.yaml").write_text(config_yaml(self.config))
         if self.config.output.requests:
             self.requests.to_parquet(out / "requests.parquet", index=False)
         self.timeseries.to_csv(out / "timeseries.csv", index=False)
@@ -47,12 +56,28 @@ class Result:
         return out
 
 
+def check_workload(wl: Workload) -> Workload:
+    """A workload handed in by a caller: non-empty, sorted, non-negative, token counts >= 1."""
+    import numpy as np
+
+    n = len(wl.arrival_s)
+    if n == 0:
+        raise UserError("workload: no requests")
+    if len(wl.prompt_tokens) != n or len(wl.output_tokens) != n:
+        raise UserError("workload: arrival_s, prompt_tokens and output_tokens differ in length")
+    if not np.all(np.diff(wl.arrival_s) >= 0) or wl.arrival_s[0] < 0 or not np.all(np.isfinite(wl.arrival_s)):
+        raise UserError("workload: arrival_s must be finite, >= 0 and non-decreasing")
+    if wl.prompt_tokens.min() < 1 or wl.output_tokens.min() < 1:
+        raise UserError("workload: prompt_tokens and output_tokens must be >= 1")
+    return wl
+
+
 def run(config: Any, workload: Workload | None = None) -> Result:
     """Simulate one scenario. `config`: a Config, a nested dict or an OmegaConf node."""
     cfg = to_config(config)
     validate(cfg)
     wall0 = time.perf_counter()
-    wl = workload if workload is not None else build_workload(cfg.workload, cfg.seed)
+    wl = build_workload(cfg.workload, cfg.seed) if workload is None else check_workload(workload)
     plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)
     perf = build_perf(cfg.model, cfg.gpu, cfg.engine)
 
@@ -61,6 +86,9 @@ def run(config: Any, workload: Workload | None = None) -> Result:
     env.run(until=fleet.finished)
     fleet.take_sample()
     end = env.now
+    lost = int((fleet.records.route == ROUTE_NONE).sum())
+    if lost:
+        raise RuntimeError(f"{lost} request(s) ended neither served nor rejected")
 
     df = requests_frame(wl, fleet.records)
     ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
@@ -84,6 +112,7 @@ def run(config: Any, workload: Workload | None = None) -> Result:
         api_cost=0.0,
         mean_replicas=float(n_rep),
         max_replicas=n_rep,
+        class_slo=wl.class_slo,
         extra={
             "gpus_per_replica": cfg.engine.tensor_parallel_size,
             "kv_tokens_per_replica": plan.kv_tokens,

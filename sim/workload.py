@@ -1,20 +1,29 @@
-"""Workloads: arrival times and token counts for every request, generated before simulating.
+"""Workloads: arrival times, token counts and class labels of every request, built before simulating.
 
-Plain NumPy: a workload is a set of equal-length arrays sorted by arrival time. Every random
-stream comes from `stream(seed, name)`, so adding a new component never shifts another's draws.
+A workload is one source or a mix of named sources (tenants or request classes), each an
+arrival process (`sim.arrivals`) or a replayed trace (`sim.traces`) with token lengths
+(`sim.lengths`). The merged stream then goes through the what-if transforms, in this order:
+time window, rate scale (time compressed or stretched), loop to the horizon, truncation at
+`duration_s`, load scale (thin or replicate, keeping the time shape), prompt/output scale.
+
+Plain NumPy. Every random stream comes from `stream(seed, name)`, so adding a component never
+shifts another's draws.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.config import LengthConfig, WorkloadConfig
+from sim.arrivals import ARRIVALS, TRACE
+from sim.config import SourceConfig, WorkloadConfig, resolve_path
 from sim.errors import ConfigError
-
-Z99 = 2.3263478740408408  # standard normal 99th percentile
+from sim.lengths import sample_lengths, sample_pairs
+from sim.traces import read_trace
 
 
 def stream(seed: int, name: str) -> np.random.Generator:
@@ -24,91 +33,251 @@ def stream(seed: int, name: str) -> np.random.Generator:
 
 @dataclass(frozen=True)
 class Workload:
-    arrival_s: np.ndarray  # float64, non-decreasing, first arrival >= 0
+    arrival_s: np.ndarray  # float64, non-decreasing, from 0
     prompt_tokens: np.ndarray  # int64 >= 1
     output_tokens: np.ndarray  # int64 >= 1
+    classes: np.ndarray | None = None  # int16 index into class_names (None: one class)
+    class_names: tuple[str, ...] = ("default",)
+    class_slo: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # (ttft_s, tpot_s)
+    hash_offsets: np.ndarray | None = None  # request i's prefix blocks: hash_ids[off[i]:off[i+1]]
+    hash_ids: np.ndarray | None = None
+    block_tokens: int = 0  # tokens per prefix block
+    clock_start_s: float | None = None  # time of day at t=0, when known
+    start_weekday: int | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
 
-
-# ----------------------------------------------------------------------------- lengths
-
-
-def lognormal_sigma(mean: float, p99: float) -> float:
-    """Sigma of the lognormal with this mean and 99th percentile (the narrower solution)."""
-    # ln(p99 / mean) = Z99 s - s^2 / 2
-    disc = Z99 * Z99 - 2 * np.log(p99 / mean)
-    if disc < 0:
-        return float("nan")
-    return float(Z99 - np.sqrt(disc))
+    def class_of(self) -> np.ndarray:
+        """Class name of every request."""
+        names = np.asarray(self.class_names, dtype=object)
+        return names[self.classes] if self.classes is not None else np.full(len(self), names[0], dtype=object)
 
 
-def sample_lengths(lc: LengthConfig, n: int, rng: np.random.Generator, key: str) -> np.ndarray:
-    """n token counts (int64 >= 1) drawn from a length model; rounding, never clipping above."""
-    if lc.dist == "fixed":
-        raw = np.full(n, float(lc.mean))  # type: ignore[arg-type]
-    elif lc.dist == "uniform":
-        raw = rng.integers(lc.low, lc.high + 1, size=n).astype(float)  # type: ignore[operator]
-    elif lc.dist == "lognormal":
-        sigma = lognormal_sigma(lc.mean, lc.p99)  # type: ignore[arg-type]
-        if not np.isfinite(sigma):
-            limit = float(np.exp(Z99 * Z99 / 2))
+@dataclass
+class _Part:
+    """Arrays under construction (one source, or the merged stream)."""
+
+    t: np.ndarray
+    prompt: np.ndarray
+    output: np.ndarray
+    labels: np.ndarray  # class name per request
+    offsets: np.ndarray | None = None
+    ids: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> _Part:
+        offsets, ids = self.offsets, self.ids
+        if offsets is not None:
+            offsets, ids = _csr_take(offsets, ids, idx)  # type: ignore[arg-type]
+        return _Part(self.t[idx], self.prompt[idx], self.output[idx], self.labels[idx], offsets, ids)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _source(src: SourceConfig, name: str, horizon: float | None, seed: int, key: str) -> tuple[_Part, dict]:
+    info: dict = {}
+    if src.arrival == TRACE:
+        trace = read_trace(
+            resolve_path(str(src.path)),
+            src.format,
+            columns=dataclasses.asdict(src.columns),
+            time_unit=src.time_unit,
+            keep_failed=src.keep_failed,
+            sort=src.sort,
+        )
+        labels = trace.classes if trace.classes is not None else np.full(len(trace), name, dtype=object)
+        part = _Part(
+            trace.arrival_s,
+            trace.prompt_tokens,
+            trace.output_tokens,
+            labels.astype(object),
+            trace.hash_offsets,
+            trace.hash_ids,
+        )
+        info = {
+            "block_tokens": trace.block_tokens,
+            "clock_start_s": trace.clock_start_s,
+            "start_weekday": trace.start_weekday,
+        }
+        return part, info
+    t = ARRIVALS[src.arrival](src, float(horizon), stream(seed, f"{name}/arrivals"))  # type: ignore[arg-type]
+    n = len(t)
+    if src.pairs.path or src.pairs.values:
+        prompt, output = sample_pairs(src.pairs, n, stream(seed, f"{name}/pairs"), f"{key}.pairs")
+    else:
+        prompt = sample_lengths(src.prompt_tokens, n, stream(seed, f"{name}/prompt_tokens"), f"{key}.prompt_tokens")
+        output = sample_lengths(src.output_tokens, n, stream(seed, f"{name}/output_tokens"), f"{key}.output_tokens")
+    if src.arrival == "diurnal":
+        info = {"clock_start_s": 0.0, "start_weekday": src.start_weekday}
+    return _Part(t, prompt, output, np.full(n, name, dtype=object)), info
+
+
+def _merge(parts: list[_Part]) -> _Part:
+    if len(parts) == 1:
+        return parts[0]
+    t = np.concatenate([p.t for p in parts])
+    order = np.argsort(t, kind="stable")  # ties keep source order
+    with_hash = [p for p in parts if p.offsets is not None]
+    offsets = ids = None
+    if with_hash:  # sources without prefix information get empty block lists
+        lengths = np.concatenate(
+            [np.diff(p.offsets) if p.offsets is not None else np.zeros(len(p.t), np.int64) for p in parts]
+        )
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        shift, chunks = 0, []
+        for p in parts:  # keep each source's ids apart
+            if p.ids is not None and len(p.ids):
+                chunks.append(p.ids + shift)
+                shift += int(p.ids.max()) + 1
+        ids = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    merged = _Part(
+        t,
+        np.concatenate([p.prompt for p in parts]),
+        np.concatenate([p.output for p in parts]),
+        np.concatenate([p.labels for p in parts]),
+        offsets,
+        ids,
+    )
+    return merged.take(order)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def _empty(key: str, value: object, what: str) -> ConfigError:
+    return ConfigError(key, value, f"no request is left after {what}")
+
+
+def _transform(part: _Part, wc: WorkloadConfig, seed: int) -> _Part:
+    if wc.window_start_s is not None or wc.window_end_s is not None:
+        start = wc.window_start_s or 0.0
+        end = wc.window_end_s if wc.window_end_s is not None else math.inf
+        span = float(part.t[-1]) if len(part.t) else 0.0
+        keep = np.flatnonzero((part.t >= start) & (part.t < end))
+        if not len(keep):
             raise ConfigError(
-                f"{key}.p99", lc.p99, f"a lognormal with mean {lc.mean} has p99 at most {limit:.1f}x its mean"
+                "workload.window_start_s",
+                start,
+                f"the window [{start:g}, {end:g}) s holds no request (arrivals span 0 to {span:.0f} s)",
             )
-        mu = np.log(lc.mean) - sigma * sigma / 2  # type: ignore[arg-type]
-        raw = rng.lognormal(mu, sigma, size=n)
-    elif lc.dist == "empirical":
-        table = _empirical_table(lc, key)
-        raw = table[rng.integers(0, len(table), size=n)].astype(float)
-    else:  # validated earlier
-        raise ConfigError(f"{key}.dist", lc.dist, "unknown length distribution")
-    return np.maximum(1, np.rint(raw * lc.scale)).astype(np.int64)
+        part = part.take(keep)
+        part.t = part.t - start
+    if wc.rate_scale != 1.0:
+        part.t = part.t / wc.rate_scale
+    if wc.loop and wc.duration_s is not None and len(part.t):
+        part = _loop(part, wc)
+    if wc.duration_s is not None:
+        keep = np.flatnonzero(part.t < wc.duration_s)
+        if not len(keep):
+            raise _empty("workload.duration_s", wc.duration_s, "truncating at duration_s")
+        if len(keep) < len(part.t):
+            part = part.take(keep)
+    if wc.load_scale != 1.0:
+        part = _load_scale(part, wc.load_scale, stream(seed, "load_scale"))
+        if not len(part.t):
+            raise _empty("workload.load_scale", wc.load_scale, "thinning")
+    if wc.prompt_scale != 1.0:
+        part.prompt = np.maximum(1, np.rint(part.prompt * wc.prompt_scale)).astype(np.int64)
+    if wc.output_scale != 1.0:
+        part.output = np.maximum(1, np.rint(part.output * wc.output_scale)).astype(np.int64)
+    return part
 
 
-def _empirical_table(lc: LengthConfig, key: str) -> np.ndarray:
-    import pandas as pd
-
-    path = str(lc.path)
-    try:
-        df = pd.read_parquet(path) if path.endswith(".parquet") else pd.read_csv(path)
-    except Exception as exc:
-        raise ConfigError(f"{key}.path", path, f"cannot read lengths table: {exc}") from None
-    column = lc.column or df.columns[0]
-    if column not in df.columns:
-        raise ConfigError(f"{key}.column", column, f"not a column of {path}; columns: {list(df.columns)}")
-    values = pd.to_numeric(df[column], errors="coerce").to_numpy(float)
-    bad = ~np.isfinite(values) | (values < 1)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0]) + 2
-        raise ConfigError(f"{key}.path", path, f"row {row}, column {column!r}: need a number >= 1")
-    if not len(values):
-        raise ConfigError(f"{key}.path", path, "the lengths table is empty")
-    return values
+def _loop(part: _Part, wc: WorkloadConfig) -> _Part:
+    """Repeat the arrivals back to back until duration_s; each copy's prefix ids are distinct."""
+    n = len(part.t)
+    if wc.window_start_s is not None and wc.window_end_s is not None:
+        period = (wc.window_end_s - wc.window_start_s) / wc.rate_scale
+    else:  # the span of the arrivals plus one mean gap
+        period = float(part.t[-1]) * n / max(n - 1, 1) if n > 1 else 1.0
+    copies = max(1, math.ceil(wc.duration_s / period))  # type: ignore[operator]
+    idx = np.tile(np.arange(n), copies)
+    looped = part.take(idx)
+    copy = np.repeat(np.arange(copies), n)
+    looped.t = looped.t + copy * period
+    if looped.ids is not None and len(looped.ids):
+        looped.ids = looped.ids + np.repeat(copy, np.diff(looped.offsets)) * (int(part.ids.max()) + 1)  # type: ignore[union-attr]
+    return looped
 
 
-# ----------------------------------------------------------------------------- arrivals
+def _load_scale(part: _Part, scale: float, rng: np.random.Generator) -> _Part:
+    """Thin (scale < 1: keep each request with probability scale) or replicate (scale > 1:
+    floor(scale) copies plus one more with probability frac). A copy arrives uniformly within the
+    original's gap to the next arrival, so the time shape survives; copies get their own prefix
+    ids (another population with the same structure)."""
+    n = len(part.t)
+    whole, frac = math.floor(scale), scale - math.floor(scale)
+    counts = np.full(n, whole, dtype=np.int64) + (rng.uniform(size=n) < frac)
+    idx = np.repeat(np.arange(n), counts)
+    out = part.take(idx)
+    if not len(idx):
+        return out
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    copy = np.arange(len(idx)) - np.repeat(first, counts)  # 0 for the original
+    gaps = np.diff(part.t, append=part.t[-1] + (part.t[-1] - part.t[0]) / max(n - 1, 1))
+    jitter = np.where(copy > 0, rng.uniform(size=len(idx)) * gaps[idx], 0.0)
+    out.t = out.t + jitter
+    if out.ids is not None and len(out.ids):
+        out.ids = out.ids + np.repeat(copy, np.diff(out.offsets)) * (int(part.ids.max()) + 1)  # type: ignore[union-attr]
+    order = np.argsort(out.t, kind="stable")
+    return out.take(order)
 
 
-def poisson_arrivals(rate: float, duration: float, rng: np.random.Generator) -> np.ndarray:
-    """Homogeneous Poisson process on [0, duration): N ~ Poisson(rate T), times iid uniform."""
-    n = rng.poisson(rate * duration)
-    return np.sort(rng.uniform(0.0, duration, size=n))
+def _csr_take(offsets: np.ndarray, ids: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.diff(offsets)[idx]
+    new = np.concatenate([[0], np.cumsum(lengths)])
+    take = np.repeat(offsets[:-1][idx] - new[:-1], lengths) + np.arange(new[-1])
+    return new, ids[take]
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def horizon(wc: WorkloadConfig) -> float | None:
+    """How long a synthetic source must generate for, before the transforms."""
+    if wc.window_end_s is not None:
+        return wc.window_end_s
+    if wc.duration_s is None:
+        return None
+    return (wc.window_start_s or 0.0) + wc.duration_s * wc.rate_scale
 
 
 def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
-    if wc.arrival == "poisson":
-        arrivals = poisson_arrivals(wc.rate, wc.duration_s, stream(seed, "arrivals"))
-    elif wc.arrival == "uniform":
-        arrivals = np.arange(int(np.floor(wc.rate * wc.duration_s))) / wc.rate
-    else:
-        raise ConfigError("workload.arrival", wc.arrival, "unknown arrival process")
-    n = len(arrivals)
-    if n == 0:
-        raise ConfigError(
-            "workload.rate", wc.rate, f"no request arrives within duration_s={wc.duration_s}; raise either"
+    sources = wc.sources or {wc.name: wc}
+    span = horizon(wc)
+    parts, infos = [], []
+    for name, src in sources.items():
+        key = f"workload.sources.{name}" if wc.sources else "workload"
+        part, info = _source(src, name, span, seed, key)
+        parts.append(part)
+        infos.append(info)
+    part = _transform(_merge(parts), wc, seed)
+    if not len(part.t):
+        raise _empty(
+            "workload.rate", wc.rate, f"generating {wc.duration_s} s of arrivals; raise the rate or the duration"
         )
-    prompts = sample_lengths(wc.prompt_tokens, n, stream(seed, "prompt_tokens"), "workload.prompt_tokens")
-    outputs = sample_lengths(wc.output_tokens, n, stream(seed, "output_tokens"), "workload.output_tokens")
-    return Workload(arrivals, prompts, outputs)
+    names, codes = np.unique(part.labels.astype(str), return_inverse=True)
+    present = set(names.tolist())
+    order = [n for n in sources if n in present] + [n for n in names.tolist() if n not in sources]
+    remap = {n: i for i, n in enumerate(order)}
+    classes = np.array([remap[n] for n in names], dtype=np.int16)[codes]
+    class_slo = {
+        n: (src.slo_ttft_s, src.slo_tpot_s)
+        for n, src in sources.items()
+        if src.slo_ttft_s is not None or src.slo_tpot_s is not None
+    }
+    info = infos[0] if len(infos) == 1 else {"block_tokens": max(i.get("block_tokens", 0) for i in infos)}
+    return Workload(
+        arrival_s=part.t,
+        prompt_tokens=part.prompt,
+        output_tokens=part.output,
+        classes=classes if len(order) > 1 else None,
+        class_names=tuple(order),
+        class_slo=class_slo,
+        hash_offsets=part.offsets,
+        hash_ids=part.ids,
+        block_tokens=int(info.get("block_tokens") or 0),
+        clock_start_s=info.get("clock_start_s") if not wc.window_start_s and wc.rate_scale == 1 else None,
+        start_weekday=info.get("start_weekday") if not wc.window_start_s and wc.rate_scale == 1 else None,
+    )
