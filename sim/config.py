@@ -332,7 +332,9 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
     if src.arrival == TRACE:
         _check(bool(src.path), f"{key}.path", src.path, "trace replay needs a file")
         _check(resolve_path(str(src.path)).is_file(), f"{key}.path", src.path, "file not found")
-        _check(src.format in READERS, f"{key}.format", src.format, f"must be one of {', '.join(READERS)}")
+        _check(
+            src.format in READERS, f"{key}.format", src.format, f"must be one of {', '.join(READERS)} (for {src.path})"
+        )
         _check(
             src.time_unit in TIME_UNITS, f"{key}.time_unit", src.time_unit, f"must be one of {', '.join(TIME_UNITS)}"
         )

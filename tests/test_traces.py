@@ -73,6 +73,22 @@ def test_every_format_replays_end_to_end(fmt):
         assert set(r.requests["class"]) == {"chat", "batch"} and "slo_attainment.batch" in r.summary
 
 
+def test_azure_2024_timestamps_with_utc_offset(tmp_path):
+    path = tmp_path / "conv_1week.csv"
+    path.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2024-05-10 00:00:00.009930+00:00,374,44\n"
+        "2024-05-10 00:00:00.509930+00:00,396,109\n"
+        "2024-05-10 00:01:40.009930+00:00,879,0\n"
+    )
+    with pytest.raises(TraceError, match="line 4, column 'GeneratedTokens'"):
+        read_trace(path, "azure")  # Azure logs carry no zero-output requests; 0 is an error
+    path.write_text(path.read_text().replace(",879,0", ",879,5"))
+    tr = read_trace(path, "azure")
+    assert tr.arrival_s.tolist() == [0.0, 0.5, 100.0]
+    assert tr.start_weekday == 4 and tr.clock_start_s == pytest.approx(0.00993)
+
+
 def test_burstgpt_failed_rows_dropped_or_kept():
     raw = pd.read_csv(EXAMPLES["burstgpt"])
     failed = int((raw["Response tokens"] == 0).sum())
@@ -214,7 +230,7 @@ def _cli(*args, cwd):
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (("workload.format=xml",), "workload.format='xml'"),
+        (("workload.format=xml",), "synthetic_azure.csv"),
         (("workload.path=nowhere.csv",), "file not found"),
         (("workload.window_start_s=200000",), "holds no request"),
         (("workload.path={bad}", "workload.format=csv"), "line 3, column 'prompt_tokens'"),
