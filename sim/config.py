@@ -158,15 +158,111 @@ class EngineConfig:
 
 
 @dataclass
+class AutoscalerConfig:
+    """How the fleet's size follows load (fleet.autoscaler)."""
+
+    name: str = "fixed"  # fixed | target | ray | schedule
+    interval_s: float = 2.0  # how often load is sampled and a decision taken
+    # target (Knative KPA): desired = ceil(load / target), load averaged over a window
+    metric: str = "concurrency"  # concurrency | running | kv | tokens_per_s
+    target: float = 32.0  # load per replica to aim for, in the metric's unit
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0  # panic (scale on the short window, never down) at this x target
+    scale_down_delay_s: float = 60.0  # a lower desired count must hold this long before acting
+    max_scale_up_rate: float = 1000.0  # at most x current replicas per decision
+    max_scale_down_rate: float = 2.0  # at least current / rate replicas after a decision
+    scale_to_zero_grace_s: float = 30.0  # with min_replicas = 0: idle this long before zero
+    # ray (Ray Serve): target ongoing requests per replica, acted on after a delay
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    # schedule: replicas for each hour of the day (24 values), on the workload's clock
+    schedule: list[int] | None = None
+
+
+@dataclass
+class ColdStartConfig:
+    """Provisioning time of a new replica: acquire + image + weight load + engine start."""
+
+    acquire_s: float = 0.0  # waiting for a GPU node (0: capacity on hand)
+    image_s: float = 10.0  # container start with a cached image
+    load_gbps: float = 2.0  # weight loading from local disk, GB/s per GPU
+    init_s: float = 15.0  # engine start: CUDA graphs, compilation, KV profiling
+    fixed_s: float | None = None  # a measured cold start replaces the sum
+
+
+@dataclass
+class SleepConfig:
+    """vLLM-style sleep of idle replicas (fleet.sleep)."""
+
+    enabled: bool = False
+    level: int = 1  # 1: weights to host RAM; 2: weights dropped (wake reloads them)
+    idle_s: float = 60.0  # idle this long before sleeping
+    min_awake: int = 1  # never fewer awake replicas than this
+    cost_fraction: float = 1.0  # billed share of the rate while asleep (0: GPU released)
+    l1_gbps: float = 15.0  # host-to-GPU weight copy on a level-1 wake, GB/s per GPU
+    wake_extra_s: float = 0.5  # first step after a wake is slower (warm-up)
+    wake_s: float | None = None  # a measured wake time replaces the derivation
+
+
+@dataclass
+class PricingConfig:
+    """How GPU time is priced and billed (fleet.pricing)."""
+
+    kind: str = "on_demand"  # on_demand | reserved | spot
+    reserved_gpus: int = 0  # reserved: GPUs committed for the whole horizon
+    reserved_fraction: float = 0.6  # reserved price / on-demand price (30-50% cuts are typical)
+    spot_fraction: float = 0.4  # spot price / on-demand price
+    spot_preemptions_per_hour: float = 0.1  # per spot replica
+    billing: str = "per_second"  # per_second | per_hour (each replica's lifetime rounded up)
+    min_billed_s: float = 60.0  # minimum billed lifetime of a replica
+    ops_cost_per_month: float = 0.0  # fixed operations cost, prorated over the horizon
+
+
+@dataclass
 class FleetConfig:
     name: str = "fixed"
-    replicas: int = 1
-    router: str = "least_outstanding"
+    replicas: int = 1  # fixed: the fleet size; autoscaled: replicas at t = 0
+    min_replicas: int = 1
+    max_replicas: int = 8
+    router: str = "least_outstanding"  # least_outstanding | round_robin | power_of_two | prefix_aware
+    prefix_slack: int = 8  # prefix_aware: extra load accepted for a cache hit
+    start_warm: bool = True  # replicas present at t = 0 are ready (no cold start)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
+    sleep: SleepConfig = field(default_factory=SleepConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
 
 
 @dataclass
 class ApiConfig:
+    """A pay-per-token API to overflow to (api group)."""
+
     name: str = "none"
+    enabled: bool = False
+    overflow: str = "never"  # never | always | ttft | slo | queue | share
+    ttft_margin: float = 1.0  # ttft/slo: overflow when a prediction exceeds margin x the SLO threshold
+    queue_threshold: int = 16  # queue: overflow when this many requests wait ahead
+    share: float = 0.0  # share: this fraction of requests, at random
+    # latency: TTFT lognormal (mean, p99); output speed lognormal (mean, cv) tokens/s per request
+    ttft_mean_s: float = 0.35
+    ttft_p99_s: float = 1.5
+    tokens_per_s_mean: float = 80.0
+    tokens_per_s_cv: float = 0.3
+    # prices, $ per million tokens
+    price_input_per_m: float = 0.10
+    price_cached_input_per_m: float = 0.05
+    price_output_per_m: float = 0.10
+    cache_hit_rate: float = 0.5  # share of input tokens billed at the cached price
+    # limits
+    rpm: int | None = None  # requests started per minute (sliding 60 s window)
+    tpm: int | None = None  # prompt + output tokens of requests started per minute
+    monthly_cap_usd: float | None = None  # spend per 30-day month
+    max_output_tokens: int | None = None  # longer requests cannot use the API
+    on_limit: str = "gpu"  # gpu: back to the GPU queue | backoff: retry later (counts in TTFT)
+    backoff_base_s: float = 1.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 60.0
 
 
 @dataclass
@@ -412,6 +508,127 @@ def validate_workload(w: WorkloadConfig) -> None:
         _check(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
 
 
+def _nonneg(value: float | None, key: str) -> None:
+    _check(value is not None and math.isfinite(value) and value >= 0, key, value, "must be >= 0")
+
+
+def validate_fleet(f: FleetConfig) -> None:
+    from sim.autoscale import AUTOSCALERS, METRICS
+    from sim.router import ROUTERS
+
+    a = f.autoscaler
+    _check(a.name in AUTOSCALERS, "fleet.autoscaler.name", a.name, f"must be one of {', '.join(AUTOSCALERS)}")
+    fixed = a.name == "fixed"
+    _check(f.replicas >= 0, "fleet.replicas", f.replicas, "must be >= 0 (0: no GPUs, the API serves everything)")
+    _check(f.min_replicas >= 0, "fleet.min_replicas", f.min_replicas, "must be >= 0")
+    if not fixed:
+        _check(
+            f.max_replicas >= max(1, f.min_replicas),
+            "fleet.max_replicas",
+            f.max_replicas,
+            f"must be >= max(1, fleet.min_replicas={f.min_replicas})",
+        )
+        _check(
+            f.min_replicas <= f.replicas <= f.max_replicas,
+            "fleet.replicas",
+            f.replicas,
+            f"replicas at t=0 must be within [min_replicas, max_replicas] = [{f.min_replicas}, {f.max_replicas}]",
+        )
+    _check(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
+    _nonneg(f.prefix_slack, "fleet.prefix_slack")
+    _positive(a.interval_s, "fleet.autoscaler.interval_s")
+    _check(a.metric in METRICS, "fleet.autoscaler.metric", a.metric, f"must be one of {', '.join(METRICS)}")
+    _positive(a.target, "fleet.autoscaler.target")
+    _positive(a.stable_window_s, "fleet.autoscaler.stable_window_s")
+    _check(
+        0 < a.panic_window_s <= a.stable_window_s,
+        "fleet.autoscaler.panic_window_s",
+        a.panic_window_s,
+        f"must be in (0, stable_window_s={a.stable_window_s}]",
+    )
+    _check(a.panic_threshold >= 1, "fleet.autoscaler.panic_threshold", a.panic_threshold, "must be >= 1")
+    for k in ("scale_down_delay_s", "scale_to_zero_grace_s", "upscale_delay_s", "downscale_delay_s"):
+        _nonneg(getattr(a, k), f"fleet.autoscaler.{k}")
+    for k in ("max_scale_up_rate", "max_scale_down_rate"):
+        _check(getattr(a, k) >= 1, f"fleet.autoscaler.{k}", getattr(a, k), "must be >= 1")
+    if a.name == "schedule":
+        sched = a.schedule
+        _check(
+            sched is not None and len(sched) == 24 and min(sched) >= 0,
+            "fleet.autoscaler.schedule",
+            sched,
+            "needs 24 replica counts >= 0, one per hour of the day",
+        )
+    c = f.cold_start
+    for k in ("acquire_s", "image_s", "init_s"):
+        _nonneg(getattr(c, k), f"fleet.cold_start.{k}")
+    _positive(c.load_gbps, "fleet.cold_start.load_gbps")
+    if c.fixed_s is not None:
+        _nonneg(c.fixed_s, "fleet.cold_start.fixed_s")
+    s = f.sleep
+    _check(s.level in (1, 2), "fleet.sleep.level", s.level, "must be 1 (weights to host RAM) or 2 (weights dropped)")
+    _nonneg(s.idle_s, "fleet.sleep.idle_s")
+    _check(s.min_awake >= 0, "fleet.sleep.min_awake", s.min_awake, "must be >= 0")
+    _check(0 <= s.cost_fraction <= 1, "fleet.sleep.cost_fraction", s.cost_fraction, "must be in [0, 1]")
+    _positive(s.l1_gbps, "fleet.sleep.l1_gbps")
+    _nonneg(s.wake_extra_s, "fleet.sleep.wake_extra_s")
+    if s.wake_s is not None:
+        _nonneg(s.wake_s, "fleet.sleep.wake_s")
+    p = f.pricing
+    kinds = ("on_demand", "reserved", "spot")
+    _check(p.kind in kinds, "fleet.pricing.kind", p.kind, f"must be one of {', '.join(kinds)}")
+    _check(p.reserved_gpus >= 0, "fleet.pricing.reserved_gpus", p.reserved_gpus, "must be >= 0")
+    for k in ("reserved_fraction", "spot_fraction"):
+        _check(0 <= getattr(p, k) <= 1, f"fleet.pricing.{k}", getattr(p, k), "must be in [0, 1]")
+    _nonneg(p.spot_preemptions_per_hour, "fleet.pricing.spot_preemptions_per_hour")
+    _check(
+        p.billing in ("per_second", "per_hour"), "fleet.pricing.billing", p.billing, "must be per_second or per_hour"
+    )
+    _nonneg(p.min_billed_s, "fleet.pricing.min_billed_s")
+    _nonneg(p.ops_cost_per_month, "fleet.pricing.ops_cost_per_month")
+
+
+OVERFLOW = ("never", "always", "ttft", "slo", "queue", "share")
+
+
+def validate_api(a: ApiConfig, f: FleetConfig) -> None:
+    gpu = f.replicas > 0 if f.autoscaler.name == "fixed" else f.max_replicas > 0
+    if not a.enabled:
+        _check(
+            gpu, "fleet.replicas", f.replicas, "no GPUs and no API: nothing can serve (enable an api or add replicas)"
+        )
+        return
+    _check(a.overflow in OVERFLOW, "api.overflow", a.overflow, f"must be one of {', '.join(OVERFLOW)}")
+    _check(
+        gpu or a.overflow == "always", "api.overflow", a.overflow, "with no GPUs (fleet.replicas=0) it must be 'always'"
+    )
+    _positive(a.ttft_margin, "api.ttft_margin")
+    _check(a.queue_threshold >= 0, "api.queue_threshold", a.queue_threshold, "must be >= 0")
+    _check(0 <= a.share <= 1, "api.share", a.share, "must be in [0, 1]")
+    _positive(a.ttft_mean_s, "api.ttft_mean_s")
+    _check(a.ttft_p99_s > a.ttft_mean_s, "api.ttft_p99_s", a.ttft_p99_s, f"must be > api.ttft_mean_s ({a.ttft_mean_s})")
+    _positive(a.tokens_per_s_mean, "api.tokens_per_s_mean")
+    _nonneg(a.tokens_per_s_cv, "api.tokens_per_s_cv")
+    for k in ("price_input_per_m", "price_cached_input_per_m", "price_output_per_m"):
+        _nonneg(getattr(a, k), f"api.{k}")
+    _check(0 <= a.cache_hit_rate <= 1, "api.cache_hit_rate", a.cache_hit_rate, "must be in [0, 1]")
+    for k in ("rpm", "tpm", "max_output_tokens"):
+        if getattr(a, k) is not None:
+            _positive(getattr(a, k), f"api.{k}", integer=True)
+    if a.monthly_cap_usd is not None:
+        _nonneg(a.monthly_cap_usd, "api.monthly_cap_usd")
+    _check(a.on_limit in ("backoff", "gpu"), "api.on_limit", a.on_limit, "must be backoff or gpu")
+    _positive(a.backoff_base_s, "api.backoff_base_s")
+    _check(a.backoff_factor >= 1, "api.backoff_factor", a.backoff_factor, "must be >= 1")
+    _check(a.backoff_max_s >= a.backoff_base_s, "api.backoff_max_s", a.backoff_max_s, "must be >= api.backoff_base_s")
+    _check(
+        gpu or a.on_limit == "backoff" or a.rpm is None,
+        "api.on_limit",
+        a.on_limit,
+        "with no GPUs a refused request can only back off and retry",
+    )
+
+
 def validate(cfg: Config) -> None:
     """Check every value before simulating; raise ConfigError on the first bad one."""
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
@@ -547,13 +764,8 @@ def validate(cfg: Config) -> None:
             f"(max_model_len {plan.max_model_len}, KV cache {plan.kv_tokens} tokens)",
         )
 
-    f = cfg.fleet
-    _positive(f.replicas, "fleet.replicas", integer=True)
-    from sim.router import ROUTERS
-
-    _check(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
-
-    _check(cfg.api.name == "none", "api.name", cfg.api.name, "only 'none' is available")
+    validate_fleet(cfg.fleet)
+    validate_api(cfg.api, cfg.fleet)
 
     s = cfg.slo
     _positive(s.ttft_s, "slo.ttft_s")

@@ -129,6 +129,16 @@ class BoundaryTimer(simpy.Timeout):
         env.schedule(self, simpy.events.URGENT, delay)
 
 
+class View(NamedTuple):
+    """A replica's state at the current instant, independent of the engine mode."""
+
+    g: int  # the iteration in progress
+    n_dec: int  # sequences decoding
+    context: int  # their KV tokens
+    backlog: int  # prefill tokens waiting or in progress
+    head: tuple  # a merged head's (request, chunk) while it runs
+
+
 class Plan(NamedTuple):
     """The iteration planned at a cut boundary, and the decode run it leads to (if any)."""
 
@@ -150,6 +160,7 @@ class Replica:
         "_chunks",
         "_head",
         "_head_occ",
+        "_head_reqs",
         "_heap",
         "_occ",
         "_pending",
@@ -175,6 +186,8 @@ class Replica:
         "n_dec",
         "occ_s",
         "on_done",
+        "on_idle",
+        "paused",
         "perf",
         "preemptions",
         "prefilling",
@@ -183,6 +196,7 @@ class Replica:
         "running",
         "s_off",
         "segments",
+        "stopped",
         "timers",
         "total_blocks",
         "waiting",
@@ -200,6 +214,8 @@ class Replica:
         chunked_prefill: bool,
         fast_forward: bool,
         on_done: Callable[[Request, float], None],
+        on_idle: Callable[[Replica], None] | None = None,
+        paused: bool = False,
     ):
         self.env = env
         self.index = index
@@ -211,6 +227,9 @@ class Replica:
         self.chunked = chunked_prefill
         self.fast_forward = fast_forward
         self.on_done = on_done
+        self.on_idle = on_idle  # called each time the replica runs out of work
+        self.paused = paused  # provisioning, asleep or waking: requests queue, nothing runs
+        self.stopped = False
 
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # admission order; the last one is preempted first
@@ -230,6 +249,7 @@ class Replica:
         self._seg_iters = 0  # iterations in the segment (0: idle)
         self._head = 0.0  # head iteration's duration (0.0: none)
         self._head_occ = 0.0
+        self._head_reqs: list[tuple[Request, int]] = []  # a merged head's (request, chunk), applied ahead
         self._chunks: list[tuple[Request, int]] = []  # head chunks applied at the segment's end
         self._run: DecodeRun | None = None
         self._occ = 0.0  # occupancy during the run
@@ -257,7 +277,7 @@ class Replica:
         """Queue a request; wake the replica, or cut its segment if the request can join."""
         self.waiting.append(req)
         if self._wake is not None:
-            if not self._wake.triggered:
+            if not self._wake.triggered and not self.paused:
                 self._wake.succeed()
             return
         now = self.env.now
@@ -274,6 +294,84 @@ class Replica:
         done = self._iterations_done(now)
         if done + 1 < self._seg_iters:
             self._plan_cut(done + 1)
+
+    def pause(self) -> None:
+        """Stop taking work (only while idle): queued requests wait for `resume`."""
+        assert not self.running and not self.waiting, "pause an idle replica only"
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        if self._wake is not None and not self._wake.triggered and (self.running or self.waiting):
+            self._wake.succeed()
+
+    def evacuate(self) -> list[Request]:
+        """Stop for good (the GPU is taken away) and hand back every request, in arrival order,
+        reset to recompute from the tokens it had produced by now."""
+        now = self.env.now
+        if self._pending is not None:
+            if now >= self._pending.boundary:
+                self._materialize()
+            else:
+                self._pending = None  # its admissions never happened
+        g_now = self.g + (min(self._iterations_done(now), self._seg_iters) if self._seg_iters else 0)
+        out = list(self.waiting)
+        for req in self.running.values():
+            if req.state == DECODE:
+                req.generated = req.output - (req.finish_g - g_now)
+                req.ver += 1
+            if req.generated == 0 or req.first_token > now:  # a head applied ahead, not finished
+                req.first_token = -1.0
+            req.state = WAITING
+            req.computed = 0
+            req.blocks = 0
+            req.target = req.prompt + req.generated
+            out.append(req)
+        if self._timer is not None and self._resume in self._timer.callbacks:
+            self._timer.callbacks.remove(self._resume)
+        self.busy_s += now - self._seg_start if self._seg_iters else 0.0
+        self.waiting.clear()
+        self.running.clear()
+        self.prefilling.clear()
+        self._heap.clear()
+        self.n_dec = self.s_off = self.q_sum = self.held_other = 0
+        self.cnt = [0] * self.bs
+        self._seg_iters = 0
+        self._run = None
+        self.stopped = True
+        return sorted(out, key=lambda r: r.id)
+
+    def view(self) -> View:
+        """The replica as it stands now, the same in both engine modes: the iteration in
+        progress, the decoding sequences, their context, and the prefill still to do. (A
+        fast-forwarded run advances its counter only at its end, and a merged head is applied
+        ahead of time; the view undoes both.)"""
+        now = self.env.now
+        self.sync()
+        done = min(self._iterations_done(now), self._seg_iters) if self._seg_iters else 0
+        g = self.g + done
+        n = self.n_dec
+        context = self.s_off + n * g
+        backlog = sum(r.target - r.computed for r in self.waiting) + sum(r.target - r.computed for r in self.prefilling)
+        head = ()
+        if self._head_reqs and done == 0:  # a merged head still running: its requests prefill
+            head = tuple(self._head_reqs)
+            for req, c in head:
+                n -= 1
+                context -= req.o + g
+                backlog += c
+        return View(g, n, context, backlog, head)
+
+    def seat_wait(self, k: int, view: View) -> float:
+        """Rough time until k batch slots have freed: iterations to the k-th next finish x a
+        decode step (for routing estimates, not for scheduling)."""
+        skip = {id(r) for r, _ in view.head}
+        finishes = sorted(e[0] for e in self._heap if e[2] == e[3].ver and id(e[3]) not in skip)
+        if not finishes or not view.n_dec:
+            return 0.0
+        kth = finishes[min(k, len(finishes)) - 1]
+        step = self.perf.iteration_time(view.n_dec, view.context, [])
+        return max(kth - view.g, 1) * step
 
     def sync(self) -> None:
         """Bring the state up to env.now (a planned cut whose boundary has passed)."""
@@ -303,7 +401,11 @@ class Replica:
     def serve(self):
         env = self.env
         while True:
-            if not self.running and not self.waiting:
+            while self.paused or (not self.running and not self.waiting):
+                if self.on_idle is not None and not self.paused and not self.running and not self.waiting:
+                    self.on_idle(self)
+                if self.stopped:
+                    return
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
@@ -341,7 +443,8 @@ class Replica:
             return self._head_occ * head + self._occ * (elapsed - head)
         return self._occ * elapsed
 
-    def _set_segment(self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float):
+    def _set_segment(self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float, merged=()):
+        self._head_reqs = list(merged)
         self._seg_start = start
         self._head = head
         self._head_occ = head_occ
@@ -407,7 +510,7 @@ class Replica:
             n = self._run_length(g + 1)
             run = self.perf.decode_run(self.n_dec, self.s_off + self.n_dec * (g + 1), n) if n else None
             run_occ = self._run_occupancy()
-            self._set_segment(now, head, occ, [], run, n, run_occ)
+            self._set_segment(now, head, occ, [], run, n, run_occ, merged=chunks)
             return head + (run.time(n) if run is not None else 0.0)
         self._set_segment(now, head, occ, chunks, None, 0, 0.0)
         return head
@@ -581,7 +684,7 @@ class Replica:
             chunks.append((req, c))
         if p.merged:
             self._apply_head(chunks, p.boundary + p.head, self.g + 1)
-            self._set_segment(p.boundary, p.head, p.head_occ, [], p.run, p.run_n, p.run_occ)
+            self._set_segment(p.boundary, p.head, p.head_occ, [], p.run, p.run_n, p.run_occ, merged=chunks)
         else:
             self._set_segment(p.boundary, p.head, p.head_occ, chunks, None, 0, 0.0)
 

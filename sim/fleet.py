@@ -1,30 +1,56 @@
-"""Fleet: arrivals, the router and the replicas wired into one SimPy environment.
+"""Fleet: replicas with a lifecycle, the router, the autoscaler and the API fallback, in one
+SimPy environment.
 
-The fleet owns the per-request records (preallocated NumPy columns, written once when a request
-ends) and the time series sampler. It is the seam where autoscaling, replica lifecycle and the
-API backend plug in.
+A replica (a `Node` around an engine `Replica`) moves through
+    provisioning -> active <-> sleeping/waking -> draining -> stopped
+and every move is a record (`spans`) that billing (`sim.cost`) and the time series read. The
+router sends each arrival to an active replica (a waking one if none is active, a sleeping one,
+which it wakes, as a last resort); with none it waits in the router queue until a replica is
+ready. The overflow policy may send it to the pay-per-token API instead; a request the API
+refuses backs off and retries, or comes back to the GPU queue. Every request ends served by a
+replica, served by the API, or rejected with a reason.
+
+The fleet owns the per-request records (preallocated columns, written when a request is
+decided) and the time-series sampler.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
+
 import numpy as np
 import simpy
 
-from sim.config import Config
+from sim.api import REFUSE_CAP, REFUSE_LENGTH, ApiBackend
+from sim.autoscale import make_autoscaler
+from sim.config import WEIGHT_BYTES, Config
+from sim.cost import STATES, Span, state_weight
 from sim.engine import Replica, Request
 from sim.kvcache import MemoryPlan
 from sim.perf import PerfModel
-from sim.router import make_router
-from sim.workload import Workload
+from sim.prefix import PrefixCache
+from sim.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY, make_router
+from sim.workload import Workload, stream
 
 ROUTE_NONE, ROUTE_GPU, ROUTE_API, ROUTE_REJECTED = -1, 0, 1, 2
 ROUTE_NAMES = {ROUTE_GPU: "gpu", ROUTE_API: "api", ROUTE_REJECTED: "rejected"}
-REASON_NONE, REASON_CONTEXT = 0, 1
-REASON_NAMES = {REASON_NONE: "", REASON_CONTEXT: "exceeds_max_model_len"}
+REASON_NONE, REASON_CONTEXT, REASON_NO_GPU = 0, 1, 2
+REASON_NAMES = {REASON_NONE: "", REASON_CONTEXT: "exceeds_max_model_len", REASON_NO_GPU: "api_refused_and_no_gpu"}
+
+PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING, STOPPED = (
+    "provisioning",
+    "active",
+    "sleeping",
+    "waking",
+    "draining",
+    "stopped",
+)
+PENALTY = {ACTIVE: 0, WAKING: WAKE_PENALTY, SLEEPING: SLEEP_PENALTY}
 
 
 class Records:
-    """One slot per request; filled when the request completes or is rejected."""
+    """One slot per request; filled when the request is served or rejected."""
 
     def __init__(self, n: int):
         self.route = np.full(n, ROUTE_NONE, np.int8)
@@ -37,48 +63,269 @@ class Records:
         self.cached = np.zeros(n, np.int64)
 
 
+class Node:
+    """One replica's lifecycle around its engine."""
+
+    __slots__ = (
+        "cache",
+        "engine",
+        "gpus",
+        "idle_epoch",
+        "idle_s",
+        "idle_since",
+        "out",
+        "ready_at",
+        "since",
+        "slot",
+        "spot",
+        "state",
+        "uid",
+    )
+
+    def __init__(self, uid: int, slot: int, gpus: int, spot: bool, now: float):
+        self.uid = uid
+        self.slot = slot
+        self.gpus = gpus
+        self.spot = spot
+        self.state = PROVISIONING
+        self.since = now
+        self.engine: Replica | None = None
+        self.out = 0  # requests waiting or running on it
+        self.idle_since: float | None = None
+        self.idle_s = 0.0
+        self.idle_epoch = 0
+        self.ready_at = now  # when provisioning or waking ends
+        self.cache: PrefixCache | None = None
+
+
+def cold_start_s(cfg: Config) -> float:
+    c = cfg.fleet.cold_start
+    if c.fixed_s is not None:
+        return c.fixed_s
+    per_gpu = cfg.model.params_b * WEIGHT_BYTES[cfg.model.weight_dtype] / cfg.engine.tensor_parallel_size  # GB
+    return c.acquire_s + c.image_s + per_gpu / c.load_gbps + c.init_s
+
+
+def wake_s(cfg: Config) -> float:
+    s = cfg.fleet.sleep
+    if s.wake_s is not None:
+        return s.wake_s
+    per_gpu = cfg.model.params_b * WEIGHT_BYTES[cfg.model.weight_dtype] / cfg.engine.tensor_parallel_size
+    gbps = s.l1_gbps if s.level == 1 else cfg.fleet.cold_start.load_gbps
+    return per_gpu / gbps + s.wake_extra_s
+
+
 class Fleet:
     def __init__(self, env: simpy.Environment, cfg: Config, workload: Workload, perf: PerfModel, plan: MemoryPlan):
         self.env = env
         self.cfg = cfg
         self.workload = workload
+        self.perf = perf
         self.plan = plan
         self.records = Records(len(workload))
-        e = cfg.engine
-        self.replicas = [
-            Replica(
-                env,
-                i,
-                perf,
-                plan,
-                max_num_seqs=e.max_num_seqs,
-                max_num_batched_tokens=e.max_num_batched_tokens,
-                chunked_prefill=e.enable_chunked_prefill,
-                fast_forward=e.fast_forward,
-                on_done=self._done,
-            )
-            for i in range(cfg.fleet.replicas)
-        ]
-        self.router = make_router(cfg.fleet.router)
-        self.loads = [0] * len(self.replicas)  # requests waiting or running, per replica
+        f = cfg.fleet
+        self.tp = cfg.engine.tensor_parallel_size
+        self.fixed = f.autoscaler.name == "fixed"
+        self.gpu_possible = (f.replicas > 0) if self.fixed else (f.max_replicas > 0)
+        self.cold_start_s = cold_start_s(cfg)
+        self.wake_s = wake_s(cfg)
+        self.rng = stream(cfg.seed, "fleet")
+
+        self.nodes: list[Node] = []  # by slot (slots of stopped replicas are reused)
+        self.all_nodes: list[Node] = []  # by uid
+        self.loads: list[int] = []  # per slot: requests on it + a penalty for its state
+        self.free_slots: list[int] = []
+        self.spans: list[Span] = []
+        self.router_queue: deque[Request] = deque()
+        prefix = cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens > 0
+        self.prefix = prefix
+        self.router = make_router(f.router, self)
+        self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
+        clock = workload.clock_start_s or 0.0
+        self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
+        self._prefill_per_token = (
+            perf.iteration_time(0, 0, [(cfg.engine.max_num_batched_tokens, 0)]) / cfg.engine.max_num_batched_tokens
+        )
+
         self.n_total = len(workload)
         self.n_closed = 0
         self.finished = env.event()
         self._arrivals_done = False
-        # live accounting for the time series
+        # counters and live accounting for the time series
         self._in_system = 0
-        self._area = 0.0  # integral of requests in system since the last sample
+        self._area = 0.0
         self._last = 0.0
         self._arrivals = 0
         self._completions = 0
+        self._api_started = 0
         self._busy_prev = 0.0
         self._occ_prev = 0.0
+        self._awake_prev = 0.0
+        self._tokens_done = 0
+        self._tokens_prev = 0
+        self._gpu_cost_closed = 0.0
         self.samples: list[tuple] = []
         self._bin_start = 0.0
+        self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
+        self.max_replicas_seen = 0
+        self._poked = False
+
+        for _ in range(f.replicas):
+            node = self._new_node()
+            if f.start_warm:
+                self._set_state(node, ACTIVE)
+                node.engine.resume()  # type: ignore[union-attr]
+            else:
+                self._provision_timer(node)
         env.process(self.arrive())
         env.process(self.sample(cfg.output.timeseries_interval_s))
+        if not self.fixed or f.pricing.kind == "spot" or not f.start_warm:
+            env.process(self.autoscale())
 
-    # ------------------------------------------------------------------ processes
+    # ------------------------------------------------------------------ replicas
+
+    def _new_node(self) -> Node:
+        f = self.cfg.fleet
+        e = self.cfg.engine
+        spot = f.pricing.kind == "spot"
+        slot = self.free_slots.pop() if self.free_slots else len(self.nodes)
+        node = Node(len(self.all_nodes), slot, self.tp, spot, self.env.now)
+        node.engine = Replica(
+            self.env,
+            node.uid,
+            self.perf,
+            self.plan,
+            max_num_seqs=e.max_num_seqs,
+            max_num_batched_tokens=e.max_num_batched_tokens,
+            chunked_prefill=e.enable_chunked_prefill,
+            fast_forward=e.fast_forward,
+            on_done=self._done,
+            on_idle=lambda _eng, n=node: self._idle(n),
+            paused=True,
+        )
+        if self.prefix:
+            node.cache = PrefixCache(self.plan.kv_tokens // self.workload.block_tokens)
+        if slot == len(self.nodes):
+            self.nodes.append(node)
+            self.loads.append(NOT_ROUTABLE)
+        else:
+            self.nodes[slot] = node
+            self.loads[slot] = NOT_ROUTABLE
+        self.all_nodes.append(node)
+        if spot and f.pricing.spot_preemptions_per_hour > 0:
+            t = self.env.timeout(self.rng.exponential(3600.0 / f.pricing.spot_preemptions_per_hour))
+            t.callbacks.append(lambda _e, n=node: self._spot_preempt(n))
+        self.max_replicas_seen = max(
+            self.max_replicas_seen, self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING)
+        )
+        return node
+
+    def _count(self, *states: str) -> int:
+        return sum(1 for n in self.nodes if n.state in states)
+
+    def _set_state(self, node: Node, state: str) -> None:
+        now = self.env.now
+        if now > node.since:
+            self.spans.append(Span(node.uid, node.gpus, node.spot, node.state, node.since, now))
+            self._gpu_cost_closed += self._accrued(node, node.state, now - node.since)
+        if node.state == ACTIVE and node.idle_since is not None:
+            node.idle_s += now - node.idle_since
+            node.idle_since = None
+        node.state = state
+        node.since = now
+        if state == ACTIVE and node.out == 0:
+            node.idle_since = now
+        self.loads[node.slot] = node.out + PENALTY.get(state, NOT_ROUTABLE)
+
+    def _accrued(self, node: Node, state: str, seconds: float) -> float:
+        p = self.cfg.fleet.pricing
+        rate = self.cfg.gpu.price_per_hour * (p.spot_fraction if node.spot else 1.0)
+        return seconds / 3600.0 * rate * node.gpus * state_weight(state, self.cfg.fleet.sleep.cost_fraction)
+
+    def _provision(self) -> Node:
+        node = self._new_node()
+        self._provision_timer(node)
+        return node
+
+    def _provision_timer(self, node: Node) -> None:
+        self.stats["cold_starts"] += 1
+        node.ready_at = self.env.now + self.cold_start_s
+        t = self.env.timeout(self.cold_start_s)
+        t.callbacks.append(lambda _e, n=node: self._ready(n))
+
+    def _ready(self, node: Node) -> None:
+        if node.state != PROVISIONING:
+            return  # cancelled while starting
+        self._set_state(node, ACTIVE)
+        node.engine.resume()  # type: ignore[union-attr]
+        self._release_queue()
+
+    def _idle(self, node: Node) -> None:
+        if node.state == DRAINING:
+            self._stop(node)
+            return
+        if node.state != ACTIVE:
+            return
+        if node.idle_since is None:
+            node.idle_since = self.env.now
+        s = self.cfg.fleet.sleep
+        if s.enabled:
+            epoch = node.idle_epoch
+            t = self.env.timeout(s.idle_s)
+            t.callbacks.append(lambda _e, n=node, ep=epoch: self._maybe_sleep(n, ep))
+
+    def _maybe_sleep(self, node: Node, epoch: int) -> None:
+        if node.state != ACTIVE or node.out or node.idle_epoch != epoch:
+            return
+        if self._count(ACTIVE, WAKING) <= self.cfg.fleet.sleep.min_awake:
+            return
+        node.engine.pause()  # type: ignore[union-attr]
+        if node.cache is not None:
+            node.cache.clear()
+        self._set_state(node, SLEEPING)
+        self.stats["sleeps"] += 1
+
+    def _wake(self, node: Node) -> None:
+        self._set_state(node, WAKING)
+        self.stats["wakes"] += 1
+        node.ready_at = self.env.now + self.wake_s
+        t = self.env.timeout(self.wake_s)
+        t.callbacks.append(lambda _e, n=node: self._woken(n))
+
+    def _woken(self, node: Node) -> None:
+        if node.state != WAKING:
+            return
+        self._set_state(node, ACTIVE)
+        node.engine.resume()  # type: ignore[union-attr]
+        self._release_queue()
+
+    def _drain(self, node: Node) -> None:
+        if node.state in (PROVISIONING, SLEEPING) or (node.state == ACTIVE and node.out == 0):
+            self._stop(node)
+        else:
+            self._set_state(node, DRAINING)
+
+    def _stop(self, node: Node) -> None:
+        self._set_state(node, STOPPED)
+        node.engine.stopped = True  # type: ignore[union-attr]
+        self.loads[node.slot] = NOT_ROUTABLE
+        self.free_slots.append(node.slot)
+
+    def _spot_preempt(self, node: Node) -> None:
+        """The provider takes the GPU back: the replica's requests go elsewhere, none is lost."""
+        if node.state == STOPPED:
+            return
+        self.stats["spot_preemptions"] += 1
+        requests = node.engine.evacuate()  # type: ignore[union-attr]
+        node.out = 0
+        self._stop(node)
+        for req in requests:
+            req.replica = -1
+            self._to_gpu(req, None)
+        if self.fixed:
+            self._autoscale_now()  # the fixed fleet orders a replacement at once
+
+    # ------------------------------------------------------------------ routing
 
     def arrive(self):
         env = self.env
@@ -86,9 +333,8 @@ class Fleet:
         prompts = wl.prompt_tokens.tolist()
         outputs = wl.output_tokens.tolist()
         max_len = self.plan.max_model_len
-        replicas = self.replicas
-        loads = self.loads
-        choose = self.router.choose
+        simple = self.api is None and not self.prefix
+        loads, nodes, choose = self.loads, self.nodes, self.router.choose
         for i, t in enumerate(wl.arrival_s.tolist()):
             if t > env.now:
                 yield env.timeout(t - env.now)
@@ -97,45 +343,255 @@ class Fleet:
             if p + o > max_len:
                 self._reject(i, REASON_CONTEXT)
                 continue
-            self._account(1)
+            self._area += self._in_system * (env.now - self._last)
+            self._last = env.now
+            self._in_system += 1
             req = Request(i, t, p, o)
-            k = choose(loads, req)
-            loads[k] += 1
-            req.replica = k
-            replicas[k].submit(req)
+            if simple and loads:  # the hot path: no API, no prefix cache
+                k = choose(loads, req)
+                node = nodes[k]
+                if loads[k] < SLEEP_PENALTY:
+                    loads[k] += 1
+                    node.out += 1
+                    if node.idle_since is not None:
+                        node.idle_s += env.now - node.idle_since
+                        node.idle_since = None
+                        node.idle_epoch += 1
+                    req.replica = node.uid
+                    node.engine.submit(req)  # type: ignore[union-attr]
+                    continue
+                self._to_gpu(req, k)
+            else:
+                self.dispatch(req)
         self._arrivals_done = True
 
-    def sample(self, interval: float):
-        env = self.env
-        k = 0
-        while True:
-            k += 1
-            yield env.timeout(k * interval - env.now)
-            self.take_sample()
-            if (
-                self._arrivals_done
-                and not self.finished.triggered
-                and all(not r.running and not r.waiting for r in self.replicas)
-            ):  # a bug, never a user error: requests went missing
-                raise RuntimeError(
-                    f"{self.n_total - self.n_closed} request(s) neither served nor rejected at t={env.now:.1f}"
-                )
+    def dispatch(self, req: Request) -> None:
+        """Decide GPU or API for a new request (the overflow policy)."""
+        api = self.api
+        k = None
+        if api is not None and api.eligible(req.output):
+            a = self.cfg.api
+            if a.overflow == "always" or (a.overflow == "share" and self.rng.uniform() < a.share):
+                self._to_api(req, 0)
+                return
+            if a.overflow in ("ttft", "slo", "queue"):
+                k = self.router.choose(self.loads, req) if self.loads else None
+                node = self.nodes[k] if k is not None and self.loads[k] < NOT_ROUTABLE else None
+                if node is not None:
+                    node.engine.sync()  # type: ignore[union-attr]
+                if a.overflow == "queue":
+                    ahead = len(self.router_queue) if node is None else len(node.engine.waiting)  # type: ignore[union-attr]
+                    over = ahead >= a.queue_threshold
+                else:
+                    ttft_slo, tpot_slo = self._slo_of(req)
+                    over = self.predict_ttft(node, req) > a.ttft_margin * ttft_slo
+                    if a.overflow == "slo" and not over:
+                        over = self.predict_tpot(node, req) > a.ttft_margin * tpot_slo
+                if over:
+                    self._to_api(req, 0)
+                    return
+        self._to_gpu(req, k)
 
-    # ------------------------------------------------------------------ records
+    def _to_gpu(self, req: Request, k: int | None) -> None:
+        if not self.gpu_possible:
+            self._reject(req.id, REASON_NO_GPU, served=False)
+            return
+        if k is None and self.loads:
+            k = self.router.choose(self.loads, req)
+        if k is None or self.loads[k] >= NOT_ROUTABLE:
+            self.router_queue.append(req)
+            self.stats["router_queue_max"] = max(self.stats["router_queue_max"], len(self.router_queue))
+            self._poke()
+            return
+        node = self.nodes[k]
+        if node.state == SLEEPING:
+            self._wake(node)
+        self._submit(node, req)
 
-    def _account(self, delta: int) -> None:
+    def _submit(self, node: Node, req: Request) -> None:
+        now = self.env.now
+        if node.cache is not None and req.computed == 0:
+            wl = self.workload
+            blocks = wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
+            hit = node.cache.use(blocks) * wl.block_tokens
+            req.cached = min(hit, req.prompt - 1)  # the last prompt token is always computed
+            req.computed = req.cached
+        self.loads[node.slot] += 1
+        node.out += 1
+        if node.idle_since is not None:
+            node.idle_s += now - node.idle_since
+            node.idle_since = None
+            node.idle_epoch += 1
+        req.replica = node.uid
+        node.engine.submit(req)  # type: ignore[union-attr]
+
+    def _release_queue(self) -> None:
+        q = self.router_queue
+        while q and self.loads:
+            req = q[0]
+            k = self.router.choose(self.loads, req)
+            if self.loads[k] >= NOT_ROUTABLE:
+                return
+            q.popleft()
+            node = self.nodes[k]
+            if node.state == SLEEPING:
+                self._wake(node)
+            self._submit(node, req)
+
+    def blocks_of(self, req: Request) -> np.ndarray | None:
+        wl = self.workload
+        if wl.hash_offsets is None:
+            return None
+        return wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
+
+    def _slo_of(self, req: Request) -> tuple[float, float]:
+        """(TTFT, TPOT) thresholds of this request's class."""
+        wl = self.workload
+        ttft, tpot = self.cfg.slo.ttft_s, self.cfg.slo.tpot_s
+        if wl.class_slo and wl.classes is not None:
+            own = wl.class_slo.get(wl.class_names[int(wl.classes[req.id])])
+            if own is not None:
+                ttft = own[0] if own[0] is not None else ttft
+                tpot = own[1] if own[1] is not None else tpot
+        return ttft, tpot
+
+    def _prefill_step(self, eng: Replica, view, extra_context: int = 0) -> tuple[float, int]:
+        """(duration, prefill tokens) of a step that fills the token budget next to the decoders."""
+        room = max(eng.max_tokens - view.n_dec, 1)
+        return self.perf.iteration_time(view.n_dec, view.context + extra_context, [(room, 0)]), room
+
+    def predict_ttft(self, node: Node | None, req: Request) -> float:
+        """A quick estimate of the TTFT this request would get on `node` (None: no replica can take
+        it now): the wait for a replica; then the prefill queued ahead plus its own, at the rate
+        of steps that share the token budget with the running decoders; plus, when the batch is
+        full, the wait for the batch slots the requests ahead and this one need."""
+        now = self.env.now
+        if node is None:
+            pending = [n.ready_at for n in self.nodes if n.state in (PROVISIONING, WAKING)]
+            wait = (min(pending) - now) if pending else self.cold_start_s
+            ahead = sum(r.prompt for r in self.router_queue)
+            return max(wait, 0.0) + (ahead + req.prompt) * self._prefill_per_token
+        eng: Replica = node.engine  # type: ignore[assignment]
+        view = eng.view()
+        step, room = self._prefill_step(eng, view)
+        t = (view.backlog + req.prompt) / room * step
+        if len(eng.running) + len(eng.waiting) >= eng.max_seqs:
+            t += eng.seat_wait(len(eng.running) + len(eng.waiting) - eng.max_seqs + 1, view)
+        if node.state == WAKING:
+            t += max(node.ready_at - now, 0.0)
+        elif node.state == SLEEPING:
+            t += self.wake_s
+        return t
+
+    def predict_tpot(self, node: Node | None, req: Request) -> float:
+        """A quick estimate of this request's time per output token on `node`: over its output,
+        the steps that clear the current prefill backlog carry a budget-filling chunk, the rest
+        are decode steps with its decoders plus this request."""
+        if node is None:
+            return 0.0  # a replica that is starting up has no backlog yet
+        eng: Replica = node.engine  # type: ignore[assignment]
+        view = eng.view()
+        steps = max(req.output - 1, 1)
+        chunk_step, room = self._prefill_step(eng, view, req.prompt)
+        heavy = min(steps, math.ceil(view.backlog / room))
+        decode = self.perf.iteration_time(view.n_dec + 1, view.context + req.prompt, [])
+        return (heavy * chunk_step + (steps - heavy) * decode) / steps
+
+    # ------------------------------------------------------------------ API
+
+    def _to_api(self, req: Request, attempt: int) -> None:
+        api = self.api
+        now = self.env.now
+        reason = api.admit(now, req.prompt, req.output)  # type: ignore[union-attr]
+        if reason is None:
+            ttft, per_token = api.latency()  # type: ignore[union-attr]
+            i = req.id
+            rec = self.records
+            rec.route[i] = ROUTE_API
+            rec.start[i] = now
+            rec.first_token[i] = now + ttft
+            rec.finish[i] = now + ttft + (req.output - 1) * per_token
+            self._api_started += 1
+            t = self.env.timeout(rec.finish[i] - now)
+            t.callbacks.append(lambda _e, r=req: self._api_done(r))
+        elif reason in (REFUSE_LENGTH, REFUSE_CAP) or self.cfg.api.on_limit == "gpu":
+            self._to_gpu(req, None)
+        else:
+            t = self.env.timeout(api.retry_delay(attempt))  # type: ignore[union-attr]
+            t.callbacks.append(lambda _e, r=req, a=attempt + 1: self._to_api(r, a))
+
+    def _api_done(self, req: Request) -> None:
         now = self.env.now
         self._area += self._in_system * (now - self._last)
         self._last = now
-        self._in_system += delta
+        self._in_system -= 1
+        self._completions += 1
+        self._tokens_done += req.prompt + req.output
+        self._close()
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def autoscale(self):
+        interval = self.cfg.fleet.autoscaler.interval_s
+        while True:
+            yield self.env.timeout(interval)
+            self._autoscale_now()
+
+    def load(self) -> float:
+        metric = self.cfg.fleet.autoscaler.metric
+        if metric == "concurrency":
+            return float(sum(n.out for n in self.nodes if n.state != STOPPED) + len(self.router_queue))
+        if metric == "running":
+            return float(sum(len(n.engine.running) for n in self.nodes if n.state != STOPPED))  # type: ignore[union-attr]
+        if metric == "kv":
+            used = sum(n.engine.kv_blocks_used() for n in self.nodes if n.state != STOPPED)  # type: ignore[union-attr]
+            return used / self.plan.kv_blocks
+        tokens = self._tokens_done - self._tokens_prev  # tokens_per_s, over the last interval
+        self._tokens_prev = self._tokens_done
+        return tokens / self.cfg.fleet.autoscaler.interval_s
+
+    def _autoscale_now(self) -> None:
+        f = self.cfg.fleet
+        total = self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING)
+        if self.fixed:  # keep the fleet at its size (replace what spot preemption takes)
+            for _ in range(max(0, f.replicas - total)):
+                self._provision()
+            return
+        capacity = self._count(PROVISIONING, ACTIVE, WAKING)  # awake or about to be
+        ready = self._count(ACTIVE)
+        desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity))
+        if desired > capacity:  # wake parked replicas first, then start new ones
+            need = desired - capacity
+            for node in [n for n in self.nodes if n.state == SLEEPING][:need]:
+                self._wake(node)
+                need -= 1
+            for _ in range(min(need, f.max_replicas - total)):
+                self._provision()
+        elif desired < capacity:  # min_replicas bounds the fleet, asleep or awake
+            shed = min(capacity - desired, total - f.min_replicas)
+            starting = sorted((n for n in self.nodes if n.state == PROVISIONING), key=lambda n: -n.uid)
+            active = sorted((n for n in self.nodes if n.state == ACTIVE), key=lambda n: (n.out, -n.uid))
+            for node in (starting + active)[: max(shed, 0)]:
+                self._drain(node)
+        if total < f.min_replicas:
+            for _ in range(f.min_replicas - total):
+                self._provision()
+
+    def _poke(self) -> None:
+        """A request waits with no replica able to take it: decide now, as Knative's activator does."""
+        if not self.fixed and not self._count(PROVISIONING, WAKING):
+            self._autoscale_now()
+
+    # ------------------------------------------------------------------ records
 
     def _done(self, req: Request, now: float) -> None:
-        k = req.replica
-        self.loads[k] -= 1
+        node = self.all_nodes[req.replica]
+        self.loads[node.slot] -= 1
+        node.out -= 1
         i = req.id
         rec = self.records
         rec.route[i] = ROUTE_GPU
-        rec.replica[i] = k
+        rec.replica[i] = req.replica
         rec.start[i] = req.start
         rec.first_token[i] = req.first_token
         rec.finish[i] = now
@@ -147,14 +603,21 @@ class Fleet:
         self._last = now
         self._in_system -= 1
         self._completions += 1
+        self._tokens_done += req.prompt + req.output
         self.n_closed += 1
         if self.n_closed == self.n_total:
             self.finished.succeed()
 
-    def _reject(self, i: int, reason: int) -> None:
+    def _reject(self, i: int, reason: int, *, served: bool = True) -> None:
+        """Record a rejection; `served=False` for a request already counted in the system."""
         self.records.route[i] = ROUTE_REJECTED
         self.records.reason[i] = reason
         self.records.finish[i] = self.env.now
+        if not served:
+            now = self.env.now
+            self._area += self._in_system * (now - self._last)
+            self._last = now
+            self._in_system -= 1
         self._close()
 
     def _close(self) -> None:
@@ -162,29 +625,89 @@ class Fleet:
         if self.n_closed == self.n_total:
             self.finished.succeed()
 
+    def stop_all(self) -> None:
+        """End of the simulation: every replica still alive stops (billing ends now)."""
+        for node in self.nodes:
+            if node.state != STOPPED:
+                self._set_state(node, STOPPED)
+
     # ------------------------------------------------------------------ time series
+
+    def sample(self, interval: float):
+        env = self.env
+        k = 0
+        while True:
+            k += 1
+            yield env.timeout(k * interval - env.now)
+            self.take_sample()
+            if (
+                self._arrivals_done
+                and not self.finished.triggered
+                and not self.router_queue
+                and all(
+                    not n.engine.running and not n.engine.waiting
+                    for n in self.nodes  # type: ignore[union-attr]
+                )
+                and not self._api_in_flight()
+            ):
+                # a bug, never a user error: requests went missing
+                raise RuntimeError(
+                    f"{self.n_total - self.n_closed} request(s) neither served nor rejected at t={env.now:.1f}"
+                )
+
+    def _api_in_flight(self) -> bool:
+        return self.api is not None and self._in_system > sum(n.out for n in self.nodes) + len(self.router_queue)
 
     def busy_seconds(self) -> float:
         now = self.env.now
-        return sum(rep.busy_time(now) for rep in self.replicas)
+        return sum(n.engine.busy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
 
     def occupancy_seconds(self) -> float:
         now = self.env.now
-        return sum(rep.occupancy_time(now) for rep in self.replicas)
+        return sum(n.engine.occupancy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
+
+    def awake_seconds(self) -> float:
+        """Replica-seconds spent able to run iterations (active or draining)."""
+        now = self.env.now
+        closed = sum(s.end - s.start for s in self.spans if s.state in (ACTIVE, DRAINING))
+        return closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
+
+    def gpu_cost_so_far(self) -> float:
+        now = self.env.now
+        return self._gpu_cost_closed + sum(
+            self._accrued(n, n.state, now - n.since) for n in self.nodes if n.state != STOPPED
+        )
 
     def take_sample(self) -> None:
         """Close the current time-series bin at env.now."""
         now = self.env.now
-        for rep in self.replicas:
-            rep.sync()
-        self._account(0)
+        for n in self.nodes:
+            if n.state != STOPPED:
+                n.engine.sync()  # type: ignore[union-attr]
+        self._area += self._in_system * (now - self._last)
+        self._last = now
         span = now - self._bin_start
         if span <= 0:
             return
         busy = self.busy_seconds()
         occ = self.occupancy_seconds()
-        n_rep = len(self.replicas)
-        used = sum(rep.kv_blocks_used() for rep in self.replicas)
+        awake = self.awake_seconds()
+        counts = dict.fromkeys(STATES, 0)
+        used = blocks = queued = running = 0
+        for n in self.nodes:
+            if n.state == STOPPED:
+                continue
+            state = "idle" if n.state == ACTIVE and n.out == 0 else n.state
+            counts[state] += 1
+            eng = n.engine
+            queued += len(eng.waiting)  # type: ignore[union-attr]
+            running += len(eng.running)  # type: ignore[union-attr]
+            if n.state in (ACTIVE, DRAINING):
+                used += eng.kv_blocks_used()  # type: ignore[union-attr]
+                blocks += self.plan.kv_blocks
+        d_awake = awake - self._awake_prev
+        gpu_cost = self.gpu_cost_so_far()
+        api_cost = self.api.spend if self.api is not None else 0.0
         self.samples.append(
             (
                 self._bin_start,
@@ -192,17 +715,21 @@ class Fleet:
                 self._arrivals,
                 self._completions,
                 self._area / span,
-                sum(len(r.waiting) for r in self.replicas),
-                sum(len(r.running) for r in self.replicas),
-                used / (self.plan.kv_blocks * n_rep),
-                (occ - self._occ_prev) / (span * n_rep),
-                (busy - self._busy_prev) / (span * n_rep),
-                n_rep,
+                len(self.router_queue),
+                queued,
+                running,
+                used / blocks if blocks else 0.0,
+                (occ - self._occ_prev) / d_awake if d_awake > 0 else 0.0,
+                (busy - self._busy_prev) / d_awake if d_awake > 0 else 0.0,
+                *(counts[s] for s in STATES),
+                self._api_started,
+                gpu_cost,
+                api_cost,
+                gpu_cost + api_cost,
             )
         )
-        self._busy_prev = busy
-        self._occ_prev = occ
-        self._arrivals = self._completions = 0
+        self._busy_prev, self._occ_prev, self._awake_prev = busy, occ, awake
+        self._arrivals = self._completions = self._api_started = 0
         self._area = 0.0
         self._bin_start = now
 
@@ -213,10 +740,15 @@ SAMPLE_COLUMNS = (
     "arrivals",
     "completions",
     "in_system",
+    "router_queue",
     "queued",
     "running",
     "kv_util",
     "gpu_utilization",
     "gpu_busy",
-    "replicas_active",
+    *(f"replicas_{s}" for s in STATES),
+    "api_started",
+    "gpu_cost_so_far",
+    "api_cost_so_far",
+    "cost_so_far",
 )

@@ -103,8 +103,9 @@ def summarize(
     replica_seconds: float,
     gpu_cost: float,
     api_cost: float,
-    mean_replicas: float,
-    max_replicas: int,
+    ops_cost: float = 0.0,
+    mean_replicas: float = 0.0,
+    max_replicas: int = 0,
     class_slo: dict | None = None,
     extra: dict | None = None,
 ) -> dict:
@@ -128,7 +129,7 @@ def summarize(
     )
     in_tok = int(df["prompt_tokens"].to_numpy()[served].sum())
     out_tok = int(df["output_tokens"].to_numpy()[served].sum())
-    total_cost = gpu_cost + api_cost
+    total_cost = gpu_cost + api_cost + ops_cost
     tokens = in_tok + out_tok
     summary = {
         "n_requests": n,
@@ -169,6 +170,7 @@ def summarize(
         "throughput_tok_s": tokens / sim_duration_s if sim_duration_s else math.nan,
         "cost_per_hour": total_cost / sim_duration_s * 3600 if sim_duration_s else math.nan,
         "gpu_busy": busy_s / replica_seconds if replica_seconds else 0.0,
+        "api_share": float((route == "api").mean()) if n else 0.0,
     }
     summary.update(extra or {})
     classes = df["class"].to_numpy()
@@ -182,6 +184,7 @@ def summarize(
             summary[f"tpot_p99.{name}"] = _pct(tpot[mine], 99)
             summary[f"e2e_p50.{name}"] = _pct(e2e[mine], 50)
             summary[f"n_rejected.{name}"] = int((route[mine] == "rejected").sum())
+            summary[f"n_api.{name}"] = int((route[mine] == "api").sum())
     return summary
 
 

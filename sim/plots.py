@@ -46,7 +46,11 @@ def scenario(result: Result) -> str:
     """One line saying what was simulated, for figure titles."""
     c, s = result.config, result.summary
     tp = c.engine.tensor_parallel_size
-    reps = f"{s['max_replicas']} replica{'s' if s['max_replicas'] != 1 else ''}"
+    if c.fleet.autoscaler.name == "fixed":
+        reps = f"{c.fleet.replicas} replica{'s' if c.fleet.replicas != 1 else ''}"
+    else:
+        f = c.fleet
+        reps = f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas (peak {s['max_replicas']})"
     per = f"{tp}x {c.gpu.name}" if tp > 1 else c.gpu.name
     rate = s["n_requests"] / max(float(result.requests.arrival_s.max()), 1e-9)
     return f"{c.model.name} ({c.model.weight_dtype}) - {reps} of {per} - workload {c.workload.name}, {rate:.3g} req/s"
@@ -104,7 +108,113 @@ def timeline(result: Result, path: Path) -> None:
     _save(fig, path)
 
 
+STATE_COLORS = {
+    "provisioning": "#ff7f0e",
+    "active": "#2ca02c",
+    "idle": "#98df8a",
+    "waking": "#9467bd",
+    "sleeping": "#c5b0d5",
+    "draining": "#8c564b",
+}
+
+
+def fleet(result: Result, path: Path) -> None:
+    """Arrival rate and API share, replicas stacked by state, the queues."""
+    ts = result.timeseries
+    if ts.empty:
+        return
+    minutes = (ts["time_s"] + ts["interval_s"] / 2) / 60
+    fig = Figure(figsize=(12.5, 8))
+    axes = fig.subplots(3, 1, sharex=True)
+    ax = axes[0]
+    ax.plot(minutes, ts["arrivals"] / ts["interval_s"], label="arrivals/s", color="#1f77b4")
+    if ts["api_started"].any():
+        ax.fill_between(
+            minutes, 0, ts["api_started"] / ts["interval_s"], color="#d62728", alpha=0.35, label="sent to the API/s"
+        )
+    ax.set_ylabel("requests/s")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax = axes[1]
+    states = [s for s in STATE_COLORS if ts[f"replicas_{s}"].any()]
+    ax.stackplot(
+        minutes,
+        *[ts[f"replicas_{s}"] for s in states],
+        labels=states,
+        colors=[STATE_COLORS[s] for s in states],
+        step="mid",
+    )
+    ax.set_ylabel("replicas")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax = axes[2]
+    ax.plot(minutes, ts["queued"], label="queued at replicas", color="#d62728")
+    ax.plot(minutes, ts["router_queue"], label="waiting for a replica (router)", color="#ff7f0e")
+    ax.plot(minutes, ts["running"], label="running", color="#9467bd", alpha=0.6)
+    ax.set_ylabel("requests (end of interval)")
+    ax.set_xlabel("simulated time (min)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    ax.grid(alpha=0.3)
+    s = result.summary
+    fig.suptitle(
+        f"Fleet - {scenario(result)}\nmean {s['mean_replicas']:.2f} replicas, "
+        f"{s['api_share']:.1%} of requests to the API"
+    )
+    _save(fig, path)
+
+
+def cost(result: Result, path: Path) -> None:
+    """Where the money goes: a breakdown, and cumulative cost over time."""
+    s = result.summary
+    parts = {
+        "GPU active": s["gpu_hours.active"],
+        "GPU idle": s["gpu_hours.idle"],
+        "GPU starting": s["gpu_hours.provisioning"] + s["gpu_hours.waking"],
+        "GPU draining": s["gpu_hours.draining"],
+        "GPU asleep": s["gpu_hours.sleeping"] * result.config.fleet.sleep.cost_fraction,
+    }
+    hours = sum(parts.values())
+    gpu_parts = {k: s["gpu_cost"] * v / hours for k, v in parts.items()} if hours else {}
+    items = {**gpu_parts, "API": s["api_cost"], "operations": s["ops_cost"]}
+    items = {k: v for k, v in items.items() if v > 0}
+    fig = Figure(figsize=(12, 4.5))
+    ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
+    if items:
+        names = list(items)
+        values = [items[k] for k in names]
+        bars = ax1.barh(
+            names,
+            values,
+            color=["#2ca02c", "#98df8a", "#ff7f0e", "#8c564b", "#c5b0d5", "#d62728", "#7f7f7f"][: len(names)],
+        )
+        for bar, v in zip(bars, values, strict=True):
+            ax1.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" \\${v:,.2f}", va="center", fontsize=9)
+        ax1.invert_yaxis()
+        ax1.set_xlim(0, max(values) * 1.3)
+    ax1.set_xlabel("\\$")
+    ax1.set_title(f"total \\${s['total_cost']:,.2f} - \\${s['cost_per_mtok']:.4g} per M tokens")
+    ts = result.timeseries
+    if not ts.empty:
+        hours_axis = (ts["time_s"] + ts["interval_s"]) / 3600
+        ax2.stackplot(
+            hours_axis,
+            ts["gpu_cost_so_far"],
+            ts["api_cost_so_far"],
+            labels=["GPU", "API"],
+            colors=["#2ca02c", "#d62728"],
+            alpha=0.8,
+        )
+        ax2.set_xlabel("simulated time (h)")
+        ax2.set_ylabel("cumulative \\$ (GPU accrued per second)")
+        ax2.legend(loc="upper left")
+        ax2.grid(alpha=0.3)
+    fig.suptitle(f"Cost - {scenario(result)}")
+    _save(fig, path)
+
+
 def save_all(result: Result, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     latency_cdf(result, out / "latency_cdf.png")
     timeline(result, out / "timeline.png")
+    fleet(result, out / "fleet.png")
+    cost(result, out / "cost.png")

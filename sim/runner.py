@@ -16,6 +16,7 @@ import pandas as pd
 import simpy
 
 from sim.config import Config, to_config, validate
+from sim.cost import fleet_costs
 from sim.errors import UserError
 from sim.fleet import ROUTE_NONE, SAMPLE_COLUMNS, Fleet
 from sim.kvcache import MemoryPlan, memory_plan
@@ -39,6 +40,8 @@ class Result:
     timeseries: pd.DataFrame
     plan: MemoryPlan
     engine_stats: dict = field(default_factory=dict)
+    bills: pd.DataFrame | None = None  # one row per replica: life, seconds by state, billed cost
+    spans: list = field(default_factory=list)  # replica lifecycle records (sim.cost.Span)
 
     def save(self, out_dir: str | Path, *, plots: bool | None = None) -> Path:
         """Write summary.json, requests.parquet, timeseries.csv and plots/ into out_dir."""
@@ -49,6 +52,8 @@ class Result:
         if self.config.output.requests:
             self.requests.to_parquet(out / "requests.parquet", index=False)
         self.timeseries.to_csv(out / "timeseries.csv", index=False)
+        if self.bills is not None:
+            self.bills.to_csv(out / "replicas.csv", index=False)
         if self.config.output.plots if plots is None else plots:
             from sim import plots as plotting
 
@@ -86,39 +91,56 @@ def run(config: Any, workload: Workload | None = None) -> Result:
     env.run(until=fleet.finished)
     fleet.take_sample()
     end = env.now
+    fleet.stop_all()
     lost = int((fleet.records.route == ROUTE_NONE).sum())
     if lost:
         raise RuntimeError(f"{lost} request(s) ended neither served nor rejected")
 
     df = requests_frame(wl, fleet.records)
     ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
-    n_rep = len(fleet.replicas)
-    gpus = n_rep * cfg.engine.tensor_parallel_size
-    gpu_cost = gpus * cfg.gpu.price_per_hour * end / 3600
-    ts["cost_so_far"] = gpus * cfg.gpu.price_per_hour * (ts["time_s"] + ts["interval_s"]) / 3600
+    f = cfg.fleet
+    idle = {n.uid: n.idle_s for n in fleet.all_nodes}
+    costs, bills = fleet_costs(fleet.spans, f.pricing, cfg.gpu.price_per_hour, f.sleep.cost_fraction, end, idle)
+    api_cost = fleet.api.spend if fleet.api is not None else 0.0
+    alive = sum(s.end - s.start for s in fleet.spans if s.state != "stopped")
     stats = {
-        "iterations": sum(r.iterations for r in fleet.replicas),
-        "engine_events": sum(r.timers for r in fleet.replicas),
-        "engine_batches": sum(r.segments for r in fleet.replicas),
+        "iterations": sum(n.engine.iterations for n in fleet.all_nodes),
+        "engine_events": sum(n.engine.timers for n in fleet.all_nodes),
+        "engine_batches": sum(n.engine.segments for n in fleet.all_nodes),
     }
+    extra = {
+        "gpus_per_replica": cfg.engine.tensor_parallel_size,
+        "kv_tokens_per_replica": plan.kv_tokens,
+        "max_model_len": plan.max_model_len,
+        **stats,
+        **{k: v for k, v in costs.items() if k != "gpu_cost"},
+        "cold_start_s": fleet.cold_start_s,
+        "replicas_started": len(fleet.all_nodes),
+        **fleet.stats,
+    }
+    if f.sleep.enabled:
+        extra["wake_s"] = fleet.wake_s
+    if fleet.prefix:
+        looked = sum(n.cache.lookups for n in fleet.all_nodes if n.cache is not None)
+        hits = sum(n.cache.hits for n in fleet.all_nodes if n.cache is not None)
+        extra["prefix_block_hit_rate"] = hits / looked if looked else 0.0
+    if fleet.api is not None:
+        for reason, count in fleet.api.refusals.items():
+            extra[f"api_refusals.{reason}"] = count
     summary = summarize(
         cfg,
         df,
         sim_duration_s=end,
         busy_s=fleet.busy_seconds(),
         occupancy_s=fleet.occupancy_seconds(),
-        replica_seconds=n_rep * end,
-        gpu_cost=gpu_cost,
-        api_cost=0.0,
-        mean_replicas=float(n_rep),
-        max_replicas=n_rep,
+        replica_seconds=fleet.awake_seconds(),
+        gpu_cost=costs["gpu_cost"],
+        api_cost=api_cost,
+        ops_cost=costs["ops_cost"],
+        mean_replicas=alive / end if end > 0 else 0.0,
+        max_replicas=fleet.max_replicas_seen,
         class_slo=wl.class_slo,
-        extra={
-            "gpus_per_replica": cfg.engine.tensor_parallel_size,
-            "kv_tokens_per_replica": plan.kv_tokens,
-            "max_model_len": plan.max_model_len,
-            **stats,
-        },
+        extra=extra,
     )
     summary["wall_time_s"] = time.perf_counter() - wall0
-    return Result(cfg, summary, df, ts, plan, stats)
+    return Result(cfg, summary, df, ts, plan, stats, bills=bills, spans=fleet.spans)

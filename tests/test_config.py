@@ -85,7 +85,7 @@ BAD = [
     (("engine.enable_chunked_prefill=false",), "engine.max_num_batched_tokens", "chunked prefill"),
     (("engine.eta_flops=0",), "engine.eta_flops", "(0, 1]"),
     (("gpu.price_per_hour=-1",), "gpu.price_per_hour", ">= 0"),
-    (("fleet.replicas=0",), "fleet.replicas", "positive integer"),
+    (("fleet.replicas=0",), "fleet.replicas", "nothing can serve"),
     (("fleet.router=random",), "fleet.router", "least_outstanding"),
     (("slo.percentile=0",), "slo.percentile", "(0, 100]"),
     (("slo.attainment=1.2",), "slo.attainment", "[0, 1]"),
