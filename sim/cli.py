@@ -51,10 +51,18 @@ def format_summary(summary: dict, cfg: Config) -> str:
     slo = cfg.slo
     verdict = "MET" if s["slo_met"] else "MISSED"
     gpus = "1 GPU" if s["gpus_per_replica"] == 1 else f"{s['gpus_per_replica']} GPUs"
-    replicas = "replica" if s["max_replicas"] == 1 else "replicas"
+    f = cfg.fleet
+    if f.autoscaler.name == "fixed":
+        fleet = f"{f.replicas} replica{'' if f.replicas == 1 else 's'} x {gpus} {cfg.gpu.name}"
+    else:
+        fleet = (
+            f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas x {gpus} {cfg.gpu.name} "
+            f"(mean {s['mean_replicas']:.2f}, peak {s['max_replicas']})"
+        )
+    if cfg.api.enabled:
+        fleet += f" + API ({cfg.api.name}, overflow {cfg.api.overflow})"
     lines = [
-        f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), "
-        f"{s['max_replicas']} {replicas} x {gpus} {cfg.gpu.name}, "
+        f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), {fleet}, "
         f"workload {cfg.workload.name}: {s['sim_duration_s']:,.0f} s simulated in {s['wall_time_s']:.2f} s",
         f"  requests   {s['n_requests']} (gpu {s['n_gpu']}, api {s['n_api']}, rejected {s['n_rejected']})",
         f"  TTFT       p50 {_fmt(s['ttft_p50'], ' s')}   p99 {_fmt(s['ttft_p99'], ' s')}   (SLO {slo.ttft_s:g} s)",

@@ -137,15 +137,18 @@ def fleet(result: Result, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax = axes[1]
     states = [s for s in STATE_COLORS if ts[f"replicas_{s}"].any()]
-    ax.stackplot(
-        minutes,
-        *[ts[f"replicas_{s}"] for s in states],
-        labels=states,
-        colors=[STATE_COLORS[s] for s in states],
-        step="mid",
-    )
+    if states:
+        ax.stackplot(
+            minutes,
+            *[ts[f"replicas_{s}"] for s in states],
+            labels=states,
+            colors=[STATE_COLORS[s] for s in states],
+            step="mid",
+        )
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    else:
+        ax.text(0.5, 0.5, "no GPU replicas", ha="center", va="center", transform=ax.transAxes)
     ax.set_ylabel("replicas")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     ax = axes[2]
     ax.plot(minutes, ts["queued"], label="queued at replicas", color="#d62728")

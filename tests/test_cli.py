@@ -117,3 +117,22 @@ def test_wheel_carries_the_configs(tmp_path):
     shipped = {f"sim/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert shipped and shipped <= names
     assert any(n.endswith("entry_points.txt") for n in names)
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        ("api=default", "api.overflow=always", "fleet.replicas=0"),
+        ("fleet=autoscaled", "fleet.replicas=0", "fleet.min_replicas=0", "workload=bursty", "workload.duration_s=300"),
+        ("workload=mix", "workload.duration_s=120", "fleet.replicas=2", "api=tier1"),
+    ],
+    ids=["pure-api", "scale-from-zero", "mix-with-api"],
+)
+def test_every_plot_renders_for_unusual_fleets(tmp_path, over):
+    import sim
+    from tests.conftest import cfg
+
+    out = sim.run(cfg(*over)).save(tmp_path, plots=True)
+    for png in ("latency_cdf.png", "timeline.png", "fleet.png", "cost.png"):
+        assert (out / "plots" / png).stat().st_size > 10_000, png
+    assert (out / "replicas.csv").is_file() and (out / "config.yaml").is_file()
