@@ -24,7 +24,10 @@ EXIT_USAGE = 2
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
 
+    from sim.plan import PlanAppConfig
+
     ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_plan", node=PlanAppConfig)
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Config:
@@ -84,21 +87,49 @@ def format_summary(summary: dict, cfg: Config) -> str:
     return "\n".join(lines)
 
 
-def _task(node) -> None:  # the Hydra task function
+FAILED_OBJECTIVES = (1e12, 1.0)  # what a failed job returns to an optimising sweeper
+
+
+def _task(node):  # the Hydra task function
+    """One scenario. In a multirun, a job that fails records why in its directory (error.txt) and
+    returns instead of raising, so the sweep goes on and the callback counts it. Returns
+    (total cost, SLO miss) for optimising sweepers (Optuna)."""
+    import traceback
+
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from sim.runner import run
 
-    out = HydraConfig.get().runtime.output_dir
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
     try:
         result = run(node)
     except UserError as exc:
-        _discard_empty_run_dir(Path(out))
+        if multirun:
+            (out / "error.txt").write_text(f"{exc}\n")
+            print(f"fleetsim: job {hc.job.num} failed: {exc}", file=sys.stderr)
+            return FAILED_OBJECTIVES
+        _discard_empty_run_dir(out)
         print(f"fleetsim: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        if not multirun:
+            raise
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        (out / "error.txt").write_text(f"{type(exc).__name__}: {line}\n\n{traceback.format_exc()}")
+        print(f"fleetsim: job {hc.job.num} failed: {type(exc).__name__}: {line}", file=sys.stderr)
+        return FAILED_OBJECTIVES
     result.save(out)
-    print(format_summary(result.summary, result.config))
-    print(f"  outputs    {out}")
+    s = result.summary
+    if multirun:
+        met = "meets" if s["slo_met"] else "misses"
+        print(f"fleetsim: job {hc.job.num}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
+    else:
+        print(format_summary(s, result.config))
+        print(f"  outputs    {out}")
+    return (float(s["total_cost"]), float(1.0 - s["slo_attainment"]))
 
 
 def _discard_empty_run_dir(out: Path) -> None:
@@ -107,10 +138,10 @@ def _discard_empty_run_dir(out: Path) -> None:
 
     if not out.is_dir():
         return
-    if any(p.name not in (".hydra", "fleetsim.log") for p in out.iterdir()):
+    logs = [p for p in out.iterdir() if p.suffix == ".log"]  # Hydra's <job name>.log
+    if any(p.name != ".hydra" and p not in logs for p in out.iterdir()):
         return
-    log = out / "fleetsim.log"
-    if log.exists() and log.stat().st_size:
+    if any(log.stat().st_size for log in logs):
         return
     shutil.rmtree(out, ignore_errors=True)
 
@@ -132,7 +163,8 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(keep)[:400]
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> None:
+    """Run a Hydra app; composition errors and bad values become one line and exit code 2."""
     import hydra
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -142,14 +174,96 @@ def main(argv: Sequence[str] | None = None) -> None:
     register_configs()
     user_wants_trace = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of exit(1)
-    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name="config")(_task)
+    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)(task)
     try:
         app()
     except (HydraException, OmegaConfBaseException, UserError) as exc:
         if user_wants_trace:
             raise
-        print(f"fleetsim: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"{prog}: error: {_one_line(exc)}{_plugin_hint(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except ValueError as exc:  # Hydra's own command-line checks (e.g. -m with --cfg) raise these
+        if user_wants_trace or not _raised_by_hydra(exc):
+            raise
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+# Hydra plugins behind the launcher and sweeper presets, and the extra that installs each
+PLUGIN_EXTRAS = {
+    "hydra/launcher/joblib": "joblib",
+    "hydra/launcher/submitit_slurm": "slurm",
+    "hydra/launcher/submitit_local": "slurm",
+    "hydra/launcher/ray": "ray",
+    "hydra/sweeper/optuna": "optuna",
+}
+
+
+def _plugin_hint(message: str) -> str:
+    for name, extra in PLUGIN_EXTRAS.items():
+        if f"Could not load '{name}'" in message or f"Could not find '{name}'" in message:
+            return f" (the plugin is not installed: pip install 'fleetsim[{extra}]')"
+    return ""
+
+
+def _raised_by_hydra(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`fleetsim`: one scenario, or a sweep with -m."""
+    _launch(_task, "config", argv, "fleetsim")
+
+
+def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
+    """Plan or break-even for the composed workload and SLO; outputs into Hydra's run dir."""
+    import time
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from sim import plan as planner
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        cfg, p = planner.split_config(node)
+        planner.validate_plan(p)
+        from sim.config import validate
+
+        validate(cfg)
+    except UserError as exc:
+        _discard_empty_run_dir(out)
+        print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    t0 = time.perf_counter()
+    if p.mode == "breakeven":
+        df = planner.breakeven(cfg, p)
+        cross = planner.crossovers(df)
+        planner.save_breakeven(out, cfg, df, cross, plots=cfg.output.plots)
+        print(planner.breakeven_report(cfg, df, cross).rstrip())
+        print(
+            f"\n{int(df.drop_duplicates('volume')['runs'].sum())} simulations in {time.perf_counter() - t0:.0f} s; "
+            f"breakeven.csv, breakeven.md, breakeven.json and plots/ in {out}"
+        )
+        return
+    df = planner.plan(cfg, p)
+    wall = time.perf_counter() - t0
+    planner.save_plan(out, cfg, p, df, wall, plots=cfg.output.plots)
+    print(
+        f"fleetsim-plan: {cfg.model.name}, workload {cfg.workload.name}, SLO {cfg.slo.name}: "
+        "cheapest SLO-meeting option per GPU and strategy"
+    )
+    print(planner.ranked_text(df))
+    print(f"  {planner.run_count_line(df, p, wall)}")
+    print(f"  plan.csv, plan.md and plots/ in {out}")
+
+
+def plan_main(argv: Sequence[str] | None = None) -> None:
+    """`fleetsim-plan`: the cheapest provisioning meeting the SLO (mode=plan) or the API /
+    dedicated / hybrid break-even across volumes (mode=breakeven)."""
+    _launch(_plan_task, "plan", argv, "fleetsim-plan")
 
 
 if __name__ == "__main__":

@@ -284,6 +284,7 @@ class OutputConfig:
 @dataclass
 class Config:
     seed: int = 0
+    seeds: list[int] | None = None  # replications: run once per seed, report means and 95% intervals
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     gpu: GpuConfig = field(default_factory=GpuConfig)
@@ -317,14 +318,18 @@ def resolve_path(path: str) -> Path:
     return rooted if rooted.exists() else p
 
 
+def options(group: str) -> list[str]:
+    """The option names of a config group (e.g. `options("gpu")`)."""
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
+
+
 def load_option(group: str, name: str) -> Any:
     """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`)."""
     import yaml
 
     path = Path(conf_dir()) / group / f"{name}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in path.parent.glob("*.yaml"))
-        raise ConfigError(group, name, f"unknown option; known: {', '.join(known)}")
+        raise ConfigError(group, name, f"unknown option; known: {', '.join(options(group))}")
     data = yaml.safe_load(path.read_text()) or {}
     data.pop("defaults", None)
     return to_config({group: data}).__dict__[group]
@@ -632,6 +637,13 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
 def validate(cfg: Config) -> None:
     """Check every value before simulating; raise ConfigError on the first bad one."""
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    if cfg.seeds is not None:
+        _check(
+            len(cfg.seeds) >= 1 and all(s >= 0 for s in cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds),
+            "seeds",
+            cfg.seeds,
+            "must be a list of distinct integers >= 0",
+        )
 
     w = cfg.workload
     validate_workload(w)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 if TYPE_CHECKING:
     from sim.runner import Result
@@ -212,6 +213,206 @@ def cost(result: Result, path: Path) -> None:
         ax2.legend(loc="upper left")
         ax2.grid(alpha=0.3)
     fig.suptitle(f"Cost - {scenario(result)}")
+    _save(fig, path)
+
+
+def _label(row, keys: list[str]) -> str:
+    return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys)
+
+
+def _numeric(series) -> bool:
+    try:
+        series.astype(float)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
+    """Total cost against the swept parameter (one line per combination of the others)."""
+    varying = [k for k in keys if df[k].astype(str).nunique() > 1] or keys[:1] or ["job"]
+    x_key = next((k for k in varying if _numeric(df[k])), varying[0])
+    others = [k for k in varying if k != x_key]
+    fig = Figure(figsize=(10, 5.5))
+    ax = fig.subplots()
+    numeric = _numeric(df[x_key])
+    cats = {v: i for i, v in enumerate(dict.fromkeys(df[x_key].astype(str)))}
+    groups = df.groupby([df[k].astype(str) for k in others], sort=False) if others else [("all", df)]
+    for name, g in groups:
+        ok = g[g["status"] == "ok"]
+        xs = ok[x_key].astype(float) if numeric else ok[x_key].astype(str).map(cats)
+        order = np.argsort(xs.to_numpy())
+        label = (
+            ", ".join(
+                f"{k.split('.')[-1]}={v}"
+                for k, v in zip(others, name if isinstance(name, tuple) else (name,), strict=False)
+            )
+            if others
+            else None
+        )
+        line = ax.plot(xs.to_numpy()[order], ok["total_cost"].to_numpy()[order], "-", alpha=0.6, label=label)[0]
+        good = feasible.loc[ok.index].to_numpy()
+        ax.scatter(xs[good], ok["total_cost"][good], color=line.get_color(), s=60, zorder=3)
+        ax.scatter(xs[~good], ok["total_cost"][~good], facecolors="white", edgecolors=line.get_color(), s=60, zorder=3)
+        bad = g[g["status"] != "ok"]
+        if len(bad):
+            bx = bad[x_key].astype(float) if numeric else bad[x_key].astype(str).map(cats)
+            ax.scatter(bx, np.zeros(len(bad)), marker="x", color="#d62728", s=60, zorder=3)
+    if not numeric:
+        ax.set_xticks(list(cats.values()), list(cats.keys()))
+    elif np.allclose(df[x_key].astype(float) % 1, 0):
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(x_key)
+    ax.set_ylabel("total cost (\\$)")
+    ax.grid(alpha=0.3)
+    handles = [
+        ax.scatter([], [], color="#444444", s=60, label="meets the SLO"),
+        ax.scatter([], [], facecolors="white", edgecolors="#444444", s=60, label="misses the SLO"),
+        ax.scatter([], [], marker="x", color="#d62728", s=60, label="failed"),
+    ]
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0][: len(groups) if others else 0], *handles], fontsize=9)
+    fig.suptitle(f"Sweep: total cost against {x_key}")
+    _save(fig, path)
+
+
+def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
+    """Cost against p99 TTFT: every job, and the frontier no other job beats on both."""
+    ok = df[df["status"] == "ok"].copy()
+    fig = Figure(figsize=(10, 6))
+    ax = fig.subplots()
+    if len(ok):
+        good = feasible.loc[ok.index].to_numpy()
+        ax.scatter(ok["ttft_p99"][good], ok["total_cost"][good], color="#2ca02c", s=60, label="meets the SLO", zorder=3)
+        ax.scatter(
+            ok["ttft_p99"][~good], ok["total_cost"][~good], color="#7f7f7f", s=60, label="misses the SLO", zorder=3
+        )
+        front = ok.sort_values(["ttft_p99", "total_cost"])
+        front = front[front["total_cost"] < front["total_cost"].cummin().shift(fill_value=np.inf)]
+        ax.step(front["ttft_p99"], front["total_cost"], where="post", color="#1f77b4", label="frontier")
+        varying = [k for k in keys if df[k].astype(str).nunique() > 1]
+        for _, row in ok.iterrows():
+            ax.annotate(
+                _label(row, varying),
+                (row["ttft_p99"], row["total_cost"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+        if ok["ttft_p99"].max() / max(ok["ttft_p99"].min(), 1e-6) > 20:
+            ax.set_xscale("log")
+    ax.set_xlabel("p99 TTFT (s)")
+    ax.set_ylabel("total cost (\\$)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    fig.suptitle("Sweep: cost against p99 TTFT")
+    _save(fig, path)
+
+
+OPTION_COLORS = {"API": "#ff7f0e", "dedicated": "#1f77b4", "hybrid": "#2ca02c"}
+
+
+def breakeven_plot(df, crossovers: list[dict], path: Path) -> None:
+    """$/M tokens and $/month of the cheapest pure-API, dedicated and hybrid option against
+    volume; hollow markers miss the SLO, dashed lines mark the crossovers."""
+    fig = Figure(figsize=(12, 5))
+    axes = fig.subplots(1, 2, gridspec_kw={"wspace": 0.3})
+    for ax, key, label in (
+        (axes[0], "cost_per_mtok", "\\$ per million tokens"),
+        (axes[1], "cost_per_month", "\\$ per month"),
+    ):
+        for option, g in df.groupby("option", sort=False):
+            g = g.sort_values("rate")
+            color = OPTION_COLORS.get(option, "#7f7f7f")
+            ax.plot(g["rate"], g[key], "-", color=color, alpha=0.7, label=option)
+            ok = g["slo_met"].to_numpy(dtype=bool)
+            ax.scatter(g["rate"][ok], g[key][ok], color=color, s=45, zorder=3)
+            ax.scatter(g["rate"][~ok], g[key][~ok], facecolors="white", edgecolors=color, s=45, zorder=3)
+        for c in crossovers:
+            ax.axvline(c["rate"], color="#444444", ls="--", lw=1)
+            ax.annotate(
+                f"{c['from']} -> {c['to']}\n~{c['rate']:.3g} req/s",
+                (c["rate"], 0.97),
+                xycoords=("data", "axes fraction"),
+                fontsize=8,
+                ha="left",
+                va="top",
+                xytext=(3, 0),
+                textcoords="offset points",
+            )
+        ax.set_xscale("log")
+        if key == "cost_per_month":  # spans orders of magnitude; $/M tokens does not
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())
+        else:
+            ax.set_ylim(bottom=0)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"\\${y:,.3g}" if y < 100 else f"\\${y:,.0f}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: f"{x:g}"))
+        ax.set_xlabel("volume (requests/s)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    handles, labels = axes[0].get_legend_handles_labels()
+    handles.append(axes[0].scatter([], [], facecolors="white", edgecolors="#444444", s=45))
+    labels.append("misses the SLO")
+    axes[0].legend(handles, labels, fontsize=9, loc="lower left")
+    fig.suptitle("Break-even: the cheapest SLO-meeting option of each kind against volume")
+    _save(fig, path)
+
+
+STRATEGY_COLORS = {"fixed": "#1f77b4", "autoscaled": "#9467bd", "hybrid": "#2ca02c", "pure API": "#ff7f0e"}
+
+
+def plan_plot(df, best, describe, slo, path: Path) -> None:
+    """Left: the fixed-fleet searches (SLO attainment against replicas, per GPU option).
+    Right: the cheapest SLO-meeting candidate of each GPU option and strategy, $/month."""
+    fig = Figure(figsize=(14, 5.5), layout="constrained")
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
+    fixed = df[df["strategy"] == "fixed"]
+    for (gpu, tp), g in fixed.groupby(["gpu", "tp"], sort=False):
+        g = g.sort_values("replicas")
+        label = gpu if tp == 1 else f"{gpu} TP{tp}"
+        line = left.plot(g["replicas"], g["slo_attainment"] * 100, "-", alpha=0.6, label=label)[0]
+        ok = g["slo_met"].to_numpy(dtype=bool)
+        left.scatter(g["replicas"][ok], g["slo_attainment"][ok] * 100, color=line.get_color(), s=45, zorder=3)
+        left.scatter(
+            g["replicas"][~ok],
+            g["slo_attainment"][~ok] * 100,
+            facecolors="white",
+            edgecolors=line.get_color(),
+            s=45,
+            zorder=3,
+        )
+    left.axhline(slo.attainment * 100, color="#d62728", ls="--", lw=1.2, label=f"target {slo.attainment:.0%}")
+    left.set_xlabel("replicas (runs the bisection made; filled = meets the SLO)")
+    left.set_ylabel("SLO attainment (%)")
+    left.set_title("Fixed-fleet search")
+    left.grid(alpha=0.3)
+    if len(fixed):
+        from matplotlib.ticker import MaxNLocator
+
+        left.xaxis.set_major_locator(MaxNLocator(integer=True))
+        left.legend(fontsize=9)
+    top = best.head(12).iloc[::-1]
+    if len(top):
+        y = np.arange(len(top))
+        colors = [STRATEGY_COLORS.get(st, "#7f7f7f") for st in top["strategy"]]
+        right.barh(y, top["cost_per_month"], color=colors)
+        right.set_yticks(y, [describe(r) for _, r in top.iterrows()], fontsize=8)
+        for yi, (_, r) in zip(y, top.iterrows(), strict=True):
+            right.annotate(
+                f" \\${r['cost_per_month']:,.0f}  (\\${r['cost_per_mtok']:.3f}/M tokens)",
+                (r["cost_per_month"], yi),
+                va="center",
+                fontsize=8,
+            )
+        right.set_xlim(0, top["cost_per_month"].max() * 1.35)
+    else:
+        right.text(0.5, 0.5, "no candidate meets the SLO", ha="center", va="center", transform=right.transAxes)
+    right.set_xlabel("\\$ per month (cheapest SLO-meeting candidate of each option)")
+    right.set_title("Candidates, cheapest at the top")
+    right.grid(alpha=0.3, axis="x")
+    fig.suptitle("Capacity plan")
     _save(fig, path)
 
 

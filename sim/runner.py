@@ -7,6 +7,7 @@ summary. The command line (`sim.cli`) and the tests both call this.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ class Result:
     engine_stats: dict = field(default_factory=dict)
     bills: pd.DataFrame | None = None  # one row per replica: life, seconds by state, billed cost
     spans: list = field(default_factory=list)  # replica lifecycle records (sim.cost.Span)
+    per_seed: pd.DataFrame | None = None  # replicated runs: one summary row per seed
 
     def save(self, out_dir: str | Path, *, plots: bool | None = None) -> Path:
         """Write summary.json, requests.parquet, timeseries.csv and plots/ into out_dir."""
@@ -54,6 +56,8 @@ class Result:
         self.timeseries.to_csv(out / "timeseries.csv", index=False)
         if self.bills is not None:
             self.bills.to_csv(out / "replicas.csv", index=False)
+        if self.per_seed is not None:
+            self.per_seed.to_csv(out / "seeds.csv", index=False)
         if self.config.output.plots if plots is None else plots:
             from sim import plots as plotting
 
@@ -78,9 +82,87 @@ def check_workload(wl: Workload) -> Workload:
 
 
 def run(config: Any, workload: Workload | None = None) -> Result:
-    """Simulate one scenario. `config`: a Config, a nested dict or an OmegaConf node."""
+    """Simulate one scenario. `config`: a Config, a nested dict or an OmegaConf node. With
+    `seeds`, the scenario runs once per seed and the summary reports means and intervals."""
     cfg = to_config(config)
     validate(cfg)
+    if cfg.seeds:
+        return replicate(cfg, workload)
+    return run_one(cfg, workload)
+
+
+# summary keys reported with a 95% interval when a run is replicated over seeds
+INTERVAL_KEYS = (
+    "total_cost",
+    "cost_per_hour",
+    "cost_per_mtok",
+    "ttft_p99",
+    "tpot_p99",
+    "slo_attainment",
+    "ttft_slo_percentile",
+    "tpot_slo_percentile",
+)
+
+
+def replicate(cfg: Config, workload: Workload | None = None) -> Result:
+    """Run each seed of `cfg.seeds`; the summary holds the mean of every number, a 95% Student-t
+    interval (`<key>_ci_low`, `<key>_ci_high`) for the figures that decide a plan, and a
+    pessimistic `slo_met`: the SLO must hold at the unfavourable end of every interval."""
+    import dataclasses
+
+    import numpy as np
+    from scipy import stats
+
+    results = [run_one(dataclasses.replace(cfg, seed=s, seeds=None), workload) for s in cfg.seeds]
+    per_seed = pd.DataFrame([{"seed": s, **r.summary} for s, r in zip(cfg.seeds, results, strict=True)])
+    n = len(results)
+    summary: dict = {}
+    for key, value in results[0].summary.items():
+        column = per_seed[key]
+        if isinstance(value, bool):
+            summary[key] = bool(column.all())
+        elif isinstance(value, (int, float)) and column.notna().all():
+            summary[key] = float(column.mean()) if n > 1 else value
+        else:
+            summary[key] = value
+    half = stats.t.ppf(0.975, n - 1) if n > 1 else 0.0
+    for key in INTERVAL_KEYS:
+        values = per_seed[key].to_numpy(dtype=float)
+        m = float(np.nanmean(values))
+        sd = float(np.nanstd(values, ddof=1)) if n > 1 else 0.0
+        low, high = m - half * sd / np.sqrt(n), m + half * sd / np.sqrt(n)
+        top = 1.0 if key == "slo_attainment" else math.inf  # clip to the quantity's range
+        summary[f"{key}_ci_low"] = min(max(low, 0.0), top)
+        summary[f"{key}_ci_high"] = min(max(high, 0.0), top)
+    slo = cfg.slo
+    served = (per_seed["n_requests"] - per_seed["n_rejected"] > 0).all()
+    summary["slo_met"] = bool(
+        not summary["ttft_slo_percentile_ci_high"] > slo.ttft_s  # NaN (nothing measured) passes
+        and not summary["tpot_slo_percentile_ci_high"] > slo.tpot_s
+        and summary["slo_attainment_ci_low"] >= slo.attainment
+        and served
+    )
+    summary["slo_met_seeds"] = float(per_seed["slo_met"].mean())
+    summary["n_seeds"] = n
+    summary["wall_time_s"] = float(per_seed["wall_time_s"].sum())
+    requests = pd.concat(
+        [r.requests.assign(seed=s) for s, r in zip(cfg.seeds, results, strict=True)], ignore_index=True
+    )
+    first = results[0]
+    return Result(
+        cfg,
+        summary,
+        requests,
+        first.timeseries,
+        first.plan,
+        first.engine_stats,
+        bills=first.bills,
+        spans=first.spans,
+        per_seed=per_seed,
+    )
+
+
+def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     wall0 = time.perf_counter()
     wl = build_workload(cfg.workload, cfg.seed) if workload is None else check_workload(workload)
     plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)

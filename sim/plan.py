@@ -1,0 +1,663 @@
+"""Planner: the cheapest provisioning that meets the SLO for one workload, and where paying per
+token stops being cheaper than renting GPUs.
+
+For every GPU type and tensor-parallel size of `plan.gpus` x `plan.tp` (options whose weights do
+not fit are skipped, with the reason), the planner finds:
+- **fixed**: the smallest number N of always-on replicas that meets the SLO. SLO attainment grows
+  with replicas, so it brackets (1, 2, 4, ...) and bisects: O(log N) runs, not N;
+- **autoscaled**: a target autoscaler between a minimum of 1 or N/2 and a maximum of N+1, for
+  each of `plan.targets`;
+- **hybrid**: a fixed baseline below N with overflow to the API, for each overflow margin of
+  `plan.margins` from the widest until one meets the SLO;
+- **api**: no GPUs, every request to the API (one candidate, whatever the GPU options).
+Feasible means `slo_met`; with `seeds`, at the pessimistic end of the 95% intervals. Candidates
+are ranked by cost per hour: GPU cost over the run, API cost over the arrival window (so a
+short run's drain favours no one). The fixed searches run in parallel (one per GPU option),
+then every other candidate does, in a process pool of `plan.workers`. Plain Python:
+`sim.cli.plan_main` is the command line around it.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.config import Config, load_option, options, validate
+from sim.errors import UserError
+
+HOURS_PER_MONTH = 730.0
+
+
+@dataclass
+class PlanConfig:
+    mode: str = "plan"  # plan | breakeven
+    gpus: list[str] = field(default_factory=lambda: ["h100", "a100-80gb", "l40s"])
+    tp: list[int] = field(default_factory=lambda: [1])
+    strategies: list[str] = field(default_factory=lambda: ["fixed", "autoscaled", "hybrid", "api"])
+    max_replicas: int = 32
+    targets: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0])
+    overflow: str = "slo"  # the hybrid's API overflow policy (slo: predicted TTFT or TPOT over the SLO)
+    # the hybrid's overflow margins to try: overflow when a prediction exceeds margin x the SLO
+    # (predictions see the queue now, not the arrivals to come: margins < 1 leave room for them)
+    margins: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.5, 0.35])
+    hybrid_sizes: int = 8  # at most this many baseline sizes between 1 and N-1 (N: the fixed answer)
+    workers: int = 2
+    # breakeven: the workload's volume times each of these (rates of synthetic sources, or
+    # load_scale of a trace)
+    volumes: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+
+
+@dataclass
+class PlanAppConfig(Config):
+    plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+def split_config(node) -> tuple[Config, PlanConfig]:
+    """The scenario and the plan section of a composed `fleetsim-plan` config (type-checked)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sim.config import to_config
+    from sim.errors import ConfigError
+
+    if isinstance(node, PlanAppConfig):
+        app = node
+    else:
+        try:
+            app = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanAppConfig), node))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or "config"
+            raise ConfigError(key, getattr(exc, "value", None) or "?", str(exc).splitlines()[0]) from None
+    scenario = {f.name: getattr(app, f.name) for f in dataclasses.fields(Config)}
+    return to_config(Config(**scenario)), app.plan
+
+
+STRATEGIES = ("fixed", "autoscaled", "hybrid", "api")
+MODES = ("plan", "breakeven")
+
+
+def validate_plan(p: PlanConfig) -> None:
+    from sim.errors import ConfigError
+
+    if p.mode not in MODES:
+        raise ConfigError("plan.mode", p.mode, f"must be one of {', '.join(MODES)}")
+    if not p.gpus:
+        raise ConfigError("plan.gpus", p.gpus, "name at least one GPU option")
+    known = options("gpu")
+    unknown = [g for g in p.gpus if g not in known]
+    if unknown:
+        raise ConfigError("plan.gpus", unknown[0], f"unknown option; known: {', '.join(known)}")
+    if not p.tp or any(t < 1 or t & (t - 1) for t in p.tp):
+        raise ConfigError("plan.tp", p.tp, "must list powers of two >= 1")
+    bad = [s for s in p.strategies if s not in STRATEGIES]
+    if bad or not p.strategies:
+        raise ConfigError("plan.strategies", p.strategies, f"must list some of {', '.join(STRATEGIES)}")
+    if p.max_replicas < 1:
+        raise ConfigError("plan.max_replicas", p.max_replicas, "must be >= 1")
+    if not p.targets or min(p.targets) <= 0:
+        raise ConfigError("plan.targets", p.targets, "must list positive autoscaler targets")
+    from sim.config import OVERFLOW
+
+    if p.overflow not in OVERFLOW or p.overflow == "never":
+        raise ConfigError(
+            "plan.overflow", p.overflow, f"must be one of {', '.join(o for o in OVERFLOW if o != 'never')}"
+        )
+    if not p.margins or min(p.margins) <= 0:
+        raise ConfigError("plan.margins", p.margins, "must list positive overflow margins")
+    if p.hybrid_sizes < 1:
+        raise ConfigError("plan.hybrid_sizes", p.hybrid_sizes, "must be >= 1")
+    if p.workers < 1:
+        raise ConfigError("plan.workers", p.workers, "must be >= 1")
+    if not p.volumes or min(p.volumes) <= 0:
+        raise ConfigError("plan.volumes", p.volumes, "must list positive volume multipliers")
+
+
+# ----------------------------------------------------------------------------- candidates
+
+
+def with_gpu(cfg: Config, gpu: str, tp: int) -> Config:
+    c = copy.deepcopy(cfg)
+    c.gpu = load_option("gpu", gpu)
+    c.engine.tensor_parallel_size = tp
+    return c
+
+
+def fixed_fleet(cfg: Config, n: int) -> Config:
+    c = copy.deepcopy(cfg)
+    c.fleet.autoscaler = dataclasses.replace(c.fleet.autoscaler, name="fixed")
+    c.fleet.replicas = n
+    c.api = dataclasses.replace(c.api, enabled=False, name="none")
+    return c
+
+
+def autoscaled_fleet(cfg: Config, lo: int, hi: int, target: float) -> Config:
+    c = copy.deepcopy(cfg)
+    c.fleet.autoscaler = dataclasses.replace(c.fleet.autoscaler, name="target", target=target)
+    c.fleet.min_replicas, c.fleet.max_replicas, c.fleet.replicas = lo, hi, lo
+    c.api = dataclasses.replace(c.api, enabled=False, name="none")
+    return c
+
+
+def hybrid_fleet(cfg: Config, baseline: int, overflow: str, margin: float = 1.0) -> Config:
+    c = copy.deepcopy(cfg)
+    c.fleet.autoscaler = dataclasses.replace(c.fleet.autoscaler, name="fixed")
+    c.fleet.replicas = baseline
+    c.api = dataclasses.replace(
+        c.api, enabled=True, overflow="always" if baseline == 0 else overflow, ttft_margin=margin
+    )
+    return c
+
+
+def baselines(n: int, most: int) -> list[int]:
+    """Hybrid baseline sizes to try below the fixed answer n: all of 1..n-1, or `most` of them
+    spread evenly."""
+    if n <= 1:
+        return []
+    if n - 1 <= most:
+        return list(range(1, n))
+    return sorted({max(1, min(n - 1, round(1 + i * (n - 2) / (most - 1)))) for i in range(most)})
+
+
+def scaled(cfg: Config, volume: float) -> Config:
+    """The workload with `volume` x its traffic: rates of synthetic sources, or a trace's
+    load_scale."""
+    c = copy.deepcopy(cfg)
+    w = c.workload
+    sources = list(w.sources.values()) if w.sources else [w]
+    if any(s.arrival == "trace" for s in sources):
+        w.load_scale *= volume
+    else:
+        for s in sources:
+            s.rate *= volume
+    return c
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def evaluate(cfg: Config) -> dict:
+    """One simulation, reduced to the figures a plan compares."""
+    from sim.runner import run
+
+    c = copy.deepcopy(cfg)
+    c.output.plots = False
+    t0 = time.perf_counter()
+    s = run(c).summary
+    return {
+        "total_cost": s["total_cost"],
+        "cost_per_hour": s["cost_per_hour"],
+        "cost_per_month": s["cost_per_hour"] * HOURS_PER_MONTH,
+        "cost_per_mtok": s["cost_per_mtok"],
+        "slo_met": bool(s["slo_met"]),
+        "slo_attainment": s["slo_attainment"],
+        "ttft_p99": s["ttft_p99"],
+        "tpot_p99": s["tpot_p99"],
+        "api_share": s["api_share"],
+        "mean_replicas": s["mean_replicas"],
+        "gpu_cost": s["gpu_cost"],
+        "api_cost": s["api_cost"],
+        "tokens": s["input_tokens"] + s["output_tokens"],
+        "n_requests": s["n_requests"],
+        "sim_duration_s": s["sim_duration_s"],
+        **{k: v for k, v in s.items() if k.endswith(("_ci_low", "_ci_high")) or k in ("n_seeds", "slo_met_seeds")},
+        "run_s": time.perf_counter() - t0,
+    }
+
+
+def workload_span(cfg: Config) -> float:
+    """The arrival window of the workload, seconds (the span its request rate is measured over)."""
+    if cfg.workload.duration_s is not None:
+        return float(cfg.workload.duration_s)
+    from sim.workload import build_workload
+
+    t = build_workload(cfg.workload, cfg.seed).arrival_s
+    return float(t[-1]) if len(t) and t[-1] > 0 else 1.0
+
+
+def search_fixed(cfg: Config, max_replicas: int, log: list) -> int | None:
+    """Smallest replica count meeting the SLO (attainment grows with replicas): bracket by
+    doubling, then bisect. None if even max_replicas misses."""
+    cache: dict[int, bool] = {}
+
+    def ok(n: int) -> bool:
+        if n not in cache:
+            row = evaluate(fixed_fleet(cfg, n))
+            log.append({"strategy": "fixed", "replicas": n, **row})
+            cache[n] = row["slo_met"]
+        return cache[n]
+
+    lo, hi = 0, 1  # lo misses (0 replicas: nothing), hi to be found
+    while not ok(hi):
+        lo = hi
+        if hi >= max_replicas:
+            return None
+        hi = min(hi * 2, max_replicas)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def fixed_search_task(args: tuple[Config, str, int, int]) -> tuple[list[dict], int | None]:
+    """Phase 1 for one GPU option (a process-pool task): the fixed-fleet search, whose answer N
+    bounds the other strategies. Returns its runs and N (None: even max_replicas misses)."""
+    cfg, gpu, tp, max_replicas = args
+    base = {"gpu": gpu, "tp": tp}
+    c = with_gpu(cfg, gpu, tp)
+    try:
+        validate(fixed_fleet(c, 1))
+    except UserError as exc:
+        return [{**base, "strategy": "does not fit", "note": str(exc)}], None
+    log: list[dict] = []
+    n = search_fixed(c, max_replicas, log)
+    return [{**base, **r} for r in log], n
+
+
+def candidate_task(ladder: list[tuple[Config, dict]]) -> list[dict]:
+    """Phase 2 (a process-pool task): candidates run in order until one meets the SLO. A hybrid
+    baseline's ladder goes from the widest overflow margin (fewest requests to the API, the
+    cheapest) to the narrowest; once one is feasible, narrower ones only cost more."""
+    rows = []
+    for cfg, meta in ladder:
+        rows.append({**meta, **evaluate(cfg)})
+        if rows[-1]["slo_met"]:
+            break
+    return rows
+
+
+def candidates(cfg: Config, p: PlanConfig, gpu: str, tp: int, n: int | None) -> list[list[tuple[Config, dict]]]:
+    """The autoscaled and hybrid candidates of one GPU option given its fixed answer n, as
+    ladders for `candidate_task`."""
+    c = with_gpu(cfg, gpu, tp)
+    base = {"gpu": gpu, "tp": tp}
+    out = []
+    if n is not None and "autoscaled" in p.strategies:
+        hi = min(n + 1, p.max_replicas)
+        for lo in sorted({1, max(1, n // 2)}):
+            for target in p.targets:
+                meta = {**base, "strategy": "autoscaled", "min_replicas": lo, "max_replicas": hi, "target": target}
+                out.append([(autoscaled_fleet(c, lo, hi, target), meta)])
+    if "hybrid" in p.strategies and cfg.api.name != "none":
+        for b in baselines(n if n is not None else p.max_replicas + 1, p.hybrid_sizes):
+            ladder = []
+            for margin in sorted(p.margins, reverse=True):
+                meta = {**base, "strategy": "hybrid", "replicas": b, "margin": margin}
+                ladder.append((hybrid_fleet(c, b, p.overflow, margin), meta))
+            out.append(ladder)
+    return out
+
+
+class _Mapper:
+    """map() in order, over a process pool when workers > 1 (the pool lives for the whole plan)."""
+
+    def __init__(self, workers: int):
+        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+
+    def __call__(self, fn, tasks: list) -> list:
+        if self.pool is None or len(tasks) <= 1:
+            return [fn(t) for t in tasks]
+        return list(self.pool.map(fn, tasks))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def plan_many(cfgs: list[Config], p: PlanConfig) -> list[pd.DataFrame]:
+    """Plan each scenario of `cfgs` (e.g. volume levels), sharing one process pool: the fixed
+    searches of every GPU option run in parallel, then every other candidate does."""
+    options = [(i, gpu, tp) for i in range(len(cfgs)) for gpu in p.gpus for tp in p.tp]
+    with _Mapper(p.workers) as mapper:
+        found = mapper(fixed_search_task, [(cfgs[i], gpu, tp, p.max_replicas) for i, gpu, tp in options])
+        tasks: list[list[tuple[Config, dict]]] = []
+        for i, c in enumerate(cfgs):
+            if "api" in p.strategies and c.api.name != "none":
+                meta = {"plan": i, "gpu": "none", "tp": 0, "strategy": "pure API", "replicas": 0}
+                tasks.append([(hybrid_fleet(c, 0, "always"), meta)])
+        for (i, gpu, tp), (_, n) in zip(options, found, strict=True):
+            tasks.extend(
+                [(c, {"plan": i, **meta}) for c, meta in ladder] for ladder in candidates(cfgs[i], p, gpu, tp, n)
+            )
+        ran = mapper(candidate_task, tasks)
+    rows: list[list[dict]] = [[] for _ in cfgs]
+    for (i, _, _), (log, _) in zip(options, found, strict=True):
+        rows[i] += [r for r in log if r["strategy"] != "fixed" or "fixed" in p.strategies]
+    for out in ran:
+        for r in out:
+            rows[r.pop("plan")].append(r)
+    return [_finish(c, pd.DataFrame(r)) for c, r in zip(cfgs, rows, strict=True)]
+
+
+def plan(cfg: Config, p: PlanConfig) -> pd.DataFrame:
+    """Every run of the plan, one row each; `rank` orders the feasible candidates by cost."""
+    return plan_many([cfg], p)[0]
+
+
+def _finish(cfg: Config, df: pd.DataFrame) -> pd.DataFrame:
+    """Cost rates comparable across candidates, and the ranking.
+
+    GPU cost accrues per hour of the run (a fleet bills through its last request's end), API cost
+    per hour of arrivals (it bills per token): a short run's drain then weighs on no candidate.
+    """
+    span = workload_span(cfg)
+    df["span_s"] = span
+    if "total_cost" in df:
+        per_s = df["gpu_cost"] / df["sim_duration_s"].where(df["sim_duration_s"] > 0) + df["api_cost"] / span
+        df["cost_per_hour"] = per_s.fillna(df["api_cost"] / span) * 3600
+        df["cost_per_month"] = df["cost_per_hour"] * HOURS_PER_MONTH
+        df["cost_per_mtok"] = df["cost_per_hour"] / (df["tokens"] / span * 3600).where(df["tokens"] > 0) * 1e6
+    if "slo_met" not in df:
+        df["slo_met"] = False
+    df["slo_met"] = df["slo_met"].fillna(False).astype(bool)
+    df["rank"] = np.nan
+    ok = _by_cost(df[df["slo_met"]])
+    df.loc[ok.index, "rank"] = np.arange(1, len(ok) + 1)
+    return df
+
+
+def describe(row: pd.Series) -> str:
+    gpu = f"{int(row['tp'])}x {row['gpu']}" if row["tp"] > 1 else row["gpu"]
+    s = row["strategy"]
+    if s == "fixed":
+        return f"{int(row['replicas'])} x {gpu}, always on"
+    if s == "autoscaled":
+        return f"{int(row['min_replicas'])}-{int(row['max_replicas'])} x {gpu}, autoscaled (target {row['target']:g})"
+    if s == "hybrid":
+        return f"{int(row['replicas'])} x {gpu} + API overflow (margin {row['margin']:g})"
+    if s == "pure API":
+        return "API only"
+    return f"{gpu}: {s}"
+
+
+def best_per_option(df: pd.DataFrame) -> pd.DataFrame:
+    """The cheapest feasible candidate of each GPU option and strategy."""
+    ok = df[df["slo_met"]]
+    if ok.empty:
+        return ok
+    return _by_cost(ok).groupby(["gpu", "tp", "strategy"], sort=False).head(1)
+
+
+SIMPLER = {"fixed": 0, "pure API": 1, "hybrid": 2, "autoscaled": 3}
+
+
+def _by_cost(df: pd.DataFrame) -> pd.DataFrame:
+    """Cheapest first; at equal cost the simpler setup (an autoscaler that never scaled costs
+    what the fixed fleet does) and then fewer replicas."""
+    key = df["strategy"].map(SIMPLER).fillna(9)
+    return (
+        df.assign(_simple=key).sort_values(["cost_per_hour", "_simple", "gpu"], kind="stable").drop(columns="_simple")
+    )
+
+
+def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
+    """plan.md: the recommendation, its figures, the runners-up and how the search went."""
+    w, slo = cfg.workload, cfg.slo
+    best = best_per_option(df)
+    lines = [
+        "# Capacity plan",
+        "",
+        f"Workload `{w.name}`, model {cfg.model.name} ({cfg.model.weight_dtype}), SLO `{slo.name}`: TTFT <= "
+        f"{slo.ttft_s:g} s and TPOT <= {slo.tpot_s * 1000:g} ms at p{slo.percentile:g}, "
+        f"{slo.attainment:.0%} of requests.",
+        f"Options: GPUs {', '.join(p.gpus)}; TP {', '.join(map(str, p.tp))}; strategies {', '.join(p.strategies)}"
+        + (
+            f"; {len(cfg.seeds)} seeds per run, feasible at the pessimistic end of the 95% intervals"
+            if cfg.seeds
+            else ""
+        ),
+        "",
+    ]
+    if best.empty:
+        lines += ["**No candidate meets the SLO.** The closest:", ""]
+        ran = df[df["strategy"].isin(["fixed", "autoscaled", "hybrid", "pure API"])]
+        if not ran.empty:
+            near = ran.sort_values("slo_attainment", ascending=False).head(5)
+            lines += _table(near)
+    else:
+        top = best.iloc[0]
+        lines += [
+            f"## Recommendation: {describe(top)}",
+            "",
+            f"- **${top['cost_per_month']:,.0f} per month** (${top['cost_per_hour']:,.2f}/hour), "
+            f"**${top['cost_per_mtok']:.4f} per million tokens**",
+            f"- p99 TTFT {top['ttft_p99']:.3f} s, p99 TPOT {top['tpot_p99'] * 1000:.1f} ms, "
+            f"SLO attainment {top['slo_attainment']:.2%}"
+            + (f", {top['api_share']:.1%} of requests to the API" if top["api_share"] > 0 else ""),
+            "",
+            "## Runners-up (cheapest per GPU option and strategy)",
+            "",
+            *_table(best.head(8)),
+        ]
+    fits = df[df["strategy"] == "does not fit"]
+    if len(fits):
+        lines += ["", "Options skipped:", ""] + [f"- {r.gpu} TP{int(r.tp)}: {r.note}" for r in fits.itertuples()]
+    lines += ["", run_count_line(df, p, wall_s) + " Every run is in plan.csv."]
+    return "\n".join(lines) + "\n"
+
+
+def run_count_line(df: pd.DataFrame, p: PlanConfig, wall_s: float) -> str:
+    """How many simulations the plan took, against trying every fleet size."""
+    runs = int(df["total_cost"].notna().sum()) if "total_cost" in df else 0
+    fixed = int((df["strategy"] == "fixed").sum())
+    fits = df[~df["strategy"].isin(["does not fit", "pure API"])]
+    grid = len(fits[["gpu", "tp"]].drop_duplicates()) * p.max_replicas
+    return (
+        f"{runs} simulations in {wall_s:.0f} s; the fixed-fleet searches took {fixed} runs where trying every "
+        f"size from 1 to {p.max_replicas} would take {grid}."
+    )
+
+
+def _table(rows: pd.DataFrame) -> list[str]:
+    """Markdown rows; with replications each figure is the mean with its 95% interval."""
+    ci = "slo_attainment_ci_low" in rows.columns and rows["slo_attainment_ci_low"].notna().any()
+
+    def span(r, key: str, fmt, scale: float = 1.0) -> str:
+        text = fmt(r[key] * scale)
+        if ci and pd.notna(r.get(f"{key}_ci_low")):
+            text += f" [{fmt(r[f'{key}_ci_low'] * scale)}, {fmt(r[f'{key}_ci_high'] * scale)}]"
+        return text
+
+    out = [
+        "| option | $/month | $/M tokens | p99 TTFT | p99 TPOT | attainment | to API |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for _, r in rows.iterrows():
+        month = f"${r['cost_per_month']:,.0f}"
+        if ci and pd.notna(r.get("cost_per_hour_ci_low")):
+            half = (r["cost_per_hour_ci_high"] - r["cost_per_hour_ci_low"]) / 2 * HOURS_PER_MONTH
+            month += f" ± ${half:,.0f}"
+        out.append(
+            f"| {describe(r)} | {month} | ${r['cost_per_mtok']:.4f} | "
+            f"{span(r, 'ttft_p99', lambda v: f'{v:.3f} s')} | {span(r, 'tpot_p99', lambda v: f'{v:.1f} ms', 1000)} | "
+            f"{span(r, 'slo_attainment', lambda v: f'{v:.2%}')} | {r['api_share']:.1%} |"
+        )
+    if ci:
+        out += [
+            "",
+            "Means over the seeds with 95% intervals in brackets "
+            "($/month: ± the half-width of the cost per hour's interval).",
+        ]
+    return out
+
+
+def ranked_text(df: pd.DataFrame) -> str:
+    best = best_per_option(df)
+    if best.empty:
+        return "  no candidate meets the SLO"
+    lines = [f"  {'#':>2}  {'option':<48s} {'$/month':>10s} {'$/M tok':>9s} {'attain':>8s} {'to API':>7s}"]
+    for i, (_, r) in enumerate(best.iterrows(), 1):
+        lines.append(
+            f"  {i:>2}  {describe(r):<48s} {r['cost_per_month']:>10,.0f} {r['cost_per_mtok']:>9.4f} "
+            f"{r['slo_attainment']:>8.2%} {r['api_share']:>7.1%}"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- break-even
+
+
+def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
+    """Per volume level: the cheapest pure-API, dedicated and hybrid option meeting the SLO (or,
+    when none of a kind does, its closest miss, flagged)."""
+    q = dataclasses.replace(p, mode="plan", strategies=[*dict.fromkeys([*p.strategies, "api"])])
+    volumes = sorted(p.volumes)
+    plans = plan_many([scaled(cfg, v) for v in volumes], q)
+    rows = []
+    for v, df in zip(volumes, plans, strict=True):
+        runs = int(df["total_cost"].notna().sum()) if "total_cost" in df else 0
+        for kind, strategies in (
+            ("API", ("pure API",)),
+            ("dedicated", ("fixed", "autoscaled")),
+            ("hybrid", ("hybrid",)),
+        ):
+            mine = df[df["strategy"].isin(strategies)]
+            ok = mine[mine["slo_met"]]
+            pick = (
+                ok.sort_values("cost_per_hour", kind="stable").head(1)
+                if len(ok)
+                else mine.sort_values("slo_attainment", ascending=False, kind="stable").head(1)
+            )
+            if pick.empty:
+                continue
+            r = pick.iloc[0]
+            span = float(r["span_s"])
+            rows.append(
+                {
+                    "volume": v,
+                    "rate": r["n_requests"] / span,
+                    "tokens_per_day": r["tokens"] / span * 86_400,
+                    "option": kind,
+                    "choice": describe(r),
+                    "slo_met": bool(r["slo_met"]),
+                    "cost_per_mtok": r["cost_per_mtok"],
+                    "cost_per_month": r["cost_per_month"],
+                    "slo_attainment": r["slo_attainment"],
+                    "runs": runs,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def crossovers(df: pd.DataFrame) -> list[dict]:
+    """Where the cheapest SLO-meeting option changes between consecutive volume levels. When both
+    options met the SLO at both levels, the crossing is interpolated where their $/M-token curves
+    meet (linear in log volume); otherwise it lies somewhere between the levels (`exact` false)."""
+    out = []
+    ok = df[df["slo_met"]]
+    levels = sorted(ok["volume"].unique())
+    cheapest = {v: ok[ok.volume == v].sort_values("cost_per_month", kind="stable").iloc[0] for v in levels}
+
+    def cost(option: str, v: float) -> float:
+        m = ok[(ok.volume == v) & (ok.option == option)]
+        return float(m["cost_per_mtok"].iloc[0]) if len(m) else math.nan
+
+    for a, b in itertools.pairwise(levels):
+        ra, rb = cheapest[a], cheapest[b]
+        if ra["option"] == rb["option"]:
+            continue
+        d_a = cost(ra["option"], a) - cost(rb["option"], a)  # <= 0: the first option was cheaper at a
+        d_b = cost(ra["option"], b) - cost(rb["option"], b)
+        exact = math.isfinite(d_a) and math.isfinite(d_b) and d_a != d_b
+        frac = min(max(d_a / (d_a - d_b), 0.0), 1.0) if exact else 0.5
+        at = math.exp(math.log(a) + (math.log(b) - math.log(a)) * frac)
+        rate_a, rate_b = float(ra["rate"]), float(rb["rate"])
+        out.append(
+            {
+                "from": ra["option"],
+                "to": rb["option"],
+                "volume": at,
+                "rate": rate_a * (rate_b / rate_a) ** frac if rate_a > 0 else rate_b,
+                "between_volume": [a, b],
+                "between_rate": [rate_a, rate_b],
+                "exact": exact,
+            }
+        )
+    return out
+
+
+def breakeven_report(cfg: Config, df: pd.DataFrame, cross: list[dict]) -> str:
+    lines = [
+        "# Break-even: API, dedicated GPUs or both",
+        "",
+        f"Workload `{cfg.workload.name}` scaled by {', '.join(f'{v:g}' for v in sorted(df.volume.unique()))}; "
+        f"model {cfg.model.name}; API prices ${cfg.api.price_input_per_m:g} input / "
+        f"${cfg.api.price_cached_input_per_m:g} cached input / ${cfg.api.price_output_per_m:g} output per M tokens, "
+        f"{cfg.api.cache_hit_rate:.0%} input cache hits.",
+        "",
+        "| volume | req/s | tokens/day | API $/M | dedicated $/M | hybrid $/M | cheapest |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for v in sorted(df.volume.unique()):
+        m = df[df.volume == v]
+
+        def cell(option, m=m):
+            r = m[m.option == option]
+            if r.empty:
+                return "-"
+            r = r.iloc[0]
+            return f"${r.cost_per_mtok:.4f}" + ("" if r.slo_met else " (misses SLO)")
+
+        ok = m[m.slo_met]
+        cheapest = ok.sort_values("cost_per_month").iloc[0] if len(ok) else None
+        rate = m["rate"].iloc[0]
+        tpd = m["tokens_per_day"].max()
+        lines.append(
+            f"| {v:g} | {rate:.3g} | {tpd / 1e6:,.1f} M | {cell('API')} | {cell('dedicated')} | {cell('hybrid')} | "
+            + (f"{cheapest.option}: {cheapest.choice}" if cheapest is not None else "none meets the SLO")
+            + " |"
+        )
+    lines += ["", "Crossovers (cheapest SLO-meeting option changes):", ""]
+    lines += [_crossing(c) for c in cross] or ["- none in this range"]
+    return "\n".join(lines) + "\n"
+
+
+def _crossing(c: dict) -> str:
+    lo, hi = c["between_rate"]
+    if c["exact"]:
+        return f"- {c['from']} -> {c['to']} at about {c['rate']:.3g} req/s (volume {c['volume']:.3g}x)"
+    return (
+        f"- {c['from']} -> {c['to']} between {lo:.3g} and {hi:.3g} req/s "
+        "(not interpolated: one of the two misses the SLO at one of the levels)"
+    )
+
+
+def save_plan(out: Path, cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float, *, plots: bool = True) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "plan.csv", index=False)
+    (out / "plan.md").write_text(report(cfg, p, df, wall_s))
+    if plots:
+        from sim.plots import plan_plot
+
+        (out / "plots").mkdir(exist_ok=True)
+        plan_plot(df, best_per_option(df), describe, cfg.slo, out / "plots" / "plan.png")
+
+
+def save_breakeven(out: Path, cfg: Config, df: pd.DataFrame, cross: list[dict], *, plots: bool = True) -> None:
+    import json
+
+    from sim.metrics import json_ready
+
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "breakeven.csv", index=False)
+    (out / "breakeven.json").write_text(json.dumps(json_ready({"crossovers": cross}), indent=2) + "\n")
+    (out / "breakeven.md").write_text(breakeven_report(cfg, df, cross))
+    if plots:
+        from sim.plots import breakeven_plot
+
+        (out / "plots").mkdir(exist_ok=True)
+        breakeven_plot(df, cross, out / "plots" / "breakeven.png")

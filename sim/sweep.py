@@ -1,0 +1,182 @@
+"""Sweeps that aggregate themselves.
+
+At the end of `fleetsim -m ...` (any launcher: basic, joblib, SLURM, Ray), `SweepCallback` reads
+every job's directory in the sweep directory: its overrides (`.hydra/overrides.yaml`) and its
+`summary.json`, or the error a failed job left in `error.txt`. It writes there:
+- `sweep.csv`: one row per job: the overrides as columns, `status` (ok / failed), `error`, and
+  every summary key;
+- `sweep_best.json`: the cheapest job that meets the SLO, or `"feasible": false` with the
+  closest miss;
+- `plots/sweep_cost.png` (total cost against the swept parameters, SLO-feasible points filled)
+  and `plots/pareto.png` (cost against p99 TTFT, with the frontier).
+Jobs are read from files only, never from the launcher's memory (STYLE habit 7).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.metrics import json_ready
+
+
+def _value(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    return {"true": True, "false": False, "null": None, "none": None}.get(text.lower(), text)
+
+
+def read_jobs(sweep_dir: Path) -> pd.DataFrame:
+    import yaml
+
+    rows = []
+    jobs = [p for p in Path(sweep_dir).iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
+    for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        row: dict = {"job": int(job.name) if job.name.isdigit() else job.name}
+        for item in overrides:
+            key, _, value = str(item).lstrip("+~").partition("=")
+            row[key] = _value(value)
+        summary = job / "summary.json"
+        if summary.is_file():
+            row["status"] = "ok"
+            row["error"] = ""
+            row.update(json.loads(summary.read_text()))
+        else:
+            error = job / "error.txt"
+            line = error.read_text().strip().splitlines()[0] if error.is_file() and error.read_text().strip() else ""
+            row["status"] = "failed"
+            row["error"] = line or "no summary.json: the job did not finish"
+        row["dir"] = str(job)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def override_keys(df: pd.DataFrame) -> list[str]:
+    """The columns that came from overrides (they precede `status`)."""
+    cols = list(df.columns)
+    return list(cols[1 : cols.index("status")]) if "status" in cols else []
+
+
+def feasible(df: pd.DataFrame) -> pd.Series:
+    if "slo_met" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return (df["status"] == "ok") & (df["slo_met"] == True)  # noqa: E712 (object column)
+
+
+def best_job(df: pd.DataFrame) -> dict:
+    """The cheapest feasible job, or the closest miss."""
+    keys = override_keys(df)
+    ok = df[feasible(df)]
+    fields = [
+        "total_cost",
+        "cost_per_hour",
+        "cost_per_mtok",
+        "slo_attainment",
+        "ttft_p99",
+        "tpot_p99",
+        "n_gpu",
+        "n_api",
+    ]
+    if len(ok):
+        row = ok.sort_values(["total_cost", "job"]).iloc[0]
+        out = {"feasible": True}
+    else:
+        ran = df[df["status"] == "ok"]
+        if not len(ran):
+            return {"feasible": False, "reason": "every job failed", "jobs": len(df)}
+        row = ran.sort_values(["slo_attainment", "total_cost"], ascending=[False, True]).iloc[0]
+        out = {"feasible": False, "reason": "no job met the SLO; the closest miss follows"}
+    out.update(
+        job=int(row["job"]),
+        overrides={k: _plain(row[k]) for k in keys},
+        **{f: _plain(row[f]) for f in fields if f in row.index},
+        dir=row["dir"],
+    )
+    return out
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def aggregate(sweep_dir: str | Path, *, plots: bool = True) -> pd.DataFrame:
+    sweep_dir = Path(sweep_dir)
+    df = read_jobs(sweep_dir)
+    if df.empty:
+        return df
+    df.to_csv(sweep_dir / "sweep.csv", index=False)
+    best = best_job(df)
+    (sweep_dir / "sweep_best.json").write_text(json.dumps(json_ready(best), indent=2) + "\n")
+    if plots:
+        from sim.plots import pareto_plot, sweep_cost_plot
+
+        (sweep_dir / "plots").mkdir(exist_ok=True)
+        sweep_cost_plot(df, override_keys(df), feasible(df), sweep_dir / "plots" / "sweep_cost.png")
+        pareto_plot(df, override_keys(df), feasible(df), sweep_dir / "plots" / "pareto.png")
+    return df
+
+
+def varying(df: pd.DataFrame) -> list[str]:
+    """The override columns whose value differs between jobs (all of them if none does)."""
+    keys = override_keys(df)
+    return [k for k in keys if df[k].astype(str).nunique() > 1] or keys
+
+
+def format_table(df: pd.DataFrame) -> str:
+    keys = varying(df)
+    lines = []
+    for _, row in df.iterrows():
+        label = " ".join(f"{k}={row[k]}" for k in keys)
+        if row["status"] != "ok":
+            lines.append(f"  {label:<50s} FAILED: {row['error']}")
+        else:
+            met = "meets SLO" if row.get("slo_met") in (True, "True") else "misses SLO"
+            lines.append(
+                f"  {label:<50s} ${row['total_cost']:>10,.2f}  {met:<10s} attainment {row['slo_attainment']:.1%}"
+            )
+    return "\n".join(lines)
+
+
+try:  # the callback needs Hydra; the aggregation above does not
+    from hydra.experimental.callback import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[misc,assignment]
+
+
+class SweepCallback(Callback):  # type: ignore[misc]
+    """Hydra callback (enabled in conf/config.yaml): aggregate the sweep when it ends."""
+
+    def __init__(self, plots: bool = True):
+        self.plots = plots
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        df = aggregate(sweep_dir, plots=self.plots)
+        if df.empty:
+            return
+        best = json.loads((sweep_dir / "sweep_best.json").read_text())
+        print(f"fleetsim sweep: {len(df)} jobs ({int((df.status == 'ok').sum())} ok) in {sweep_dir}")
+        print(format_table(df))
+        if best.get("feasible"):
+            chosen = " ".join(f"{k}={best['overrides'][k]}" for k in varying(df))
+            print(f"  cheapest meeting the SLO: job {best['job']} ({chosen}) at ${best['total_cost']:,.2f}")
+        else:
+            print(f"  {best.get('reason')}")
+        print(f"  sweep.csv, sweep_best.json and plots/ written to {sweep_dir}")

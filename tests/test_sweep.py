@@ -1,0 +1,230 @@
+"""Sweeps that aggregate themselves: sweep.csv, sweep_best.json and the plots, under the basic,
+joblib and Ray launchers; failed jobs counted as failed; replications over seeds."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from sim import runner
+from sim.sweep import aggregate, best_job
+from tests.conftest import cfg
+
+pytestmark = pytest.mark.slow
+
+SHORT = ("workload.duration_s=120", "output.plots=false", "output.requests=false")
+
+
+def multirun(sweep_dir: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sim", "-m", *args, *SHORT, f"hydra.sweep.dir={sweep_dir}"],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def job_summaries(sweep_dir: Path) -> dict[int, dict]:
+    return {int(p.parent.name): json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+
+
+def test_joblib_sweep_over_replicas_names_the_cheapest_feasible_job(tmp_path):
+    out = tmp_path / "sweep"
+    p = multirun(
+        out,
+        "fleet.replicas=1,2,4",
+        "workload.rate=40",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        cwd=tmp_path,
+    )
+    assert p.returncode == 0, p.stderr
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == 3
+    assert sorted(df["fleet.replicas"]) == [1, 2, 4]
+    assert (df["status"] == "ok").all()
+    assert {"total_cost", "slo_met", "slo_attainment", "ttft_p99", "cost_per_mtok"} <= set(df.columns)
+    # the best job, worked out independently from the jobs' own summary.json files
+    summaries = job_summaries(out)
+    feasible = {job: s for job, s in summaries.items() if s["slo_met"]}
+    assert feasible and len(feasible) < 3, "the sweep should contain both a miss and a hit"
+    cheapest = min(feasible, key=lambda job: feasible[job]["total_cost"])
+    best = json.loads((out / "sweep_best.json").read_text())
+    assert best["feasible"] is True
+    assert best["job"] == cheapest
+    assert best["total_cost"] == pytest.approx(summaries[cheapest]["total_cost"])
+    assert best["overrides"]["fleet.replicas"] == df.loc[df["job"] == cheapest, "fleet.replicas"].item()
+    for png in ("sweep_cost.png", "pareto.png"):
+        assert (out / "plots" / png).stat().st_size > 10_000
+    assert "cheapest meeting the SLO" in p.stdout
+
+
+def _comparable(df: pd.DataFrame) -> pd.DataFrame:
+    drop = [c for c in df.columns if c == "dir" or "wall" in c]
+    return df.drop(columns=drop).sort_values("job").reset_index(drop=True)
+
+
+def test_joblib_with_two_workers_gives_the_basic_launchers_values(tmp_path):
+    grid = ("fleet.replicas=1,2", "gpu=h100,l40s")
+    basic = multirun(tmp_path / "basic", *grid, cwd=tmp_path)
+    joblib = multirun(tmp_path / "joblib", *grid, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr
+    assert joblib.returncode == 0, joblib.stderr
+    a = _comparable(pd.read_csv(tmp_path / "basic" / "sweep.csv"))
+    b = _comparable(pd.read_csv(tmp_path / "joblib" / "sweep.csv"))
+    assert len(a) == 4
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    for job in range(4):  # and the jobs' own outputs are byte-identical
+        for name in ("timeseries.csv", "replicas.csv"):
+            assert (tmp_path / "basic" / str(job) / name).read_bytes() == (
+                tmp_path / "joblib" / str(job) / name
+            ).read_bytes()
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
+    reason="the Ray launcher is not installed (pip install 'fleetsim[ray]')",
+)
+def test_ray_launcher_on_a_local_ray_runtime(tmp_path):
+    out = tmp_path / "ray"
+    p = multirun(out, "fleet.replicas=1,2", "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == 2 and (df["status"] == "ok").all()
+    basic = multirun(tmp_path / "basic", "fleet.replicas=1,2", cwd=tmp_path)
+    assert basic.returncode == 0, basic.stderr
+    pd.testing.assert_frame_equal(_comparable(df), _comparable(pd.read_csv(tmp_path / "basic" / "sweep.csv")))
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_still_aggregates(tmp_path):
+    out = tmp_path / "sweep"
+    # llama3-70b (140 GB of weights) cannot load on one 48 GB L40S: those jobs fail validation
+    p = multirun(out, "model=llama3-8b,llama3-70b", "gpu=l40s", "fleet.replicas=1,3", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == 4
+    failed = df[df["status"] == "failed"]
+    assert sorted(failed["model"]) == ["llama3-70b", "llama3-70b"]
+    assert failed["error"].str.contains("model.params_b").all()
+    assert failed["total_cost"].isna().all()
+    ok = df[df["status"] == "ok"]
+    assert len(ok) == 2 and ok["total_cost"].notna().all()
+    best = json.loads((out / "sweep_best.json").read_text())
+    assert best["overrides"]["model"] == "llama3-8b"
+    assert (out / "plots" / "sweep_cost.png").is_file()
+    assert "FAILED" in p.stdout
+
+
+# ----------------------------------------------------------------------------- aggregation
+
+
+def _fake_job(sweep: Path, num: int, overrides: list[str], summary: dict | None, error: str | None = None) -> None:
+    job = sweep / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if summary is not None:
+        (job / "summary.json").write_text(json.dumps(summary))
+    if error is not None:
+        (job / "error.txt").write_text(error + "\n\ntraceback...\n")
+
+
+def _summary(cost: float, met: bool, attainment: float) -> dict:
+    return {"total_cost": cost, "slo_met": met, "slo_attainment": attainment, "ttft_p99": 0.5, "tpot_p99": 0.02}
+
+
+def test_no_feasible_job_names_the_closest_miss(tmp_path):
+    _fake_job(tmp_path, 0, ["fleet.replicas=1"], _summary(1.0, False, 0.50))
+    _fake_job(tmp_path, 1, ["fleet.replicas=2"], _summary(2.0, False, 0.90))
+    _fake_job(tmp_path, 2, ["fleet.replicas=3"], None, "ValueError: boom")
+    _fake_job(tmp_path, 10, ["fleet.replicas=4"], None)  # died without a word
+    df = aggregate(tmp_path, plots=True)
+    assert list(df["job"]) == [0, 1, 2, 10]
+    assert list(df["status"]) == ["ok", "ok", "failed", "failed"]
+    assert df.loc[2, "error"] == "ValueError: boom"
+    assert "did not finish" in df.loc[3, "error"]
+    best = json.loads((tmp_path / "sweep_best.json").read_text())
+    assert best["feasible"] is False and best["job"] == 1 and "closest" in best["reason"]
+    assert (tmp_path / "plots" / "pareto.png").is_file()
+
+
+def test_every_job_failed(tmp_path):
+    _fake_job(tmp_path, 0, ["gpu=h100"], None, "bad")
+    assert best_job(aggregate(tmp_path, plots=False)) == {"feasible": False, "reason": "every job failed", "jobs": 1}
+
+
+# ----------------------------------------------------------------------------- replications
+
+
+def test_replications_report_means_and_student_t_intervals():
+    c = cfg("workload.duration_s=120", "fleet.replicas=1", "workload.rate=18", "seeds=[0,1,2,3,4]")
+    r = runner.run(c)
+    per = r.per_seed
+    assert list(per["seed"]) == [0, 1, 2, 3, 4]
+    assert r.requests["seed"].nunique() == 5
+    for s, seed in zip(per.itertuples(), per["seed"], strict=True):  # each row is that seed's own run
+        one = runner.run(dataclasses.replace(c, seeds=None, seed=int(seed))).summary
+        assert s.total_cost == one["total_cost"] and s.ttft_p99 == one["ttft_p99"]
+    t = stats.t.ppf(0.975, 4)
+    for key in ("total_cost", "ttft_p99", "tpot_p99", "slo_attainment"):
+        values = per[key].to_numpy()
+        half = t * values.std(ddof=1) / np.sqrt(5)
+        assert r.summary[key] == pytest.approx(values.mean())
+        assert r.summary[f"{key}_ci_low"] == pytest.approx(max(values.mean() - half, 0.0))
+        assert r.summary[f"{key}_ci_high"] == pytest.approx(
+            min(values.mean() + half, 1.0 if key == "slo_attainment" else np.inf)
+        )
+    assert r.summary["n_seeds"] == 5
+
+
+def test_feasibility_is_judged_at_the_pessimistic_end(monkeypatch):
+    """Mean attainment 96.2% meets a 95% target, but with five seeds this spread puts the
+    interval's low end near 92.9%: not feasible."""
+    attainments = iter([0.97, 0.93, 0.99, 0.94, 0.98])
+    c = cfg("seeds=[0,1,2,3,4]")
+
+    def fake_run_one(config, workload=None):
+        a = next(attainments)
+        s = {
+            "total_cost": 1.0,
+            "cost_per_hour": 1.0,
+            "cost_per_mtok": 0.1,
+            "ttft_p99": 0.3,
+            "tpot_p99": 0.02,
+            "slo_attainment": a,
+            "ttft_slo_percentile": 0.3,
+            "tpot_slo_percentile": 0.02,
+            "slo_met": a >= 0.95,
+            "n_requests": 100,
+            "n_rejected": 0,
+            "wall_time_s": 0.1,
+        }
+        return runner.Result(config, s, pd.DataFrame({"id": [0]}), pd.DataFrame(), None)
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    s = runner.run(c).summary
+    assert s["slo_attainment"] == pytest.approx(0.962)
+    assert s["slo_attainment_ci_low"] == pytest.approx(
+        0.962 - stats.t.ppf(0.975, 4) * np.std([0.97, 0.93, 0.99, 0.94, 0.98], ddof=1) / np.sqrt(5)
+    )
+    assert s["slo_attainment_ci_low"] < 0.95
+    assert s["slo_met"] is False
+    assert s["slo_met_seeds"] == pytest.approx(0.6)
+
+
+def test_seeds_must_be_distinct_non_negative_integers():
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="seeds"):
+        runner.run(cfg("seeds=[1,1]"))
