@@ -230,9 +230,7 @@ def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
     try:
         cfg, p = planner.split_config(node)
         planner.validate_plan(p)
-        from sim.config import validate
-
-        validate(cfg)
+        planner.validate_scenario(cfg, p)
     except UserError as exc:
         _discard_empty_run_dir(out)
         print(f"fleetsim-plan: error: {exc}", file=sys.stderr)

@@ -20,6 +20,9 @@ class ConfigError(UserError):
         self.allowed = allowed
         super().__init__(f"{key}={_show(value)}: {allowed}")
 
+    def __reduce__(self):  # picklable, so it crosses process pools intact
+        return (type(self), (self.key, self.value, self.allowed))
+
 
 class TraceError(UserError):
     """A trace file cannot be read: names the file, the line (text files) or row (Parquet, 1-based)
@@ -35,6 +38,7 @@ class TraceError(UserError):
         column: str | None = None,
     ):
         self.path = str(path)
+        self.problem = problem
         self.line = line
         self.row = row
         self.column = column
@@ -46,6 +50,13 @@ class TraceError(UserError):
         if column is not None:
             where += f", column {column!r}"
         super().__init__(f"{where}: {problem}")
+
+    def __reduce__(self):
+        return (_trace_error, (self.path, self.problem, self.line, self.row, self.column))
+
+
+def _trace_error(path, problem, line, row, column) -> TraceError:
+    return TraceError(path, problem, line=line, row=row, column=column)
 
 
 def _show(value: object) -> str:

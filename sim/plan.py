@@ -54,6 +54,8 @@ class PlanConfig:
     # breakeven: the workload's volume times each of these (rates of synthetic sources, or
     # load_scale of a trace)
     volumes: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
+    # breakeven: lengthen a synthetic workload's horizon at low volumes to about this many requests
+    min_requests: int = 2000
 
 
 @dataclass
@@ -115,10 +117,28 @@ def validate_plan(p: PlanConfig) -> None:
         raise ConfigError("plan.margins", p.margins, "must list positive overflow margins")
     if p.hybrid_sizes < 1:
         raise ConfigError("plan.hybrid_sizes", p.hybrid_sizes, "must be >= 1")
+    if p.min_requests < 0:
+        raise ConfigError("plan.min_requests", p.min_requests, "must be >= 0")
     if p.workers < 1:
         raise ConfigError("plan.workers", p.workers, "must be >= 1")
     if not p.volumes or min(p.volumes) <= 0:
         raise ConfigError("plan.volumes", p.volumes, "must list positive volume multipliers")
+
+
+def validate_scenario(cfg: Config, p: PlanConfig) -> None:
+    """The scenario must be valid with at least one GPU option of the plan (the others are
+    skipped with their reason); raise the error of the last option tried otherwise."""
+    errors = [_problem(fixed_fleet(with_gpu(cfg, gpu, tp), 1)) for gpu in p.gpus for tp in sorted(p.tp, reverse=True)]
+    if all(errors):
+        raise errors[-1]
+
+
+def _problem(cfg: Config) -> UserError | None:
+    try:
+        validate(cfg)
+    except UserError as exc:
+        return exc
+    return None
 
 
 # ----------------------------------------------------------------------------- candidates
@@ -167,17 +187,21 @@ def baselines(n: int, most: int) -> list[int]:
     return sorted({max(1, min(n - 1, round(1 + i * (n - 2) / (most - 1)))) for i in range(most)})
 
 
-def scaled(cfg: Config, volume: float) -> Config:
+def scaled(cfg: Config, volume: float, min_requests: int = 0) -> Config:
     """The workload with `volume` x its traffic: rates of synthetic sources, or a trace's
-    load_scale."""
+    load_scale. A synthetic workload's horizon grows, if needed, to about `min_requests`
+    requests: a 95% attainment target judged on 30 requests is decided by one or two of them."""
     c = copy.deepcopy(cfg)
     w = c.workload
     sources = list(w.sources.values()) if w.sources else [w]
     if any(s.arrival == "trace" for s in sources):
         w.load_scale *= volume
-    else:
-        for s in sources:
-            s.rate *= volume
+        return c
+    for s in sources:
+        s.rate *= volume
+    rate = sum(s.rate for s in sources)
+    if w.duration_s is not None and rate > 0 and rate * w.duration_s < min_requests:
+        w.duration_s = math.ceil(min_requests / rate)
     return c
 
 
@@ -271,7 +295,11 @@ def candidate_task(ladder: list[tuple[Config, dict]]) -> list[dict]:
     cheapest) to the narrowest; once one is feasible, narrower ones only cost more."""
     rows = []
     for cfg, meta in ladder:
-        rows.append({**meta, **evaluate(cfg)})
+        try:
+            rows.append({**meta, **evaluate(cfg)})
+        except UserError as exc:  # recorded, not fatal: the other candidates still count
+            rows.append({**meta, "slo_met": False, "note": str(exc)})
+            break
         if rows[-1]["slo_met"]:
             break
     return rows
@@ -327,8 +355,15 @@ def plan_many(cfgs: list[Config], p: PlanConfig) -> list[pd.DataFrame]:
         tasks: list[list[tuple[Config, dict]]] = []
         for i, c in enumerate(cfgs):
             if "api" in p.strategies and c.api.name != "none":
+                # no replicas, but the scenario must still validate: take a GPU option that fits
+                fits = [
+                    (g, t)
+                    for (j, g, t), (log, _) in zip(options, found, strict=True)
+                    if j == i and log and log[0]["strategy"] != "does not fit"
+                ]
+                base = with_gpu(c, *fits[0]) if fits else c
                 meta = {"plan": i, "gpu": "none", "tp": 0, "strategy": "pure API", "replicas": 0}
-                tasks.append([(hybrid_fleet(c, 0, "always"), meta)])
+                tasks.append([(hybrid_fleet(base, 0, "always"), meta)])
         for (i, gpu, tp), (_, n) in zip(options, found, strict=True):
             tasks.extend(
                 [(c, {"plan": i, **meta}) for c, meta in ladder] for ladder in candidates(cfgs[i], p, gpu, tp, n)
@@ -446,6 +481,14 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
     fits = df[df["strategy"] == "does not fit"]
     if len(fits):
         lines += ["", "Options skipped:", ""] + [f"- {r.gpu} TP{int(r.tp)}: {r.note}" for r in fits.itertuples()]
+    if "n_requests" in df and df["n_requests"].notna().any():
+        n = int(df["n_requests"].median())
+        if n < 1000:
+            lines += [
+                "",
+                f"**Caution:** each run saw about {n} requests, so one request moves attainment by "
+                f"{1 / n:.1%}; lengthen `workload.duration_s` or replicate with `seeds` before trusting the ranking.",
+            ]
     lines += ["", run_count_line(df, p, wall_s) + " Every run is in plan.csv."]
     return "\n".join(lines) + "\n"
 
@@ -516,7 +559,7 @@ def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
     when none of a kind does, its closest miss, flagged)."""
     q = dataclasses.replace(p, mode="plan", strategies=[*dict.fromkeys([*p.strategies, "api"])])
     volumes = sorted(p.volumes)
-    plans = plan_many([scaled(cfg, v) for v in volumes], q)
+    plans = plan_many([scaled(cfg, v, p.min_requests) for v in volumes], q)
     rows = []
     for v, df in zip(volumes, plans, strict=True):
         runs = int(df["total_cost"].notna().sum()) if "total_cost" in df else 0

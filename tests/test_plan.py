@@ -107,8 +107,13 @@ def test_the_planner_finds_the_grids_cheapest_feasible_point_with_fewer_runs():
 @pytest.mark.slow
 def test_options_that_do_not_fit_are_skipped_with_the_reason():
     c = cfg(*SMALL, "model=llama3-70b")
-    p = planner.PlanConfig(gpus=["l40s", "h100"], tp=[1, 4], strategies=["fixed"], max_replicas=4, workers=1)
+    p = planner.PlanConfig(gpus=["l40s", "h100"], tp=[1, 4], strategies=["fixed", "api"], max_replicas=4, workers=1)
+    planner.validate_scenario(c, p)  # the base scenario (one H100, TP 1) does not fit; an option does
+    with pytest.raises(ConfigError, match=r"model\.params_b"):
+        planner.validate_scenario(c, dataclasses.replace(p, tp=[1]))
     df = planner.plan(c, p)
+    api = df[df["strategy"] == "pure API"]
+    assert len(api) == 1 and api["total_cost"].notna().all()  # runs although GPU TP 1 does not fit
     skipped = df[df["strategy"] == "does not fit"]
     assert sorted(zip(skipped.gpu, skipped.tp, strict=True)) == [("h100", 1), ("l40s", 1)]
     assert skipped["note"].str.contains("model.params_b").all()
