@@ -20,6 +20,7 @@ MONTH_S = 30 * 86_400.0
 WINDOW_S = 60.0
 
 REFUSE_RPM, REFUSE_TPM, REFUSE_CAP, REFUSE_LENGTH = "rpm", "tpm", "monthly_cap", "max_output_tokens"
+REFUSE_TOO_LARGE = "tpm_request_too_large"  # more tokens than a whole minute's allowance: never admitted
 
 
 class ApiBackend:
@@ -62,6 +63,8 @@ class ApiBackend:
             self._month, self._month_spend = month, 0.0
         if not self.eligible(output):
             reason = REFUSE_LENGTH
+        elif c.tpm is not None and prompt + output > c.tpm:
+            reason = REFUSE_TOO_LARGE
         elif c.rpm is not None and len(starts) >= c.rpm:
             reason = REFUSE_RPM
         elif c.tpm is not None and self._window_tokens + prompt + output > c.tpm:
@@ -87,5 +90,11 @@ class ApiBackend:
     def retry_delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: uniform in [cap / 2, cap], cap = min(max, base x factor^attempt)."""
         c = self.cfg
-        cap = min(c.backoff_max_s, c.backoff_base_s * c.backoff_factor**attempt)
+        # base x factor^attempt reaches the maximum after a few dozen attempts; past that, the
+        # power itself would overflow a float
+        grown = attempt * math.log(c.backoff_factor) if c.backoff_factor > 1 else 0.0
+        if c.backoff_base_s <= 0 or grown >= math.log(c.backoff_max_s / c.backoff_base_s):
+            cap = c.backoff_max_s
+        else:
+            cap = c.backoff_base_s * math.exp(grown)
         return float(self.rng.uniform(0.5, 1.0)) * cap

@@ -39,7 +39,9 @@ class Target:
         self._loads: deque[tuple[float, float]] = deque()
         self._wanted: deque[tuple[float, int]] = deque()  # recent desired counts (scale-down delay)
         self._panic_until = -math.inf
-        self._last_load = 0.0  # last time the load was non-zero
+        # last time the load was non-zero: a fleet that starts with replicas keeps them for the
+        # grace period; one that starts at zero has nothing to keep
+        self._last_load = 0.0 if replicas > 0 else -math.inf
 
     def decide(self, now: float, load: float, ready: int, capacity: int) -> int:
         c = self.cfg
@@ -66,7 +68,7 @@ class Target:
         desired = max(desired, math.floor(capacity / c.max_scale_down_rate))
         # a lower count must hold for the scale-down delay
         self._wanted.append((now, desired))
-        while self._wanted and self._wanted[0][0] <= now - c.scale_down_delay_s:
+        while len(self._wanted) > 1 and self._wanted[0][0] <= now - c.scale_down_delay_s:
             self._wanted.popleft()
         if desired < capacity:
             desired = min(capacity, max(d for _, d in self._wanted))

@@ -6,7 +6,8 @@ sleeping at `fleet.sleep.cost_fraction`. The billing rule then applies to its li
 second, or rounded up to whole hours, and never less than `min_billed_s`; the rounding is billed
 at the full rate. Spot replicas pay `spot_fraction` of the price. A reservation of N GPUs is paid
 for the whole horizon at `reserved_fraction` of the price and covers, at every instant, up to N
-of the on-demand GPUs in use; only what exceeds it is billed on demand (per second).
+of the on-demand GPUs in use; only what exceeds it is billed on demand, per second (rounding and
+minimums do not apply under a reservation).
 """
 
 from __future__ import annotations
@@ -121,7 +122,9 @@ def fleet_costs(
     reserved = 0.0
     if pricing.kind == "reserved" and pricing.reserved_gpus > 0:
         covered = reserved_cover(spans, pricing.reserved_gpus, sleep_fraction)
-        on_demand = max(0.0, on_demand - covered / 3600.0 * price)
+        od = bills[bills.kind == "on_demand"] if len(bills) else bills
+        used = float((od["weighted_s"] * od["gpus"]).sum()) if len(od) else 0.0
+        on_demand = max(0.0, used - covered) / 3600.0 * price  # the excess, per second: no rounding
         reserved = pricing.reserved_gpus * price * pricing.reserved_fraction * horizon_s / 3600.0
     ops = pricing.ops_cost_per_month * horizon_s / (30 * 86_400.0)
     hours = {k: float(bills[f"{k}_s"].mul(bills.gpus).sum()) / 3600.0 if len(bills) else 0.0 for k in STATES}

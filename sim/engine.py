@@ -314,8 +314,12 @@ class Replica:
                 self._materialize()
             else:
                 self._pending = None  # its admissions never happened
-        g_now = self.g + (min(self._iterations_done(now), self._seg_iters) if self._seg_iters else 0)
+        done = min(self._iterations_done(now), self._seg_iters) if self._seg_iters else 0
+        g_now = self.g + done
         out = list(self.waiting)
+        for req in out:  # a prefix-cache hit belonged to this replica's cache: look up again
+            req.computed = 0
+            req.target = req.prompt + req.generated
         for req in self.running.values():
             if req.state == DECODE:
                 req.generated = req.output - (req.finish_g - g_now)
@@ -326,10 +330,15 @@ class Replica:
             req.computed = 0
             req.blocks = 0
             req.target = req.prompt + req.generated
+            req.preemptions += 1  # its work so far is recomputed elsewhere
             out.append(req)
-        if self._timer is not None and self._resume in self._timer.callbacks:
-            self._timer.callbacks.remove(self._resume)
-        self.busy_s += now - self._seg_start if self._seg_iters else 0.0
+        callbacks = self._timer.callbacks if self._timer is not None else None
+        if callbacks and self._resume in callbacks:  # (None once the timer has fired)
+            callbacks.remove(self._resume)
+        if self._seg_iters:  # the partial segment's time and iterations
+            self.busy_s += now - self._seg_start
+            self.occ_s += self._occupied(now - self._seg_start)
+            self.iterations += done
         self.waiting.clear()
         self.running.clear()
         self.prefilling.clear()
@@ -338,6 +347,7 @@ class Replica:
         self.cnt = [0] * self.bs
         self._seg_iters = 0
         self._run = None
+        self._head_reqs = []
         self.stopped = True
         return sorted(out, key=lambda r: r.id)
 
@@ -724,6 +734,7 @@ class Replica:
         self._seg_iters = 0
         self._head = 0.0
         self._run = None
+        self._head_reqs = []
 
     def _finish(self, req: Request, now: float) -> None:
         req.state = DONE

@@ -22,7 +22,7 @@ from collections import deque
 import numpy as np
 import simpy
 
-from sim.api import REFUSE_CAP, REFUSE_LENGTH, ApiBackend
+from sim.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
 from sim.autoscale import make_autoscaler
 from sim.config import WEIGHT_BYTES, Config
 from sim.cost import STATES, Span, state_weight
@@ -163,6 +163,8 @@ class Fleet:
         self._awake_prev = 0.0
         self._tokens_done = 0
         self._tokens_prev = 0
+        self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
+        self._desired = f.replicas  # the autoscaler's last answer for the load
         self._gpu_cost_closed = 0.0
         self.samples: list[tuple] = []
         self._bin_start = 0.0
@@ -259,6 +261,8 @@ class Fleet:
         self._set_state(node, ACTIVE)
         node.engine.resume()  # type: ignore[union-attr]
         self._release_queue()
+        if node.out == 0:  # ready with nothing to do: idle from now (and may sleep)
+            self._idle(node)
 
     def _idle(self, node: Node) -> None:
         if node.state == DRAINING:
@@ -279,6 +283,8 @@ class Fleet:
             return
         if self._count(ACTIVE, WAKING) <= self.cfg.fleet.sleep.min_awake:
             return
+        if not self.fixed and self._count(PROVISIONING, ACTIVE, WAKING) - 1 < self._desired:
+            return  # the autoscaler wants it awake (it would wake it at its next decision)
         node.engine.pause()  # type: ignore[union-attr]
         if node.cache is not None:
             node.cache.clear()
@@ -298,6 +304,8 @@ class Fleet:
         self._set_state(node, ACTIVE)
         node.engine.resume()  # type: ignore[union-attr]
         self._release_queue()
+        if node.out == 0:
+            self._idle(node)
 
     def _drain(self, node: Node) -> None:
         if node.state in (PROVISIONING, SLEEPING) or (node.state == ACTIVE and node.out == 0):
@@ -340,13 +348,17 @@ class Fleet:
                 yield env.timeout(t - env.now)
             self._arrivals += 1
             p, o = prompts[i], outputs[i]
-            if p + o > max_len:
+            too_long = p + o > max_len  # no replica can hold it; the API may serve it
+            if too_long and (self.api is None or self.cfg.api.overflow == "never" or not self.api.eligible(o)):
                 self._reject(i, REASON_CONTEXT)
                 continue
             self._area += self._in_system * (env.now - self._last)
             self._last = env.now
             self._in_system += 1
             req = Request(i, t, p, o)
+            if too_long:
+                self._to_api(req, 0)
+                continue
             if simple and loads:  # the hot path: no API, no prefix cache
                 k = choose(loads, req)
                 node = nodes[k]
@@ -393,6 +405,9 @@ class Fleet:
         self._to_gpu(req, k)
 
     def _to_gpu(self, req: Request, k: int | None) -> None:
+        if req.prompt + req.output > self.plan.max_model_len:  # the API refused a request only it could serve
+            self._reject(req.id, REASON_CONTEXT, served=False)
+            return
         if not self.gpu_possible:
             self._reject(req.id, REASON_NO_GPU, served=False)
             return
@@ -514,7 +529,7 @@ class Fleet:
             self._api_started += 1
             t = self.env.timeout(rec.finish[i] - now)
             t.callbacks.append(lambda _e, r=req: self._api_done(r))
-        elif reason in (REFUSE_LENGTH, REFUSE_CAP) or self.cfg.api.on_limit == "gpu":
+        elif reason in (REFUSE_LENGTH, REFUSE_CAP, REFUSE_TOO_LARGE) or self.cfg.api.on_limit == "gpu":
             self._to_gpu(req, None)
         else:
             t = self.env.timeout(api.retry_delay(attempt))  # type: ignore[union-attr]
@@ -535,20 +550,23 @@ class Fleet:
         interval = self.cfg.fleet.autoscaler.interval_s
         while True:
             yield self.env.timeout(interval)
+            # tokens_per_s is measured over whole intervals (a poke between ticks reuses it)
+            self._tokens_rate = (self._tokens_done - self._tokens_prev) / interval
+            self._tokens_prev = self._tokens_done
             self._autoscale_now()
 
     def load(self) -> float:
         metric = self.cfg.fleet.autoscaler.metric
         if metric == "concurrency":
             return float(sum(n.out for n in self.nodes if n.state != STOPPED) + len(self.router_queue))
-        if metric == "running":
-            return float(sum(len(n.engine.running) for n in self.nodes if n.state != STOPPED))  # type: ignore[union-attr]
-        if metric == "kv":
-            used = sum(n.engine.kv_blocks_used() for n in self.nodes if n.state != STOPPED)  # type: ignore[union-attr]
-            return used / self.plan.kv_blocks
-        tokens = self._tokens_done - self._tokens_prev  # tokens_per_s, over the last interval
-        self._tokens_prev = self._tokens_done
-        return tokens / self.cfg.fleet.autoscaler.interval_s
+        if metric in ("running", "kv"):
+            live = [n.engine for n in self.nodes if n.state != STOPPED]
+            for eng in live:
+                eng.sync()  # type: ignore[union-attr]  # admissions at a passed cut, as in the reference mode
+            if metric == "running":
+                return float(sum(len(eng.running) for eng in live))  # type: ignore[union-attr]
+            return sum(eng.kv_blocks_used() for eng in live) / self.plan.kv_blocks  # type: ignore[union-attr]
+        return self._tokens_rate
 
     def _autoscale_now(self) -> None:
         f = self.cfg.fleet
@@ -560,6 +578,8 @@ class Fleet:
         capacity = self._count(PROVISIONING, ACTIVE, WAKING)  # awake or about to be
         ready = self._count(ACTIVE)
         desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity))
+        if self.router_queue:
+            desired = max(desired, 1)  # requests wait for a replica: never down to zero (scale from zero)
         if desired > capacity:  # wake parked replicas first, then start new ones
             need = desired - capacity
             for node in [n for n in self.nodes if n.state == SLEEPING][:need]:
@@ -567,15 +587,19 @@ class Fleet:
                 need -= 1
             for _ in range(min(need, f.max_replicas - total)):
                 self._provision()
-        elif desired < capacity:  # min_replicas bounds the fleet, asleep or awake
-            shed = min(capacity - desired, total - f.min_replicas)
+        elif desired < total:  # shed down to desired, sleepers first; min_replicas bounds the fleet
+            shed = max(0, min(total - desired, total - f.min_replicas))
+            asleep = sorted((n for n in self.nodes if n.state == SLEEPING), key=lambda n: -n.uid)
             starting = sorted((n for n in self.nodes if n.state == PROVISIONING), key=lambda n: -n.uid)
             active = sorted((n for n in self.nodes if n.state == ACTIVE), key=lambda n: (n.out, -n.uid))
-            for node in (starting + active)[: max(shed, 0)]:
+            victims = asleep[:shed]
+            victims += (starting + active)[: min(shed - len(victims), max(capacity - desired, 0))]
+            for node in victims:
                 self._drain(node)
-        if total < f.min_replicas:
-            for _ in range(f.min_replicas - total):
-                self._provision()
+        self._desired = desired  # what the load asks for (min_replicas may keep more, asleep)
+        total = self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING)  # after this decision
+        for _ in range(max(0, f.min_replicas - total)):
+            self._provision()
 
     def _poke(self) -> None:
         """A request waits with no replica able to take it: decide now, as Knative's activator does."""
