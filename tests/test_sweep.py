@@ -228,3 +228,32 @@ def test_seeds_must_be_distinct_non_negative_integers():
 
     with pytest.raises(ConfigError, match="seeds"):
         runner.run(cfg("seeds=[1,1]"))
+
+
+# ----------------------------------------------------------------------------- presets
+
+PRESETS = [
+    ("hydra/launcher=local", "hydra.launcher", "hydra_joblib_launcher", "JoblibLauncher", "joblib"),
+    ("hydra/launcher=slurm", "hydra.launcher", "hydra_submitit_launcher", "SlurmLauncher", "slurm"),
+    ("hydra/launcher=ray_cluster", "hydra.launcher", "hydra_ray_launcher", "RayLauncher", "ray"),
+    ("hydra/sweeper=cost_slo", "hydra.sweeper", "hydra_optuna_sweeper", "OptunaSweeper", "optuna"),
+]
+
+
+@pytest.mark.parametrize(("choice", "package", "plugin", "target", "extra"), PRESETS, ids=[p[4] for p in PRESETS])
+def test_launcher_and_sweeper_presets_compose_or_name_their_extra(tmp_path, choice, package, plugin, target, extra):
+    p = subprocess.run(
+        [sys.executable, "-m", "sim", choice, "--cfg", "hydra", "-p", package],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if importlib.util.find_spec(f"hydra_plugins.{plugin}") is not None:
+        assert p.returncode == 0, p.stderr
+        assert target in p.stdout
+    else:  # not installed: one line naming the extra that installs it
+        assert p.returncode == 2
+        assert p.stderr.strip().splitlines() == [p.stderr.strip()]
+        assert f"pip install 'fleetsim[{extra}]'" in p.stderr
