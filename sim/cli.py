@@ -49,6 +49,11 @@ def _fmt(value: float, unit: str = "", digits: int = 3) -> str:
     return f"{value:.{digits}g}{unit}" if abs(value) < 10**digits else f"{value:,.0f}{unit}"
 
 
+def _count(value: float) -> str:
+    """A count, or a mean count over seeds."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
 def format_summary(summary: dict, cfg: Config) -> str:
     s = summary
     slo = cfg.slo
@@ -67,7 +72,8 @@ def format_summary(summary: dict, cfg: Config) -> str:
     lines = [
         f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), {fleet}, "
         f"workload {cfg.workload.name}: {s['sim_duration_s']:,.0f} s simulated in {s['wall_time_s']:.2f} s",
-        f"  requests   {s['n_requests']} (gpu {s['n_gpu']}, api {s['n_api']}, rejected {s['n_rejected']})",
+        f"  requests   {_count(s['n_requests'])} (gpu {_count(s['n_gpu'])}, api {_count(s['n_api'])}, "
+        f"rejected {_count(s['n_rejected'])})",
         f"  TTFT       p50 {_fmt(s['ttft_p50'], ' s')}   p99 {_fmt(s['ttft_p99'], ' s')}   (SLO {slo.ttft_s:g} s)",
         f"  TPOT       p50 {_fmt(s['tpot_p50'] and s['tpot_p50'] * 1e3, ' ms')}   "
         f"p99 {_fmt(s['tpot_p99'] and s['tpot_p99'] * 1e3, ' ms')}   (SLO {slo.tpot_s * 1e3:g} ms)",
@@ -78,10 +84,24 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"  engine     occupancy {s['gpu_utilization']:.1%} (busiest of batch slots, token budget, KV cache; "
         f"100% = saturated), busy {s['gpu_busy']:.1%} of the time",
     ]
+    if s.get("n_seeds"):
+        ttft = f"[{_fmt(s['ttft_p99_ci_low'], ' s')}, {_fmt(s['ttft_p99_ci_high'], ' s')}]"
+        att = f"[{s['slo_attainment_ci_low']:.1%}, {s['slo_attainment_ci_high']:.1%}]"
+        cost = f"[${s['total_cost_ci_low']:.2f}, ${s['total_cost_ci_high']:.2f}]"
+        lines += [
+            f"  seeds      {s['n_seeds']}: means above; 95% intervals: TTFT p99 {ttft}, attainment {att}, cost {cost}",
+            f"             SLO {verdict} at the intervals' pessimistic end; "
+            f"met by {s['slo_met_seeds']:.0%} of the seeds alone",
+        ]
+    if not s["slo_met"] and s["n_gpu"] > 0 and s["ttft_p50"] > slo.ttft_s:
+        lines.append(
+            "  note       most requests wait longer than the TTFT SLO: the fleet is overloaded; add replicas "
+            "(fleet.replicas), lower the load or let an API take the overflow (api=default)"
+        )
     classes = sorted({k.split(".", 1)[1] for k in s if k.startswith("slo_attainment.")})
     lines.extend(
-        f"  class {name:<10s} {s[f'n_requests.{name}']} requests, attainment {s[f'slo_attainment.{name}']:.1%}, "
-        f"TTFT p99 {_fmt(s[f'ttft_p99.{name}'], ' s')}"
+        f"  class {name:<10s} {_count(s[f'n_requests.{name}'])} requests, "
+        f"attainment {s[f'slo_attainment.{name}']:.1%}, TTFT p99 {_fmt(s[f'ttft_p99.{name}'], ' s')}"
         for name in classes
     )
     return "\n".join(lines)
@@ -104,6 +124,8 @@ def _task(node):  # the Hydra task function
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
+    for stale in ("summary.json", "error.txt"):  # a reused directory: no earlier run's verdict survives
+        (out / stale).unlink(missing_ok=True)
     try:
         result = run(node)
     except UserError as exc:

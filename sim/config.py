@@ -318,6 +318,14 @@ def resolve_path(path: str) -> Path:
     return rooted if rooted.exists() else p
 
 
+def not_found(path) -> str:
+    """Why a data file is missing, with where a relative path was looked for."""
+    p = Path(str(path)).expanduser()
+    if p.is_absolute():
+        return "file not found"
+    return f"file not found (looked in {Path.cwd()} and {Path(conf_dir()).resolve().parent})"
+
+
 def options(group: str) -> list[str]:
     """The option names of a config group (e.g. `options("gpu")`)."""
     return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
@@ -399,7 +407,7 @@ def validate_length(lc: LengthConfig, key: str) -> None:
             _check(len(lc.values) > 0 and min(lc.values) >= 1, f"{key}.values", "[...]", "need token counts >= 1")
         else:
             _check(bool(lc.path), f"{key}.path", lc.path, "empirical lengths need a path or inline values")
-            _check(resolve_path(str(lc.path)).is_file(), f"{key}.path", lc.path, "file not found")
+            _check(resolve_path(str(lc.path)).is_file(), f"{key}.path", lc.path, not_found(lc.path))
 
 
 def length_upper_bound(lc: LengthConfig) -> float | None:
@@ -432,7 +440,7 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
     _check(src.arrival in known, f"{key}.arrival", src.arrival, f"must be one of {', '.join(known)}")
     if src.arrival == TRACE:
         _check(bool(src.path), f"{key}.path", src.path, "trace replay needs a file")
-        _check(resolve_path(str(src.path)).is_file(), f"{key}.path", src.path, "file not found")
+        _check(resolve_path(str(src.path)).is_file(), f"{key}.path", src.path, not_found(src.path))
         _check(
             src.format in READERS, f"{key}.format", src.format, f"must be one of {', '.join(READERS)} (for {src.path})"
         )
@@ -452,7 +460,10 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
                 _check(ok, f"{key}.pairs.values", "[...]", "need [prompt, output] pairs of token counts >= 1")
             else:
                 _check(
-                    resolve_path(str(src.pairs.path)).is_file(), f"{key}.pairs.path", src.pairs.path, "file not found"
+                    resolve_path(str(src.pairs.path)).is_file(),
+                    f"{key}.pairs.path",
+                    src.pairs.path,
+                    not_found(src.pairs.path),
                 )
                 _check(
                     src.pairs.format in READERS,
@@ -639,10 +650,10 @@ def validate(cfg: Config) -> None:
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
     if cfg.seeds is not None:
         _check(
-            len(cfg.seeds) >= 1 and all(s >= 0 for s in cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds),
+            len(cfg.seeds) >= 2 and all(s >= 0 for s in cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds),
             "seeds",
             cfg.seeds,
-            "must be a list of distinct integers >= 0",
+            "must list at least two distinct integers >= 0 (one run with one seed: seed=N)",
         )
 
     w = cfg.workload

@@ -128,6 +128,17 @@ def validate_plan(p: PlanConfig) -> None:
 def validate_scenario(cfg: Config, p: PlanConfig) -> None:
     """The scenario must be valid with at least one GPU option of the plan (the others are
     skipped with their reason); raise the error of the last option tried otherwise."""
+    from sim.errors import ConfigError
+
+    if cfg.api.name == "none":
+        if p.mode == "breakeven":
+            raise ConfigError(
+                "api", "none", "break-even compares GPUs with a pay-per-token API: choose one (api=default)"
+            )
+        if not {"fixed", "autoscaled"} & set(p.strategies):
+            raise ConfigError(
+                "plan.strategies", p.strategies, "hybrid and api need an API (api=default or a tier) or add fixed"
+            )
     errors = [_problem(fixed_fleet(with_gpu(cfg, gpu, tp), 1)) for gpu in p.gpus for tp in sorted(p.tp, reverse=True)]
     if all(errors):
         raise errors[-1]
@@ -174,6 +185,8 @@ def hybrid_fleet(cfg: Config, baseline: int, overflow: str, margin: float = 1.0)
     c.api = dataclasses.replace(
         c.api, enabled=True, overflow="always" if baseline == 0 else overflow, ttft_margin=margin
     )
+    if baseline == 0:  # no GPU queue to hand a rate-limited request back to: it retries later
+        c.api.on_limit = "backoff"
     return c
 
 
@@ -184,6 +197,8 @@ def baselines(n: int, most: int) -> list[int]:
         return []
     if n - 1 <= most:
         return list(range(1, n))
+    if most == 1:
+        return [max(1, n // 2)]
     return sorted({max(1, min(n - 1, round(1 + i * (n - 2) / (most - 1)))) for i in range(most)})
 
 
@@ -215,7 +230,9 @@ def evaluate(cfg: Config) -> dict:
     c = copy.deepcopy(cfg)
     c.output.plots = False
     t0 = time.perf_counter()
-    s = run(c).summary
+    result = run(c)
+    s = result.summary
+    seeds = result.per_seed
     return {
         "total_cost": s["total_cost"],
         "cost_per_hour": s["cost_per_hour"],
@@ -233,8 +250,26 @@ def evaluate(cfg: Config) -> dict:
         "n_requests": s["n_requests"],
         "sim_duration_s": s["sim_duration_s"],
         **{k: v for k, v in s.items() if k.endswith(("_ci_low", "_ci_high")) or k in ("n_seeds", "slo_met_seeds")},
+        # per seed (replications): what the planner's cost rates and their intervals are made of
+        **({f"_seed_{k}": seeds[k].tolist() for k in SEED_COLUMNS} if seeds is not None else {}),
         "run_s": time.perf_counter() - t0,
     }
+
+
+SEED_COLUMNS = ("gpu_cost", "sim_duration_s", "api_cost", "input_tokens", "output_tokens")
+
+
+def cost_rates(gpu_cost, sim_duration_s, api_cost, tokens, span: float):
+    """The planner's cost per hour and per million tokens (arrays or scalars): GPU cost over the
+    run, API cost over the arrival window."""
+    gpu_cost, sim_duration_s, api_cost, tokens = (
+        np.asarray(x, dtype=float) for x in (gpu_cost, sim_duration_s, api_cost, tokens)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gpu_rate = np.where(sim_duration_s > 0, gpu_cost / np.where(sim_duration_s > 0, sim_duration_s, 1), 0.0)
+        per_hour = (gpu_rate + api_cost / span) * 3600
+        per_mtok = np.where(tokens > 0, per_hour / (tokens / span * 3600) * 1e6, np.nan)
+    return per_hour, per_mtok
 
 
 def workload_span(cfg: Config) -> float:
@@ -274,19 +309,22 @@ def search_fixed(cfg: Config, max_replicas: int, log: list) -> int | None:
     return hi
 
 
-def fixed_search_task(args: tuple[Config, str, int, int]) -> tuple[list[dict], int | None]:
+def fixed_search_task(args: tuple[Config, str, int, int, bool]) -> tuple[list[dict], int | None, bool]:
     """Phase 1 for one GPU option (a process-pool task): the fixed-fleet search, whose answer N
-    bounds the other strategies. Returns its runs and N (None: even max_replicas misses)."""
-    cfg, gpu, tp, max_replicas = args
+    bounds the other strategies. Returns its runs, N (None: even max_replicas misses, or no
+    search) and whether the option fits at all."""
+    cfg, gpu, tp, max_replicas, search = args
     base = {"gpu": gpu, "tp": tp}
     c = with_gpu(cfg, gpu, tp)
     try:
         validate(fixed_fleet(c, 1))
     except UserError as exc:
-        return [{**base, "strategy": "does not fit", "note": str(exc)}], None
+        return [{**base, "strategy": "does not fit", "note": str(exc)}], None, False
+    if not search:
+        return [], None, True
     log: list[dict] = []
     n = search_fixed(c, max_replicas, log)
-    return [{**base, **r} for r in log], n
+    return [{**base, **r} for r in log], n, True
 
 
 def candidate_task(ladder: list[tuple[Config, dict]]) -> list[dict]:
@@ -350,28 +388,29 @@ def plan_many(cfgs: list[Config], p: PlanConfig) -> list[pd.DataFrame]:
     """Plan each scenario of `cfgs` (e.g. volume levels), sharing one process pool: the fixed
     searches of every GPU option run in parallel, then every other candidate does."""
     options = [(i, gpu, tp) for i in range(len(cfgs)) for gpu in p.gpus for tp in p.tp]
+    search = bool({"fixed", "autoscaled", "hybrid"} & set(p.strategies))  # N bounds all three
     with _Mapper(p.workers) as mapper:
-        found = mapper(fixed_search_task, [(cfgs[i], gpu, tp, p.max_replicas) for i, gpu, tp in options])
+        found = mapper(fixed_search_task, [(cfgs[i], gpu, tp, p.max_replicas, search) for i, gpu, tp in options])
         tasks: list[list[tuple[Config, dict]]] = []
         for i, c in enumerate(cfgs):
             if "api" in p.strategies and c.api.name != "none":
                 # no replicas, but the scenario must still validate: take a GPU option that fits
-                fits = [
-                    (g, t)
-                    for (j, g, t), (log, _) in zip(options, found, strict=True)
-                    if j == i and log and log[0]["strategy"] != "does not fit"
-                ]
+                fits = [(g, t) for (j, g, t), (_, _, ok) in zip(options, found, strict=True) if j == i and ok]
                 base = with_gpu(c, *fits[0]) if fits else c
                 meta = {"plan": i, "gpu": "none", "tp": 0, "strategy": "pure API", "replicas": 0}
                 tasks.append([(hybrid_fleet(base, 0, "always"), meta)])
-        for (i, gpu, tp), (_, n) in zip(options, found, strict=True):
-            tasks.extend(
-                [(c, {"plan": i, **meta}) for c, meta in ladder] for ladder in candidates(cfgs[i], p, gpu, tp, n)
-            )
+        for (i, gpu, tp), (_, n, ok) in zip(options, found, strict=True):
+            if ok:
+                tasks.extend(
+                    [(c, {"plan": i, **meta}) for c, meta in ladder] for ladder in candidates(cfgs[i], p, gpu, tp, n)
+                )
         ran = mapper(candidate_task, tasks)
     rows: list[list[dict]] = [[] for _ in cfgs]
-    for (i, _, _), (log, _) in zip(options, found, strict=True):
-        rows[i] += [r for r in log if r["strategy"] != "fixed" or "fixed" in p.strategies]
+    for (i, _, _), (log, _, _) in zip(options, found, strict=True):
+        # without `fixed` in the strategies, the searches still ran (they size the others): kept, not ranked
+        rows[i] += [
+            r if r["strategy"] != "fixed" or "fixed" in p.strategies else {**r, "strategy": "fixed search"} for r in log
+        ]
     for out in ran:
         for r in out:
             rows[r.pop("plan")].append(r)
@@ -390,19 +429,56 @@ def _finish(cfg: Config, df: pd.DataFrame) -> pd.DataFrame:
     per hour of arrivals (it bills per token): a short run's drain then weighs on no candidate.
     """
     span = workload_span(cfg)
+    df = df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
+    df["note"] = df["note"].astype(object)
     df["span_s"] = span
-    if "total_cost" in df:
-        per_s = df["gpu_cost"] / df["sim_duration_s"].where(df["sim_duration_s"] > 0) + df["api_cost"] / span
-        df["cost_per_hour"] = per_s.fillna(df["api_cost"] / span) * 3600
-        df["cost_per_month"] = df["cost_per_hour"] * HOURS_PER_MONTH
-        df["cost_per_mtok"] = df["cost_per_hour"] / (df["tokens"] / span * 3600).where(df["tokens"] > 0) * 1e6
-    if "slo_met" not in df:
-        df["slo_met"] = False
-    df["slo_met"] = df["slo_met"].fillna(False).astype(bool)
+    df["cost_per_hour"], df["cost_per_mtok"] = cost_rates(
+        df["gpu_cost"], df["sim_duration_s"], df["api_cost"], df["tokens"], span
+    )
+    if "_seed_gpu_cost" in df:  # replications: the rates per seed, their mean and 95% interval
+        from sim.runner import interval
+
+        for i, r in df[df["_seed_gpu_cost"].map(lambda v: isinstance(v, list))].iterrows():
+            s = {k: np.asarray(r[f"_seed_{k}"], dtype=float) for k in SEED_COLUMNS}
+            hour, mtok = cost_rates(
+                s["gpu_cost"], s["sim_duration_s"], s["api_cost"], s["input_tokens"] + s["output_tokens"], span
+            )
+            for key, values in (("cost_per_hour", hour), ("cost_per_mtok", mtok)):
+                df.loc[i, key] = float(np.nanmean(values))
+                low, high = interval(values)
+                df.loc[i, f"{key}_ci_low"], df.loc[i, f"{key}_ci_high"] = max(low, 0.0), max(high, 0.0)
+        df = df.drop(columns=[c for c in df.columns if c.startswith("_seed_")])
+    df["cost_per_month"] = df["cost_per_hour"] * HOURS_PER_MONTH
+    df["slo_met"] = df["slo_met"].astype(object).where(df["slo_met"].notna(), False).astype(bool)
+    # a hybrid whose baseline served nothing is the API plus idle GPUs: shown, never recommended
+    idle = (df["strategy"] == "hybrid") & (df["api_share"] >= 1.0)
+    df.loc[idle, "note"] = "the GPU baseline served no request: every one went to the API"
     df["rank"] = np.nan
-    ok = _by_cost(df[df["slo_met"]])
+    ok = _by_cost(df[df["slo_met"] & df["strategy"].isin(RANKED) & df["cost_per_hour"].notna() & ~idle])
     df.loc[ok.index, "rank"] = np.arange(1, len(ok) + 1)
     return df
+
+
+RANKED = ("fixed", "autoscaled", "hybrid", "pure API")
+# every plan.csv has these, whatever ran
+COLUMNS = (
+    "gpu",
+    "tp",
+    "strategy",
+    "replicas",
+    "total_cost",
+    "gpu_cost",
+    "api_cost",
+    "tokens",
+    "sim_duration_s",
+    "slo_met",
+    "slo_attainment",
+    "ttft_p99",
+    "tpot_p99",
+    "api_share",
+    "n_requests",
+    "note",
+)
 
 
 def describe(row: pd.Series) -> str:
@@ -416,12 +492,14 @@ def describe(row: pd.Series) -> str:
         return f"{int(row['replicas'])} x {gpu} + API overflow (margin {row['margin']:g})"
     if s == "pure API":
         return "API only"
+    if s == "fixed search":
+        return f"{int(row['replicas'])} x {gpu}, always on (sizing search, not ranked)"
     return f"{gpu}: {s}"
 
 
 def best_per_option(df: pd.DataFrame) -> pd.DataFrame:
     """The cheapest feasible candidate of each GPU option and strategy."""
-    ok = df[df["slo_met"]]
+    ok = df[df["rank"].notna()]
     if ok.empty:
         return ok
     return _by_cost(ok).groupby(["gpu", "tp", "strategy"], sort=False).head(1)
@@ -432,10 +510,12 @@ SIMPLER = {"fixed": 0, "pure API": 1, "hybrid": 2, "autoscaled": 3}
 
 def _by_cost(df: pd.DataFrame) -> pd.DataFrame:
     """Cheapest first; at equal cost the simpler setup (an autoscaler that never scaled costs
-    what the fixed fleet does) and then fewer replicas."""
+    what the fixed fleet does), then fewer replicas, then the GPU's name."""
     key = df["strategy"].map(SIMPLER).fillna(9)
     return (
-        df.assign(_simple=key).sort_values(["cost_per_hour", "_simple", "gpu"], kind="stable").drop(columns="_simple")
+        df.assign(_simple=key)
+        .sort_values(["cost_per_hour", "_simple", "replicas", "gpu"], kind="stable")
+        .drop(columns="_simple")
     )
 
 
@@ -459,7 +539,7 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
     ]
     if best.empty:
         lines += ["**No candidate meets the SLO.** The closest:", ""]
-        ran = df[df["strategy"].isin(["fixed", "autoscaled", "hybrid", "pure API"])]
+        ran = df[df["strategy"].isin(RANKED) & df["total_cost"].notna()]
         if not ran.empty:
             near = ran.sort_values("slo_attainment", ascending=False).head(5)
             lines += _table(near)
@@ -481,6 +561,10 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
     fits = df[df["strategy"] == "does not fit"]
     if len(fits):
         lines += ["", "Options skipped:", ""] + [f"- {r.gpu} TP{int(r.tp)}: {r.note}" for r in fits.itertuples()]
+    failed = df[df["strategy"].isin(RANKED) & df["total_cost"].isna()]
+    if len(failed):
+        lines += ["", "Candidates that could not run:", ""]
+        lines += [f"- {describe(r)}: {r['note']}" for _, r in failed.iterrows()]
     if "n_requests" in df and df["n_requests"].notna().any():
         n = int(df["n_requests"].median())
         if n < 1000:
@@ -489,16 +573,25 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
                 f"**Caution:** each run saw about {n} requests, so one request moves attainment by "
                 f"{1 / n:.1%}; lengthen `workload.duration_s` or replicate with `seeds` before trusting the ranking.",
             ]
+    span, least = float(df["span_s"].iloc[0]) if len(df) else 0.0, cfg.fleet.pricing.min_billed_s
+    if 0 < span < 10 * least:
+        lines += [
+            "",
+            f"**Caution:** the arrival window ({span:g} s) is short against the minimum billed time of a "
+            f"replica ({least:g} s, `fleet.pricing.min_billed_s`), which weighs on GPU options' cost per hour.",
+        ]
     lines += ["", run_count_line(df, p, wall_s) + " Every run is in plan.csv."]
     return "\n".join(lines) + "\n"
 
 
 def run_count_line(df: pd.DataFrame, p: PlanConfig, wall_s: float) -> str:
     """How many simulations the plan took, against trying every fleet size."""
-    runs = int(df["total_cost"].notna().sum()) if "total_cost" in df else 0
-    fixed = int((df["strategy"] == "fixed").sum())
+    runs = int(df["total_cost"].notna().sum())
+    fixed = int(df["strategy"].isin(["fixed", "fixed search"]).sum())
     fits = df[~df["strategy"].isin(["does not fit", "pure API"])]
     grid = len(fits[["gpu", "tp"]].drop_duplicates()) * p.max_replicas
+    if not fixed:
+        return f"{runs} simulation{'s' if runs != 1 else ''} in {wall_s:.0f} s."
     return (
         f"{runs} simulations in {wall_s:.0f} s; the fixed-fleet searches took {fixed} runs where trying every "
         f"size from 1 to {p.max_replicas} would take {grid}."
@@ -562,14 +655,14 @@ def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
     plans = plan_many([scaled(cfg, v, p.min_requests) for v in volumes], q)
     rows = []
     for v, df in zip(volumes, plans, strict=True):
-        runs = int(df["total_cost"].notna().sum()) if "total_cost" in df else 0
+        runs = int(df["total_cost"].notna().sum())
         for kind, strategies in (
             ("API", ("pure API",)),
             ("dedicated", ("fixed", "autoscaled")),
             ("hybrid", ("hybrid",)),
         ):
-            mine = df[df["strategy"].isin(strategies)]
-            ok = mine[mine["slo_met"]]
+            mine = df[df["strategy"].isin(strategies) & df["cost_per_hour"].notna()]
+            ok = mine[mine["rank"].notna()]
             pick = (
                 ok.sort_values("cost_per_hour", kind="stable").head(1)
                 if len(ok)
@@ -599,7 +692,9 @@ def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
 def crossovers(df: pd.DataFrame) -> list[dict]:
     """Where the cheapest SLO-meeting option changes between consecutive volume levels. When both
     options met the SLO at both levels, the crossing is interpolated where their $/M-token curves
-    meet (linear in log volume); otherwise it lies somewhere between the levels (`exact` false)."""
+    meet, each taken as a power law of volume between the levels (straight in log $/M against log
+    volume: exact for a fleet of fixed cost, whose $/M falls as 1/volume, and for the flat API);
+    otherwise it lies somewhere between the levels (`exact` false)."""
     out = []
     ok = df[df["slo_met"]]
     levels = sorted(ok["volume"].unique())
@@ -607,13 +702,14 @@ def crossovers(df: pd.DataFrame) -> list[dict]:
 
     def cost(option: str, v: float) -> float:
         m = ok[(ok.volume == v) & (ok.option == option)]
-        return float(m["cost_per_mtok"].iloc[0]) if len(m) else math.nan
+        c = float(m["cost_per_mtok"].iloc[0]) if len(m) else math.nan
+        return math.log(c) if c > 0 else math.nan
 
     for a, b in itertools.pairwise(levels):
         ra, rb = cheapest[a], cheapest[b]
         if ra["option"] == rb["option"]:
             continue
-        d_a = cost(ra["option"], a) - cost(rb["option"], a)  # <= 0: the first option was cheaper at a
+        d_a = cost(ra["option"], a) - cost(rb["option"], a)  # log ratio <= 0: the first was cheaper at a
         d_b = cost(ra["option"], b) - cost(rb["option"], b)
         exact = math.isfinite(d_a) and math.isfinite(d_b) and d_a != d_b
         frac = min(max(d_a / (d_a - d_b), 0.0), 1.0) if exact else 0.5

@@ -230,7 +230,7 @@ def _numeric(series) -> bool:
 
 def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
     """Total cost against the swept parameter (one line per combination of the others)."""
-    varying = [k for k in keys if df[k].astype(str).nunique() > 1] or keys[:1] or ["job"]
+    varying = [k for k in keys if df[k].map(repr).nunique() > 1] or keys[:1] or ["job"]
     x_key = next((k for k in varying if _numeric(df[k])), varying[0])
     others = [k for k in varying if k != x_key]
     fig = Figure(figsize=(10, 5.5))
@@ -291,7 +291,7 @@ def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
         front = ok.sort_values(["ttft_p99", "total_cost"])
         front = front[front["total_cost"] < front["total_cost"].cummin().shift(fill_value=np.inf)]
         ax.step(front["ttft_p99"], front["total_cost"], where="post", color="#1f77b4", label="frontier")
-        varying = [k for k in keys if df[k].astype(str).nunique() > 1]
+        varying = [k for k in keys if df[k].map(repr).nunique() > 1]
         for _, row in ok.iterrows():
             ax.annotate(
                 _label(row, varying),
@@ -302,10 +302,13 @@ def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
             )
         if ok["ttft_p99"].max() / max(ok["ttft_p99"].min(), 1e-6) > 20:
             ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "every job failed", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("p99 TTFT (s)")
     ax.set_ylabel("total cost (\\$)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    if len(ok):
+        ax.legend(fontsize=9)
     fig.suptitle("Sweep: cost against p99 TTFT")
     _save(fig, path)
 
@@ -368,7 +371,7 @@ def plan_plot(df, best, describe, slo, path: Path) -> None:
     Right: the cheapest SLO-meeting candidate of each GPU option and strategy, $/month."""
     fig = Figure(figsize=(14, 5.5), layout="constrained")
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.3]})
-    fixed = df[df["strategy"] == "fixed"]
+    fixed = df[df["strategy"].isin(["fixed", "fixed search"])]
     for (gpu, tp), g in fixed.groupby(["gpu", "tp"], sort=False):
         g = g.sort_values("replicas")
         label = gpu if tp == 1 else f"{gpu} TP{tp}"

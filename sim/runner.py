@@ -110,30 +110,20 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
     pessimistic `slo_met`: the SLO must hold at the unfavourable end of every interval."""
     import dataclasses
 
-    import numpy as np
-    from scipy import stats
-
     results = [run_one(dataclasses.replace(cfg, seed=s, seeds=None), workload) for s in cfg.seeds]
-    per_seed = pd.DataFrame([{"seed": s, **r.summary} for s, r in zip(cfg.seeds, results, strict=True)])
-    n = len(results)
-    summary: dict = {}
-    for key, value in results[0].summary.items():
-        column = per_seed[key]
-        if isinstance(value, bool):
-            summary[key] = bool(column.all())
-        elif isinstance(value, (int, float)) and column.notna().all():
-            summary[key] = float(column.mean()) if n > 1 else value
-        else:
-            summary[key] = value
-    half = stats.t.ppf(0.975, n - 1) if n > 1 else 0.0
+    summaries = [r.summary for r in results]
+    # counts a seed reports only when they happened (api_refusals.<reason>) are 0 in the others
+    keys = list(dict.fromkeys(k for s in summaries for k in s))
+    for s in summaries:
+        s.update({k: 0 for k in keys if k not in s and k.startswith("api_refusals.")})
+    per_seed = pd.DataFrame([{"seed": seed, **s} for seed, s in zip(cfg.seeds, summaries, strict=True)])
+    summary = {key: _mean([s.get(key) for s in summaries]) for key in keys}
     for key in INTERVAL_KEYS:
         values = per_seed[key].to_numpy(dtype=float)
-        m = float(np.nanmean(values))
-        sd = float(np.nanstd(values, ddof=1)) if n > 1 else 0.0
-        low, high = m - half * sd / np.sqrt(n), m + half * sd / np.sqrt(n)
+        low, high = interval(values)
         top = 1.0 if key == "slo_attainment" else math.inf  # clip to the quantity's range
-        summary[f"{key}_ci_low"] = min(max(low, 0.0), top)
-        summary[f"{key}_ci_high"] = min(max(high, 0.0), top)
+        summary[f"{key}_ci_low"] = min(max(low, 0.0), top) if math.isfinite(low) else math.nan
+        summary[f"{key}_ci_high"] = min(max(high, 0.0), top) if math.isfinite(high) else math.nan
     slo = cfg.slo
     served = (per_seed["n_requests"] - per_seed["n_rejected"] > 0).all()
     summary["slo_met"] = bool(
@@ -143,7 +133,7 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
         and served
     )
     summary["slo_met_seeds"] = float(per_seed["slo_met"].mean())
-    summary["n_seeds"] = n
+    summary["n_seeds"] = len(results)
     summary["wall_time_s"] = float(per_seed["wall_time_s"].sum())
     requests = pd.concat(
         [r.requests.assign(seed=s) for s, r in zip(cfg.seeds, results, strict=True)], ignore_index=True
@@ -160,6 +150,38 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
         spans=first.spans,
         per_seed=per_seed,
     )
+
+
+def interval(values) -> tuple[float, float]:
+    """95% Student-t interval of the mean of `values` (NaNs, i.e. seeds that measured nothing,
+    left out); NaN bounds with fewer than two values."""
+    import numpy as np
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    m, half = float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m - half, m + half
+
+
+def _mean(values: list):
+    """The mean over seeds of one summary value: booleans all-true, numbers averaged (NaN and
+    missing left out), dicts key by key, anything else (names) the first seed's."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, bool):
+        return bool(all(present))
+    if isinstance(first, (int, float)):
+        nums = [float(v) for v in present if isinstance(v, (int, float)) and math.isfinite(v)]
+        return sum(nums) / len(nums) if nums else math.nan
+    if isinstance(first, dict):
+        keys = list(dict.fromkeys(k for v in present if isinstance(v, dict) for k in v))
+        return {k: _mean([v.get(k) for v in present if isinstance(v, dict)]) for k in keys}
+    return first
 
 
 def run_one(cfg: Config, workload: Workload | None = None) -> Result:

@@ -25,6 +25,8 @@ from sim.metrics import json_ready
 
 
 def _value(text: str):
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # a quoted override value
+        return text[1:-1]
     try:
         return int(text)
     except ValueError:
@@ -36,14 +38,30 @@ def _value(text: str):
     return {"true": True, "false": False, "null": None, "none": None}.get(text.lower(), text)
 
 
-def read_jobs(sweep_dir: Path) -> pd.DataFrame:
+def job_dirs(sweep_dir: Path) -> dict[Path, int]:
+    """Every job directory under the sweep directory (at any depth: `hydra.sweep.subdir` may
+    nest), with the time its overrides were written (nanoseconds)."""
+    sweep_dir = Path(sweep_dir)
+    found = {}
+    for f in sweep_dir.rglob("overrides.yaml"):
+        if f.parent.name == ".hydra" and f.parent.parent != sweep_dir:
+            found[f.parent.parent] = f.stat().st_mtime_ns
+    return found
+
+
+def read_jobs(sweep_dir: Path, before: dict[Path, int] | None = None) -> pd.DataFrame:
+    """One row per job. `before`: the job directories (and override times) that existed when the
+    sweep started; those the sweep did not rewrite are left from an earlier sweep and skipped."""
     import yaml
 
+    sweep_dir = Path(sweep_dir)
     rows = []
-    jobs = [p for p in Path(sweep_dir).iterdir() if (p / ".hydra" / "overrides.yaml").is_file()]
-    for job in sorted(jobs, key=lambda p: (len(p.name), p.name)):
+    jobs = [j for j, t in job_dirs(sweep_dir).items() if before is None or before.get(j) != t]
+    names = {j: j.relative_to(sweep_dir).as_posix() for j in jobs}
+    for job in sorted(jobs, key=lambda j: (not names[j].isdigit(), len(names[j]), names[j])):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        row: dict = {"job": int(job.name) if job.name.isdigit() else job.name}
+        name = names[job]
+        row: dict = {"job": int(name) if name.isdigit() else name}
         for item in overrides:
             key, _, value = str(item).lstrip("+~").partition("=")
             row[key] = _value(value)
@@ -59,7 +77,17 @@ def read_jobs(sweep_dir: Path) -> pd.DataFrame:
             row["error"] = line or "no summary.json: the job did not finish"
         row["dir"] = str(job)
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(df):  # the figures every table and plot reads, even when every job failed
+        for key in ("total_cost", "slo_attainment", "ttft_p99", "slo_met"):
+            if key not in df:
+                df[key] = np.nan
+    return df
+
+
+def distinct(column: pd.Series) -> int:
+    """Number of different values (None, NaN and text alike)."""
+    return column.map(repr).nunique()
 
 
 def override_keys(df: pd.DataFrame) -> list[str]:
@@ -89,16 +117,16 @@ def best_job(df: pd.DataFrame) -> dict:
         "n_api",
     ]
     if len(ok):
-        row = ok.sort_values(["total_cost", "job"]).iloc[0]
+        row = ok.sort_values("total_cost", kind="stable").iloc[0]  # ties: the first job
         out = {"feasible": True}
     else:
         ran = df[df["status"] == "ok"]
         if not len(ran):
             return {"feasible": False, "reason": "every job failed", "jobs": len(df)}
-        row = ran.sort_values(["slo_attainment", "total_cost"], ascending=[False, True]).iloc[0]
+        row = ran.sort_values(["slo_attainment", "total_cost"], ascending=[False, True], kind="stable").iloc[0]
         out = {"feasible": False, "reason": "no job met the SLO; the closest miss follows"}
     out.update(
-        job=int(row["job"]),
+        job=_plain(row["job"]),
         overrides={k: _plain(row[k]) for k in keys},
         **{f: _plain(row[f]) for f in fields if f in row.index},
         dir=row["dir"],
@@ -114,9 +142,9 @@ def _plain(value):
     return value
 
 
-def aggregate(sweep_dir: str | Path, *, plots: bool = True) -> pd.DataFrame:
+def aggregate(sweep_dir: str | Path, *, plots: bool = True, before: dict[Path, int] | None = None) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
-    df = read_jobs(sweep_dir)
+    df = read_jobs(sweep_dir, before)
     if df.empty:
         return df
     df.to_csv(sweep_dir / "sweep.csv", index=False)
@@ -134,7 +162,7 @@ def aggregate(sweep_dir: str | Path, *, plots: bool = True) -> pd.DataFrame:
 def varying(df: pd.DataFrame) -> list[str]:
     """The override columns whose value differs between jobs (all of them if none does)."""
     keys = override_keys(df)
-    return [k for k in keys if df[k].astype(str).nunique() > 1] or keys
+    return [k for k in keys if distinct(df[k]) > 1] or keys
 
 
 def format_table(df: pd.DataFrame) -> str:
@@ -163,20 +191,37 @@ class SweepCallback(Callback):  # type: ignore[misc]
 
     def __init__(self, plots: bool = True):
         self.plots = plots
+        self.before: dict[Path, int] = {}
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        # a sweep directory used before keeps the earlier jobs: remember them, to count only ours
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.before = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        df = aggregate(sweep_dir, plots=self.plots)
+        df = aggregate(sweep_dir, plots=self.plots, before=self.before)
         if df.empty:
             return
         best = json.loads((sweep_dir / "sweep_best.json").read_text())
-        print(f"fleetsim sweep: {len(df)} jobs ({int((df.status == 'ok').sum())} ok) in {sweep_dir}")
+        jobs = f"{len(df)} job" + ("s" if len(df) != 1 else "")
+        print(f"fleetsim sweep: {jobs} ({int((df.status == 'ok').sum())} ok) in {sweep_dir}")
+        old = len(job_dirs(sweep_dir)) - len(df)
+        if old:
+            print(f"  ({old} job directories left there by an earlier sweep are not counted)")
         print(format_table(df))
         if best.get("feasible"):
             chosen = " ".join(f"{k}={best['overrides'][k]}" for k in varying(df))
             print(f"  cheapest meeting the SLO: job {best['job']} ({chosen}) at ${best['total_cost']:,.2f}")
+        elif "job" in best:
+            chosen = " ".join(f"{k}={best['overrides'][k]}" for k in varying(df))
+            print(
+                f"  no job met the SLO; the closest: job {best['job']} ({chosen}), attainment "
+                f"{best['slo_attainment']:.1%} at ${best['total_cost']:,.2f}"
+            )
         else:
             print(f"  {best.get('reason')}")
-        print(f"  sweep.csv, sweep_best.json and plots/ written to {sweep_dir}")
+        written = "sweep.csv, sweep_best.json and plots/" if self.plots else "sweep.csv and sweep_best.json"
+        print(f"  {written} written to {sweep_dir}")

@@ -136,3 +136,29 @@ def test_every_plot_renders_for_unusual_fleets(tmp_path, over):
     for png in ("latency_cdf.png", "timeline.png", "fleet.png", "cost.png"):
         assert (out / "plots" / png).stat().st_size > 10_000, png
     assert (out / "replicas.csv").is_file() and (out / "config.yaml").is_file()
+
+
+def test_printed_summary_of_replications_shows_intervals_and_whole_counts():
+    from sim import runner
+    from sim.cli import format_summary
+    from tests.conftest import cfg
+
+    c = cfg("workload.duration_s=60", "seeds=[0,1,2]")
+    r = runner.run(c)
+    text = format_summary(r.summary, c)
+    n = r.summary["n_requests"]
+    assert f"requests   {n:,.0f} " in text or f"requests   {n:,.1f} " in text
+    assert "seeds      3: means above; 95% intervals: TTFT p99 [" in text
+    assert f"met by {r.summary['slo_met_seeds']:.0%} of the seeds alone" in text
+    assert "overloaded" not in text
+
+
+def test_printed_summary_says_when_the_fleet_is_overloaded():
+    from sim import runner
+    from sim.cli import format_summary
+    from tests.conftest import cfg
+
+    c = cfg("workload.duration_s=60", "workload.rate=80")
+    s = runner.run(c).summary
+    assert not s["slo_met"] and s["ttft_p50"] > c.slo.ttft_s
+    assert "the fleet is overloaded" in format_summary(s, c)

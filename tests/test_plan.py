@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from sim import plan as planner
+from sim import runner
 from sim.errors import ConfigError
 from tests.conftest import cfg
 
@@ -47,6 +48,8 @@ def test_hybrid_baselines_cover_the_range_below_the_fixed_answer():
     assert planner.baselines(5, 8) == [1, 2, 3, 4]
     b = planner.baselines(32, 8)
     assert len(b) == 8 and b[0] == 1 and b[-1] == 31 and b == sorted(set(b))
+    assert planner.baselines(10, 1) == [5]  # one size allowed: the middle one
+    assert planner.baselines(2, 1) == [1]
 
 
 # ----------------------------------------------------------------------------- against a grid
@@ -125,10 +128,24 @@ def test_options_that_do_not_fit_are_skipped_with_the_reason():
 @pytest.mark.slow
 def test_replicated_plans_report_intervals_and_decide_on_the_pessimistic_end():
     c = cfg(*SMALL, "seeds=[0,1,2]")
-    p = planner.PlanConfig(gpus=["l40s"], strategies=["fixed"], max_replicas=6, workers=1)
+    p = planner.PlanConfig(gpus=["l40s"], strategies=["fixed", "api"], max_replicas=6, workers=1)
     df = planner.plan(c, p)
     fixed = df[df.strategy == "fixed"]
     assert (fixed["n_seeds"] == 3).all()
+    # the planner's cost rates are its own (GPU cost over the run, API cost over the arrivals),
+    # and so are their intervals: each is the mean of the per-seed rates, inside its interval
+    for _, r in df[df.strategy.isin(["fixed", "pure API"])].iterrows():
+        assert r["cost_per_hour_ci_low"] <= r["cost_per_hour"] <= r["cost_per_hour_ci_high"]
+        assert r["cost_per_mtok_ci_low"] <= r["cost_per_mtok"] <= r["cost_per_mtok_ci_high"]
+    api = df[df.strategy == "pure API"].iloc[0]
+    one = [
+        runner.run(dataclasses.replace(planner.hybrid_fleet(c, 0, "always"), seeds=None, seed=s)).summary
+        for s in (0, 1, 2)
+    ]
+    per_hour = [x["api_cost"] / 120 * 3600 for x in one]  # no GPUs: API cost over the 120-s window
+    assert api["cost_per_hour"] == pytest.approx(sum(per_hour) / 3)
+    low, high = runner.interval(per_hour)
+    assert (api["cost_per_hour_ci_low"], api["cost_per_hour_ci_high"]) == pytest.approx((low, high))
     s = c.slo
     pessimistic = (
         (fixed["slo_attainment_ci_low"] >= s.attainment)
@@ -200,9 +217,10 @@ def test_crossover_is_interpolated_where_the_cost_curves_meet():
         ]
     (c,) = planner.crossovers(pd.DataFrame(rows))
     assert (c["from"], c["to"], c["exact"]) == ("API", "dedicated", True)
-    # API - dedicated goes from -0.08 to +0.04: zero two thirds of the way in log volume
-    assert c["volume"] == pytest.approx(4 ** (2 / 3))
-    assert c["rate"] == pytest.approx(10 * 4 ** (2 / 3))
+    # a fleet of fixed cost: its $/M falls as 1/volume (0.16 / v), so it meets the API's flat
+    # $0.08 at volume 2 exactly; a straight line in $/M would have put it at 4^(2/3) = 2.52
+    assert c["volume"] == pytest.approx(2.0)
+    assert c["rate"] == pytest.approx(20.0)
 
 
 def test_scaling_volume_scales_rates_or_the_trace_load():
@@ -278,3 +296,89 @@ def test_fleetsim_plan_bad_input_exits_2_with_one_line(tmp_path, args, words):
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], p.stderr
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_hybrid_and_api_only_plans_need_an_api():
+    p = planner.PlanConfig(strategies=["api", "hybrid"])
+    with pytest.raises(ConfigError, match=r"plan\.strategies"):
+        planner.validate_scenario(cfg("api=none"), p)
+    with pytest.raises(ConfigError, match="api"):
+        planner.validate_scenario(cfg("api=none"), dataclasses.replace(p, mode="breakeven", strategies=["fixed"]))
+    planner.validate_scenario(cfg("api=none"), dataclasses.replace(p, strategies=["fixed", "api"]))
+
+
+@pytest.mark.parametrize("tier", ["tier1", "tier2", "tier3", "tier4"])
+def test_the_api_only_candidate_runs_with_every_shipped_tier(tier):
+    """The tiers hand rate-limited requests back to the GPUs; with none, they back off."""
+    from sim.config import validate
+
+    c = planner.hybrid_fleet(planner.with_gpu(cfg(f"api={tier}"), "h100", 1), 0, "always")
+    validate(c)
+    assert c.api.on_limit == "backoff" and c.fleet.replicas == 0
+
+
+def test_a_plan_without_any_result_reports_instead_of_crashing():
+    c = cfg(*SMALL)
+    p = planner.PlanConfig(strategies=["api"])
+    for rows in (
+        [],
+        [{"gpu": "none", "tp": 0, "strategy": "pure API", "replicas": 0, "slo_met": False, "note": "boom"}],
+    ):
+        df = planner._finish(c, pd.DataFrame(rows))
+        assert df["rank"].isna().all()
+        text = planner.report(c, p, df, 0.0)
+        assert "No candidate meets the SLO" in text
+    assert "could not run" in text and "API only: boom" in text
+
+
+@pytest.mark.slow
+def test_without_fixed_the_sizing_search_is_kept_but_not_ranked_and_misfits_get_no_candidates():
+    c = cfg(*SMALL, "model=llama3-70b")
+    p = planner.PlanConfig(gpus=["h100", "l40s"], tp=[1, 4], strategies=["hybrid"], max_replicas=4, workers=1)
+    df = planner.plan(c, p)
+    assert set(df["strategy"]) <= {"fixed search", "hybrid", "does not fit"}
+    search = df[df.strategy == "fixed search"]
+    assert len(search) > 0 and search["rank"].isna().all() and set(search["tp"]) == {4}
+    assert set(df.loc[df["rank"].notna(), "strategy"]) == {"hybrid"}
+    assert set(df.loc[df.strategy == "hybrid", "tp"]) == {4}  # nothing tried on options that do not fit
+    line = planner.run_count_line(df, p, 1.0)
+    assert f"the fixed-fleet searches took {len(search)} runs" in line
+
+
+def test_a_hybrid_whose_baseline_served_nothing_is_never_recommended():
+    c = cfg(*SMALL)
+    base = {"gpu": "h100", "tp": 1, "slo_met": True, **_FAKE}
+    rows = [
+        {**base, "strategy": "hybrid", "replicas": 1, "margin": 0.5, "gpu_cost": 0.01, "api_share": 1.0},
+        {**base, "strategy": "hybrid", "replicas": 1, "margin": 1.0, "gpu_cost": 0.05, "api_share": 0.3},
+    ]
+    df = planner._finish(c, pd.DataFrame(rows))
+    assert df["rank"].tolist()[0] != df["rank"].tolist()[0]  # NaN: not ranked, though cheaper
+    assert df["rank"].tolist()[1] == 1
+    assert "served no request" in df.loc[0, "note"]
+
+
+def test_api_only_plans_skip_the_sizing_search(monkeypatch):
+    calls = []
+    monkeypatch.setattr(planner, "search_fixed", lambda *a: calls.append(a))
+    monkeypatch.setattr(planner, "evaluate", lambda c: {"slo_met": True, **_FAKE})
+    df = planner.plan(cfg(*SMALL), planner.PlanConfig(gpus=["h100"], strategies=["api"], workers=1))
+    assert calls == [] and list(df["strategy"]) == ["pure API"]
+    assert planner.run_count_line(df, planner.PlanConfig(), 0.0) == "1 simulation in 0 s."
+
+
+_FAKE = {
+    "total_cost": 1.0,
+    "gpu_cost": 0.0,
+    "api_cost": 1.0,
+    "tokens": 1e6,
+    "sim_duration_s": 120.0,
+    "slo_attainment": 1.0,
+    "ttft_p99": 0.1,
+    "tpot_p99": 0.01,
+    "api_share": 1.0,
+    "n_requests": 1200,
+}

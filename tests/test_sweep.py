@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import yaml
 from scipy import stats
 
 from sim import runner
-from sim.sweep import aggregate, best_job
+from sim.sweep import _value, aggregate, best_job, format_table, varying
 from tests.conftest import cfg
 
 pytestmark = pytest.mark.slow
@@ -161,7 +162,64 @@ def test_no_feasible_job_names_the_closest_miss(tmp_path):
 
 def test_every_job_failed(tmp_path):
     _fake_job(tmp_path, 0, ["gpu=h100"], None, "bad")
-    assert best_job(aggregate(tmp_path, plots=False)) == {"feasible": False, "reason": "every job failed", "jobs": 1}
+    _fake_job(tmp_path, 1, ["gpu=l40s"], None, "worse")
+    df = aggregate(tmp_path, plots=True)
+    assert best_job(df) == {"feasible": False, "reason": "every job failed", "jobs": 2}
+    for png in ("sweep_cost.png", "pareto.png"):  # the failures are drawn, not a crash
+        assert (tmp_path / "plots" / png).stat().st_size > 5_000
+    assert "FAILED: bad" in format_table(df)
+
+
+def test_job_directories_named_by_overrides_or_nested(tmp_path):
+    """`hydra.sweep.subdir` may name jobs by their overrides, or nest them."""
+    for name, replicas, cost in (("fleet.replicas=1", 1, 2.0), ("r2/1", 2, 1.0)):
+        job = tmp_path / name
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"fleet.replicas={replicas}"]))
+        (job / "summary.json").write_text(json.dumps(_summary(cost, True, 1.0)))
+    df = aggregate(tmp_path, plots=True)
+    assert sorted(df["job"]) == ["fleet.replicas=1", "r2/1"]
+    best = json.loads((tmp_path / "sweep_best.json").read_text())
+    assert best["job"] == "r2/1" and best["overrides"] == {"fleet.replicas": 2}
+
+
+def test_a_reused_sweep_directory_counts_only_this_sweeps_jobs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from sim.sweep import SweepCallback
+
+    _fake_job(tmp_path, 0, ["fleet.replicas=1"], _summary(1.0, True, 1.0))
+    _fake_job(tmp_path, 1, ["fleet.replicas=2"], _summary(2.0, True, 1.0))
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
+    callback = SweepCallback(plots=False)
+    callback.on_multirun_start(config)
+    # the new sweep has one job, 0, which fails: Hydra rewrites its overrides, the job its verdict
+    time.sleep(0.01)
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["fleet.replicas=-1"]))
+    (tmp_path / "0" / "summary.json").unlink()
+    (tmp_path / "0" / "error.txt").write_text("fleet.replicas=-1: must be >= 0\n")
+    callback.on_multirun_end(config)
+    df = pd.read_csv(tmp_path / "sweep.csv")
+    assert list(df["job"]) == [0] and list(df["status"]) == ["failed"]
+    assert json.loads((tmp_path / "sweep_best.json").read_text())["reason"] == "every job failed"
+
+
+def test_a_job_rerun_in_its_old_directory_leaves_no_earlier_verdict(tmp_path):
+    out = tmp_path / "sweep"
+    assert multirun(out, "fleet.replicas=1,2", cwd=tmp_path).returncode == 0
+    p = multirun(out, "fleet.replicas=-1", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == 1 and df.loc[0, "status"] == "failed" and "fleet.replicas" in df.loc[0, "error"]
+    assert not (out / "0" / "summary.json").exists()
+    assert "1 job directories left there by an earlier sweep" in p.stdout
+
+
+def test_override_values_quoted_or_null_are_read_as_values():
+    assert _value("'a,b'") == "a,b" and _value('"x"') == "x"
+    assert _value("null") is None and _value("30") == 30 and _value("0.5") == 0.5
+    df = pd.DataFrame({"job": [0, 1], "workload.duration_s": [None, 30], "gpu": ["h100", "h100"], "status": "ok"})
+    assert varying(df) == ["workload.duration_s"]
 
 
 # ----------------------------------------------------------------------------- replications
@@ -223,11 +281,48 @@ def test_feasibility_is_judged_at_the_pessimistic_end(monkeypatch):
     assert s["slo_met_seeds"] == pytest.approx(0.6)
 
 
-def test_seeds_must_be_distinct_non_negative_integers():
+@pytest.mark.parametrize("seeds", ["[1,1]", "[-1,2]", "[3]"])
+def test_seeds_must_be_two_or_more_distinct_non_negative_integers(seeds):
     from sim.errors import ConfigError
 
     with pytest.raises(ConfigError, match="seeds"):
-        runner.run(cfg("seeds=[1,1]"))
+        runner.run(cfg(f"seeds={seeds}"))
+
+
+def test_counts_some_seeds_lack_are_zero_there_and_intervals_use_the_seeds_that_measured(monkeypatch):
+    """`api_refusals.<reason>` exists only for seeds that had one; a seed that served nothing has
+    no latency percentile."""
+    refusals = iter([1, None, 5, None, 4])
+    ttft = iter([0.3, 0.5, float("nan"), 0.4, 0.6])
+
+    def fake_run_one(config, workload=None):
+        s = {
+            "total_cost": 1.0,
+            "cost_per_hour": 1.0,
+            "cost_per_mtok": 0.1,
+            "ttft_p99": next(ttft),
+            "tpot_p99": 0.02,
+            "slo_attainment": 1.0,
+            "ttft_slo_percentile": 0.3,
+            "tpot_slo_percentile": 0.02,
+            "slo_met": True,
+            "n_requests": 100,
+            "n_rejected": 0,
+            "wall_time_s": 0.1,
+            "gpu_hours_by_state": {"active": 1.0 + config.seed},
+        }
+        r = next(refusals)
+        if r is not None:
+            s["api_refusals.rpm"] = r
+        return runner.Result(config, s, pd.DataFrame({"id": [0]}), pd.DataFrame(), None)
+
+    monkeypatch.setattr(runner, "run_one", fake_run_one)
+    s = runner.run(cfg("seeds=[0,1,2,3,4]")).summary
+    assert s["api_refusals.rpm"] == pytest.approx(2.0)  # (1 + 0 + 5 + 0 + 4) / 5
+    assert s["ttft_p99"] == pytest.approx(0.45)  # the four seeds that measured it
+    half = stats.t.ppf(0.975, 3) * np.std([0.3, 0.5, 0.4, 0.6], ddof=1) / 2
+    assert (s["ttft_p99_ci_low"], s["ttft_p99_ci_high"]) == pytest.approx((0.45 - half, 0.45 + half))
+    assert s["gpu_hours_by_state"] == {"active": pytest.approx(3.0)}
 
 
 # ----------------------------------------------------------------------------- presets
