@@ -58,14 +58,15 @@ def format_summary(summary: dict, cfg: Config) -> str:
     s = summary
     slo = cfg.slo
     verdict = "MET" if s["slo_met"] else "MISSED"
-    gpus = "1 GPU" if s["gpus_per_replica"] == 1 else f"{s['gpus_per_replica']} GPUs"
+    tp = round(s["gpus_per_replica"])
+    gpus = "1 GPU" if tp == 1 else f"{tp} GPUs"
     f = cfg.fleet
     if f.autoscaler.name == "fixed":
         fleet = f"{f.replicas} replica{'' if f.replicas == 1 else 's'} x {gpus} {cfg.gpu.name}"
     else:
         fleet = (
             f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas x {gpus} {cfg.gpu.name} "
-            f"(mean {s['mean_replicas']:.2f}, peak {s['max_replicas']})"
+            f"(mean {s['mean_replicas']:.2f}, peak {_count(s['max_replicas'])})"
         )
     if cfg.api.enabled:
         fleet += f" + API ({cfg.api.name}, overflow {cfg.api.overflow})"
@@ -85,17 +86,24 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"100% = saturated), busy {s['gpu_busy']:.1%} of the time",
     ]
     if s.get("n_seeds"):
-        ttft = f"[{_fmt(s['ttft_p99_ci_low'], ' s')}, {_fmt(s['ttft_p99_ci_high'], ' s')}]"
-        att = f"[{s['slo_attainment_ci_low']:.1%}, {s['slo_attainment_ci_high']:.1%}]"
-        cost = f"[${s['total_cost_ci_low']:.2f}, ${s['total_cost_ci_high']:.2f}]"
+
+        def ci(key: str, fmt) -> str:
+            low, high = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
+            ok = all(v is not None and math.isfinite(v) for v in (low, high))
+            return f"[{fmt(low)}, {fmt(high)}]" if ok else "n/a"
+
+        ttft = ci("ttft_p99", lambda v: _fmt(v, " s"))
+        att = ci("slo_attainment", lambda v: f"{v:.1%}")
+        cost = ci("total_cost", lambda v: f"${v:.2f}")
         lines += [
             f"  seeds      {s['n_seeds']}: means above; 95% intervals: TTFT p99 {ttft}, attainment {att}, cost {cost}",
             f"             SLO {verdict} at the intervals' pessimistic end; "
             f"met by {s['slo_met_seeds']:.0%} of the seeds alone",
         ]
-    if not s["slo_met"] and s["n_gpu"] > 0 and s["ttft_p50"] > slo.ttft_s:
+    queue = s.get("queue_mean")
+    if not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > slo.ttft_s:
         lines.append(
-            "  note       most requests wait longer than the TTFT SLO: the fleet is overloaded; add replicas "
+            "  note       requests queue longer than the TTFT SLO on average: the fleet is overloaded; add replicas "
             "(fleet.replicas), lower the load or let an API take the overflow (api=default)"
         )
     classes = sorted({k.split(".", 1)[1] for k in s if k.startswith("slo_attainment.")})
@@ -126,6 +134,10 @@ def _task(node):  # the Hydra task function
     multirun = hc.mode == RunMode.MULTIRUN
     for stale in ("summary.json", "error.txt"):  # a reused directory: no earlier run's verdict survives
         (out / stale).unlink(missing_ok=True)
+    if multirun:
+        from sim.sweep import stamp
+
+        stamp(out, Path(hc.sweep.dir))  # this job belongs to the sweep that is running
     try:
         result = run(node)
     except UserError as exc:

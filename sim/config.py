@@ -323,7 +323,8 @@ def not_found(path) -> str:
     p = Path(str(path)).expanduser()
     if p.is_absolute():
         return "file not found"
-    return f"file not found (looked in {Path.cwd()} and {Path(conf_dir()).resolve().parent})"
+    places = dict.fromkeys([str(Path.cwd()), str(Path(conf_dir()).resolve().parent)])
+    return f"file not found (looked in {' and '.join(places)})"
 
 
 def options(group: str) -> list[str]:

@@ -451,12 +451,17 @@ def _finish(cfg: Config, df: pd.DataFrame) -> pd.DataFrame:
     df["cost_per_month"] = df["cost_per_hour"] * HOURS_PER_MONTH
     df["slo_met"] = df["slo_met"].astype(object).where(df["slo_met"].notna(), False).astype(bool)
     # a hybrid whose baseline served nothing is the API plus idle GPUs: shown, never recommended
-    idle = (df["strategy"] == "hybrid") & (df["api_share"] >= 1.0)
+    idle = idle_baseline(df)
     df.loc[idle, "note"] = "the GPU baseline served no request: every one went to the API"
     df["rank"] = np.nan
     ok = _by_cost(df[df["slo_met"] & df["strategy"].isin(RANKED) & df["cost_per_hour"].notna() & ~idle])
     df.loc[ok.index, "rank"] = np.arange(1, len(ok) + 1)
     return df
+
+
+def idle_baseline(df: pd.DataFrame) -> pd.Series:
+    """Hybrids whose GPU baseline served no request (every one went to the API)."""
+    return (df["strategy"] == "hybrid") & (df["api_share"] >= 1.0)
 
 
 RANKED = ("fixed", "autoscaled", "hybrid", "pure API")
@@ -539,7 +544,14 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
     ]
     if best.empty:
         lines += ["**No candidate meets the SLO.** The closest:", ""]
-        ran = df[df["strategy"].isin(RANKED) & df["total_cost"].notna()]
+        ran = df[df["strategy"].isin(RANKED) & df["total_cost"].notna() & ~idle_baseline(df)]
+        idle = int(idle_baseline(df).sum())
+        if idle:
+            lines += [
+                f"({idle} hybrid run(s) whose GPU baseline served no request, everything overflowing to the API, "
+                "are not counted: they are the API plus idle GPUs.)",
+                "",
+            ]
         if not ran.empty:
             near = ran.sort_values("slo_attainment", ascending=False).head(5)
             lines += _table(near)
@@ -661,7 +673,7 @@ def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
             ("dedicated", ("fixed", "autoscaled")),
             ("hybrid", ("hybrid",)),
         ):
-            mine = df[df["strategy"].isin(strategies) & df["cost_per_hour"].notna()]
+            mine = df[df["strategy"].isin(strategies) & df["cost_per_hour"].notna() & ~idle_baseline(df)]
             ok = mine[mine["rank"].notna()]
             pick = (
                 ok.sort_values("cost_per_hour", kind="stable").head(1)
@@ -679,7 +691,7 @@ def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
                     "tokens_per_day": r["tokens"] / span * 86_400,
                     "option": kind,
                     "choice": describe(r),
-                    "slo_met": bool(r["slo_met"]),
+                    "slo_met": bool(pd.notna(r["rank"])),
                     "cost_per_mtok": r["cost_per_mtok"],
                     "cost_per_month": r["cost_per_month"],
                     "slo_attainment": r["slo_attainment"],

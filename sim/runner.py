@@ -112,10 +112,11 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
 
     results = [run_one(dataclasses.replace(cfg, seed=s, seeds=None), workload) for s in cfg.seeds]
     summaries = [r.summary for r in results]
-    # counts a seed reports only when they happened (api_refusals.<reason>) are 0 in the others
+    # counts a seed reports only when they happened (api_refusals.<reason>, the requests of a
+    # class that sent none) are 0 in the others; a missing latency or attainment stays missing
     keys = list(dict.fromkeys(k for s in summaries for k in s))
     for s in summaries:
-        s.update({k: 0 for k in keys if k not in s and k.startswith("api_refusals.")})
+        s.update({k: 0 for k in keys if k not in s and k.split(".", 1)[0] in COUNTS})
     per_seed = pd.DataFrame([{"seed": seed, **s} for seed, s in zip(cfg.seeds, summaries, strict=True)])
     summary = {key: _mean([s.get(key) for s in summaries]) for key in keys}
     for key in INTERVAL_KEYS:
@@ -150,6 +151,9 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
         spans=first.spans,
         per_seed=per_seed,
     )
+
+
+COUNTS = ("api_refusals", "n_requests", "n_gpu", "n_api", "n_rejected")
 
 
 def interval(values) -> tuple[float, float]:

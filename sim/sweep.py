@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +51,45 @@ def job_dirs(sweep_dir: Path) -> dict[Path, int]:
     return found
 
 
-def read_jobs(sweep_dir: Path, before: dict[Path, int] | None = None) -> pd.DataFrame:
+MARK = ".fleetsim_sweep"  # the sweep's mark, in the sweep directory and copied into each job's
+
+
+def begin(sweep_dir: Path) -> str:
+    """Mark the start of a sweep in its directory (the jobs copy the mark into theirs)."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    mark = f"{time.time_ns()}-{os.getpid()}"
+    (sweep_dir / MARK).write_text(mark + "\n")
+    return mark
+
+
+def stamp(job_dir: Path, sweep_dir: Path) -> None:
+    """In a job: copy the sweep's mark into the job's directory."""
+    mark = sweep_dir / MARK
+    if mark.is_file():
+        (job_dir / MARK).write_text(mark.read_text())
+
+
+def _mark(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def read_jobs(sweep_dir: Path, before: dict[Path, int] | None = None, mark: str | None = None) -> pd.DataFrame:
     """One row per job. `before`: the job directories (and override times) that existed when the
-    sweep started; those the sweep did not rewrite are left from an earlier sweep and skipped."""
+    sweep started, and `mark` the sweep's mark: a job of this sweep carries the mark, or (if it
+    died before it could copy it) had its overrides rewritten; the others are left from an
+    earlier sweep and skipped."""
     import yaml
 
     sweep_dir = Path(sweep_dir)
     rows = []
-    jobs = [j for j, t in job_dirs(sweep_dir).items() if before is None or before.get(j) != t]
+    jobs = [
+        j
+        for j, t in job_dirs(sweep_dir).items()
+        if before is None or before.get(j) != t or (mark is not None and _mark(j / MARK) == mark)
+    ]
     names = {j: j.relative_to(sweep_dir).as_posix() for j in jobs}
     for job in sorted(jobs, key=lambda j: (not names[j].isdigit(), len(names[j]), names[j])):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
@@ -65,16 +98,20 @@ def read_jobs(sweep_dir: Path, before: dict[Path, int] | None = None) -> pd.Data
         for item in overrides:
             key, _, value = str(item).lstrip("+~").partition("=")
             row[key] = _value(value)
-        summary = job / "summary.json"
-        if summary.is_file():
+        summary, error = job / "summary.json", job / "error.txt"
+        try:
+            values = json.loads(summary.read_text()) if summary.is_file() else None
+            unreadable = ""
+        except (OSError, ValueError) as exc:  # a job killed while writing it
+            values, unreadable = None, f"summary.json unreadable: {exc}"
+        if values is not None:
             row["status"] = "ok"
             row["error"] = ""
-            row.update(json.loads(summary.read_text()))
+            row.update(values)
         else:
-            error = job / "error.txt"
-            line = error.read_text().strip().splitlines()[0] if error.is_file() and error.read_text().strip() else ""
+            text = error.read_text().strip() if error.is_file() else ""
             row["status"] = "failed"
-            row["error"] = line or "no summary.json: the job did not finish"
+            row["error"] = (text.splitlines()[0] if text else unreadable) or "no summary.json: the job did not finish"
         row["dir"] = str(job)
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -142,9 +179,11 @@ def _plain(value):
     return value
 
 
-def aggregate(sweep_dir: str | Path, *, plots: bool = True, before: dict[Path, int] | None = None) -> pd.DataFrame:
+def aggregate(
+    sweep_dir: str | Path, *, plots: bool = True, before: dict[Path, int] | None = None, mark: str | None = None
+) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
-    df = read_jobs(sweep_dir, before)
+    df = read_jobs(sweep_dir, before, mark)
     if df.empty:
         return df
     df.to_csv(sweep_dir / "sweep.csv", index=False)
@@ -192,17 +231,19 @@ class SweepCallback(Callback):  # type: ignore[misc]
     def __init__(self, plots: bool = True):
         self.plots = plots
         self.before: dict[Path, int] = {}
+        self.mark: str | None = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
         # a sweep directory used before keeps the earlier jobs: remember them, to count only ours
         sweep_dir = Path(config.hydra.sweep.dir)
         self.before = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
+        self.mark = begin(sweep_dir)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        df = aggregate(sweep_dir, plots=self.plots, before=self.before)
+        df = aggregate(sweep_dir, plots=self.plots, before=self.before, mark=self.mark)
         if df.empty:
             return
         best = json.loads((sweep_dir / "sweep_best.json").read_text())

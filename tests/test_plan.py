@@ -361,6 +361,19 @@ def test_a_hybrid_whose_baseline_served_nothing_is_never_recommended():
     assert "served no request" in df.loc[0, "note"]
 
 
+def test_breakeven_never_counts_a_hybrid_whose_baseline_served_nothing(monkeypatch):
+    c = cfg(*SMALL)
+    base = {"gpu": "h100", "tp": 1, "slo_met": True, **_FAKE}
+    rows = [
+        {**base, "gpu": "none", "tp": 0, "strategy": "pure API", "replicas": 0},
+        {**base, "strategy": "hybrid", "replicas": 1, "margin": 0.7, "gpu_cost": 0.01, "api_share": 1.0},
+        {**base, "strategy": "fixed", "replicas": 1, "gpu_cost": 0.5, "api_cost": 0.0, "api_share": 0.0},
+    ]
+    monkeypatch.setattr(planner, "plan_many", lambda cfgs, q: [planner._finish(x, pd.DataFrame(rows)) for x in cfgs])
+    df = planner.breakeven(c, planner.PlanConfig(volumes=[1.0, 2.0]))
+    assert set(df["option"]) == {"API", "dedicated"}  # no hybrid: the only one served nothing on GPUs
+
+
 def test_api_only_plans_skip_the_sizing_search(monkeypatch):
     calls = []
     monkeypatch.setattr(planner, "search_fixed", lambda *a: calls.append(a))

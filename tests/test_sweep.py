@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -186,16 +186,21 @@ def test_job_directories_named_by_overrides_or_nested(tmp_path):
 def test_a_reused_sweep_directory_counts_only_this_sweeps_jobs(tmp_path):
     from omegaconf import OmegaConf
 
-    from sim.sweep import SweepCallback
+    from sim.sweep import SweepCallback, stamp
 
     _fake_job(tmp_path, 0, ["fleet.replicas=1"], _summary(1.0, True, 1.0))
     _fake_job(tmp_path, 1, ["fleet.replicas=2"], _summary(2.0, True, 1.0))
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}})
     callback = SweepCallback(plots=False)
     callback.on_multirun_start(config)
-    # the new sweep has one job, 0, which fails: Hydra rewrites its overrides, the job its verdict
-    time.sleep(0.01)
-    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["fleet.replicas=-1"]))
+    # the new sweep has one job, 0, which fails: Hydra rewrites its overrides, the job stamps the
+    # sweep's mark and writes its verdict. The file system's clock is coarse (1-2 s on some): the
+    # rewritten overrides keep the old time, and the mark alone tells the job belongs here
+    overrides = tmp_path / "0" / ".hydra" / "overrides.yaml"
+    old = overrides.stat().st_mtime_ns
+    overrides.write_text(yaml.safe_dump(["fleet.replicas=-1"]))
+    os.utime(overrides, ns=(old, old))
+    stamp(tmp_path / "0", tmp_path)
     (tmp_path / "0" / "summary.json").unlink()
     (tmp_path / "0" / "error.txt").write_text("fleet.replicas=-1: must be >= 0\n")
     callback.on_multirun_end(config)
@@ -213,6 +218,14 @@ def test_a_job_rerun_in_its_old_directory_leaves_no_earlier_verdict(tmp_path):
     assert len(df) == 1 and df.loc[0, "status"] == "failed" and "fleet.replicas" in df.loc[0, "error"]
     assert not (out / "0" / "summary.json").exists()
     assert "1 job directories left there by an earlier sweep" in p.stdout
+
+
+def test_a_summary_cut_short_by_a_killed_job_marks_it_failed(tmp_path):
+    _fake_job(tmp_path, 0, ["fleet.replicas=1"], _summary(1.0, True, 1.0))
+    _fake_job(tmp_path, 1, ["fleet.replicas=2"], None)
+    (tmp_path / "1" / "summary.json").write_text('{"total_cost": 1.')
+    df = aggregate(tmp_path, plots=False)
+    assert list(df["status"]) == ["ok", "failed"] and "unreadable" in df.loc[1, "error"]
 
 
 def test_override_values_quoted_or_null_are_read_as_values():
@@ -312,13 +325,17 @@ def test_counts_some_seeds_lack_are_zero_there_and_intervals_use_the_seeds_that_
             "gpu_hours_by_state": {"active": 1.0 + config.seed},
         }
         r = next(refusals)
-        if r is not None:
+        if r is not None:  # these seeds also drew requests of a rare class
             s["api_refusals.rpm"] = r
+            s["n_requests.rare"] = 2
+            s["slo_attainment.rare"] = 0.5
         return runner.Result(config, s, pd.DataFrame({"id": [0]}), pd.DataFrame(), None)
 
     monkeypatch.setattr(runner, "run_one", fake_run_one)
     s = runner.run(cfg("seeds=[0,1,2,3,4]")).summary
     assert s["api_refusals.rpm"] == pytest.approx(2.0)  # (1 + 0 + 5 + 0 + 4) / 5
+    assert s["n_requests.rare"] == pytest.approx(1.2)  # 2 in three seeds of five, none in two
+    assert s["slo_attainment.rare"] == pytest.approx(0.5)  # measured by the three that had some
     assert s["ttft_p99"] == pytest.approx(0.45)  # the four seeds that measured it
     half = stats.t.ppf(0.975, 3) * np.std([0.3, 0.5, 0.4, 0.6], ddof=1) / 2
     assert (s["ttft_p99_ci_low"], s["ttft_p99_ci_high"]) == pytest.approx((0.45 - half, 0.45 + half))
