@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from sim.config import LengthConfig, PairsConfig, resolve_path
+from sim.config import LengthConfig, PairsConfig, not_found, resolve_path
 from sim.errors import ConfigError, TraceError
 
 Z99 = 2.3263478740408408  # standard normal 99th percentile
@@ -81,7 +81,7 @@ def _frame(path: str, key: str) -> pd.DataFrame:
     try:
         return pd.read_parquet(real) if real.endswith(".parquet") else pd.read_csv(real)
     except FileNotFoundError:
-        raise ConfigError(key, path, "file not found") from None
+        raise ConfigError(key, path, not_found(path)) from None
     except Exception as exc:
         raise ConfigError(key, path, f"cannot read lengths table: {str(exc).splitlines()[0]}") from None
 

@@ -266,7 +266,7 @@ def cost_rates(gpu_cost, sim_duration_s, api_cost, tokens, span: float):
         np.asarray(x, dtype=float) for x in (gpu_cost, sim_duration_s, api_cost, tokens)
     )
     with np.errstate(divide="ignore", invalid="ignore"):
-        gpu_rate = np.where(sim_duration_s > 0, gpu_cost / np.where(sim_duration_s > 0, sim_duration_s, 1), 0.0)
+        gpu_rate = np.where(sim_duration_s > 0, gpu_cost / sim_duration_s, 0.0)
         per_hour = (gpu_rate + api_cost / span) * 3600
         per_mtok = np.where(tokens > 0, per_hour / (tokens / span * 3600) * 1e6, np.nan)
     return per_hour, per_mtok

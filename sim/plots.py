@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from sim.sweep import distinct
+
 if TYPE_CHECKING:
     from sim.runner import Result
 
@@ -70,15 +72,21 @@ def latency_cdf(result: Result, path: Path) -> None:
     _save(fig, path)
 
 
+def _over_time(ts, height: float):
+    """Three panels over simulated minutes, the top one with the arrival rate drawn."""
+    minutes = (ts["time_s"] + ts["interval_s"] / 2) / 60
+    fig = Figure(figsize=(12.5, height))
+    axes = fig.subplots(3, 1, sharex=True)
+    axes[0].plot(minutes, ts["arrivals"] / ts["interval_s"], label="arrivals/s", color="#1f77b4")
+    return minutes, fig, axes
+
+
 def timeline(result: Result, path: Path) -> None:
     ts = result.timeseries
     if ts.empty:
         return
-    minutes = (ts["time_s"] + ts["interval_s"] / 2) / 60
-    fig = Figure(figsize=(12.5, 7.5))
-    axes = fig.subplots(3, 1, sharex=True)
+    minutes, fig, axes = _over_time(ts, 7.5)
     ax = axes[0]
-    ax.plot(minutes, ts["arrivals"] / ts["interval_s"], label="arrivals/s", color="#1f77b4")
     ax.plot(minutes, ts["completions"] / ts["interval_s"], label="completions/s", color="#2ca02c", alpha=0.8)
     ax.set_ylabel("requests/s")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
@@ -124,11 +132,8 @@ def fleet(result: Result, path: Path) -> None:
     ts = result.timeseries
     if ts.empty:
         return
-    minutes = (ts["time_s"] + ts["interval_s"] / 2) / 60
-    fig = Figure(figsize=(12.5, 8))
-    axes = fig.subplots(3, 1, sharex=True)
+    minutes, fig, axes = _over_time(ts, 8)
     ax = axes[0]
-    ax.plot(minutes, ts["arrivals"] / ts["interval_s"], label="arrivals/s", color="#1f77b4")
     if ts["api_started"].any():
         ax.fill_between(
             minutes, 0, ts["api_started"] / ts["interval_s"], color="#d62728", alpha=0.35, label="sent to the API/s"
@@ -230,7 +235,7 @@ def _numeric(series) -> bool:
 
 def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
     """Total cost against the swept parameter (one line per combination of the others)."""
-    varying = [k for k in keys if df[k].map(repr).nunique() > 1] or keys[:1] or ["job"]
+    varying = [k for k in keys if distinct(df[k]) > 1] or keys[:1] or ["job"]
     x_key = next((k for k in varying if _numeric(df[k])), varying[0])
     others = [k for k in varying if k != x_key]
     fig = Figure(figsize=(10, 5.5))
@@ -291,7 +296,7 @@ def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
         front = ok.sort_values(["ttft_p99", "total_cost"])
         front = front[front["total_cost"] < front["total_cost"].cummin().shift(fill_value=np.inf)]
         ax.step(front["ttft_p99"], front["total_cost"], where="post", color="#1f77b4", label="frontier")
-        varying = [k for k in keys if df[k].map(repr).nunique() > 1]
+        varying = [k for k in keys if distinct(df[k]) > 1]
         for _, row in ok.iterrows():
             ax.annotate(
                 _label(row, varying),

@@ -40,15 +40,12 @@ def _value(text: str):
     return {"true": True, "false": False, "null": None, "none": None}.get(text.lower(), text)
 
 
-def job_dirs(sweep_dir: Path) -> dict[Path, int]:
+def job_dirs(sweep_dir: Path) -> list[Path]:
     """Every job directory under the sweep directory (at any depth: `hydra.sweep.subdir` may
-    nest), with the time its overrides were written (nanoseconds)."""
+    nest)."""
     sweep_dir = Path(sweep_dir)
-    found = {}
-    for f in sweep_dir.rglob("overrides.yaml"):
-        if f.parent.name == ".hydra" and f.parent.parent != sweep_dir:
-            found[f.parent.parent] = f.stat().st_mtime_ns
-    return found
+    found = (f.parent.parent for f in sweep_dir.rglob("overrides.yaml") if f.parent.name == ".hydra")
+    return [j for j in found if j != sweep_dir]
 
 
 MARK = ".fleetsim_sweep"  # the sweep's mark, in the sweep directory and copied into each job's
@@ -76,20 +73,14 @@ def _mark(path: Path) -> str | None:
         return None
 
 
-def read_jobs(sweep_dir: Path, before: dict[Path, int] | None = None, mark: str | None = None) -> pd.DataFrame:
-    """One row per job. `before`: the job directories (and override times) that existed when the
-    sweep started, and `mark` the sweep's mark: a job of this sweep carries the mark, or (if it
-    died before it could copy it) had its overrides rewritten; the others are left from an
-    earlier sweep and skipped."""
+def read_jobs(sweep_dir: Path, mark: str | None = None) -> pd.DataFrame:
+    """One row per job. With the sweep's `mark`, only the jobs that carry it: the others were
+    left in the directory by an earlier sweep."""
     import yaml
 
     sweep_dir = Path(sweep_dir)
     rows = []
-    jobs = [
-        j
-        for j, t in job_dirs(sweep_dir).items()
-        if before is None or before.get(j) != t or (mark is not None and _mark(j / MARK) == mark)
-    ]
+    jobs = [j for j in job_dirs(sweep_dir) if mark is None or _mark(j / MARK) == mark]
     names = {j: j.relative_to(sweep_dir).as_posix() for j in jobs}
     for job in sorted(jobs, key=lambda j: (not names[j].isdigit(), len(names[j]), names[j])):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
@@ -179,11 +170,9 @@ def _plain(value):
     return value
 
 
-def aggregate(
-    sweep_dir: str | Path, *, plots: bool = True, before: dict[Path, int] | None = None, mark: str | None = None
-) -> pd.DataFrame:
+def aggregate(sweep_dir: str | Path, *, plots: bool = True, mark: str | None = None) -> pd.DataFrame:
     sweep_dir = Path(sweep_dir)
-    df = read_jobs(sweep_dir, before, mark)
+    df = read_jobs(sweep_dir, mark)
     if df.empty:
         return df
     df.to_csv(sweep_dir / "sweep.csv", index=False)
@@ -230,20 +219,17 @@ class SweepCallback(Callback):  # type: ignore[misc]
 
     def __init__(self, plots: bool = True):
         self.plots = plots
-        self.before: dict[Path, int] = {}
         self.mark: str | None = None
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        # a sweep directory used before keeps the earlier jobs: remember them, to count only ours
-        sweep_dir = Path(config.hydra.sweep.dir)
-        self.before = job_dirs(sweep_dir) if sweep_dir.is_dir() else {}
-        self.mark = begin(sweep_dir)
+        # a sweep directory used before keeps the earlier jobs: the mark tells ours apart
+        self.mark = begin(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        df = aggregate(sweep_dir, plots=self.plots, before=self.before, mark=self.mark)
+        df = aggregate(sweep_dir, plots=self.plots, mark=self.mark)
         if df.empty:
             return
         best = json.loads((sweep_dir / "sweep_best.json").read_text())

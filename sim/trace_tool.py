@@ -255,11 +255,9 @@ def _load(args) -> tuple[str, dict]:
             "block_tokens": wl.block_tokens,
             "start_weekday": wl.start_weekday,
         }
-    from sim.config import not_found, resolve_path
-    from sim.traces import TraceError, read_trace
+    from sim.config import resolve_path
+    from sim.traces import read_trace
 
-    if not resolve_path(args.path).exists():
-        raise TraceError(args.path, not_found(args.path))
     opts = {"keep_failed": args.keep_failed, "sort": args.sort, "time_unit": args.time_unit}
     if args.columns:
         opts["columns"] = dict(kv.split("=", 1) for kv in args.columns)

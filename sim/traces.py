@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sim.config import not_found
 from sim.errors import TraceError
 
 log = logging.getLogger("sim.traces")
@@ -73,7 +74,7 @@ def _read_table(path: str, kind: str) -> tuple[pd.DataFrame, Where]:
             return pd.read_parquet(path), Where(path, None)
         return pd.read_csv(path, skipinitialspace=True), Where(path, 2)
     except FileNotFoundError:
-        raise TraceError(path, "file not found") from None
+        raise TraceError(path, not_found(path)) from None
     except Exception as exc:  # parser errors: pandas names the line in its message
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TraceError(path, f"cannot read as {kind}: {first}") from None
@@ -187,7 +188,7 @@ def read_mooncake(path: str, opts: dict) -> Trace:
     try:
         table = pj.read_json(path)
     except FileNotFoundError:
-        raise TraceError(path, "file not found") from None
+        raise TraceError(path, not_found(path)) from None
     except (pa.ArrowInvalid, pa.ArrowTypeError):
         raise _bad_json_line(path) from None
     where = Where(path, 1)
