@@ -53,7 +53,7 @@ else:
     print(json.dumps({
         "n": s["n_requests"], "wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "events_per_request": s["engine_events"] / s["n_requests"], "iterations": s["iterations"],
-        "gpu_utilization": s["gpu_utilization"], "gpu_busy": s["gpu_busy"], "ttft_p99": s["ttft_p99"],
+        "engine_occupancy": s["engine_occupancy"], "gpu_busy": s["gpu_busy"], "ttft_p99": s["ttft_p99"],
         "slo_attainment": s["slo_attainment"],
     }))
 """

@@ -81,10 +81,18 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"  SLO        {verdict}: attainment {s['slo_attainment']:.1%} (target {slo.attainment:.0%}, "
         f"p{slo.percentile:g})",
         f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}), "
-        f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour",
-        f"  engine     occupancy {s['gpu_utilization']:.1%} (busiest of batch slots, token budget, KV cache; "
-        f"100% = saturated), busy {s['gpu_busy']:.1%} of the time",
+        f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour "
+        f"(${s['cost_per_month']:,.0f}/month)",
+        f"  GPUs       load {s['gpu_utilization']:.1%} of capacity ({_fmt(s['replica_capacity_rps'])} req/s per "
+        f"replica saturated, this token mix); engine occupancy {s['engine_occupancy']:.1%}, "
+        f"busy {s['gpu_busy']:.1%} of the time",
     ]
+    if s.get("api_cap_exceeded"):
+        lines.append(
+            f"  API cap    EXCEEDED: this traffic spends ${s['api_cost_per_month']:,.0f}/month on the API, over the "
+            f"tier's ${s['api_monthly_cap']:,.0f}/month cap (api.monthly_cap_usd): the API would refuse requests "
+            "once the month's cap is spent"
+        )
     if s.get("n_seeds"):
 
         def ci(key: str, fmt) -> str:
@@ -100,6 +108,17 @@ def format_summary(summary: dict, cfg: Config) -> str:
             f"             SLO {verdict} at the intervals' pessimistic end; "
             f"met by {s['slo_met_seeds']:.0%} of the seeds alone",
         ]
+        how = s.get("replication", "seeds")
+        if how == "block bootstrap":
+            lines.append(
+                f"             replications resample the trace in blocks of {cfg.workload.bootstrap_block_s:g} s "
+                "(block bootstrap): the intervals show how much the answer depends on which stretches of traffic come"
+            )
+        elif how.startswith("fixed trace"):
+            lines.append(
+                "             the trace is replayed as it is in every replication: the intervals show only the "
+                "simulator's own randomness, not the traffic's (set workload.bootstrap_block_s to resample it)"
+            )
     queue = s.get("queue_mean")
     if not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > slo.ttft_s:
         lines.append(
@@ -260,27 +279,29 @@ def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
 
     from sim import plan as planner
 
-    out = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
     try:
         cfg, p = planner.split_config(node)
         planner.validate_plan(p)
-        planner.validate_scenario(cfg, p)
+        gpus = planner.gpu_options(cfg, p, _gpu_loader(list(hc.overrides.task)))
+        planner.validate_scenario(cfg, p, gpus)
     except UserError as exc:
         _discard_empty_run_dir(out)
         print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     t0 = time.perf_counter()
     if p.mode == "breakeven":
-        df = planner.breakeven(cfg, p)
-        cross = planner.crossovers(df)
-        planner.save_breakeven(out, cfg, df, cross, plots=cfg.output.plots)
-        print(planner.breakeven_report(cfg, df, cross).rstrip())
+        df = planner.breakeven(cfg, p, gpus)
+        cross, cross_no_ops = planner.crossovers(df), planner.crossovers(df, with_ops=False)
+        planner.save_breakeven(out, cfg, df, cross, plots=cfg.output.plots, cross_no_ops=cross_no_ops)
+        print(planner.breakeven_report(cfg, df, cross, cross_no_ops).rstrip())
         print(
             f"\n{int(df.drop_duplicates('volume')['runs'].sum())} simulations in {time.perf_counter() - t0:.0f} s; "
             f"breakeven.csv, breakeven.md, breakeven.json and plots/ in {out}"
         )
         return
-    df = planner.plan(cfg, p)
+    df = planner.plan(cfg, p, gpus)
     wall = time.perf_counter() - t0
     planner.save_plan(out, cfg, p, df, wall, plots=cfg.output.plots)
     print(
@@ -292,10 +313,39 @@ def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
     print(f"  plan.csv, plan.md and plots/ in {out}")
 
 
+def _gpu_loader(overrides: list[str]):
+    """Each GPU option of a plan composed as `fleetsim gpu=<option> <the same overrides>` would be:
+    the command line's gpu.* values reach every option, and options come from every config dir on
+    Hydra's search path (--config-dir), not only the packaged ones."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+
+    from sim.errors import ConfigError
+    from sim.plan import split_config
+
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("gpu=", "plan.", "plan=", "hydra"))]
+
+    def load(name: str):
+        try:
+            node = hydra_compose(config_name="plan", overrides=[*keep, f"gpu={name}"])
+        except HydraException as exc:
+            raise ConfigError("plan.gpus", name, _one_line(exc)) from None
+        return split_config(node)[0].gpu
+
+    return load
+
+
 def plan_main(argv: Sequence[str] | None = None) -> None:
     """`fleetsim-plan`: the cheapest provisioning meeting the SLO (mode=plan) or the API /
     dedicated / hybrid break-even across volumes (mode=breakeven)."""
-    _launch(_plan_task, "plan", argv, "fleetsim-plan")
+    args = list(sys.argv[1:] if argv is None else argv)
+    # a mapping given whole replaces the (empty) default: Hydra would merge it key by key into a
+    # struct node and refuse every new key, so it is forced in
+    args = [f"++{a}" if a.startswith(DICT_KEYS) else a for a in args]
+    _launch(_plan_task, "plan", args, "fleetsim-plan")
+
+
+DICT_KEYS = ("plan.prices=",)
 
 
 if __name__ == "__main__":

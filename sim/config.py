@@ -103,6 +103,9 @@ class WorkloadConfig(SourceConfig):
     load_scale: float = 1.0  # requests thinned (<1) or replicated (>1), time shape kept
     prompt_scale: float = 1.0  # multiply every prompt length
     output_scale: float = 1.0  # multiply every output length
+    # replications (seeds) of a trace replay: each seed replays a block bootstrap of the trace,
+    # blocks of this many seconds drawn with replacement (null: replay the trace as it is)
+    bootstrap_block_s: float | None = 300.0
 
 
 @dataclass
@@ -523,6 +526,8 @@ def validate_workload(w: WorkloadConfig) -> None:
         _positive(getattr(w, k), f"workload.{k}")
     if w.loop:
         _check(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
+    if w.bootstrap_block_s is not None:
+        _positive(w.bootstrap_block_s, "workload.bootstrap_block_s")
 
 
 def _nonneg(value: float | None, key: str) -> None:

@@ -21,6 +21,7 @@ import pandas as pd
 from sim.config import PricingConfig
 
 FULL_RATE = ("provisioning", "active", "waking", "draining")
+HOURS_PER_MONTH = 730.0  # 365 x 24 / 12: every "per month" figure (ops cost, projections, API caps)
 STATES = ("provisioning", "active", "idle", "sleeping", "waking", "draining")
 
 
@@ -115,7 +116,12 @@ def fleet_costs(
     sleep_fraction: float,
     horizon_s: float,
     idle: dict[int, float] | None = None,
+    *,
+    runs_gpus: bool = True,
 ) -> tuple[dict, pd.DataFrame]:
+    """GPU bills and the cost lines of a run over `horizon_s` seconds. Operations overhead is
+    charged only to a fleet that runs GPUs (`runs_gpus`): an API-only option has no platform to
+    operate."""
     bills = replica_bills(spans, pricing, price, sleep_fraction, idle)
     spot = float(bills.loc[bills.kind == "spot", "cost"].sum()) if len(bills) else 0.0
     on_demand = float(bills.loc[bills.kind == "on_demand", "cost"].sum()) if len(bills) else 0.0
@@ -126,7 +132,7 @@ def fleet_costs(
         used = float((od["weighted_s"] * od["gpus"]).sum()) if len(od) else 0.0
         on_demand = max(0.0, used - covered) / 3600.0 * price  # the excess, per second: no rounding
         reserved = pricing.reserved_gpus * price * pricing.reserved_fraction * horizon_s / 3600.0
-    ops = pricing.ops_cost_per_month * horizon_s / (30 * 86_400.0)
+    ops = ops_cost(pricing, horizon_s) if runs_gpus else 0.0
     hours = {k: float(bills[f"{k}_s"].mul(bills.gpus).sum()) / 3600.0 if len(bills) else 0.0 for k in STATES}
     hours["active"] -= hours["idle"]  # "active" spans include the idle time; report it apart
     costs = {
@@ -138,3 +144,8 @@ def fleet_costs(
         **{f"gpu_hours.{k}": v for k, v in hours.items()},
     }
     return costs, bills
+
+
+def ops_cost(pricing: PricingConfig, horizon_s: float) -> float:
+    """`ops_cost_per_month` prorated over `horizon_s` (a month is HOURS_PER_MONTH hours)."""
+    return pricing.ops_cost_per_month * horizon_s / (HOURS_PER_MONTH * 3600.0)

@@ -768,7 +768,7 @@ SAMPLE_COLUMNS = (
     "queued",
     "running",
     "kv_util",
-    "gpu_utilization",
+    "engine_occupancy",
     "gpu_busy",
     *(f"replicas_{s}" for s in STATES),
     "api_started",

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sim.config import Config
+from sim.cost import HOURS_PER_MONTH
 from sim.fleet import REASON_NAMES, ROUTE_API, ROUTE_GPU, ROUTE_NAMES, ROUTE_REJECTED, Records
 from sim.workload import Workload
 
@@ -104,6 +105,9 @@ def summarize(
     gpu_cost: float,
     api_cost: float,
     ops_cost: float = 0.0,
+    other_costs: dict[str, float] | None = None,
+    arrival_span_s: float | None = None,
+    capacity_rps: float = math.nan,
     mean_replicas: float = 0.0,
     max_replicas: int = 0,
     class_slo: dict | None = None,
@@ -129,11 +133,23 @@ def summarize(
     )
     in_tok = int(df["prompt_tokens"].to_numpy()[served].sum())
     out_tok = int(df["output_tokens"].to_numpy()[served].sum())
-    total_cost = gpu_cost + api_cost + ops_cost
+    others = other_costs or {}
+    total_cost = gpu_cost + api_cost + ops_cost + sum(others.values())
     tokens = in_tok + out_tok
+    span = arrival_span_s if arrival_span_s and arrival_span_s > 0 else sim_duration_s
+    per_hour = cost_rate(gpu_cost + ops_cost + sum(others.values()), sim_duration_s, api_cost, span)
+    n_gpu = int((route == "gpu").sum())
+    gpu_rows = route == "gpu"
+    # load against capacity: GPU-served requests per replica-second over one replica's saturation
+    # throughput for the same token mix (mean_replicas counts every replica that exists)
+    replica_s = mean_replicas * sim_duration_s
+    if n_gpu and replica_s > 0 and capacity_rps > 0:
+        load = n_gpu / (replica_s * capacity_rps)
+    else:
+        load = 0.0
     summary = {
         "n_requests": n,
-        "n_gpu": int((route == "gpu").sum()),
+        "n_gpu": n_gpu,
         "n_api": int((route == "api").sum()),
         "n_rejected": int((route == "rejected").sum()),
         "ttft_p50": _pct(ttft, 50),
@@ -152,7 +168,7 @@ def summarize(
         "cost_per_mtok": total_cost / tokens * 1e6 if tokens else math.nan,
         "input_tokens": in_tok,
         "output_tokens": out_tok,
-        "gpu_utilization": occupancy_s / replica_seconds if replica_seconds else 0.0,
+        "gpu_utilization": load,
         "mean_replicas": mean_replicas,
         "max_replicas": max_replicas,
         "preemptions": int(df["preemptions"].sum()),
@@ -168,7 +184,14 @@ def summarize(
         "tpot_slo_percentile": tpot_q,
         "throughput_req_s": float(served.sum() / sim_duration_s) if sim_duration_s else math.nan,
         "throughput_tok_s": tokens / sim_duration_s if sim_duration_s else math.nan,
-        "cost_per_hour": total_cost / sim_duration_s * 3600 if sim_duration_s else math.nan,
+        "cost_per_hour": per_hour,
+        "cost_per_month": per_hour * HOURS_PER_MONTH,
+        "cost_per_mtok_rate": per_hour / (tokens / span * 3600) * 1e6 if tokens and span else math.nan,
+        "arrival_span_s": span,
+        "engine_occupancy": occupancy_s / replica_seconds if replica_seconds else 0.0,
+        "replica_capacity_rps": capacity_rps,
+        "gpu_mean_prompt_tokens": float(df["prompt_tokens"].to_numpy()[gpu_rows].mean()) if n_gpu else math.nan,
+        "gpu_mean_output_tokens": float(df["output_tokens"].to_numpy()[gpu_rows].mean()) if n_gpu else math.nan,
         "gpu_busy": busy_s / replica_seconds if replica_seconds else 0.0,
         "api_share": float((route == "api").mean()) if n else 0.0,
     }
@@ -186,6 +209,43 @@ def summarize(
             summary[f"n_rejected.{name}"] = int((route[mine] == "rejected").sum())
             summary[f"n_api.{name}"] = int((route[mine] == "api").sum())
     return summary
+
+
+def cost_rate(fleet_cost, sim_duration_s, api_cost, arrival_span_s):
+    """The one cost rate every ranking uses ($/hour; scalars or arrays): what the fleet costs
+    (GPU time, operations and other time-based lines) per hour of the run, which includes the
+    drain after the last arrival, plus what the API costs per hour of arrivals (it bills per
+    request, so a run's drain adds nothing to it)."""
+    fleet_cost, sim_duration_s, api_cost, arrival_span_s = (
+        np.asarray(x, dtype=float) for x in (fleet_cost, sim_duration_s, api_cost, arrival_span_s)
+    )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fleet = np.where(sim_duration_s > 0, fleet_cost / sim_duration_s, 0.0)
+        api = np.where(arrival_span_s > 0, api_cost / arrival_span_s, 0.0)
+    out = (fleet + api) * 3600.0
+    return float(out) if out.ndim == 0 else out
+
+
+def arrival_span(wc, arrival_s) -> float:
+    """The arrival window a run's request rate is measured over: `workload.duration_s`, or, for a
+    whole trace (duration_s null) or a workload handed in by a caller that runs past it, the
+    last arrival."""
+    last = float(arrival_s[-1]) if len(arrival_s) else 0.0
+    if wc.duration_s is not None and last <= wc.duration_s:
+        return float(wc.duration_s)
+    return last if last > 0 else 1.0
+
+
+def api_projection(api, api_cost: float, span_s: float) -> dict:
+    """The API spend of a run projected to a month, judged against the tier's monthly cap: a
+    10-minute run never reaches a monthly cap, yet the same traffic for a month may."""
+    month = api_cost / span_s * 3600.0 * HOURS_PER_MONTH if span_s > 0 else math.nan
+    cap = api.monthly_cap_usd
+    return {
+        "api_cost_per_month": month,
+        "api_monthly_cap": cap if cap is not None else math.nan,
+        "api_cap_exceeded": bool(cap is not None and month > cap),
+    }
 
 
 def _mean(values: np.ndarray) -> float:

@@ -245,3 +245,56 @@ def build_perf(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> Perf
     if engine.perf_table:
         return TablePerf(engine.perf_table)
     return Roofline(model, gpu, engine)
+
+
+def saturation_throughput(
+    perf: PerfModel,
+    kv_tokens: int,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    prompt: float,
+    output: float,
+    prefill: float | None = None,
+) -> float:
+    """Requests per second one replica completes when saturated by requests of `prompt` input and
+    `output` output tokens (means; `prefill`: the prompt tokens that must be computed, fewer with
+    prefix-cache hits).
+
+    In steady state B sequences decode together and every finished sequence is replaced by a
+    waiting one, whose prompt is prefilled in the next iteration. B is the largest batch the
+    three limits allow: `max_num_seqs`, the token budget (B (1 + prefill / output) <=
+    max_num_batched_tokens) and the KV cache (a sequence holds prompt + output / 2 tokens on
+    average). Sequences finish at B / output per iteration, so an iteration carries k new prompts
+    with k ~ Poisson(B / output) (capped by the token budget): its time is the roofline's for B
+    decodes plus those prompts, and the mean over k matters because an iteration without prefill
+    is memory-bound and one with it compute-bound. Throughput = B / (output x mean iteration time).
+    """
+    p, n = max(prompt, 1.0), max(output, 1.0)
+    fill = p if prefill is None else min(max(prefill, 0.0), p)  # prompt tokens computed per request
+    b = min(max_num_seqs, max_num_batched_tokens / (1 + fill / n), kv_tokens / (p + n / 2))
+    b = max(1, math.floor(b))
+    context = round(b * (p + n / 2))
+    lam = b / n  # new prompts per iteration
+    room = max(max_num_batched_tokens - b, 0)
+    k_max = int(lam + 8 * math.sqrt(lam) + 8)
+    pmf = math.exp(-lam)
+
+    def step(tokens: float) -> float:
+        whole, part = divmod(tokens, fill) if fill >= 1 else (0, 0.0)
+        chunks = [(round(fill), round(p - fill))] * int(whole)
+        if part >= 1:
+            chunks.append((round(part), round(p - fill + (fill - part) / 2)))
+        return perf.iteration_time(b, context, chunks)
+
+    mean_t = mass = carried = 0.0
+    for k in range(k_max + 1):
+        if k:
+            pmf *= lam / k
+        tokens = min(k * fill, room)
+        carried += pmf * (k * fill - tokens)
+        mean_t += pmf * step(tokens)
+        mass += pmf
+    mean_t /= mass
+    if carried > 0 and room > 0:  # prompts over the budget spill into later iterations: their marginal time
+        mean_t += carried / mass * (step(room) - step(0)) / room
+    return b / (n * mean_t)

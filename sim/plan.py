@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.config import Config, load_option, options, validate
-from sim.errors import UserError
-
-HOURS_PER_MONTH = 730.0
+from sim.config import Config, GpuConfig, load_option, options, validate
+from sim.cost import HOURS_PER_MONTH
+from sim.errors import ConfigError, UserError
 
 
 @dataclass
@@ -56,6 +56,11 @@ class PlanConfig:
     volumes: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
     # breakeven: lengthen a synthetic workload's horizon at low volumes to about this many requests
     min_requests: int = 2000
+    # $ per GPU-hour per GPU option (e.g. {h100: 2.49, a100-80gb: 1.10}); unlisted options keep
+    # their file's price (or gpu.price_per_hour when given on the command line)
+    prices: dict[str, float] = field(default_factory=dict)
+    # without seeds, candidates within this fraction of the best's cost are reported as a tie
+    tie_tolerance: float = 0.02
 
 
 @dataclass
@@ -69,7 +74,6 @@ def split_config(node) -> tuple[Config, PlanConfig]:
     from omegaconf.errors import OmegaConfBaseException
 
     from sim.config import to_config
-    from sim.errors import ConfigError
 
     if isinstance(node, PlanAppConfig):
         app = node
@@ -88,16 +92,11 @@ MODES = ("plan", "breakeven")
 
 
 def validate_plan(p: PlanConfig) -> None:
-    from sim.errors import ConfigError
 
     if p.mode not in MODES:
         raise ConfigError("plan.mode", p.mode, f"must be one of {', '.join(MODES)}")
     if not p.gpus:
         raise ConfigError("plan.gpus", p.gpus, "name at least one GPU option")
-    known = options("gpu")
-    unknown = [g for g in p.gpus if g not in known]
-    if unknown:
-        raise ConfigError("plan.gpus", unknown[0], f"unknown option; known: {', '.join(known)}")
     if not p.tp or any(t < 1 or t & (t - 1) for t in p.tp):
         raise ConfigError("plan.tp", p.tp, "must list powers of two >= 1")
     bad = [s for s in p.strategies if s not in STRATEGIES]
@@ -121,14 +120,22 @@ def validate_plan(p: PlanConfig) -> None:
         raise ConfigError("plan.min_requests", p.min_requests, "must be >= 0")
     if p.workers < 1:
         raise ConfigError("plan.workers", p.workers, "must be >= 1")
-    if not p.volumes or min(p.volumes) <= 0:
-        raise ConfigError("plan.volumes", p.volumes, "must list positive volume multipliers")
+    if not p.volumes or not all(math.isfinite(v) and v > 0 for v in p.volumes):
+        raise ConfigError("plan.volumes", p.volumes, "must list positive, finite volume multipliers")
+    for gpu, price in (p.prices or {}).items():
+        if gpu not in p.gpus:
+            raise ConfigError(f"plan.prices.{gpu}", price, f"names no GPU option of plan.gpus ({', '.join(p.gpus)})")
+        if price is None or not math.isfinite(price) or price < 0:
+            raise ConfigError(f"plan.prices.{gpu}", price, "must be a finite price >= 0 ($ per GPU-hour)")
+    if not (math.isfinite(p.tie_tolerance) and 0 <= p.tie_tolerance < 1):
+        raise ConfigError("plan.tie_tolerance", p.tie_tolerance, "must be in [0, 1)")
 
 
-def validate_scenario(cfg: Config, p: PlanConfig) -> None:
+def validate_scenario(cfg: Config, p: PlanConfig, gpus: dict[str, GpuConfig] | None = None) -> None:
     """The scenario must be valid with at least one GPU option of the plan (the others are
     skipped with their reason); raise the error of the last option tried otherwise."""
-    from sim.errors import ConfigError
+
+    gpus = gpus if gpus is not None else gpu_options(cfg, p)
 
     if cfg.api.name == "none":
         if p.mode == "breakeven":
@@ -139,7 +146,7 @@ def validate_scenario(cfg: Config, p: PlanConfig) -> None:
             raise ConfigError(
                 "plan.strategies", p.strategies, "hybrid and api need an API (api=default or a tier) or add fixed"
             )
-    errors = [_problem(fixed_fleet(with_gpu(cfg, gpu, tp), 1)) for gpu in p.gpus for tp in sorted(p.tp, reverse=True)]
+    errors = [_problem(fixed_fleet(with_gpu(cfg, gpus[g], tp), 1)) for g in p.gpus for tp in sorted(p.tp, reverse=True)]
     if all(errors):
         raise errors[-1]
 
@@ -155,9 +162,49 @@ def _problem(cfg: Config) -> UserError | None:
 # ----------------------------------------------------------------------------- candidates
 
 
-def with_gpu(cfg: Config, gpu: str, tp: int) -> Config:
+def gpu_options(cfg: Config, p: PlanConfig, load: Callable[[str], GpuConfig] | None = None) -> dict[str, GpuConfig]:
+    """The GPU of every option of `plan.gpus`, as the candidates will run it.
+
+    `load(name)` gives an option's GPU with the command line's overrides applied (the command
+    composes it with Hydra, so user config dirs on the search path work too). Without it, the
+    packaged option is read and every `gpu.*` value in which `cfg.gpu` differs from its own file
+    (an override) is applied to every option. Then `plan.prices` sets each listed option's price.
+    """
+    changed: dict = {}
+    if load is None:
+        try:
+            stock = load_option("gpu", cfg.gpu.name)
+        except UserError:
+            stock = None
+        if stock is not None:
+            changed = {
+                f.name: getattr(cfg.gpu, f.name)
+                for f in dataclasses.fields(GpuConfig)
+                if f.name != "name" and getattr(cfg.gpu, f.name) != getattr(stock, f.name)
+            }
+
+        def load(name: str) -> GpuConfig:
+            return cfg.gpu if name == cfg.gpu.name else load_option("gpu", name)
+
+    out = {}
+    for name in p.gpus:
+        try:
+            g = load(name)
+        except UserError:
+            known = ", ".join(options("gpu"))
+            raise ConfigError(
+                "plan.gpus", name, f"unknown GPU option; known: {known} (or gpu/{name}.yaml in a --config-dir)"
+            ) from None
+        g = dataclasses.replace(g, **changed)
+        if p.prices and name in p.prices:
+            g = dataclasses.replace(g, price_per_hour=float(p.prices[name]))
+        out[name] = g
+    return out
+
+
+def with_gpu(cfg: Config, gpu: GpuConfig | str, tp: int) -> Config:
     c = copy.deepcopy(cfg)
-    c.gpu = load_option("gpu", gpu)
+    c.gpu = copy.deepcopy(gpu) if isinstance(gpu, GpuConfig) else load_option("gpu", gpu)
     c.engine.tensor_parallel_size = tp
     return c
 
@@ -234,52 +281,56 @@ def evaluate(cfg: Config) -> dict:
     s = result.summary
     seeds = result.per_seed
     return {
-        "total_cost": s["total_cost"],
-        "cost_per_hour": s["cost_per_hour"],
-        "cost_per_month": s["cost_per_hour"] * HOURS_PER_MONTH,
-        "cost_per_mtok": s["cost_per_mtok"],
+        **{k: s.get(k, math.nan) for k in SUMMARY_KEYS},
         "slo_met": bool(s["slo_met"]),
-        "slo_attainment": s["slo_attainment"],
-        "ttft_p99": s["ttft_p99"],
-        "tpot_p99": s["tpot_p99"],
-        "api_share": s["api_share"],
-        "mean_replicas": s["mean_replicas"],
-        "gpu_cost": s["gpu_cost"],
-        "api_cost": s["api_cost"],
+        "api_cap_exceeded": bool(s.get("api_cap_exceeded", False)),
         "tokens": s["input_tokens"] + s["output_tokens"],
-        "n_requests": s["n_requests"],
-        "sim_duration_s": s["sim_duration_s"],
         **{k: v for k, v in s.items() if k.endswith(("_ci_low", "_ci_high")) or k in ("n_seeds", "slo_met_seeds")},
-        # per seed (replications): what the planner's cost rates and their intervals are made of
+        # per seed (replications): what the planner's $/M tokens and its interval are made of
         **({f"_seed_{k}": seeds[k].tolist() for k in SEED_COLUMNS} if seeds is not None else {}),
         "run_s": time.perf_counter() - t0,
     }
 
 
-SEED_COLUMNS = ("gpu_cost", "sim_duration_s", "api_cost", "input_tokens", "output_tokens")
+# summary figures every plan.csv row carries (docs/metrics.md)
+SUMMARY_KEYS = (
+    "total_cost",
+    "cost_per_hour",
+    "cost_per_month",
+    "slo_attainment",
+    "ttft_p99",
+    "tpot_p99",
+    "api_share",
+    "mean_replicas",
+    "gpu_cost",
+    "api_cost",
+    "ops_cost",
+    "api_cost_per_month",
+    "api_monthly_cap",
+    "gpu_utilization",
+    "engine_occupancy",
+    "n_requests",
+    "sim_duration_s",
+    "arrival_span_s",
+)
+SEED_COLUMNS = ("cost_per_hour", "input_tokens", "output_tokens")
 
 
-def cost_rates(gpu_cost, sim_duration_s, api_cost, tokens, span: float):
-    """The planner's cost per hour and per million tokens (arrays or scalars): GPU cost over the
-    run, API cost over the arrival window."""
-    gpu_cost, sim_duration_s, api_cost, tokens = (
-        np.asarray(x, dtype=float) for x in (gpu_cost, sim_duration_s, api_cost, tokens)
-    )
+def per_mtok(cost_per_hour, tokens, span: float):
+    """$ per million tokens from a cost rate and the tokens served over the arrival window."""
+    cost_per_hour, tokens = np.asarray(cost_per_hour, dtype=float), np.asarray(tokens, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        gpu_rate = np.where(sim_duration_s > 0, gpu_cost / sim_duration_s, 0.0)
-        per_hour = (gpu_rate + api_cost / span) * 3600
-        per_mtok = np.where(tokens > 0, per_hour / (tokens / span * 3600) * 1e6, np.nan)
-    return per_hour, per_mtok
+        return np.where(tokens > 0, cost_per_hour / (tokens / span * 3600) * 1e6, np.nan)
 
 
 def workload_span(cfg: Config) -> float:
     """The arrival window of the workload, seconds (the span its request rate is measured over)."""
-    if cfg.workload.duration_s is not None:
-        return float(cfg.workload.duration_s)
+    from sim.metrics import arrival_span
     from sim.workload import build_workload
 
-    t = build_workload(cfg.workload, cfg.seed).arrival_s
-    return float(t[-1]) if len(t) and t[-1] > 0 else 1.0
+    if cfg.workload.duration_s is not None:
+        return float(cfg.workload.duration_s)
+    return arrival_span(cfg.workload, build_workload(cfg.workload, cfg.seed).arrival_s)
 
 
 def search_fixed(cfg: Config, max_replicas: int, log: list) -> int | None:
@@ -309,13 +360,13 @@ def search_fixed(cfg: Config, max_replicas: int, log: list) -> int | None:
     return hi
 
 
-def fixed_search_task(args: tuple[Config, str, int, int, bool]) -> tuple[list[dict], int | None, bool]:
+def fixed_search_task(args: tuple[Config, str, GpuConfig, int, int, bool]) -> tuple[list[dict], int | None, bool]:
     """Phase 1 for one GPU option (a process-pool task): the fixed-fleet search, whose answer N
     bounds the other strategies. Returns its runs, N (None: even max_replicas misses, or no
     search) and whether the option fits at all."""
-    cfg, gpu, tp, max_replicas, search = args
-    base = {"gpu": gpu, "tp": tp}
-    c = with_gpu(cfg, gpu, tp)
+    cfg, gpu, spec, tp, max_replicas, search = args
+    base = {"gpu": gpu, "tp": tp, "gpu_price": spec.price_per_hour}
+    c = with_gpu(cfg, spec, tp)
     try:
         validate(fixed_fleet(c, 1))
     except UserError as exc:
@@ -343,11 +394,13 @@ def candidate_task(ladder: list[tuple[Config, dict]]) -> list[dict]:
     return rows
 
 
-def candidates(cfg: Config, p: PlanConfig, gpu: str, tp: int, n: int | None) -> list[list[tuple[Config, dict]]]:
+def candidates(
+    cfg: Config, p: PlanConfig, gpu: str, tp: int, n: int | None, spec: GpuConfig | None = None
+) -> list[list[tuple[Config, dict]]]:
     """The autoscaled and hybrid candidates of one GPU option given its fixed answer n, as
     ladders for `candidate_task`."""
-    c = with_gpu(cfg, gpu, tp)
-    base = {"gpu": gpu, "tp": tp}
+    c = with_gpu(cfg, spec if spec is not None else gpu, tp)
+    base = {"gpu": gpu, "tp": tp, "gpu_price": c.gpu.price_per_hour}
     out = []
     if n is not None and "autoscaled" in p.strategies:
         hi = min(n + 1, p.max_replicas)
@@ -384,25 +437,30 @@ class _Mapper:
             self.pool.shutdown()
 
 
-def plan_many(cfgs: list[Config], p: PlanConfig) -> list[pd.DataFrame]:
+def plan_many(cfgs: list[Config], p: PlanConfig, gpus: dict[str, GpuConfig] | None = None) -> list[pd.DataFrame]:
     """Plan each scenario of `cfgs` (e.g. volume levels), sharing one process pool: the fixed
-    searches of every GPU option run in parallel, then every other candidate does."""
+    searches of every GPU option run in parallel, then every other candidate does. `gpus`: the
+    GPU of each option (default: `gpu_options` of the first scenario)."""
+    gpus = gpus if gpus is not None else gpu_options(cfgs[0], p)
     options = [(i, gpu, tp) for i in range(len(cfgs)) for gpu in p.gpus for tp in p.tp]
     search = bool({"fixed", "autoscaled", "hybrid"} & set(p.strategies))  # N bounds all three
     with _Mapper(p.workers) as mapper:
-        found = mapper(fixed_search_task, [(cfgs[i], gpu, tp, p.max_replicas, search) for i, gpu, tp in options])
+        found = mapper(
+            fixed_search_task, [(cfgs[i], gpu, gpus[gpu], tp, p.max_replicas, search) for i, gpu, tp in options]
+        )
         tasks: list[list[tuple[Config, dict]]] = []
         for i, c in enumerate(cfgs):
             if "api" in p.strategies and c.api.name != "none":
                 # no replicas, but the scenario must still validate: take a GPU option that fits
                 fits = [(g, t) for (j, g, t), (_, _, ok) in zip(options, found, strict=True) if j == i and ok]
-                base = with_gpu(c, *fits[0]) if fits else c
+                base = with_gpu(c, gpus[fits[0][0]], fits[0][1]) if fits else c
                 meta = {"plan": i, "gpu": "none", "tp": 0, "strategy": "pure API", "replicas": 0}
                 tasks.append([(hybrid_fleet(base, 0, "always"), meta)])
         for (i, gpu, tp), (_, n, ok) in zip(options, found, strict=True):
             if ok:
                 tasks.extend(
-                    [(c, {"plan": i, **meta}) for c, meta in ladder] for ladder in candidates(cfgs[i], p, gpu, tp, n)
+                    [(c, {"plan": i, **meta}) for c, meta in ladder]
+                    for ladder in candidates(cfgs[i], p, gpu, tp, n, gpus[gpu])
                 )
         ran = mapper(candidate_task, tasks)
     rows: list[list[dict]] = [[] for _ in cfgs]
@@ -414,49 +472,80 @@ def plan_many(cfgs: list[Config], p: PlanConfig) -> list[pd.DataFrame]:
     for out in ran:
         for r in out:
             rows[r.pop("plan")].append(r)
-    return [_finish(c, pd.DataFrame(r)) for c, r in zip(cfgs, rows, strict=True)]
+    return [_finish(c, pd.DataFrame(r), p.tie_tolerance) for c, r in zip(cfgs, rows, strict=True)]
 
 
-def plan(cfg: Config, p: PlanConfig) -> pd.DataFrame:
+def plan(cfg: Config, p: PlanConfig, gpus: dict[str, GpuConfig] | None = None) -> pd.DataFrame:
     """Every run of the plan, one row each; `rank` orders the feasible candidates by cost."""
-    return plan_many([cfg], p)[0]
+    return plan_many([cfg], p, gpus)[0]
 
 
-def _finish(cfg: Config, df: pd.DataFrame) -> pd.DataFrame:
-    """Cost rates comparable across candidates, and the ranking.
+def _finish(cfg: Config, df: pd.DataFrame, tie_tolerance: float = 0.02) -> pd.DataFrame:
+    """$/M tokens, exclusions and the ranking.
 
-    GPU cost accrues per hour of the run (a fleet bills through its last request's end), API cost
-    per hour of arrivals (it bills per token): a short run's drain then weighs on no candidate.
+    Candidates are ranked by `cost_per_hour`, the one cost rate of docs/metrics.md (fleet cost
+    per hour of the run, API cost per hour of arrivals, operations overhead on GPU options).
     """
-    span = workload_span(cfg)
     df = df.reindex(columns=list(dict.fromkeys([*df.columns, *COLUMNS])))
     df["note"] = df["note"].astype(object)
+    spans = df["arrival_span_s"].dropna()
+    span = float(spans.iloc[0]) if len(spans) else workload_span(cfg)
     df["span_s"] = span
-    df["cost_per_hour"], df["cost_per_mtok"] = cost_rates(
-        df["gpu_cost"], df["sim_duration_s"], df["api_cost"], df["tokens"], span
-    )
-    if "_seed_gpu_cost" in df:  # replications: the rates per seed, their mean and 95% interval
+    if df["cost_per_hour"].isna().any():  # rows made by hand (tests, older logs): the rate from its parts
+        from sim.metrics import cost_rate
+
+        parts = cost_rate(
+            df["gpu_cost"].fillna(0.0) + df["ops_cost"].fillna(0.0),
+            df["sim_duration_s"],
+            df["api_cost"].fillna(0.0),
+            span,
+        )
+        df["cost_per_hour"] = df["cost_per_hour"].fillna(
+            pd.Series(parts, index=df.index).where(df["total_cost"].notna())
+        )
+    df["cost_per_mtok"] = per_mtok(df["cost_per_hour"], df["tokens"], span)
+    if "_seed_cost_per_hour" in df:  # replications: the mean of the per-seed $/M and its 95% interval
         from sim.runner import interval
 
-        for i, r in df[df["_seed_gpu_cost"].map(lambda v: isinstance(v, list))].iterrows():
+        for i, r in df[df["_seed_cost_per_hour"].map(lambda v: isinstance(v, list))].iterrows():
             s = {k: np.asarray(r[f"_seed_{k}"], dtype=float) for k in SEED_COLUMNS}
-            hour, mtok = cost_rates(
-                s["gpu_cost"], s["sim_duration_s"], s["api_cost"], s["input_tokens"] + s["output_tokens"], span
-            )
-            for key, values in (("cost_per_hour", hour), ("cost_per_mtok", mtok)):
-                df.loc[i, key] = float(np.nanmean(values))
-                low, high = interval(values)
-                df.loc[i, f"{key}_ci_low"], df.loc[i, f"{key}_ci_high"] = max(low, 0.0), max(high, 0.0)
+            mtok = per_mtok(s["cost_per_hour"], s["input_tokens"] + s["output_tokens"], span)
+            df.loc[i, "cost_per_mtok"] = float(np.nanmean(mtok))
+            low, high = interval(mtok)
+            df.loc[i, "cost_per_mtok_ci_low"], df.loc[i, "cost_per_mtok_ci_high"] = max(low, 0.0), max(high, 0.0)
         df = df.drop(columns=[c for c in df.columns if c.startswith("_seed_")])
     df["cost_per_month"] = df["cost_per_hour"] * HOURS_PER_MONTH
+    ops_rate = (df["ops_cost"].fillna(0.0) / df["sim_duration_s"] * 3600).where(df["sim_duration_s"] > 0, 0.0)
+    df["cost_per_hour_no_ops"] = df["cost_per_hour"] - ops_rate.fillna(0.0)
     df["slo_met"] = df["slo_met"].astype(object).where(df["slo_met"].notna(), False).astype(bool)
+    capped = df["api_cap_exceeded"].astype(object).where(df["api_cap_exceeded"].notna(), False).astype(bool)
+    df["api_cap_exceeded"] = capped
     # a hybrid whose baseline served nothing is the API plus idle GPUs: shown, never recommended
     idle = idle_baseline(df)
     df.loc[idle, "note"] = "the GPU baseline served no request: every one went to the API"
+    for i in df.index[capped]:
+        df.loc[i, "note"] = (
+            f"excluded: the API spend projects to ${df.loc[i, 'api_cost_per_month']:,.0f}/month, over the tier's "
+            f"${df.loc[i, 'api_monthly_cap']:,.0f}/month cap (api.monthly_cap_usd)"
+        )
     df["rank"] = np.nan
-    ok = _by_cost(df[df["slo_met"] & df["strategy"].isin(RANKED) & df["cost_per_hour"].notna() & ~idle])
+    ok = _by_cost(df[df["slo_met"] & df["strategy"].isin(RANKED) & df["cost_per_hour"].notna() & ~idle & ~capped])
     df.loc[ok.index, "rank"] = np.arange(1, len(ok) + 1)
+    df["tied_with_best"] = False
+    if len(ok):
+        df.loc[ok.index, "tied_with_best"] = ties(ok, tie_tolerance).to_numpy()
     return df
+
+
+def ties(ranked: pd.DataFrame, tolerance: float) -> pd.Series:
+    """Which ranked candidates the data cannot tell from the best: with replications, a cost
+    interval that overlaps the best's; without, a cost within `tolerance` of the best's."""
+    best = ranked.iloc[0]
+    cost = ranked["cost_per_hour"]
+    if "cost_per_hour_ci_low" in ranked and pd.notna(best.get("cost_per_hour_ci_high")):
+        low = ranked["cost_per_hour_ci_low"].fillna(cost)
+        return low <= best["cost_per_hour_ci_high"]
+    return cost <= best["cost_per_hour"] * (1 + tolerance)
 
 
 def idle_baseline(df: pd.DataFrame) -> pd.Series:
@@ -474,13 +563,21 @@ COLUMNS = (
     "total_cost",
     "gpu_cost",
     "api_cost",
+    "ops_cost",
     "tokens",
     "sim_duration_s",
+    "arrival_span_s",
+    "cost_per_hour",
     "slo_met",
     "slo_attainment",
     "ttft_p99",
     "tpot_p99",
     "api_share",
+    "api_cost_per_month",
+    "api_monthly_cap",
+    "api_cap_exceeded",
+    "gpu_utilization",
+    "engine_occupancy",
     "n_requests",
     "note",
 )
@@ -537,9 +634,11 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
         f"Options: GPUs {', '.join(p.gpus)}; TP {', '.join(map(str, p.tp))}; strategies {', '.join(p.strategies)}"
         + (
             f"; {len(cfg.seeds)} seeds per run, feasible at the pessimistic end of the 95% intervals"
+            + _replication_note(cfg)
             if cfg.seeds
             else ""
         ),
+        _prices_line(cfg, df),
         "",
     ]
     if best.empty:
@@ -566,9 +665,22 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
             f"SLO attainment {top['slo_attainment']:.2%}"
             + (f", {top['api_share']:.1%} of requests to the API" if top["api_share"] > 0 else ""),
             "",
+            *_tie_lines(best, cfg),
             "## Runners-up (cheapest per GPU option and strategy)",
             "",
             *_table(best.head(8)),
+        ]
+    capped = df[df["api_cap_exceeded"]]
+    if len(capped):
+        lines += [
+            "",
+            "Excluded for breaking the API tier's monthly cap (the run's API spend projected to a month):",
+            "",
+        ]
+        lines += [
+            f"- {describe(r)}: ${r['api_cost_per_month']:,.0f}/month against a ${r['api_monthly_cap']:,.0f} cap"
+            + (" (it met the SLO)" if r["slo_met"] else "")
+            for _, r in capped.sort_values("cost_per_hour").head(8).iterrows()
         ]
     fits = df[df["strategy"] == "does not fit"]
     if len(fits):
@@ -594,6 +706,59 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
         ]
     lines += ["", run_count_line(df, p, wall_s) + " Every run is in plan.csv."]
     return "\n".join(lines) + "\n"
+
+
+def _replication_note(cfg: Config) -> str:
+    from sim.workload import has_trace
+
+    if not has_trace(cfg.workload):
+        return ""
+    if cfg.workload.bootstrap_block_s is None:
+        return (
+            " (the trace is replayed as it is in every replication: the intervals show only the simulator's own "
+            "randomness, not the traffic's)"
+        )
+    return f" (each replication replays a block bootstrap of the trace, {cfg.workload.bootstrap_block_s:g} s blocks)"
+
+
+def _prices_line(cfg: Config, df: pd.DataFrame) -> str:
+    """The prices the plan ran with: each GPU option's, operations overhead, the API's."""
+    if "gpu_price" in df:
+        prices = df.dropna(subset=["gpu_price"]).drop_duplicates("gpu")
+        gpu = ", ".join(f"{r.gpu} ${r.gpu_price:g}" for r in prices.itertuples())
+    else:
+        gpu = ""
+    parts = [f"GPUs {gpu} per GPU-hour"] if gpu else []
+    ops = cfg.fleet.pricing.ops_cost_per_month
+    if ops:
+        parts.append(f"operations ${ops:,.0f}/month on every option that runs GPUs")
+    a = cfg.api
+    if a.name != "none":
+        parts.append(
+            f"API `{a.name}` ${a.price_input_per_m:g} in / ${a.price_cached_input_per_m:g} cached / "
+            f"${a.price_output_per_m:g} out per M tokens"
+            + (f", cap ${a.monthly_cap_usd:,.0f}/month" if a.monthly_cap_usd is not None else "")
+        )
+    return "Prices: " + "; ".join(parts) + "." if parts else ""
+
+
+def _tie_lines(best: pd.DataFrame, cfg: Config) -> list[str]:
+    """Say so when the runners-up cannot be told from the recommendation."""
+    tied = best[best["tied_with_best"].astype(bool)]
+    if len(tied) <= 1:
+        return [""]
+    how = "their cost intervals overlap" if cfg.seeds else "within the tie tolerance (plan.tie_tolerance)"
+    names = "; ".join(describe(r) for _, r in tied.iloc[1:].iterrows())
+    return [
+        "",
+        f"**Not a clear win:** {names} cost{'s' if len(tied) == 2 else ''} about the same ({how}); "
+        + (
+            "more seeds or a longer workload can separate them."
+            if cfg.seeds
+            else "replicate with `seeds` to separate them."
+        ),
+        "",
+    ]
 
 
 def run_count_line(df: pd.DataFrame, p: PlanConfig, wall_s: float) -> str:
@@ -649,9 +814,19 @@ def ranked_text(df: pd.DataFrame) -> str:
         return "  no candidate meets the SLO"
     lines = [f"  {'#':>2}  {'option':<48s} {'$/month':>10s} {'$/M tok':>9s} {'attain':>8s} {'to API':>7s}"]
     for i, (_, r) in enumerate(best.iterrows(), 1):
+        tie = "=" if i > 1 and bool(r.get("tied_with_best")) else " "
         lines.append(
-            f"  {i:>2}  {describe(r):<48s} {r['cost_per_month']:>10,.0f} {r['cost_per_mtok']:>9.4f} "
+            f"  {i:>2}{tie} {describe(r):<48s} {r['cost_per_month']:>10,.0f} {r['cost_per_mtok']:>9.4f} "
             f"{r['slo_attainment']:>8.2%} {r['api_share']:>7.1%}"
+        )
+    if best["tied_with_best"].astype(bool).sum() > 1:
+        lines.append(
+            "  = not distinguishable from #1 (overlapping intervals, or within plan.tie_tolerance without seeds)"
+        )
+    capped = df[df["api_cap_exceeded"].astype(bool)]
+    if len(capped):
+        lines.append(
+            f"  {len(capped)} candidate(s) excluded: their API spend breaks the tier's monthly cap (see plan.md)"
         )
     return "\n".join(lines)
 
@@ -659,24 +834,25 @@ def ranked_text(df: pd.DataFrame) -> str:
 # ----------------------------------------------------------------------------- break-even
 
 
-def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
+KINDS = {"API": ("pure API",), "dedicated": ("fixed", "autoscaled"), "hybrid": ("hybrid",)}
+
+
+def breakeven(cfg: Config, p: PlanConfig, gpus: dict[str, GpuConfig] | None = None) -> pd.DataFrame:
     """Per volume level: the cheapest pure-API, dedicated and hybrid option meeting the SLO (or,
     when none of a kind does, its closest miss, flagged)."""
     q = dataclasses.replace(p, mode="plan", strategies=[*dict.fromkeys([*p.strategies, "api"])])
     volumes = sorted(p.volumes)
-    plans = plan_many([scaled(cfg, v, p.min_requests) for v in volumes], q)
+    plans = plan_many([scaled(cfg, v, p.min_requests) for v in volumes], q, gpus)
     rows = []
+    variants = [True, False] if cfg.fleet.pricing.ops_cost_per_month > 0 else [True]
     for v, df in zip(volumes, plans, strict=True):
         runs = int(df["total_cost"].notna().sum())
-        for kind, strategies in (
-            ("API", ("pure API",)),
-            ("dedicated", ("fixed", "autoscaled")),
-            ("hybrid", ("hybrid",)),
-        ):
+        for with_ops, (kind, strategies) in itertools.product(variants, KINDS.items()):
+            key = "cost_per_hour" if with_ops else "cost_per_hour_no_ops"
             mine = df[df["strategy"].isin(strategies) & df["cost_per_hour"].notna() & ~idle_baseline(df)]
             ok = mine[mine["rank"].notna()]
             pick = (
-                ok.sort_values("cost_per_hour", kind="stable").head(1)
+                ok.sort_values(key, kind="stable").head(1)
                 if len(ok)
                 else mine.sort_values("slo_attainment", ascending=False, kind="stable").head(1)
             )
@@ -684,30 +860,36 @@ def breakeven(cfg: Config, p: PlanConfig) -> pd.DataFrame:
                 continue
             r = pick.iloc[0]
             span = float(r["span_s"])
+            ratio = r[key] / r["cost_per_hour"] if r["cost_per_hour"] > 0 else 1.0
             rows.append(
                 {
                     "volume": v,
+                    "with_ops": with_ops,
                     "rate": r["n_requests"] / span,
                     "tokens_per_day": r["tokens"] / span * 86_400,
                     "option": kind,
                     "choice": describe(r),
                     "slo_met": bool(pd.notna(r["rank"])),
-                    "cost_per_mtok": r["cost_per_mtok"],
-                    "cost_per_month": r["cost_per_month"],
+                    "cost_per_mtok": r["cost_per_mtok"] * ratio,
+                    "cost_per_month": r[key] * HOURS_PER_MONTH,
                     "slo_attainment": r["slo_attainment"],
+                    "api_cap_exceeded": bool(r["api_cap_exceeded"]),
                     "runs": runs,
                 }
             )
     return pd.DataFrame(rows)
 
 
-def crossovers(df: pd.DataFrame) -> list[dict]:
+def crossovers(df: pd.DataFrame, with_ops: bool = True) -> list[dict]:
     """Where the cheapest SLO-meeting option changes between consecutive volume levels. When both
     options met the SLO at both levels, the crossing is interpolated where their $/M-token curves
     meet, each taken as a power law of volume between the levels (straight in log $/M against log
     volume: exact for a fleet of fixed cost, whose $/M falls as 1/volume, and for the flat API);
-    otherwise it lies somewhere between the levels (`exact` false)."""
+    otherwise it lies somewhere between the levels (`exact` false). `with_ops`: with the
+    operations overhead (fleet.pricing.ops_cost_per_month) charged to GPU options, or without."""
     out = []
+    if "with_ops" in df:
+        df = df[df["with_ops"] == with_ops] if (df["with_ops"] == with_ops).any() else df[df["with_ops"]]
     ok = df[df["slo_met"]]
     levels = sorted(ok["volume"].unique())
     cheapest = {v: ok[ok.volume == v].sort_values("cost_per_month", kind="stable").iloc[0] for v in levels}
@@ -727,8 +909,10 @@ def crossovers(df: pd.DataFrame) -> list[dict]:
         frac = min(max(d_a / (d_a - d_b), 0.0), 1.0) if exact else 0.5
         at = math.exp(math.log(a) + (math.log(b) - math.log(a)) * frac)
         rate_a, rate_b = float(ra["rate"]), float(rb["rate"])
+        tpd_a, tpd_b = float(ra.get("tokens_per_day", math.nan)), float(rb.get("tokens_per_day", math.nan))
         out.append(
             {
+                "tokens_per_day": tpd_a * (tpd_b / tpd_a) ** frac if tpd_a > 0 else tpd_b,  # NaN if unknown
                 "from": ra["option"],
                 "to": rb["option"],
                 "volume": at,
@@ -741,27 +925,32 @@ def crossovers(df: pd.DataFrame) -> list[dict]:
     return out
 
 
-def breakeven_report(cfg: Config, df: pd.DataFrame, cross: list[dict]) -> str:
+def breakeven_report(cfg: Config, df: pd.DataFrame, cross: list[dict], cross_no_ops: list[dict] | None = None) -> str:
+    ops = cfg.fleet.pricing.ops_cost_per_month
     lines = [
         "# Break-even: API, dedicated GPUs or both",
         "",
         f"Workload `{cfg.workload.name}` scaled by {', '.join(f'{v:g}' for v in sorted(df.volume.unique()))}; "
         f"model {cfg.model.name}; API prices ${cfg.api.price_input_per_m:g} input / "
         f"${cfg.api.price_cached_input_per_m:g} cached input / ${cfg.api.price_output_per_m:g} output per M tokens, "
-        f"{cfg.api.cache_hit_rate:.0%} input cache hits.",
+        f"{cfg.api.cache_hit_rate:.0%} input cache hits"
+        + (f"; operations ${ops:,.0f}/month on every option that runs GPUs." if ops else "; no operations overhead."),
         "",
         "| volume | req/s | tokens/day | API $/M | dedicated $/M | hybrid $/M | cheapest |",
         "|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for v in sorted(df.volume.unique()):
-        m = df[df.volume == v]
+    main = df[df["with_ops"]] if "with_ops" in df else df
+    for v in sorted(main.volume.unique()):
+        m = main[main.volume == v]
 
         def cell(option, m=m):
             r = m[m.option == option]
             if r.empty:
                 return "-"
             r = r.iloc[0]
-            return f"${r.cost_per_mtok:.4f}" + ("" if r.slo_met else " (misses SLO)")
+            if r.slo_met:
+                return f"${r.cost_per_mtok:.4f}"
+            return f"${r.cost_per_mtok:.4f}" + (" (over API cap)" if r.get("api_cap_exceeded") else " (misses SLO)")
 
         ok = m[m.slo_met]
         cheapest = ok.sort_values("cost_per_month").iloc[0] if len(ok) else None
@@ -772,15 +961,22 @@ def breakeven_report(cfg: Config, df: pd.DataFrame, cross: list[dict]) -> str:
             + (f"{cheapest.option}: {cheapest.choice}" if cheapest is not None else "none meets the SLO")
             + " |"
         )
-    lines += ["", "Crossovers (cheapest SLO-meeting option changes):", ""]
+    title = "with operations overhead" if ops else ""
+    lines += ["", f"Crossovers (cheapest SLO-meeting option changes){' ' + title if title else ''}:", ""]
     lines += [_crossing(c) for c in cross] or ["- none in this range"]
+    if ops and cross_no_ops is not None:
+        lines += ["", "Crossovers without operations overhead (GPU time alone):", ""]
+        lines += [_crossing(c) for c in cross_no_ops] or ["- none in this range"]
     return "\n".join(lines) + "\n"
 
 
 def _crossing(c: dict) -> str:
     lo, hi = c["between_rate"]
     if c["exact"]:
-        return f"- {c['from']} -> {c['to']} at about {c['rate']:.3g} req/s (volume {c['volume']:.3g}x)"
+        return (
+            f"- {c['from']} -> {c['to']} at about {c['rate']:.3g} req/s, {c['tokens_per_day'] / 1e6:,.1f} M tokens/day "
+            f"(volume {c['volume']:.3g}x)"
+        )
     return (
         f"- {c['from']} -> {c['to']} between {lo:.3g} and {hi:.3g} req/s "
         "(not interpolated: one of the two misses the SLO at one of the levels)"
@@ -798,17 +994,20 @@ def save_plan(out: Path, cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: f
         plan_plot(df, best_per_option(df), describe, cfg.slo, out / "plots" / "plan.png")
 
 
-def save_breakeven(out: Path, cfg: Config, df: pd.DataFrame, cross: list[dict], *, plots: bool = True) -> None:
+def save_breakeven(
+    out: Path, cfg: Config, df: pd.DataFrame, cross: list[dict], *, plots: bool = True, cross_no_ops: list | None = None
+) -> None:
     import json
 
     from sim.metrics import json_ready
 
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "breakeven.csv", index=False)
-    (out / "breakeven.json").write_text(json.dumps(json_ready({"crossovers": cross}), indent=2) + "\n")
-    (out / "breakeven.md").write_text(breakeven_report(cfg, df, cross))
+    doc = {"crossovers": cross, "crossovers_without_ops": cross_no_ops if cross_no_ops is not None else cross}
+    (out / "breakeven.json").write_text(json.dumps(json_ready(doc), indent=2) + "\n")
+    (out / "breakeven.md").write_text(breakeven_report(cfg, df, cross, cross_no_ops))
     if plots:
         from sim.plots import breakeven_plot
 
         (out / "plots").mkdir(exist_ok=True)
-        breakeven_plot(df, cross, out / "plots" / "breakeven.png")
+        breakeven_plot(df[df["with_ops"]] if "with_ops" in df else df, cross, out / "plots" / "breakeven.png")

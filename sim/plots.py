@@ -100,7 +100,7 @@ def timeline(result: Result, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax = axes[2]
     ax.plot(minutes, 100 * ts["kv_util"], label="KV cache used (end of interval)", color="#ff7f0e")
-    ax.plot(minutes, 100 * ts["gpu_utilization"], label="utilisation (engine occupancy)", color="#17becf")
+    ax.plot(minutes, 100 * ts["engine_occupancy"], label="engine occupancy", color="#17becf")
     ax.plot(minutes, 100 * ts["gpu_busy"], label="busy (any work running)", color="#8c564b", ls=":")
     ax.set_ylabel("% of fleet")
     ax.set_ylim(0, 105)
@@ -255,10 +255,12 @@ def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
             if others
             else None
         )
-        line = ax.plot(xs.to_numpy()[order], ok["total_cost"].to_numpy()[order], "-", alpha=0.6, label=label)[0]
+        line = ax.plot(xs.to_numpy()[order], ok["cost_per_hour"].to_numpy()[order], "-", alpha=0.6, label=label)[0]
         good = feasible.loc[ok.index].to_numpy()
-        ax.scatter(xs[good], ok["total_cost"][good], color=line.get_color(), s=60, zorder=3)
-        ax.scatter(xs[~good], ok["total_cost"][~good], facecolors="white", edgecolors=line.get_color(), s=60, zorder=3)
+        ax.scatter(xs[good], ok["cost_per_hour"][good], color=line.get_color(), s=60, zorder=3)
+        ax.scatter(
+            xs[~good], ok["cost_per_hour"][~good], facecolors="white", edgecolors=line.get_color(), s=60, zorder=3
+        )
         bad = g[g["status"] != "ok"]
         if len(bad):
             bx = bad[x_key].astype(float) if numeric else bad[x_key].astype(str).map(cats)
@@ -270,7 +272,7 @@ def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x_key)
-    ax.set_ylabel("total cost (\\$)")
+    ax.set_ylabel("cost (\\$ per hour)")
     ax.grid(alpha=0.3)
     handles = [
         ax.scatter([], [], color="#444444", s=60, label="meets the SLO"),
@@ -278,7 +280,7 @@ def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
         ax.scatter([], [], marker="x", color="#d62728", s=60, label="failed"),
     ]
     ax.legend(handles=[*ax.get_legend_handles_labels()[0][: len(groups) if others else 0], *handles], fontsize=9)
-    fig.suptitle(f"Sweep: total cost against {x_key}")
+    fig.suptitle(f"Sweep: cost per hour against {x_key}")
     _save(fig, path)
 
 
@@ -289,18 +291,20 @@ def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
     ax = fig.subplots()
     if len(ok):
         good = feasible.loc[ok.index].to_numpy()
-        ax.scatter(ok["ttft_p99"][good], ok["total_cost"][good], color="#2ca02c", s=60, label="meets the SLO", zorder=3)
         ax.scatter(
-            ok["ttft_p99"][~good], ok["total_cost"][~good], color="#7f7f7f", s=60, label="misses the SLO", zorder=3
+            ok["ttft_p99"][good], ok["cost_per_hour"][good], color="#2ca02c", s=60, label="meets the SLO", zorder=3
         )
-        front = ok.sort_values(["ttft_p99", "total_cost"])
-        front = front[front["total_cost"] < front["total_cost"].cummin().shift(fill_value=np.inf)]
-        ax.step(front["ttft_p99"], front["total_cost"], where="post", color="#1f77b4", label="frontier")
+        ax.scatter(
+            ok["ttft_p99"][~good], ok["cost_per_hour"][~good], color="#7f7f7f", s=60, label="misses the SLO", zorder=3
+        )
+        front = ok.sort_values(["ttft_p99", "cost_per_hour"])
+        front = front[front["cost_per_hour"] < front["cost_per_hour"].cummin().shift(fill_value=np.inf)]
+        ax.step(front["ttft_p99"], front["cost_per_hour"], where="post", color="#1f77b4", label="frontier")
         varying = [k for k in keys if distinct(df[k]) > 1]
         for _, row in ok.iterrows():
             ax.annotate(
                 _label(row, varying),
-                (row["ttft_p99"], row["total_cost"]),
+                (row["ttft_p99"], row["cost_per_hour"]),
                 fontsize=7,
                 xytext=(4, 4),
                 textcoords="offset points",
@@ -310,7 +314,7 @@ def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
     else:
         ax.text(0.5, 0.5, "every job failed", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("p99 TTFT (s)")
-    ax.set_ylabel("total cost (\\$)")
+    ax.set_ylabel("cost (\\$ per hour)")
     ax.grid(alpha=0.3)
     if len(ok):
         ax.legend(fontsize=9)

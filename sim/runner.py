@@ -21,9 +21,9 @@ from sim.cost import fleet_costs
 from sim.errors import UserError
 from sim.fleet import ROUTE_NONE, SAMPLE_COLUMNS, Fleet
 from sim.kvcache import MemoryPlan, memory_plan
-from sim.metrics import json_ready, requests_frame, summarize
-from sim.perf import build_perf
-from sim.workload import Workload, build_workload
+from sim.metrics import api_projection, arrival_span, json_ready, requests_frame, summarize
+from sim.perf import build_perf, saturation_throughput
+from sim.workload import Workload, block_bootstrap, build_workload, has_trace, stream
 
 
 def config_yaml(cfg: Config) -> str:
@@ -110,7 +110,22 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
     pessimistic `slo_met`: the SLO must hold at the unfavourable end of every interval."""
     import dataclasses
 
-    results = [run_one(dataclasses.replace(cfg, seed=s, seeds=None), workload) for s in cfg.seeds]
+    results, how = [], "seeds"
+    for s in cfg.seeds:
+        one = dataclasses.replace(cfg, seed=s, seeds=None)
+        wl = workload
+        if workload is None and has_trace(cfg.workload):
+            how = "fixed trace"
+            if cfg.workload.bootstrap_block_s is not None:
+                base = build_workload(cfg.workload, s)
+                wl = block_bootstrap(
+                    base,
+                    arrival_span(cfg.workload, base.arrival_s),
+                    cfg.workload.bootstrap_block_s,
+                    stream(s, "bootstrap"),
+                )
+                how = "block bootstrap" if wl is not None else "fixed trace (shorter than two bootstrap blocks)"
+        results.append(run_one(one, wl))
     summaries = [r.summary for r in results]
     # counts a seed reports only when they happened (api_refusals.<reason>, the requests of a
     # class that sent none) are 0 in the others; a missing latency or attainment stays missing
@@ -135,6 +150,9 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
     )
     summary["slo_met_seeds"] = float(per_seed["slo_met"].mean())
     summary["n_seeds"] = len(results)
+    # what varies between the replications: the synthetic draws (seeds), a block bootstrap of a
+    # replayed trace, or nothing but the simulation's own randomness (a fixed trace)
+    summary["replication"] = how
     summary["wall_time_s"] = float(per_seed["wall_time_s"].sum())
     requests = pd.concat(
         [r.requests.assign(seed=s) for s, r in zip(cfg.seeds, results, strict=True)], ignore_index=True
@@ -208,8 +226,11 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
     f = cfg.fleet
     idle = {n.uid: n.idle_s for n in fleet.all_nodes}
-    costs, bills = fleet_costs(fleet.spans, f.pricing, cfg.gpu.price_per_hour, f.sleep.cost_fraction, end, idle)
+    costs, bills = fleet_costs(
+        fleet.spans, f.pricing, cfg.gpu.price_per_hour, f.sleep.cost_fraction, end, idle, runs_gpus=fleet.gpu_possible
+    )
     api_cost = fleet.api.spend if fleet.api is not None else 0.0
+    span = arrival_span(cfg.workload, wl.arrival_s)
     alive = sum(s.end - s.start for s in fleet.spans if s.state != "stopped")
     stats = {
         "iterations": sum(n.engine.iterations for n in fleet.all_nodes),
@@ -235,6 +256,22 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     if fleet.api is not None:
         for reason, count in fleet.api.refusals.items():
             extra[f"api_refusals.{reason}"] = count
+        extra.update(api_projection(cfg.api, api_cost, span))
+    served = df["route"].to_numpy() == "gpu"
+    if served.any():
+        prompt = float(df["prompt_tokens"].to_numpy()[served].mean())
+        cached = float(df["cached_tokens"].to_numpy()[served].mean())
+        capacity = saturation_throughput(
+            perf,
+            plan.kv_tokens,
+            cfg.engine.max_num_seqs,
+            cfg.engine.max_num_batched_tokens,
+            prompt,
+            float(df["output_tokens"].to_numpy()[served].mean()),
+            prefill=prompt - cached,
+        )
+    else:
+        capacity = math.nan
     summary = summarize(
         cfg,
         df,
@@ -245,6 +282,8 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         gpu_cost=costs["gpu_cost"],
         api_cost=api_cost,
         ops_cost=costs["ops_cost"],
+        arrival_span_s=span,
+        capacity_rps=capacity,
         mean_replicas=alive / end if end > 0 else 0.0,
         max_replicas=fleet.max_replicas_seen,
         class_slo=wl.class_slo,

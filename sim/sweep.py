@@ -107,7 +107,7 @@ def read_jobs(sweep_dir: Path, mark: str | None = None) -> pd.DataFrame:
         rows.append(row)
     df = pd.DataFrame(rows)
     if len(df):  # the figures every table and plot reads, even when every job failed
-        for key in ("total_cost", "slo_attainment", "ttft_p99", "slo_met"):
+        for key in ("total_cost", "cost_per_hour", "slo_attainment", "ttft_p99", "slo_met"):
             if key not in df:
                 df[key] = np.nan
     return df
@@ -125,18 +125,22 @@ def override_keys(df: pd.DataFrame) -> list[str]:
 
 
 def feasible(df: pd.DataFrame) -> pd.Series:
+    """Jobs that met the SLO without breaking the API tier's monthly cap (projected to a month)."""
     if "slo_met" not in df.columns:
         return pd.Series(False, index=df.index)
-    return (df["status"] == "ok") & (df["slo_met"] == True)  # noqa: E712 (object column)
+    capped = df["api_cap_exceeded"] == True if "api_cap_exceeded" in df else False  # noqa: E712
+    return (df["status"] == "ok") & (df["slo_met"] == True) & ~capped  # noqa: E712 (object column)
 
 
 def best_job(df: pd.DataFrame) -> dict:
-    """The cheapest feasible job, or the closest miss."""
+    """The feasible job with the lowest cost rate (`cost_per_hour`, docs/metrics.md: the same
+    ranking as the planner's), or the closest miss."""
     keys = override_keys(df)
     ok = df[feasible(df)]
     fields = [
         "total_cost",
         "cost_per_hour",
+        "cost_per_month",
         "cost_per_mtok",
         "slo_attainment",
         "ttft_p99",
@@ -145,14 +149,16 @@ def best_job(df: pd.DataFrame) -> dict:
         "n_api",
     ]
     if len(ok):
-        row = ok.sort_values("total_cost", kind="stable").iloc[0]  # ties: the first job
+        row = ok.sort_values("cost_per_hour", kind="stable").iloc[0]  # ties: the first job
         out = {"feasible": True}
     else:
         ran = df[df["status"] == "ok"]
         if not len(ran):
             return {"feasible": False, "reason": "every job failed", "jobs": len(df)}
-        row = ran.sort_values(["slo_attainment", "total_cost"], ascending=[False, True], kind="stable").iloc[0]
-        out = {"feasible": False, "reason": "no job met the SLO; the closest miss follows"}
+        row = ran.sort_values(["slo_attainment", "cost_per_hour"], ascending=[False, True], kind="stable").iloc[0]
+        capped = "api_cap_exceeded" in ran and (ran["api_cap_exceeded"] == True).any()  # noqa: E712
+        why = " (jobs that broke the API tier's monthly cap do not count)" if capped else ""
+        out = {"feasible": False, "reason": f"no job met the SLO{why}; the closest miss follows"}
     out.update(
         job=_plain(row["job"]),
         overrides={k: _plain(row[k]) for k in keys},
@@ -202,8 +208,10 @@ def format_table(df: pd.DataFrame) -> str:
             lines.append(f"  {label:<50s} FAILED: {row['error']}")
         else:
             met = "meets SLO" if row.get("slo_met") in (True, "True") else "misses SLO"
+            if row.get("api_cap_exceeded") in (True, "True"):
+                met = "over API cap"
             lines.append(
-                f"  {label:<50s} ${row['total_cost']:>10,.2f}  {met:<10s} attainment {row['slo_attainment']:.1%}"
+                f"  {label:<50s} ${row['cost_per_hour']:>9,.2f}/h  {met:<12s} attainment {row['slo_attainment']:.1%}"
             )
     return "\n".join(lines)
 
@@ -241,12 +249,15 @@ class SweepCallback(Callback):  # type: ignore[misc]
         print(format_table(df))
         if best.get("feasible"):
             chosen = " ".join(f"{k}={best['overrides'][k]}" for k in varying(df))
-            print(f"  cheapest meeting the SLO: job {best['job']} ({chosen}) at ${best['total_cost']:,.2f}")
+            print(
+                f"  cheapest meeting the SLO: job {best['job']} ({chosen}) at ${best['cost_per_hour']:,.2f}/hour "
+                f"(${best['cost_per_month']:,.0f}/month; ${best['total_cost']:,.2f} for the run)"
+            )
         elif "job" in best:
             chosen = " ".join(f"{k}={best['overrides'][k]}" for k in varying(df))
             print(
                 f"  no job met the SLO; the closest: job {best['job']} ({chosen}), attainment "
-                f"{best['slo_attainment']:.1%} at ${best['total_cost']:,.2f}"
+                f"{best['slo_attainment']:.1%} at ${best['cost_per_hour']:,.2f}/hour"
             )
         else:
             print(f"  {best.get('reason')}")

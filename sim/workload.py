@@ -281,3 +281,39 @@ def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
         clock_start_s=info.get("clock_start_s") if not wc.window_start_s and wc.rate_scale == 1 else None,
         start_weekday=info.get("start_weekday") if not wc.window_start_s and wc.rate_scale == 1 else None,
     )
+
+
+def has_trace(wc: WorkloadConfig) -> bool:
+    return any(s.arrival == TRACE for s in (wc.sources.values() if wc.sources else [wc]))
+
+
+def block_bootstrap(wl: Workload, span_s: float, block_s: float, rng: np.random.Generator) -> Workload | None:
+    """A resample of a replayed trace for one replication: [0, span_s) cut into K equal blocks of
+    about `block_s` seconds, K blocks drawn with replacement and laid end to end, each request
+    keeping its offset within its block, its lengths, class and prefix ids. Traffic within a
+    block keeps its burst structure; which busy and quiet stretches the run sees varies, which
+    is what a fixed trace cannot show. None when the trace spans fewer than two blocks."""
+    k = round(span_s / block_s)
+    if k < 2 or not len(wl):
+        return None
+    width = span_s / k
+    block = np.minimum((wl.arrival_s // width).astype(np.int64), k - 1)
+    starts = np.searchsorted(block, np.arange(k + 1))  # arrivals are sorted, so blocks are runs
+    drawn = rng.integers(0, k, size=k)
+    idx = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in drawn])
+    if not len(idx):
+        return None
+    slot = np.repeat(np.arange(k), starts[drawn + 1] - starts[drawn])
+    t = wl.arrival_s[idx] - block[idx] * width + slot * width
+    offsets, ids = (None, None)
+    if wl.hash_offsets is not None:
+        offsets, ids = _csr_take(wl.hash_offsets, wl.hash_ids, idx)  # type: ignore[arg-type]
+    return dataclasses.replace(
+        wl,
+        arrival_s=t,
+        prompt_tokens=wl.prompt_tokens[idx],
+        output_tokens=wl.output_tokens[idx],
+        classes=wl.classes[idx] if wl.classes is not None else None,
+        hash_offsets=offsets,
+        hash_ids=ids,
+    )

@@ -369,7 +369,9 @@ def test_breakeven_never_counts_a_hybrid_whose_baseline_served_nothing(monkeypat
         {**base, "strategy": "hybrid", "replicas": 1, "margin": 0.7, "gpu_cost": 0.01, "api_share": 1.0},
         {**base, "strategy": "fixed", "replicas": 1, "gpu_cost": 0.5, "api_cost": 0.0, "api_share": 0.0},
     ]
-    monkeypatch.setattr(planner, "plan_many", lambda cfgs, q: [planner._finish(x, pd.DataFrame(rows)) for x in cfgs])
+    monkeypatch.setattr(
+        planner, "plan_many", lambda cfgs, q, *_: [planner._finish(x, pd.DataFrame(rows)) for x in cfgs]
+    )
     df = planner.breakeven(c, planner.PlanConfig(volumes=[1.0, 2.0]))
     assert set(df["option"]) == {"API", "dedicated"}  # no hybrid: the only one served nothing on GPUs
 
