@@ -88,6 +88,19 @@ class SourceConfig:
 
 
 @dataclass
+class SharedPrefixConfig:
+    """Requests in groups that share a system prompt (workload.shared_prefix): RAG and chat
+    traffic reuses a few long prefixes, which prefix caching on the GPUs skips and APIs bill at
+    the cached price."""
+
+    groups: int = 0  # number of distinct system prompts (0: no shared prefix)
+    tokens: int = 0  # tokens of each system prompt; part of the prompt length, not added to it
+    share: float = 1.0  # fraction of requests that carry one
+    zipf: float = 0.0  # popularity of the groups: P(group k) ~ 1 / k^zipf (0: uniform)
+    block_tokens: int = 256  # granularity of the prefix ids (about this many tokens a block)
+
+
+@dataclass
 class WorkloadConfig(SourceConfig):
     """The workload: one source (the fields above) or a mix of named sources, then what-if
     transforms applied to the whole."""
@@ -106,6 +119,7 @@ class WorkloadConfig(SourceConfig):
     # replications (seeds) of a trace replay: each seed replays a block bootstrap of the trace,
     # blocks of this many seconds drawn with replacement (null: replay the trace as it is)
     bootstrap_block_s: float | None = 300.0
+    shared_prefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
 
 
 @dataclass
@@ -212,14 +226,28 @@ class SleepConfig:
 class PricingConfig:
     """How GPU time is priced and billed (fleet.pricing)."""
 
-    kind: str = "on_demand"  # on_demand | reserved | spot
+    kind: str = "on_demand"  # on_demand | reserved | spot | owned
     reserved_gpus: int = 0  # reserved: GPUs committed for the whole horizon
     reserved_fraction: float = 0.6  # reserved price / on-demand price (30-50% cuts are typical)
+    burst: str = "on_demand"  # reserved: replicas beyond the reservation run on_demand or spot
     spot_fraction: float = 0.4  # spot price / on-demand price
     spot_preemptions_per_hour: float = 0.1  # per spot replica
     billing: str = "per_second"  # per_second | per_hour (each replica's lifetime rounded up)
     min_billed_s: float = 60.0  # minimum billed lifetime of a replica
-    ops_cost_per_month: float = 0.0  # fixed operations cost, prorated over the horizon
+    ops_cost_per_month: float = 0.0  # fixed operations cost, prorated over the horizon (GPU fleets only)
+    # instances rented whole: GPUs per instance (an 8-GPU node bills all 8 even if replicas use 2)
+    instance_gpus: int = 1
+    # egress: $ per GB of generated output leaving the cloud, at bytes_per_token (streamed text)
+    egress_per_gb: float = 0.0
+    bytes_per_token: float = 4.0
+    # owned hardware (kind=owned): an effective $/GPU-hour from purchase, power and hosting
+    purchase_per_gpu: float = 30000.0  # $ per GPU, its share of the server included
+    amortization_years: float = 3.0
+    power_kw_per_gpu: float = 0.7  # draw at load, its share of the server included
+    price_per_kwh: float = 0.10
+    pue: float = 1.3  # data-centre power usage effectiveness (>= 1)
+    hosting_per_gpu_month: float = 0.0  # rack space, network, support
+    owned_gpus: int | None = None  # GPUs bought (default: the most the fleet can use)
 
 
 @dataclass
@@ -235,6 +263,16 @@ class FleetConfig:
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+
+
+@dataclass
+class ApiTier:
+    name: str = "tier"
+    min_lifetime_spend_usd: float = 0.0
+    rpm: int | None = None
+    tpm: int | None = None
+    max_output_tokens: int | None = None
+    monthly_cap_usd: float | None = None
 
 
 @dataclass
@@ -257,11 +295,23 @@ class ApiConfig:
     price_cached_input_per_m: float = 0.05
     price_output_per_m: float = 0.10
     cache_hit_rate: float = 0.5  # share of input tokens billed at the cached price
+    # time-based billing (seed 002): $ per second of a request's execution (not queueing or warm-up)
+    billing: str = "per_token"  # per_token | per_second
+    price_per_second: float = 0.0
+    # warm and cold endpoint: idle this long, it goes cold; the next request waits warmup_s (unbilled)
+    cold_after_s: float | None = None  # null: always warm
+    warmup_s: float = 15.0
+    prefill_tokens_per_s: float | None = None  # TTFT grows with the prompt: + prompt / this rate
     # limits
     rpm: int | None = None  # requests started per minute (sliding 60 s window)
     tpm: int | None = None  # prompt + output tokens of requests started per minute
     monthly_cap_usd: float | None = None  # spend per 30-day month
-    max_output_tokens: int | None = None  # longer requests cannot use the API
+    max_output_tokens: int | None = None  # the API's output cap ...
+    long_output: str = "truncate"  # ... truncates the output (and its bill), or refuses the request
+    # usage tiers that rise with lifetime spend (seed 002); a tier's limits replace rpm, tpm,
+    # max_output_tokens and monthly_cap_usd once lifetime spend reaches its threshold
+    tiers: list[ApiTier] | None = None
+    lifetime_spend_usd: float = 0.0  # spend before t = 0 (it decides the starting tier)
     on_limit: str = "gpu"  # gpu: back to the GPU queue | backoff: retry later (counts in TTFT)
     backoff_base_s: float = 1.0
     backoff_factor: float = 2.0
@@ -528,6 +578,13 @@ def validate_workload(w: WorkloadConfig) -> None:
         _check(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
     if w.bootstrap_block_s is not None:
         _positive(w.bootstrap_block_s, "workload.bootstrap_block_s")
+    sp = w.shared_prefix
+    _check(sp.groups >= 0, "workload.shared_prefix.groups", sp.groups, "must be >= 0 (0: no shared prefix)")
+    if sp.groups:
+        _positive(sp.tokens, "workload.shared_prefix.tokens", integer=True)
+        _check(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
+        _check(math.isfinite(sp.zipf) and sp.zipf >= 0, "workload.shared_prefix.zipf", sp.zipf, "must be >= 0")
+        _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
 
 
 def _nonneg(value: float | None, key: str) -> None:
@@ -597,7 +654,7 @@ def validate_fleet(f: FleetConfig) -> None:
     if s.wake_s is not None:
         _nonneg(s.wake_s, "fleet.sleep.wake_s")
     p = f.pricing
-    kinds = ("on_demand", "reserved", "spot")
+    kinds = ("on_demand", "reserved", "spot", "owned")
     _check(p.kind in kinds, "fleet.pricing.kind", p.kind, f"must be one of {', '.join(kinds)}")
     _check(p.reserved_gpus >= 0, "fleet.pricing.reserved_gpus", p.reserved_gpus, "must be >= 0")
     for k in ("reserved_fraction", "spot_fraction"):
@@ -608,6 +665,15 @@ def validate_fleet(f: FleetConfig) -> None:
     )
     _nonneg(p.min_billed_s, "fleet.pricing.min_billed_s")
     _nonneg(p.ops_cost_per_month, "fleet.pricing.ops_cost_per_month")
+    _check(p.burst in ("on_demand", "spot"), "fleet.pricing.burst", p.burst, "must be on_demand or spot")
+    _positive(p.instance_gpus, "fleet.pricing.instance_gpus", integer=True)
+    for k in ("egress_per_gb", "bytes_per_token", "purchase_per_gpu", "power_kw_per_gpu", "price_per_kwh"):
+        _nonneg(getattr(p, k), f"fleet.pricing.{k}")
+    _nonneg(p.hosting_per_gpu_month, "fleet.pricing.hosting_per_gpu_month")
+    _positive(p.amortization_years, "fleet.pricing.amortization_years")
+    _check(math.isfinite(p.pue) and p.pue >= 1, "fleet.pricing.pue", p.pue, "must be >= 1 (facility power / IT power)")
+    if p.owned_gpus is not None:
+        _check(p.owned_gpus >= 0, "fleet.pricing.owned_gpus", p.owned_gpus, "must be >= 0")
 
 
 OVERFLOW = ("never", "always", "ttft", "slo", "queue", "share")
@@ -634,6 +700,31 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
     for k in ("price_input_per_m", "price_cached_input_per_m", "price_output_per_m"):
         _nonneg(getattr(a, k), f"api.{k}")
     _check(0 <= a.cache_hit_rate <= 1, "api.cache_hit_rate", a.cache_hit_rate, "must be in [0, 1]")
+    _check(a.billing in ("per_token", "per_second"), "api.billing", a.billing, "must be per_token or per_second")
+    _nonneg(a.price_per_second, "api.price_per_second")
+    if a.cold_after_s is not None:
+        _nonneg(a.cold_after_s, "api.cold_after_s")
+    _nonneg(a.warmup_s, "api.warmup_s")
+    if a.prefill_tokens_per_s is not None:
+        _positive(a.prefill_tokens_per_s, "api.prefill_tokens_per_s")
+    _check(a.long_output in ("truncate", "refuse"), "api.long_output", a.long_output, "must be truncate or refuse")
+    _nonneg(a.lifetime_spend_usd, "api.lifetime_spend_usd")
+    for i, t in enumerate(a.tiers or []):
+        key = f"api.tiers[{i}]"
+        _nonneg(t.min_lifetime_spend_usd, f"{key}.min_lifetime_spend_usd")
+        for k in ("rpm", "tpm", "max_output_tokens"):
+            if getattr(t, k) is not None:
+                _positive(getattr(t, k), f"{key}.{k}", integer=True)
+        if t.monthly_cap_usd is not None:
+            _nonneg(t.monthly_cap_usd, f"{key}.monthly_cap_usd")
+        if i:
+            prev = a.tiers[i - 1].min_lifetime_spend_usd  # type: ignore[index]
+            _check(
+                t.min_lifetime_spend_usd > prev,
+                f"{key}.min_lifetime_spend_usd",
+                t.min_lifetime_spend_usd,
+                f"tiers must rise: above the previous tier's {prev:g}",
+            )
     for k in ("rpm", "tpm", "max_output_tokens"):
         if getattr(a, k) is not None:
             _positive(getattr(a, k), f"api.{k}", integer=True)

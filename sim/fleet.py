@@ -61,6 +61,7 @@ class Records:
         self.finish = np.full(n, np.nan)
         self.preemptions = np.zeros(n, np.int32)
         self.cached = np.zeros(n, np.int64)
+        self.served_output = np.full(n, -1, np.int64)  # >= 0: the API cut the output to this many tokens
 
 
 class Node:
@@ -181,7 +182,7 @@ class Fleet:
                 self._provision_timer(node)
         env.process(self.arrive())
         env.process(self.sample(cfg.output.timeseries_interval_s))
-        if not self.fixed or f.pricing.kind == "spot" or not f.start_warm:
+        if not self.fixed or f.pricing.kind == "spot" or f.pricing.burst == "spot" or not f.start_warm:
             env.process(self.autoscale())
 
     # ------------------------------------------------------------------ replicas
@@ -190,6 +191,9 @@ class Fleet:
         f = self.cfg.fleet
         e = self.cfg.engine
         spot = f.pricing.kind == "spot"
+        if f.pricing.kind == "reserved" and f.pricing.burst == "spot":  # beyond the reservation: spot
+            held = sum(n.gpus for n in self.nodes if n.state != STOPPED and not n.spot)
+            spot = held + self.tp > f.pricing.reserved_gpus
         slot = self.free_slots.pop() if self.free_slots else len(self.nodes)
         node = Node(len(self.all_nodes), slot, self.tp, spot, self.env.now)
         node.engine = Replica(
@@ -517,15 +521,29 @@ class Fleet:
     def _to_api(self, req: Request, attempt: int) -> None:
         api = self.api
         now = self.env.now
-        reason = api.admit(now, req.prompt, req.output)  # type: ignore[union-attr]
+        wait = api.warm_wait(now)  # type: ignore[union-attr]
+        if wait > 0:  # a cold endpoint: the request queues until the warm-up ends
+            t = self.env.timeout(wait)
+            t.callbacks.append(lambda _e, r=req, a=attempt: self._to_api(r, a))
+            return
+        n_out = api.served_output(req.output)  # type: ignore[union-attr]
+        per_second = self.cfg.api.billing == "per_second"
+        if per_second:  # the bill is the execution time, so the latency is drawn first
+            ttft, per_token = api.latency(req.prompt)  # type: ignore[union-attr]
+            reason = api.admit(now, req.prompt, req.output, ttft + (n_out - 1) * per_token)  # type: ignore[union-attr]
+        else:
+            reason = api.admit(now, req.prompt, req.output)  # type: ignore[union-attr]
         if reason is None:
-            ttft, per_token = api.latency()  # type: ignore[union-attr]
+            if not per_second:
+                ttft, per_token = api.latency(req.prompt)  # type: ignore[union-attr]
             i = req.id
             rec = self.records
             rec.route[i] = ROUTE_API
             rec.start[i] = now
             rec.first_token[i] = now + ttft
-            rec.finish[i] = now + ttft + (req.output - 1) * per_token
+            rec.finish[i] = now + ttft + (n_out - 1) * per_token
+            if n_out != req.output:
+                rec.served_output[i] = n_out
             self._api_started += 1
             t = self.env.timeout(rec.finish[i] - now)
             t.callbacks.append(lambda _e, r=req: self._api_done(r))

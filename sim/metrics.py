@@ -31,12 +31,13 @@ REQUEST_COLUMNS = (
     "preemptions",
     "reject_reason",
     "class",
+    "served_output_tokens",
 )
 
 
 def requests_frame(workload: Workload, rec: Records) -> pd.DataFrame:
     arrival = workload.arrival_s
-    out = workload.output_tokens
+    out = np.where(rec.served_output >= 0, rec.served_output, workload.output_tokens)  # an API cap may cut it
     served = (rec.route == ROUTE_GPU) | (rec.route == ROUTE_API)
     ttft = np.where(served, rec.first_token - arrival, np.nan)
     e2e = np.where(served, rec.finish - arrival, np.nan)
@@ -49,7 +50,7 @@ def requests_frame(workload: Workload, rec: Records) -> pd.DataFrame:
             "id": np.arange(len(arrival), dtype=np.int64),
             "arrival_s": arrival,
             "prompt_tokens": workload.prompt_tokens,
-            "output_tokens": out,
+            "output_tokens": workload.output_tokens,
             "cached_tokens": rec.cached,
             "route": route_names[rec.route],
             "replica": rec.replica,
@@ -61,6 +62,7 @@ def requests_frame(workload: Workload, rec: Records) -> pd.DataFrame:
             "preemptions": rec.preemptions,
             "reject_reason": reasons[rec.reason],
             "class": workload.class_of(),
+            "served_output_tokens": out,
         }
     )
 
@@ -105,7 +107,7 @@ def summarize(
     gpu_cost: float,
     api_cost: float,
     ops_cost: float = 0.0,
-    other_costs: dict[str, float] | None = None,
+    egress_cost: float = 0.0,
     arrival_span_s: float | None = None,
     capacity_rps: float = math.nan,
     mean_replicas: float = 0.0,
@@ -132,12 +134,12 @@ def summarize(
         and served.any()
     )
     in_tok = int(df["prompt_tokens"].to_numpy()[served].sum())
-    out_tok = int(df["output_tokens"].to_numpy()[served].sum())
-    others = other_costs or {}
-    total_cost = gpu_cost + api_cost + ops_cost + sum(others.values())
+    out_tok = int(df["served_output_tokens"].to_numpy()[served].sum())
+    total_cost = gpu_cost + api_cost + ops_cost + egress_cost
     tokens = in_tok + out_tok
     span = arrival_span_s if arrival_span_s and arrival_span_s > 0 else sim_duration_s
-    per_hour = cost_rate(gpu_cost + ops_cost + sum(others.values()), sim_duration_s, api_cost, span)
+    # egress is paid per token served, like the API: a rate over the arrival window
+    per_hour = cost_rate(gpu_cost + ops_cost, sim_duration_s, api_cost + egress_cost, span)
     n_gpu = int((route == "gpu").sum())
     gpu_rows = route == "gpu"
     # load against capacity: GPU-served requests per replica-second over one replica's saturation
@@ -164,6 +166,8 @@ def summarize(
         "slo_met": slo_met,
         "gpu_cost": gpu_cost,
         "api_cost": api_cost,
+        "ops_cost": ops_cost,
+        "egress_cost": egress_cost,
         "total_cost": total_cost,
         "cost_per_mtok": total_cost / tokens * 1e6 if tokens else math.nan,
         "input_tokens": in_tok,
@@ -238,14 +242,31 @@ def arrival_span(wc, arrival_s) -> float:
 
 def api_projection(api, api_cost: float, span_s: float) -> dict:
     """The API spend of a run projected to a month, judged against the tier's monthly cap: a
-    10-minute run never reaches a monthly cap, yet the same traffic for a month may."""
+    10-minute run never reaches a monthly cap, yet the same traffic for a month may.
+
+    With tiers that rise with lifetime spend (`api.tiers`), month after month the spend (capped
+    by the tier in force) adds to lifetime spend and lifts the tier; the cap that counts is that
+    of the tier the traffic settles on (`api_tier_settled`, after `api_months_to_settle` months,
+    each earlier month refusing what exceeds its cap)."""
     month = api_cost / span_s * 3600.0 * HOURS_PER_MONTH if span_s > 0 else math.nan
     cap = api.monthly_cap_usd
-    return {
-        "api_cost_per_month": month,
-        "api_monthly_cap": cap if cap is not None else math.nan,
-        "api_cap_exceeded": bool(cap is not None and month > cap),
-    }
+    out: dict = {"api_cost_per_month": month}
+    if api.tiers:
+        lifetime, k, months = api.lifetime_spend_usd, -1, 0
+        for months in range(121):  # a ladder is climbed within a few months, or never
+            while k + 1 < len(api.tiers) and api.tiers[k + 1].min_lifetime_spend_usd <= lifetime:
+                k += 1
+            cap = api.tiers[k].monthly_cap_usd if k >= 0 else api.monthly_cap_usd
+            if cap is None or month <= cap or k + 1 == len(api.tiers):
+                break
+            lifetime += min(month, cap)
+            if api.tiers[k + 1].min_lifetime_spend_usd > lifetime + min(month, cap) * 120:
+                break  # the next tier is out of reach
+        out.update(api_tier_settled=api.tiers[k].name if k >= 0 else None, api_months_to_settle=months)
+    out.update(
+        api_monthly_cap=cap if cap is not None else math.nan, api_cap_exceeded=bool(cap is not None and month > cap)
+    )
+    return out
 
 
 def _mean(values: np.ndarray) -> float:

@@ -226,8 +226,16 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
     f = cfg.fleet
     idle = {n.uid: n.idle_s for n in fleet.all_nodes}
+    most = (f.replicas if f.autoscaler.name == "fixed" else f.max_replicas) * cfg.engine.tensor_parallel_size
     costs, bills = fleet_costs(
-        fleet.spans, f.pricing, cfg.gpu.price_per_hour, f.sleep.cost_fraction, end, idle, runs_gpus=fleet.gpu_possible
+        fleet.spans,
+        f.pricing,
+        cfg.gpu.price_per_hour,
+        f.sleep.cost_fraction,
+        end,
+        idle,
+        runs_gpus=fleet.gpu_possible,
+        max_gpus=most,
     )
     api_cost = fleet.api.spend if fleet.api is not None else 0.0
     span = arrival_span(cfg.workload, wl.arrival_s)
@@ -249,6 +257,8 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     }
     if f.sleep.enabled:
         extra["wake_s"] = fleet.wake_s
+    if wl.shared_fraction is not None:
+        extra["prefix_shared_fraction"] = wl.shared_fraction
     if fleet.prefix:
         looked = sum(n.cache.lookups for n in fleet.all_nodes if n.cache is not None)
         hits = sum(n.cache.hits for n in fleet.all_nodes if n.cache is not None)
@@ -257,6 +267,9 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         for reason, count in fleet.api.refusals.items():
             extra[f"api_refusals.{reason}"] = count
         extra.update(api_projection(cfg.api, api_cost, span))
+        extra.update(api_truncated=fleet.api.truncated, api_warmups=fleet.api.warmups, api_billed_s=fleet.api.billed_s)
+        if cfg.api.tiers:
+            extra["api_tier"] = fleet.api.tier_name
     served = df["route"].to_numpy() == "gpu"
     if served.any():
         prompt = float(df["prompt_tokens"].to_numpy()[served].mean())
@@ -272,6 +285,9 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         )
     else:
         capacity = math.nan
+    p = f.pricing
+    egress = float(df.loc[df["route"] == "gpu", "served_output_tokens"].sum()) * p.bytes_per_token / 1e9
+    extra["egress_gb"] = egress
     summary = summarize(
         cfg,
         df,
@@ -282,6 +298,7 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         gpu_cost=costs["gpu_cost"],
         api_cost=api_cost,
         ops_cost=costs["ops_cost"],
+        egress_cost=egress * p.egress_per_gb,
         arrival_span_s=span,
         capacity_rps=capacity,
         mean_replicas=alive / end if end > 0 else 0.0,

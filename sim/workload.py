@@ -44,6 +44,7 @@ class Workload:
     block_tokens: int = 0  # tokens per prefix block
     clock_start_s: float | None = None  # time of day at t=0, when known
     start_weekday: int | None = None
+    shared_fraction: float | None = None  # shared-prefix model: share of prompt tokens in a group's prefix
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -184,6 +185,36 @@ def _transform(part: _Part, wc: WorkloadConfig, seed: int) -> _Part:
     return part
 
 
+def _shared_prefix(part: _Part, wc: WorkloadConfig, rng: np.random.Generator) -> tuple[_Part, int, float]:
+    """Prefix ids for groups of requests that share a system prompt (workload.shared_prefix).
+
+    A request joins a group with probability `share`, group k with probability ~ 1 / k^zipf;
+    its prompt then begins with the group's `tokens`-token system prompt (the prompt's length is
+    unchanged; a prompt no longer than the system prompt is all of it but its last token). Ids
+    cover the prompt in blocks of about `block_tokens`: the group's blocks, then blocks unique to
+    the request, so a replica with prefix caching skips a group's prefix once it holds it.
+    Returns the part, the block size and the share of prompt tokens in shared blocks."""
+    sp = wc.shared_prefix
+    n = len(part.t)
+    n_blocks = max(1, math.ceil(sp.tokens / sp.block_tokens))
+    bt = max(1, sp.tokens // n_blocks)
+    weights = 1.0 / np.arange(1, sp.groups + 1, dtype=float) ** sp.zipf
+    joined = rng.uniform(size=n) < sp.share
+    group = rng.choice(sp.groups, size=n, p=weights / weights.sum())
+    prompt = part.prompt
+    shared = np.where(joined, np.minimum(n_blocks, (prompt - 1) // bt), 0)  # whole shared blocks
+    unique = -((shared * bt - prompt) // bt)  # ceil((prompt - shared blocks) / bt)
+    counts = shared + unique
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    req = np.repeat(np.arange(n), counts)
+    k = np.arange(offsets[-1]) - offsets[req]
+    in_group = k < shared[req]
+    first_unique = sp.groups * n_blocks
+    ids = np.where(in_group, group[req] * n_blocks + k, first_unique + np.cumsum(~in_group) - 1)
+    part.offsets, part.ids = offsets, ids.astype(np.int64)
+    return part, bt, float((shared * bt).sum() / prompt.sum())
+
+
 def _loop(part: _Part, wc: WorkloadConfig) -> _Part:
     """Repeat the arrivals back to back until duration_s; each copy's prefix ids are distinct."""
     n = len(part.t)
@@ -257,6 +288,16 @@ def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
         raise _empty(
             "workload.rate", wc.rate, f"generating {wc.duration_s} s of arrivals; raise the rate or the duration"
         )
+    info = infos[0] if len(infos) == 1 else {"block_tokens": max(i.get("block_tokens", 0) for i in infos)}
+    shared_fraction = None
+    if wc.shared_prefix.groups:
+        if part.offsets is not None:
+            raise ConfigError(
+                "workload.shared_prefix.groups",
+                wc.shared_prefix.groups,
+                "the trace carries its own prefix ids (hash_ids): a shared-prefix model would replace them",
+            )
+        part, info["block_tokens"], shared_fraction = _shared_prefix(part, wc, stream(seed, "shared_prefix"))
     names, codes = np.unique(part.labels.astype(str), return_inverse=True)
     present = set(names.tolist())
     order = [n for n in sources if n in present] + [n for n in names.tolist() if n not in sources]
@@ -267,7 +308,6 @@ def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
         for n, src in sources.items()
         if src.slo_ttft_s is not None or src.slo_tpot_s is not None
     }
-    info = infos[0] if len(infos) == 1 else {"block_tokens": max(i.get("block_tokens", 0) for i in infos)}
     return Workload(
         arrival_s=part.t,
         prompt_tokens=part.prompt,
@@ -280,6 +320,7 @@ def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
         block_tokens=int(info.get("block_tokens") or 0),
         clock_start_s=info.get("clock_start_s") if not wc.window_start_s and wc.rate_scale == 1 else None,
         start_weekday=info.get("start_weekday") if not wc.window_start_s and wc.rate_scale == 1 else None,
+        shared_fraction=shared_fraction,
     )
 
 
