@@ -252,16 +252,15 @@ def api_projection(api, api_cost: float, span_s: float) -> dict:
     cap = api.monthly_cap_usd
     out: dict = {"api_cost_per_month": month}
     if api.tiers:
-        lifetime, k, months = api.lifetime_spend_usd, -1, 0
-        for months in range(121):  # a ladder is climbed within a few months, or never
-            while k + 1 < len(api.tiers) and api.tiers[k + 1].min_lifetime_spend_usd <= lifetime:
+        tiers, lifetime, k, months = api.tiers, api.lifetime_spend_usd, -1, 0
+        while True:
+            while k + 1 < len(tiers) and tiers[k + 1].min_lifetime_spend_usd <= lifetime:
                 k += 1
-            cap = api.tiers[k].monthly_cap_usd if k >= 0 else api.monthly_cap_usd
-            if cap is None or month <= cap or k + 1 == len(api.tiers):
+            cap = tiers[k].monthly_cap_usd if k >= 0 else api.monthly_cap_usd
+            if cap is None or month <= cap or k + 1 == len(tiers) or months >= 120:
                 break
-            lifetime += min(month, cap)
-            if api.tiers[k + 1].min_lifetime_spend_usd > lifetime + min(month, cap) * 120:
-                break  # the next tier is out of reach
+            lifetime += min(month, cap)  # this month's spend, cut at the tier's cap
+            months += 1
         out.update(api_tier_settled=api.tiers[k].name if k >= 0 else None, api_months_to_settle=months)
     out.update(
         api_monthly_cap=cap if cap is not None else math.nan, api_cap_exceeded=bool(cap is not None and month > cap)
