@@ -81,7 +81,7 @@ class ApiBackend:
         return (prompt * per_input + self.served_output(output) * c.price_output_per_m) / 1e6
 
     def eligible(self, output: int) -> bool:
-        return self.served_output(output) == output or self.cfg.long_output == "truncate"
+        return self.max_output is None or output <= self.max_output or self.cfg.long_output == "truncate"
 
     def warm_wait(self, now: float) -> float:
         """Seconds a request arriving now waits for the endpoint to warm up (0 when warm). An
