@@ -734,8 +734,9 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
     _positive(a.backoff_base_s, "api.backoff_base_s")
     _check(a.backoff_factor >= 1, "api.backoff_factor", a.backoff_factor, "must be >= 1")
     _check(a.backoff_max_s >= a.backoff_base_s, "api.backoff_max_s", a.backoff_max_s, "must be >= api.backoff_base_s")
+    limited = a.rpm is not None or any(t.rpm is not None for t in a.tiers or [])
     _check(
-        gpu or a.on_limit == "backoff" or a.rpm is None,
+        gpu or a.on_limit == "backoff" or not limited,
         "api.on_limit",
         a.on_limit,
         "with no GPUs a refused request can only back off and retry",
