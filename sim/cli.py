@@ -87,6 +87,24 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"replica saturated, this token mix); engine occupancy {s['engine_occupancy']:.1%}, "
         f"busy {s['gpu_busy']:.1%} of the time",
     ]
+    if cfg.api.enabled and s.get("n_api"):
+        notes = []
+        if s.get("api_tier"):
+            notes.append(f"tier {s['api_tier']} at the end of the run")
+        if s.get("api_tier_settled"):
+            months = s.get("api_months_to_settle") or 0
+            notes.append(
+                f"a month of this traffic settles on {s['api_tier_settled']}"
+                + (f" after {months:.0f} month{'s' if months != 1 else ''}" if months else "")
+            )
+        if s.get("api_warmups"):
+            notes.append(f"{_count(s['api_warmups'])} warm-ups of the cold endpoint")
+        if s.get("api_truncated"):
+            notes.append(f"{_count(s['api_truncated'])} outputs cut at the output cap")
+        if cfg.api.billing == "per_second":
+            notes.append(f"{_fmt(s.get('api_billed_s', 0.0), ' s')} of execution billed")
+        if notes:
+            lines.append(f"  API        {'; '.join(notes)}")
     if s.get("api_cap_exceeded"):
         lines.append(
             f"  API cap    EXCEEDED: this traffic spends ${s['api_cost_per_month']:,.0f}/month on the API, over the "

@@ -786,8 +786,8 @@ def _table(rows: pd.DataFrame) -> list[str]:
         return text
 
     out = [
-        "| option | $/month | $/M tokens | p99 TTFT | p99 TPOT | attainment | to API |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| option | $/month | $/M tokens | p99 TTFT | p99 TPOT | attainment | to API | GPU load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for _, r in rows.iterrows():
         month = f"${r['cost_per_month']:,.0f}"
@@ -797,7 +797,7 @@ def _table(rows: pd.DataFrame) -> list[str]:
         out.append(
             f"| {describe(r)} | {month} | ${r['cost_per_mtok']:.4f} | "
             f"{span(r, 'ttft_p99', lambda v: f'{v:.3f} s')} | {span(r, 'tpot_p99', lambda v: f'{v:.1f} ms', 1000)} | "
-            f"{span(r, 'slo_attainment', lambda v: f'{v:.2%}')} | {r['api_share']:.1%} |"
+            f"{span(r, 'slo_attainment', lambda v: f'{v:.2%}')} | {r['api_share']:.1%} | {_load(r)} |"
         )
     if ci:
         out += [
@@ -808,10 +808,20 @@ def _table(rows: pd.DataFrame) -> list[str]:
     return out
 
 
+def _load(r: pd.Series) -> str:
+    """GPU load against capacity (docs/metrics.md), or a dash for the API alone."""
+    v = r.get("gpu_utilization")
+    return f"{v:.0%}" if r["strategy"] != "pure API" and v is not None and pd.notna(v) else "-"
+
+
 def ranked_text(df: pd.DataFrame) -> str:
     best = best_per_option(df)
+    capped = df[df["api_cap_exceeded"].astype(bool)] if "api_cap_exceeded" in df else df.iloc[:0]
     if best.empty:
-        return "  no candidate meets the SLO"
+        text = "  no candidate meets the SLO"
+        if len(capped):
+            text += f" within the API tier's monthly cap ({len(capped)} excluded for breaking it: see plan.md)"
+        return text
     lines = [f"  {'#':>2}  {'option':<48s} {'$/month':>10s} {'$/M tok':>9s} {'attain':>8s} {'to API':>7s}"]
     for i, (_, r) in enumerate(best.iterrows(), 1):
         tie = "=" if i > 1 and bool(r.get("tied_with_best")) else " "

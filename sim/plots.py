@@ -172,6 +172,19 @@ def fleet(result: Result, path: Path) -> None:
     _save(fig, path)
 
 
+COST_COLORS = {
+    "GPU active": "#2ca02c",
+    "GPU idle": "#98df8a",
+    "GPU starting": "#ff7f0e",
+    "GPU draining": "#8c564b",
+    "GPU asleep": "#c5b0d5",
+    "GPUs unused in instances": "#bcbd22",
+    "API": "#d62728",
+    "operations": "#7f7f7f",
+    "egress": "#17becf",
+}
+
+
 def cost(result: Result, path: Path) -> None:
     """Where the money goes: a breakdown, and cumulative cost over time."""
     s = result.summary
@@ -183,8 +196,15 @@ def cost(result: Result, path: Path) -> None:
         "GPU asleep": s["gpu_hours.sleeping"] * result.config.fleet.sleep.cost_fraction,
     }
     hours = sum(parts.values())
-    gpu_parts = {k: s["gpu_cost"] * v / hours for k, v in parts.items()} if hours else {}
-    items = {**gpu_parts, "API": s["api_cost"], "operations": s["ops_cost"]}
+    waste = s.get("gpu_cost_instance_waste", 0.0)
+    gpu_parts = {k: (s["gpu_cost"] - waste) * v / hours for k, v in parts.items()} if hours else {}
+    items = {
+        **gpu_parts,
+        "GPUs unused in instances": waste,
+        "API": s["api_cost"],
+        "operations": s["ops_cost"],
+        "egress": s.get("egress_cost", 0.0),
+    }
     items = {k: v for k, v in items.items() if v > 0}
     fig = Figure(figsize=(12, 4.5))
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
@@ -194,7 +214,7 @@ def cost(result: Result, path: Path) -> None:
         bars = ax1.barh(
             names,
             values,
-            color=["#2ca02c", "#98df8a", "#ff7f0e", "#8c564b", "#c5b0d5", "#d62728", "#7f7f7f"][: len(names)],
+            color=[COST_COLORS.get(k, "#7f7f7f") for k in names],
         )
         for bar, v in zip(bars, values, strict=True):
             ax1.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" \\${v:,.2f}", va="center", fontsize=9)
