@@ -176,6 +176,7 @@ def _task(node):  # the Hydra task function
 
         stamp(out, Path(hc.sweep.dir))  # this job belongs to the sweep that is running
     try:
+        check_overrides(list(hc.overrides.task))
         result = run(node)
     except UserError as exc:
         if multirun:
@@ -201,6 +202,21 @@ def _task(node):  # the Hydra task function
         print(format_summary(s, result.config))
         print(f"  outputs    {out}")
     return (float(s["total_cost"]), float(1.0 - s["slo_attainment"]))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Overrides that compose but cannot mean what they say: emptying a mix's sources leaves the
+    workload's own (default) source, which is not what the user asked for."""
+    from sim.errors import ConfigError
+
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key.endswith("workload.sources") and value.strip() in ("{}", "null", ""):
+            raise ConfigError(
+                "workload.sources",
+                value,
+                "an empty mix: name at least one source, or choose a single-source workload (workload=steady)",
+            )
 
 
 def _discard_empty_run_dir(out: Path) -> None:
@@ -300,6 +316,7 @@ def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     try:
+        check_overrides(list(hc.overrides.task))
         cfg, p = planner.split_config(node)
         planner.validate_plan(p)
         gpus = planner.gpu_options(cfg, p, _gpu_loader(list(hc.overrides.task)))

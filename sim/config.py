@@ -335,6 +335,21 @@ class OutputConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """What one run may cost before anything is allocated (limits): a run over a limit stops with
+    one line naming the key that drives it. Generous defaults; raise them for a bigger machine."""
+
+    max_requests: int = 30_000_000  # requests in the workload (a 10M-request replay needs ~4 GB)
+    max_memory_gib: float = 16.0  # estimated memory of the run's records (~420 bytes a request)
+    max_replicas: int = 10_000  # replicas a fleet may have at once
+    max_samples: int = 2_000_000  # time-series rows (simulated horizon / output.timeseries_interval_s)
+    max_ticks: int = 50_000_000  # autoscaler decisions (horizon / fleet.autoscaler.interval_s)
+    max_spot_preemptions: int = 10_000_000  # expected spot preemptions over the horizon
+    max_tokens: int = 100_000_000  # tokens of one request (prompt or output)
+    max_classes: int = 1_000  # distinct request classes (trace labels, mix sources)
+
+
+@dataclass
 class Config:
     seed: int = 0
     seeds: list[int] | None = None  # replications: run once per seed, report means and 95% intervals
@@ -346,6 +361,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     slo: SloConfig = field(default_factory=SloConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
 
 
 # ----------------------------------------------------------------------------- building
@@ -412,11 +428,33 @@ def to_config(obj: Any) -> Config:
 
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), obj)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
         first = str(exc).splitlines()[0]
         raise ConfigError(key, getattr(exc, "value", None) or "?", first) from None
+    unknown_keys(cfg, "")
+    return cfg  # type: ignore[return-value]
+
+
+def unknown_keys(node: Any, key: str) -> None:
+    """A key the schema does not know (a typo added with `+`, e.g. `+workload.rat=3`) stops the
+    run instead of being ignored."""
+    import difflib
+
+    if not hasattr(node, "__dataclass_fields__"):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                unknown_keys(v, f"{key}.{k}")
+        return
+    fields = node.__dataclass_fields__
+    for name, value in vars(node).items():
+        where = f"{key}.{name}" if key else name
+        if name not in fields:
+            near = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f"; did you mean {key + '.' if key else ''}{near[0]}?" if near else ""
+            raise ConfigError(where, value, f"unknown key{hint}")
+        unknown_keys(value, where)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -743,8 +781,27 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
     )
 
 
+def finite(node: Any, key: str) -> None:
+    """Every number of a config (dataclasses, lists and mappings, recursively) must be finite:
+    NaN or an infinity anywhere stops with the key."""
+    if isinstance(node, bool) or node is None:
+        return
+    if isinstance(node, float):
+        _check(math.isfinite(node), key, node, "must be a finite number")
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            finite(getattr(node, name), f"{key}.{name}" if key else name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            finite(v, f"{key}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            finite(v, f"{key}[{i}]")
+
+
 def validate(cfg: Config) -> None:
     """Check every value before simulating; raise ConfigError on the first bad one."""
+    finite(cfg, "")
     _check(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
     if cfg.seeds is not None:
         _check(
@@ -877,10 +934,16 @@ def validate(cfg: Config) -> None:
         prefix = f"workload.sources.{name}" if name else "workload"
         p_low = length_lower_bound(src.prompt_tokens) * w.prompt_scale
         o_low = length_lower_bound(src.output_tokens) * w.output_scale
+        if w.prompt_scale != 1 or w.output_scale != 1:  # the scale is what went too far
+            key, value = ("workload.prompt_scale", w.prompt_scale)
+            if w.output_scale != 1 and o_low > plan.max_model_len / 2:
+                key, value = ("workload.output_scale", w.output_scale)
+        else:
+            key, value = f"{prefix}.prompt_tokens", length_upper_bound(src.prompt_tokens)
         _check(
             p_low + o_low <= plan.max_model_len,
-            f"{prefix}.prompt_tokens",
-            length_upper_bound(src.prompt_tokens),
+            key,
+            value,
             f"every request would exceed the context limit: at most {plan.max_model_len} prompt + output tokens fit "
             f"(max_model_len {plan.max_model_len}, KV cache {plan.kv_tokens} tokens)",
         )
@@ -895,3 +958,11 @@ def validate(cfg: Config) -> None:
     _check(0 <= s.attainment <= 1, "slo.attainment", s.attainment, "must be in [0, 1]")
 
     _positive(cfg.output.timeseries_interval_s, "output.timeseries_interval_s")
+    lim = cfg.limits
+    for k in ("max_requests", "max_replicas", "max_samples", "max_ticks", "max_spot_preemptions", "max_tokens"):
+        _positive(getattr(lim, k), f"limits.{k}", integer=True)
+    _positive(lim.max_memory_gib, "limits.max_memory_gib")
+    _positive(lim.max_classes, "limits.max_classes", integer=True)
+    from sim.limits import check_config
+
+    check_config(cfg)

@@ -27,6 +27,7 @@ from sim.autoscale import make_autoscaler
 from sim.config import WEIGHT_BYTES, Config
 from sim.cost import STATES, Span, state_weight
 from sim.engine import Replica, Request
+from sim.errors import ConfigError
 from sim.kvcache import MemoryPlan
 from sim.perf import PerfModel
 from sim.prefix import PrefixCache
@@ -566,7 +567,15 @@ class Fleet:
 
     def autoscale(self):
         interval = self.cfg.fleet.autoscaler.interval_s
+        ticks, most = 0, self.cfg.limits.max_ticks
         while True:
+            ticks += 1
+            if ticks > most:
+                raise ConfigError(
+                    "fleet.autoscaler.interval_s",
+                    interval,
+                    f"{most:,} autoscaler decisions (limits.max_ticks) by {self.env.now:,.4g} s; raise the interval",
+                )
             yield self.env.timeout(interval)
             # tokens_per_s is measured over whole intervals (a poke between ticks reuses it)
             self._tokens_rate = (self._tokens_done - self._tokens_prev) / interval
@@ -678,8 +687,17 @@ class Fleet:
     def sample(self, interval: float):
         env = self.env
         k = 0
+        most = self.cfg.limits.max_samples
         while True:
             k += 1
+            if k > most:  # the run goes on far longer than its arrivals: a runaway horizon
+                raise ConfigError(
+                    "output.timeseries_interval_s",
+                    interval,
+                    f"the simulation passed {env.now:,.4g} s ({most:,} time-series rows, limits.max_samples) with "
+                    f"{self.n_total - self.n_closed:,} requests unfinished: iterations this slow (check the engine "
+                    "and performance keys) or a fleet this small cannot finish the workload",
+                )
             yield env.timeout(k * interval - env.now)
             self.take_sample()
             if (

@@ -747,7 +747,7 @@ def _tie_lines(best: pd.DataFrame, cfg: Config) -> list[str]:
     tied = best[best["tied_with_best"].astype(bool)]
     if len(tied) <= 1:
         return [""]
-    how = "their cost intervals overlap" if cfg.seeds else "within the tie tolerance (plan.tie_tolerance)"
+    how = "their cost intervals overlap" if cfg.seeds else "within plan.tie_tolerance of it"
     names = "; ".join(describe(r) for _, r in tied.iloc[1:].iterrows())
     return [
         "",

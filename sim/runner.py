@@ -21,6 +21,7 @@ from sim.cost import fleet_costs
 from sim.errors import UserError
 from sim.fleet import ROUTE_NONE, SAMPLE_COLUMNS, Fleet
 from sim.kvcache import MemoryPlan, memory_plan
+from sim.limits import check_workload as check_limits
 from sim.metrics import api_projection, arrival_span, json_ready, requests_frame, summarize
 from sim.perf import build_perf, saturation_throughput
 from sim.workload import Workload, block_bootstrap, build_workload, has_trace, stream
@@ -117,7 +118,7 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
         if workload is None and has_trace(cfg.workload):
             how = "fixed trace"
             if cfg.workload.bootstrap_block_s is not None:
-                base = build_workload(cfg.workload, s)
+                base = build_workload(cfg.workload, s, cfg.limits)
                 wl = block_bootstrap(
                     base,
                     arrival_span(cfg.workload, base.arrival_s),
@@ -208,7 +209,8 @@ def _mean(values: list):
 
 def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     wall0 = time.perf_counter()
-    wl = build_workload(cfg.workload, cfg.seed) if workload is None else check_workload(workload)
+    wl = build_workload(cfg.workload, cfg.seed, cfg.limits) if workload is None else check_workload(workload)
+    check_limits(cfg, wl.arrival_s, wl.prompt_tokens, wl.output_tokens, len(wl.class_names))
     plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)
     perf = build_perf(cfg.model, cfg.gpu, cfg.engine)
 

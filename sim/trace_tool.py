@@ -260,7 +260,14 @@ def _load(args) -> tuple[str, dict]:
 
     opts = {"keep_failed": args.keep_failed, "sort": args.sort, "time_unit": args.time_unit}
     if args.columns:
+        bad = [kv for kv in args.columns if "=" not in kv or not kv.split("=", 1)[1]]
+        if bad:
+            raise UserError(f"--columns {bad[0]}: give KEY=COLUMN (e.g. arrival_s=timestamp)")
         opts["columns"] = dict(kv.split("=", 1) for kv in args.columns)
+        known = ("arrival_s", "prompt_tokens", "output_tokens", "label")
+        unknown = [k for k in opts["columns"] if k not in known]
+        if unknown:
+            raise UserError(f"--columns {unknown[0]}=...: unknown key; known: {', '.join(known)}")
     tr = read_trace(resolve_path(args.path), args.format, **opts)
     note = f", {tr.dropped_failed} failed requests dropped" if tr.dropped_failed else ""
     return f"trace {args.path} ({args.format}{note})", {
@@ -273,6 +280,22 @@ def _load(args) -> tuple[str, dict]:
         "block_tokens": tr.block_tokens,
         "start_weekday": tr.start_weekday,
     }
+
+
+def _check_writable(path: Path) -> None:
+    """`fit -o`: a file that can be written (not a directory, in a directory that exists or can be
+    made), checked before the work."""
+    if path.is_dir():
+        raise UserError(f"-o {path}: is a directory; give a YAML file name (e.g. {path}/workload.yaml)")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"-o {path}: cannot create {parent} ({exc.strerror or exc})") from None
+    import os
+
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"-o {path}: {parent} is not writable")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.workload and not args.path:
             raise UserError("give a trace PATH (or --workload for stats)")
+        if args.seed < 0:
+            raise UserError(f"--seed {args.seed}: must be an integer >= 0")
+        if args.command == "fit":
+            _check_writable(args.output)
         title, data = _load(args)
         weekday = data.pop("start_weekday", None)
         if args.command == "stats":
@@ -323,7 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             source=str(args.path),
             seed=args.seed,
         )
-        write_fitted(cfg, args.output)
+        try:
+            write_fitted(cfg, args.output)
+        except OSError as exc:
+            raise UserError(f"-o {args.output}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {args.output} ({cfg['arrival']} arrivals, {cfg['rate']:.3f} req/s)")
         return 0
     except UserError as exc:

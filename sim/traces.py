@@ -101,13 +101,17 @@ def _numbers(df: pd.DataFrame, column: str, where: Where) -> np.ndarray:
     return values
 
 
+MAX_TOKENS = 1_000_000_000  # no model has a context of a billion tokens: a larger count is a bad cell
+MAX_SPAN_S = 1e9  # 31 years: a longer trace is a unit error (milliseconds read as seconds, ...)
+
+
 def _tokens(df: pd.DataFrame, column: str, where: Where, *, minimum: int) -> np.ndarray:
     values = _numbers(df, column, where)
-    bad = (values < minimum) | (values != np.floor(values))
+    bad = (values < minimum) | (values != np.floor(values)) | (values > MAX_TOKENS)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         need = "a whole number >= 1" if minimum == 1 else "a whole number >= 0"
-        raise where.error(i, f"token count {values[i]:g}: need {need}", column)
+        raise where.error(i, f"token count {values[i]:g}: need {need}, at most {MAX_TOKENS:,}", column)
     return values.astype(np.int64)
 
 
@@ -186,10 +190,13 @@ def read_mooncake(path: str, opts: dict) -> Trace:
     import pyarrow.json as pj
 
     try:
-        table = pj.read_json(path)
+        if Path(path).suffix in COMPRESSED:
+            table = pj.read_json(pa.input_stream(path, compression="detect"))
+        else:
+            table = pj.read_json(path)
     except FileNotFoundError:
         raise TraceError(path, not_found(path)) from None
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError):
         raise _bad_json_line(path) from None
     where = Where(path, 1)
     names = table.column_names
@@ -268,7 +275,25 @@ def read_trace(path: str | Path, fmt: str, **opts) -> Trace:
     """Read a trace; `opts`: columns, time_unit, keep_failed, sort (see SourceConfig)."""
     if fmt not in READERS:
         raise TraceError(str(path), f"unknown format {fmt!r}; known: {', '.join(READERS)}")
-    return READERS[fmt](str(path), {**opts, "format": fmt})
+    p = Path(path)
+    if p.is_dir():
+        raise TraceError(str(path), "is a directory, not a trace file")
+    try:
+        trace = READERS[fmt](str(path), {**opts, "format": fmt})
+    except UnicodeDecodeError as exc:
+        raise TraceError(str(path), f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+    except (PermissionError, IsADirectoryError, OSError) as exc:
+        if isinstance(exc, TraceError):
+            raise
+        raise TraceError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    span = float(trace.arrival_s[-1]) if len(trace.arrival_s) else 0.0
+    if span > MAX_SPAN_S:
+        raise TraceError(
+            str(path),
+            f"arrival times span {span:.3g} s ({span / 3.156e7:,.0f} years): check the time unit "
+            "(workload.time_unit, --time-unit) and the timestamps",
+        )
+    return trace
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -309,7 +334,7 @@ def _reorder_csr(offsets: np.ndarray, ids: np.ndarray, order: np.ndarray) -> tup
 
 
 def _bad_json_line(path: str) -> TraceError:
-    with open(path, encoding="utf-8") as fh:
+    with _open_text(path) as fh:
         for n, text in enumerate(fh, start=1):
             if not text.strip():
                 return TraceError(path, "empty line", line=n)
@@ -326,3 +351,16 @@ def _bad_json_line(path: str) -> TraceError:
             if "hash_ids" in obj and not (isinstance(ids, list) and all(isinstance(x, int) for x in ids)):
                 return TraceError(path, "hash_ids must be a list of integer block ids", line=n, column="hash_ids")
     return TraceError(path, "cannot read as JSON lines")
+
+
+COMPRESSED = {".gz": "gzip", ".bz2": "bz2", ".xz": "lzma"}
+
+
+def _open_text(path: str):
+    """A text file, decompressed when its suffix says so."""
+    kind = COMPRESSED.get(Path(path).suffix)
+    if kind is None:
+        return open(path, encoding="utf-8")  # noqa: SIM115 (returned to a with-block)
+    import importlib
+
+    return importlib.import_module(kind).open(path, "rt", encoding="utf-8")

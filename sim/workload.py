@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from sim.arrivals import ARRIVALS, TRACE
-from sim.config import SourceConfig, WorkloadConfig, resolve_path
+from sim.config import LimitsConfig, SourceConfig, WorkloadConfig, resolve_path
 from sim.errors import ConfigError
 from sim.lengths import sample_lengths, sample_pairs
 from sim.traces import read_trace
@@ -36,7 +36,7 @@ class Workload:
     arrival_s: np.ndarray  # float64, non-decreasing, from 0
     prompt_tokens: np.ndarray  # int64 >= 1
     output_tokens: np.ndarray  # int64 >= 1
-    classes: np.ndarray | None = None  # int16 index into class_names (None: one class)
+    classes: np.ndarray | None = None  # int32 index into class_names (None: one class)
     class_names: tuple[str, ...] = ("default",)
     class_slo: dict[str, tuple[float | None, float | None]] = field(default_factory=dict)  # (ttft_s, tpot_s)
     hash_offsets: np.ndarray | None = None  # request i's prefix blocks: hash_ids[off[i]:off[i+1]]
@@ -150,7 +150,7 @@ def _empty(key: str, value: object, what: str) -> ConfigError:
     return ConfigError(key, value, f"no request is left after {what}")
 
 
-def _transform(part: _Part, wc: WorkloadConfig, seed: int) -> _Part:
+def _transform(part: _Part, wc: WorkloadConfig, seed: int, limits: LimitsConfig | None = None) -> _Part:
     if wc.window_start_s is not None or wc.window_end_s is not None:
         start = wc.window_start_s or 0.0
         end = wc.window_end_s if wc.window_end_s is not None else math.inf
@@ -175,6 +175,10 @@ def _transform(part: _Part, wc: WorkloadConfig, seed: int) -> _Part:
         if len(keep) < len(part.t):
             part = part.take(keep)
     if wc.load_scale != 1.0:
+        if limits is not None:
+            from sim.limits import check_trace_size
+
+            check_trace_size(wc, limits, len(part.t))
         part = _load_scale(part, wc.load_scale, stream(seed, "load_scale"))
         if not len(part.t):
             raise _empty("workload.load_scale", wc.load_scale, "thinning")
@@ -274,7 +278,9 @@ def horizon(wc: WorkloadConfig) -> float | None:
     return (wc.window_start_s or 0.0) + wc.duration_s * wc.rate_scale
 
 
-def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
+def build_workload(wc: WorkloadConfig, seed: int, limits: LimitsConfig | None = None) -> Workload:
+    """The workload of `wc` under `seed`; with `limits`, a trace's replication by load_scale is
+    checked before it is allocated."""
     sources = wc.sources or {wc.name: wc}
     span = horizon(wc)
     parts, infos = [], []
@@ -283,7 +289,7 @@ def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
         part, info = _source(src, name, span, seed, key)
         parts.append(part)
         infos.append(info)
-    part = _transform(_merge(parts), wc, seed)
+    part = _transform(_merge(parts), wc, seed, limits)
     if not len(part.t):
         raise _empty(
             "workload.rate", wc.rate, f"generating {wc.duration_s} s of arrivals; raise the rate or the duration"
@@ -302,7 +308,7 @@ def build_workload(wc: WorkloadConfig, seed: int) -> Workload:
     present = set(names.tolist())
     order = [n for n in sources if n in present] + [n for n in names.tolist() if n not in sources]
     remap = {n: i for i, n in enumerate(order)}
-    classes = np.array([remap[n] for n in names], dtype=np.int16)[codes]
+    classes = np.array([remap[n] for n in names], dtype=np.int32)[codes]
     class_slo = {
         n: (src.slo_ttft_s, src.slo_tpot_s)
         for n, src in sources.items()
