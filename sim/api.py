@@ -97,6 +97,10 @@ class ApiBackend:
         self._busy_until = self._warm_at
         return c.warmup_s
 
+    def running_until(self, finish: float) -> None:
+        """An admitted request runs until `finish`: the endpoint stays warm at least that long."""
+        self._busy_until = max(self._busy_until, finish)
+
     def admit(self, now: float, prompt: int, output: int, seconds: float = 0.0) -> str | None:
         """Start the request now if every limit allows; return None, or the limit that refused.
         `seconds`: its execution time, for per-second billing."""
@@ -131,7 +135,6 @@ class ApiBackend:
         self.spend += price
         self.billed_s += seconds
         self.truncated += self.served_output(output) < output
-        self._busy_until = max(self._busy_until, now + seconds)
         if self.cfg.tiers:
             self._upgrade()
         return None

@@ -155,7 +155,7 @@ def format_summary(summary: dict, cfg: Config) -> str:
 FAILED_OBJECTIVES = (1e12, 1.0)  # what a failed job returns to an optimising sweeper
 
 
-def _task(node):  # the Hydra task function
+def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     """One scenario. In a multirun, a job that fails records why in its directory (error.txt) and
     returns instead of raising, so the sweep goes on and the callback counts it. Returns
     (total cost, SLO miss) for optimising sweepers (Optuna)."""
@@ -164,13 +164,22 @@ def _task(node):  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sim.runner import run
+    from sim.runner import OUTPUTS, run
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    for stale in ("summary.json", "error.txt"):  # a reused directory: no earlier run's verdict survives
-        (out / stale).unlink(missing_ok=True)
+    if multirun:  # a job directory of a sweep run again: no earlier output survives to mix with this one
+        _clear_outputs(out)
+    else:
+        earlier = [name for name in OUTPUTS if (out / name).exists()]
+        if earlier:  # never overwrite, mix or delete what an earlier run left in a directory
+            print(
+                f"fleetsim: error: hydra.run.dir={out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); "
+                "choose another directory or move them away",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USAGE)
     if multirun:
         from sim.sweep import stamp
 
@@ -183,7 +192,7 @@ def _task(node):  # the Hydra task function
             (out / "error.txt").write_text(f"{exc}\n")
             print(f"fleetsim: job {hc.job.num} failed: {exc}", file=sys.stderr)
             return FAILED_OBJECTIVES
-        _discard_empty_run_dir(out)
+        _discard_empty_run_dir(out, kept)
         print(f"fleetsim: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except Exception as exc:
@@ -219,18 +228,66 @@ def check_overrides(overrides: list[str]) -> None:
             )
 
 
-def _discard_empty_run_dir(out: Path) -> None:
-    """A run stopped by bad input leaves no directory behind (only Hydra's bookkeeping was in it)."""
+def _clear_outputs(out: Path) -> None:
+    import shutil
+
+    from sim.runner import OUTPUTS
+
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _discard_empty_run_dir(out: Path, kept: frozenset = frozenset()) -> None:
+    """A run stopped by bad input leaves nothing behind: Hydra's bookkeeping (.hydra/, an empty
+    log) is removed, and so is the directory Hydra made for it, but never a directory that
+    existed before the command (`kept`), empty or not."""
     import shutil
 
     if not out.is_dir():
         return
-    logs = [p for p in out.iterdir() if p.suffix == ".log"]  # Hydra's <job name>.log
+    logs = [p for p in out.iterdir() if p.suffix == ".log" and not p.stat().st_size]  # Hydra's <job>.log
+    if out.resolve() in kept:
+        shutil.rmtree(out / ".hydra", ignore_errors=True)
+        for log in logs:
+            log.unlink(missing_ok=True)
+        return
     if any(p.name != ".hydra" and p not in logs for p in out.iterdir()):
         return
-    if any(log.stat().st_size for log in logs):
-        return
     shutil.rmtree(out, ignore_errors=True)
+
+
+def _refuse_earlier_run(prog: str, args: Sequence[str]) -> None:
+    """A single run into a directory that holds an earlier run's outputs stops before Hydra writes
+    anything there: nothing of the earlier run is overwritten, mixed or deleted."""
+    from sim.runner import OUTPUTS
+
+    for a in args:
+        key, _, value = a.partition("=")
+        if key != "hydra.run.dir" or not value:
+            continue
+        out = Path(value).expanduser()
+        earlier = [name for name in (*OUTPUTS, "plan.csv", "breakeven.csv") if (out / name).exists()]
+        if earlier:
+            print(
+                f"{prog}: error: hydra.run.dir={value}: holds an earlier run's outputs ({', '.join(earlier[:3])}); "
+                "choose another directory or move them away",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USAGE)
+
+
+def _existing_dirs(args: Sequence[str]) -> frozenset:
+    """Directories named by hydra.run.dir / hydra.sweep.dir that exist before the command runs."""
+    found = set()
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and Path(value).expanduser().is_dir():
+            found.add(Path(value).expanduser().resolve())
+    return frozenset(found)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -258,10 +315,18 @@ def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> No
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    kept = _existing_dirs(sys.argv[1:])
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+        _refuse_earlier_run(prog, sys.argv[1:])
     register_configs()
     user_wants_trace = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of exit(1)
-    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)(task)
+
+    def run_task(node):
+        return task(node, kept)
+
+    run_task.__module__, run_task.__name__ = task.__module__, task.__name__  # Hydra names the job after it
+    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)(run_task)
     try:
         app()
     except (HydraException, OmegaConfBaseException, UserError) as exc:
@@ -305,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     _launch(_task, "config", argv, "fleetsim")
 
 
-def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
+def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task function of fleetsim-plan
     """Plan or break-even for the composed workload and SLO; outputs into Hydra's run dir."""
     import time
 
@@ -322,7 +387,7 @@ def _plan_task(node) -> None:  # the Hydra task function of fleetsim-plan
         gpus = planner.gpu_options(cfg, p, _gpu_loader(list(hc.overrides.task)))
         planner.validate_scenario(cfg, p, gpus)
     except UserError as exc:
-        _discard_empty_run_dir(out)
+        _discard_empty_run_dir(out, kept)
         print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     t0 = time.perf_counter()

@@ -414,6 +414,31 @@ def load_option(group: str, name: str) -> Any:
 
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
+# upper bounds of the physically possible: a larger value is a typo (and overflows the arithmetic)
+PLAUSIBLE = {
+    "model.params_b": 1e5,
+    "model.active_params_b": 1e5,
+    "model.layers": 1e4,
+    "model.hidden": 1e6,
+    "model.heads": 1e5,
+    "model.kv_heads": 1e5,
+    "model.head_dim": 1e5,
+    "model.experts": 1e6,
+    "model.max_position": 1e9,
+    "gpu.memory_gib": 1e5,
+    "gpu.mem_bw_tbps": 1e4,
+    "gpu.bf16_tflops": 1e7,
+    "gpu.fp8_tflops": 1e7,
+    "gpu.link_gbps": 1e7,
+    "gpu.allreduce_latency_us": 1e7,
+    "gpu.max_tp": 4096,
+    "gpu.price_per_hour": 1e5,
+    "engine.max_num_seqs": 1e6,
+    "engine.max_num_batched_tokens": 1e8,
+    "engine.reserve_gib": 1e5,
+    "engine.step_overhead_ms": 6e4,
+    "engine.max_model_len": 1e9,
+}
 KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
 LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
@@ -568,10 +593,17 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
             validate_length(src.output_tokens, f"{key}.output_tokens")
     if src.arrival == "mmpp":
         _check(src.burst_multiplier >= 1, f"{key}.burst_multiplier", src.burst_multiplier, "must be >= 1")
-        _positive(src.burst_mean_s, f"{key}.burst_mean_s")
-        _positive(src.calm_mean_s, f"{key}.calm_mean_s")
+        for k in ("burst_mean_s", "calm_mean_s"):
+            _check(
+                math.isfinite(getattr(src, k)) and getattr(src, k) >= 1e-3,
+                f"{key}.{k}",
+                getattr(src, k),
+                "must be at least 0.001 s",
+            )
+        _check(src.burst_multiplier <= 1e6, f"{key}.burst_multiplier", src.burst_multiplier, "must be at most 1e6")
     if src.arrival in ("gamma", "diurnal"):
         _positive(src.cv, f"{key}.cv")
+        _check(src.cv <= 100, f"{key}.cv", src.cv, "must be at most 100 (inter-arrival coefficient of variation)")
     if src.arrival == "diurnal":
         _check(src.peak_to_trough >= 1, f"{key}.peak_to_trough", src.peak_to_trough, "must be >= 1")
         _check(0 <= src.peak_hour < 24, f"{key}.peak_hour", src.peak_hour, "must be in [0, 24)")
@@ -898,6 +930,18 @@ def validate(cfg: Config) -> None:
             f"must not exceed model.max_position ({m.max_position})",
         )
 
+    for key, top in PLAUSIBLE.items():  # beyond these, a value is a typo, and its arithmetic overflows
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        _check(value is None or value <= top, key, value, f"must be at most {top:g}")
+    if m.flop_params_b is not None:
+        _check(
+            m.flop_params_b <= m.params_b,
+            "model.flop_params_b",
+            m.flop_params_b,
+            f"must not exceed model.params_b ({m.params_b})",
+        )
+
     # Memory: the weights must fit and leave room for KV (imported here: plain arithmetic).
     from sim.kvcache import memory_plan
 
@@ -946,6 +990,18 @@ def validate(cfg: Config) -> None:
             value,
             f"every request would exceed the context limit: at most {plan.max_model_len} prompt + output tokens fit "
             f"(max_model_len {plan.max_model_len}, KV cache {plan.kv_tokens} tokens)",
+        )
+
+    if e.perf_table is None:  # the slowest iteration the engine can run must be a number of seconds
+        from sim.perf import build_perf
+
+        worst = build_perf(m, g, e).iteration_time(e.max_num_seqs, plan.kv_tokens, [(e.max_num_batched_tokens, 0)])
+        _check(
+            math.isfinite(worst) and worst <= 3600,
+            "engine.max_num_batched_tokens",
+            e.max_num_batched_tokens,
+            f"a full engine iteration of {m.name} on {g.name} would take {worst:.3g} s: check the model, GPU and "
+            "engine figures (parameters, FLOPS, bandwidth, efficiency factors, step overhead)",
         )
 
     validate_fleet(cfg.fleet)

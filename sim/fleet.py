@@ -545,6 +545,7 @@ class Fleet:
             rec.finish[i] = now + ttft + (n_out - 1) * per_token
             if n_out != req.output:
                 rec.served_output[i] = n_out
+            api.running_until(rec.finish[i])  # type: ignore[union-attr]
             self._api_started += 1
             t = self.env.timeout(rec.finish[i] - now)
             t.callbacks.append(lambda _e, r=req: self._api_done(r))

@@ -64,9 +64,11 @@ def check_config(cfg: Config) -> None:
                 top = length_upper_bound(lc) or (lc.p99 if lc.dist == "lognormal" else None) or lc.mean
                 if top is not None and top * scale > lim.max_tokens:
                     k, v = (f"workload.{which}_scale", scale) if scale != 1 else (f"{prefix}.{which}_tokens", top)
-                    raise _over(k, v, f"{which} lengths of up to", top * scale, "max_tokens", lim.max_tokens, "lower it")
-    if len(sources) > lim.max_classes:
-        raise _over("workload.sources", f"[{len(sources)}]", "classes", len(sources), "max_classes", lim.max_classes, "merge some")
+                    what = f"{which} lengths of up to"
+                    raise _over(k, v, what, top * scale, "max_tokens", lim.max_tokens, "lower it")
+    n = len(sources)
+    if n > lim.max_classes:
+        raise _over("workload.sources", f"[{n}]", "classes", n, "max_classes", lim.max_classes, "merge some")
 
 
 def _generation_horizon(w: WorkloadConfig) -> float:

@@ -915,7 +915,10 @@ def crossovers(df: pd.DataFrame, with_ops: bool = True) -> list[dict]:
             continue
         d_a = cost(ra["option"], a) - cost(rb["option"], a)  # log ratio <= 0: the first was cheaper at a
         d_b = cost(ra["option"], b) - cost(rb["option"], b)
-        exact = math.isfinite(d_a) and math.isfinite(d_b) and d_a != d_b
+        # one power law per option between the levels holds only while each option is the same
+        # set-up at both (a fleet that grows from one replica to two jumps in cost)
+        same = all(_choice(ok, o, a) == _choice(ok, o, b) for o in (ra["option"], rb["option"]))
+        exact = math.isfinite(d_a) and math.isfinite(d_b) and d_a != d_b and same
         frac = min(max(d_a / (d_a - d_b), 0.0), 1.0) if exact else 0.5
         at = math.exp(math.log(a) + (math.log(b) - math.log(a)) * frac)
         rate_a, rate_b = float(ra["rate"]), float(rb["rate"])
@@ -933,6 +936,11 @@ def crossovers(df: pd.DataFrame, with_ops: bool = True) -> list[dict]:
             }
         )
     return out
+
+
+def _choice(ok: pd.DataFrame, option: str, v: float):
+    m = ok[(ok.volume == v) & (ok.option == option)]
+    return m["choice"].iloc[0] if len(m) and "choice" in m else None
 
 
 def breakeven_report(cfg: Config, df: pd.DataFrame, cross: list[dict], cross_no_ops: list[dict] | None = None) -> str:
@@ -989,7 +997,7 @@ def _crossing(c: dict) -> str:
         )
     return (
         f"- {c['from']} -> {c['to']} between {lo:.3g} and {hi:.3g} req/s "
-        "(not interpolated: one of the two misses the SLO at one of the levels)"
+        "(not interpolated: one of the two misses the SLO at one of the levels, or changes set-up between them)"
     )
 
 

@@ -47,10 +47,14 @@ class Result:
     per_seed: pd.DataFrame | None = None  # replicated runs: one summary row per seed
 
     def save(self, out_dir: str | Path, *, plots: bool | None = None) -> Path:
-        """Write summary.json, requests.parquet, timeseries.csv and plots/ into out_dir."""
+        """Write requests.parquet, timeseries.csv, replicas.csv, seeds.csv, config.yaml and plots/
+        into out_dir, then summary.json, atomically and last: a run directory holds a summary only
+        once everything else is in place (a run stopped while writing has none, and a sweep counts
+        it as failed)."""
+        import os
+
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
         (out / "config.yaml").write_text(config_yaml(self.config))
         if self.config.output.requests:
             self.requests.to_parquet(out / "requests.parquet", index=False)
@@ -63,7 +67,24 @@ class Result:
             from sim import plots as plotting
 
             plotting.save_all(self, out / "plots")
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
+        os.replace(tmp, out / "summary.json")
         return out
+
+
+# what a run writes into its directory (Result.save, and error.txt for a failed sweep job)
+OUTPUTS = (
+    "summary.json",
+    "requests.parquet",
+    "timeseries.csv",
+    "replicas.csv",
+    "seeds.csv",
+    "config.yaml",
+    "error.txt",
+    "plots",
+    ".summary.json.tmp",
+)
 
 
 def check_workload(wl: Workload) -> Workload:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -263,3 +264,6 @@ class SweepCallback(Callback):  # type: ignore[misc]
             print(f"  {best.get('reason')}")
         written = "sweep.csv, sweep_best.json and plots/" if self.plots else "sweep.csv and sweep_best.json"
         print(f"  {written} written to {sweep_dir}")
+        if not (df["status"] == "ok").any():  # nothing to compare: the command failed
+            print(f"fleetsim sweep: error: every job failed ({len(df)}); see sweep.csv in {sweep_dir}", file=sys.stderr)
+            sys.exit(2)

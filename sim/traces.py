@@ -281,7 +281,8 @@ def read_trace(path: str | Path, fmt: str, **opts) -> Trace:
     try:
         trace = READERS[fmt](str(path), {**opts, "format": fmt})
     except UnicodeDecodeError as exc:
-        raise TraceError(str(path), f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})") from None
+        byte = exc.object[exc.start]
+        raise TraceError(str(path), f"not UTF-8 text (byte {byte:#04x} at offset {exc.start})") from None
     except (PermissionError, IsADirectoryError, OSError) as exc:
         if isinstance(exc, TraceError):
             raise
@@ -360,7 +361,7 @@ def _open_text(path: str):
     """A text file, decompressed when its suffix says so."""
     kind = COMPRESSED.get(Path(path).suffix)
     if kind is None:
-        return open(path, encoding="utf-8")  # noqa: SIM115 (returned to a with-block)
+        return open(path, encoding="utf-8")
     import importlib
 
     return importlib.import_module(kind).open(path, "rt", encoding="utf-8")

@@ -28,6 +28,8 @@ def test_every_option_composes_and_validates(group):
         assert getattr(c, group).name == name, f"conf/{group}/{name}.yaml must set name: {name}"
         if group == "model" and name == "llama3-70b":
             c = cfg("model=llama3-70b", "engine.tensor_parallel_size=4")
+        if group == "model" and name == "glm-4.5":  # 355B in FP8: a node of eight H100s
+            c = cfg("model=glm-4.5", "engine.tensor_parallel_size=8")
         validate(c)
 
 

@@ -307,3 +307,15 @@ def test_plan_csv_documents_its_new_columns():
     text = (ROOT / "docs" / "metrics.md").read_text()
     for col in ("gpu_price", "tied_with_best", "api_cap_exceeded", "cost_per_hour_no_ops", "engine_occupancy"):
         assert f"`{col}`" in text, col
+
+
+def test_a_crossover_is_not_interpolated_across_a_change_of_fleet_size():
+    rows = []
+    for v, api, ded, choice in ((1.0, 0.08, 0.07, "1 x h100"), (2.0, 0.08, 0.09, "2 x h100")):
+        rows += [
+            {"volume": v, "rate": v, "option": "API", "slo_met": True, "cost_per_mtok": api, "choice": "API only"},
+            {"volume": v, "rate": v, "option": "dedicated", "slo_met": True, "cost_per_mtok": ded, "choice": choice},
+        ]
+    df = pd.DataFrame(rows).assign(cost_per_month=lambda d: d["cost_per_mtok"] * d["volume"])
+    (c,) = planner.crossovers(df)
+    assert (c["from"], c["to"], c["exact"]) == ("dedicated", "API", False)

@@ -267,3 +267,15 @@ def test_bad_values_of_new_keys_exit_2_naming_the_key(tmp_path, arg):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and arg.split("=")[0] in lines[0], p.stderr
+
+
+def test_an_endpoint_stays_warm_while_a_request_runs_whatever_the_billing():
+    # the first request runs until ~42 s; the second comes 28 s after it ended: no warm-up
+    wl = _workload([0.0, 70.0], [500, 500], [4000, 10])
+    for billing in ("per_token", "per_second"):
+        c = cfg(
+            *API_ONLY, f"api.billing={billing}", "api.cold_after_s=60", "api.warmup_s=20", "workload.duration_s=300"
+        )
+        r = sim.run(c, workload=wl)
+        assert r.requests["finish_s"].iloc[0] > 40
+        assert r.summary["api_warmups"] == 0, billing

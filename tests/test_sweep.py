@@ -203,7 +203,9 @@ def test_a_reused_sweep_directory_counts_only_this_sweeps_jobs(tmp_path):
     stamp(tmp_path / "0", tmp_path)
     (tmp_path / "0" / "summary.json").unlink()
     (tmp_path / "0" / "error.txt").write_text("fleet.replicas=-1: must be >= 0\n")
-    callback.on_multirun_end(config)
+    with pytest.raises(SystemExit) as stop:  # a sweep whose every job failed fails (issue 15)
+        callback.on_multirun_end(config)
+    assert stop.value.code == 2
     df = pd.read_csv(tmp_path / "sweep.csv")
     assert list(df["job"]) == [0] and list(df["status"]) == ["failed"]
     assert json.loads((tmp_path / "sweep_best.json").read_text())["reason"] == "every job failed"
@@ -213,7 +215,7 @@ def test_a_job_rerun_in_its_old_directory_leaves_no_earlier_verdict(tmp_path):
     out = tmp_path / "sweep"
     assert multirun(out, "fleet.replicas=1,2", cwd=tmp_path).returncode == 0
     p = multirun(out, "fleet.replicas=-1", cwd=tmp_path)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 2, p.stderr  # every job of this sweep failed: the command fails (issue 15)
     df = pd.read_csv(out / "sweep.csv")
     assert len(df) == 1 and df.loc[0, "status"] == "failed" and "fleet.replicas" in df.loc[0, "error"]
     assert not (out / "0" / "summary.json").exists()

@@ -1,0 +1,79 @@
+"""Run directories: written so that a summary means a finished run, never mixed with or deleted
+over an earlier run's files; compressed traces read by suffix (issue 15)."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import pytest
+
+import sim
+from sim.traces import read_trace
+from tests.conftest import ROOT, cfg
+from tests.test_cli import fleetsim
+
+
+def test_a_run_into_a_directory_holding_an_earlier_run_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    assert (
+        fleetsim("workload.duration_s=20", "output.plots=false", f"hydra.run.dir={out}", cwd=tmp_path).returncode == 0
+    )
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    p = fleetsim("workload.duration_s=30", "output.requests=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "hydra.run.dir" in p.stderr and "earlier run" in p.stderr
+    after = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert after == before  # the earlier summary and requests are as they were
+
+
+def test_bad_input_never_deletes_a_users_directory(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    p = fleetsim("workload.rate=-1", f"hydra.run.dir={mine}", cwd=tmp_path)
+    assert p.returncode == 2
+    assert mine.is_dir() and not any(mine.iterdir())  # Hydra's bookkeeping removed, the directory kept
+    fresh = tmp_path / "fresh"
+    assert fleetsim("workload.rate=-1", f"hydra.run.dir={fresh}", cwd=tmp_path).returncode == 2
+    assert not fresh.exists()  # one the command made for itself is removed
+
+
+def test_the_summary_is_written_last(tmp_path, monkeypatch):
+    from sim import plots
+
+    r = sim.run(cfg("workload.duration_s=20", "output.plots=true"))
+
+    def broken(*_a, **_k):
+        raise KeyboardInterrupt  # stopped while drawing the plots
+
+    monkeypatch.setattr(plots, "save_all", broken)
+    with pytest.raises(KeyboardInterrupt):
+        r.save(tmp_path)
+    assert (tmp_path / "timeseries.csv").is_file() and not (tmp_path / "summary.json").exists()
+    monkeypatch.undo()
+    r.save(tmp_path, plots=False)
+    assert (tmp_path / "summary.json").is_file() and not (tmp_path / ".summary.json.tmp").exists()
+
+
+def test_compressed_traces_are_read_by_their_suffix(tmp_path):
+    for name, fmt in (("synthetic_azure.csv", "azure"), ("synthetic_mooncake.jsonl", "mooncake")):
+        plain = ROOT / "traces" / name
+        packed = tmp_path / f"{name}.gz"
+        with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        a, b = read_trace(plain, fmt), read_trace(packed, fmt)
+        assert (a.arrival_s == b.arrival_s).all() and (a.prompt_tokens == b.prompt_tokens).all()
+
+
+def test_a_thousand_classes_work():
+    rows = "".join(f"{i * 0.1:.1f},100,10,tenant{i}\n" for i in range(1000))
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "t.csv"
+        path.write_text("arrival_s,prompt_tokens,output_tokens,label\n" + rows)
+        s = sim.run(
+            cfg("workload=trace", f"workload.path={path}", "workload.format=csv", "workload.columns.label=label")
+        ).summary
+    assert s["n_requests"] == 1000 and s["n_requests.tenant999"] == 1
