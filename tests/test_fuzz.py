@@ -48,7 +48,7 @@ def _leaves(cls, prefix: str = "") -> list[tuple[str, type]]:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}{f.name}"
-        if key in SKIP or key.split(".")[0] in SKIP:
+        if key in SKIP or key.split(".", maxsplit=1)[0] in SKIP:
             continue
         hint = hints[f.name]
         args = [a for a in typing.get_args(hint) if a is not type(None)]
