@@ -127,11 +127,11 @@ def crossings(cross: list[dict]) -> str:
     for c in cross:
         lo, hi = c["between_rate"]
         if c.get("step"):
-            # the planner interpolates as if the GPUs' $/M were smooth between the levels; here it
-            # jumps where one more replica becomes necessary, somewhere between them
+            # the GPUs' $/M jumps where one more replica becomes necessary, somewhere between the
+            # levels: the planner brackets such a crossing rather than interpolating it
             where = (
                 f"between {lo:.3g} and {hi:.3g} req/s, where the fleet grows from {c['step'][0]} to {c['step'][1]}"
-                f" replicas (the planner's interpolated {c['rate']:.3g} req/s treats that step as a slope)"
+                " replicas"
             )
         elif c["exact"]:
             where = f"at about {c['rate']:.3g} req/s ({tokens(c['tokens_per_day'])} tokens a day)"
