@@ -334,6 +334,12 @@ def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> No
             raise
         print(f"{prog}: error: {_one_line(exc)}{_plugin_hint(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except OSError as exc:  # the run directory cannot be made or written (a file there, no permission, ...)
+        if user_wants_trace:
+            raise
+        where = exc.filename or "the run directory"
+        print(f"{prog}: error: {where}: cannot write ({exc.strerror or exc}); check hydra.run.dir", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     except ValueError as exc:  # Hydra's own command-line checks (e.g. -m with --cfg) raise these
         if user_wants_trace or not _raised_by_hydra(exc):
             raise

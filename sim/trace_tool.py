@@ -359,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fleetsim-trace: error: {exc}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as exc:
+        print(f"fleetsim-trace: error: {args.workload or args.path}: not UTF-8 text ({exc.reason})", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"fleetsim-trace: error: {exc.filename or args.path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def entry() -> None:

@@ -41,7 +41,7 @@ def write_files(where: Path, files: dict) -> None:
 def run_case(case: dict, where: Path) -> subprocess.CompletedProcess:
     write_files(where, case.get("files"))
     args = [str(a) for a in case["args"]]
-    if case["cmd"] != "fleetsim-trace":
+    if case["cmd"] != "fleetsim-trace" and not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir={where / 'run'}")
     # traces/ paths are the checkout's example traces
     args = [str(ROOT / a) if a.startswith("traces/") else a for a in args]
