@@ -47,8 +47,8 @@ t0 = time.perf_counter()
 r = sim.run(cfg)
 wall = time.perf_counter() - t0
 s = r.summary
-print(json.dumps({"n": s["n_requests"], "wall_s": wall, "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                  "yardstick_timeouts_per_s": y, "events_per_request": s["engine_events"] / s["n_requests"],
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"n": s["n_requests"], "wall_s": wall, "peak_gib": peak, "yardstick_timeouts_per_s": y, "events_per_request": s["engine_events"] / s["n_requests"],
                   "conserved": s["n_gpu"] + s["n_api"] + s["n_rejected"] == s["n_requests"]}))
 """
 
@@ -81,8 +81,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(r, indent=2) + "\n")
     print(
-        "| requests | trace file (MB) | wall time (s) | peak memory (GiB) | events/request | yardstick (SimPy timeouts/s) "
-        "| wall time x yardstick / request |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| requests | trace file (MB) | wall time (s) | peak memory (GiB) | events/request "
+        "| yardstick (SimPy timeouts/s) | wall time x yardstick / request |\n|---:|---:|---:|---:|---:|---:|---:|\n"
         f"| {r['n']:,} | {size:,.0f} | {r['wall_s']:.0f} | {r['peak_gib']:.2f} | {r['events_per_request']:.2f} | "
         f"{r['yardstick_timeouts_per_s']:,.0f} | {r['wall_s'] * r['yardstick_timeouts_per_s'] / r['n']:.1f} |"
     )
