@@ -48,7 +48,8 @@ r = sim.run(cfg)
 wall = time.perf_counter() - t0
 s = r.summary
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-print(json.dumps({"n": s["n_requests"], "wall_s": wall, "peak_gib": peak, "yardstick_timeouts_per_s": y, "events_per_request": s["engine_events"] / s["n_requests"],
+print(json.dumps({"n": s["n_requests"], "wall_s": wall, "peak_gib": peak, "yardstick_timeouts_per_s": y,
+                  "events_per_request": s["engine_events"] / s["n_requests"],
                   "conserved": s["n_gpu"] + s["n_api"] + s["n_rejected"] == s["n_requests"]}))
 """
 
