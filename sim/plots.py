@@ -347,7 +347,8 @@ OPTION_COLORS = {"API": "#ff7f0e", "dedicated": "#1f77b4", "hybrid": "#2ca02c"}
 
 def breakeven_plot(df, crossovers: list[dict], path: Path) -> None:
     """$/M tokens and $/month of the cheapest pure-API, dedicated and hybrid option against
-    volume; hollow markers miss the SLO, dashed lines mark the crossovers."""
+    volume; hollow markers miss the SLO, dashed lines mark interpolated crossovers and shaded
+    bands the ones only bracketed between two levels."""
     fig = Figure(figsize=(12, 5))
     axes = fig.subplots(1, 2, gridspec_kw={"wspace": 0.3})
     for ax, key, label in (
@@ -361,11 +362,17 @@ def breakeven_plot(df, crossovers: list[dict], path: Path) -> None:
             ok = g["slo_met"].to_numpy(dtype=bool)
             ax.scatter(g["rate"][ok], g[key][ok], color=color, s=45, zorder=3)
             ax.scatter(g["rate"][~ok], g[key][~ok], facecolors="white", edgecolors=color, s=45, zorder=3)
-        for c in crossovers:
-            ax.axvline(c["rate"], color="#444444", ls="--", lw=1)
+        for i, c in enumerate(crossovers):
+            if c["exact"]:
+                ax.axvline(c["rate"], color="#444444", ls="--", lw=1)
+                text, x = f"{c['from']} -> {c['to']}\n~{c['rate']:.3g} req/s", c["rate"]
+            else:  # only bracketed between two levels: shade the bracket
+                lo, hi = c["between_rate"]
+                ax.axvspan(lo, hi, color="#444444", alpha=0.08, lw=0)
+                text, x = f"{c['from']} -> {c['to']}\n{lo:.3g}-{hi:.3g} req/s", lo
             ax.annotate(
-                f"{c['from']} -> {c['to']}\n~{c['rate']:.3g} req/s",
-                (c["rate"], 0.97),
+                text,
+                (x, 0.97 - 0.12 * (i % 3)),  # staggered, so neighbouring crossings stay readable
                 xycoords=("data", "axes fraction"),
                 fontsize=8,
                 ha="left",
