@@ -447,7 +447,7 @@ def plan_main(argv: Sequence[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     # a mapping given whole replaces the (empty) default: Hydra would merge it key by key into a
     # struct node and refuse every new key, so it is forced in
-    args = [f"++{a}" if a.startswith(DICT_KEYS) else a for a in args]
+    args = [f"++{a}" if a.startswith(DICT_KEYS) or a.startswith("plan.prices.") else a for a in args]
     _launch(_plan_task, "plan", args, "fleetsim-plan")
 
 

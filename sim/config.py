@@ -164,6 +164,7 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     kv_cache_dtype: str = "auto"  # auto (= bf16) | bf16 | fp8
     max_model_len: int | None = None  # default: min(model.max_position, KV capacity)
+    kv_blocks: int | None = None  # pin the KV cache to the blocks vLLM reported at start-up (its log)
     fast_forward: bool = True
     prefix_caching: bool = False
     # performance model (roofline); defaults from scripts/calibrate.py
@@ -651,7 +652,9 @@ def validate_workload(w: WorkloadConfig) -> None:
     sp = w.shared_prefix
     _check(sp.groups >= 0, "workload.shared_prefix.groups", sp.groups, "must be >= 0 (0: no shared prefix)")
     if sp.groups:
+        _check(sp.groups <= 1_000_000, "workload.shared_prefix.groups", sp.groups, "must be at most 1,000,000")
         _positive(sp.tokens, "workload.shared_prefix.tokens", integer=True)
+        _check(sp.tokens <= 10_000_000, "workload.shared_prefix.tokens", sp.tokens, "must be at most 10,000,000")
         _check(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
         _check(math.isfinite(sp.zipf) and sp.zipf >= 0, "workload.shared_prefix.zipf", sp.zipf, "must be >= 0")
         _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
@@ -737,6 +740,12 @@ def validate_fleet(f: FleetConfig) -> None:
     _nonneg(p.ops_cost_per_month, "fleet.pricing.ops_cost_per_month")
     _check(p.burst in ("on_demand", "spot"), "fleet.pricing.burst", p.burst, "must be on_demand or spot")
     _positive(p.instance_gpus, "fleet.pricing.instance_gpus", integer=True)
+    _check(
+        p.instance_gpus == 1 or p.kind == "on_demand",
+        "fleet.pricing.instance_gpus",
+        p.instance_gpus,
+        f"whole-instance rental applies to on_demand pricing (fleet.pricing.kind={p.kind})",
+    )
     for k in ("egress_per_gb", "bytes_per_token", "purchase_per_gpu", "power_kw_per_gpu", "price_per_kwh"):
         _nonneg(getattr(p, k), f"fleet.pricing.{k}")
     _nonneg(p.hosting_per_gpu_month, "fleet.pricing.hosting_per_gpu_month")
@@ -921,6 +930,8 @@ def validate(cfg: Config) -> None:
     _check(e.step_overhead_ms >= 0, "engine.step_overhead_ms", e.step_overhead_ms, "must be >= 0")
     if e.perf_table is not None:
         _check(Path(e.perf_table).is_file(), "engine.perf_table", e.perf_table, "file not found")
+    if e.kv_blocks is not None:
+        _positive(e.kv_blocks, "engine.kv_blocks", integer=True)
     if e.max_model_len is not None:
         _positive(e.max_model_len, "engine.max_model_len", integer=True)
         _check(

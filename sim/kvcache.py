@@ -47,6 +47,8 @@ def memory_plan(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> Mem
     free -= engine.reserve_gib * GIB
     kv_tokens = max(0, int(free // kv_tok_gpu))
     blocks = kv_tokens // engine.block_size
+    if engine.kv_blocks is not None and blocks > 0:  # pinned to what vLLM measured (weights must still fit)
+        blocks = engine.kv_blocks
     capacity = blocks * engine.block_size
     max_len = engine.max_model_len or min(model.max_position, capacity)
     return MemoryPlan(

@@ -137,6 +137,12 @@ def trace_key(w: WorkloadConfig) -> tuple[str, object]:
     return "workload.path", w.path
 
 
+def check_loop(w: WorkloadConfig, lim: LimitsConfig, n: int, period_s: float) -> None:
+    """Before a trace is looped to fill `duration_s`."""
+    copies = math.ceil(float(w.duration_s or 0.0) / period_s) if period_s > 0 else 1
+    _requests(lim, n * copies * w.load_scale, "workload.duration_s", w.duration_s)
+
+
 def check_trace_size(w: WorkloadConfig, lim: LimitsConfig, n: int) -> None:
     """Before a trace is replicated by `load_scale`."""
     _requests(lim, n * w.load_scale, "workload.load_scale", w.load_scale)

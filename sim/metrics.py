@@ -231,13 +231,14 @@ def cost_rate(fleet_cost, sim_duration_s, api_cost, arrival_span_s):
 
 
 def arrival_span(wc, arrival_s) -> float:
-    """The arrival window a run's request rate is measured over: `workload.duration_s`, or, for a
-    whole trace (duration_s null) or a workload handed in by a caller that runs past it, the
-    last arrival."""
+    """The arrival window a run's request rate is measured over: `workload.duration_s` for
+    synthetic (or looped) traffic; for a replayed trace, or a workload handed in that runs past
+    duration_s, its last arrival."""
     last = float(arrival_s[-1]) if len(arrival_s) else 0.0
-    if wc.duration_s is not None and last <= wc.duration_s:
+    trace = any(s.arrival == "trace" for s in (wc.sources.values() if wc.sources else [wc]))
+    if wc.duration_s is not None and last <= wc.duration_s and not (trace and not wc.loop):
         return float(wc.duration_s)
-    return last if last > 0 else 1.0
+    return last if last > 0 else 1.0  # a trace's window ends with it (a longer duration_s adds no traffic)
 
 
 def api_projection(api, api_cost: float, span_s: float) -> dict:

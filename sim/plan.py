@@ -190,7 +190,9 @@ def gpu_options(cfg: Config, p: PlanConfig, load: Callable[[str], GpuConfig] | N
     for name in p.gpus:
         try:
             g = load(name)
-        except UserError:
+        except UserError as exc:
+            if "unknown option" not in str(exc) and "Could not find" not in str(exc):
+                raise  # the option exists but is broken: its own error names the bad key
             known = ", ".join(options("gpu"))
             raise ConfigError(
                 "plan.gpus", name, f"unknown GPU option; known: {known} (or gpu/{name}.yaml in a --config-dir)"
@@ -328,7 +330,9 @@ def workload_span(cfg: Config) -> float:
     from sim.metrics import arrival_span
     from sim.workload import build_workload
 
-    if cfg.workload.duration_s is not None:
+    from sim.workload import has_trace
+
+    if cfg.workload.duration_s is not None and not has_trace(cfg.workload):
         return float(cfg.workload.duration_s)
     return arrival_span(cfg.workload, build_workload(cfg.workload, cfg.seed).arrival_s)
 

@@ -171,6 +171,10 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
         and served
     )
     summary["slo_met_seeds"] = float(per_seed["slo_met"].mean())
+    if "api_cap_exceeded" in per_seed:  # pessimistic, like slo_met: any seed, or the mean, over the cap
+        cap = cfg.api.monthly_cap_usd if not cfg.api.tiers else summary.get("api_monthly_cap")
+        over_mean = cap is not None and math.isfinite(cap) and summary["api_cost_per_month"] > cap
+        summary["api_cap_exceeded"] = bool(per_seed["api_cap_exceeded"].astype(bool).any() or over_mean)
     summary["n_seeds"] = len(results)
     # what varies between the replications: the synthetic draws (seeds), a block bootstrap of a
     # replayed trace, or nothing but the simulation's own randomness (a fixed trace)
@@ -261,7 +265,7 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         max_gpus=most,
     )
     api_cost = fleet.api.spend if fleet.api is not None else 0.0
-    span = arrival_span(cfg.workload, wl.arrival_s)
+    span = wl.span_s if wl.span_s is not None else arrival_span(cfg.workload, wl.arrival_s)
     alive = sum(s.end - s.start for s in fleet.spans if s.state != "stopped")
     stats = {
         "iterations": sum(n.engine.iterations for n in fleet.all_nodes),

@@ -294,7 +294,10 @@ def _check_writable(path: Path) -> None:
         raise UserError(f"-o {path}: cannot create {parent} ({exc.strerror or exc})") from None
     import os
 
-    if not os.access(parent, os.W_OK):
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise UserError(f"-o {path}: is not writable")
+    elif not os.access(parent, os.W_OK):
         raise UserError(f"-o {path}: {parent} is not writable")
 
 

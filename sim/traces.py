@@ -191,7 +191,8 @@ def read_mooncake(path: str, opts: dict) -> Trace:
 
     try:
         if Path(path).suffix in COMPRESSED:
-            table = pj.read_json(pa.input_stream(path, compression="detect"))
+            with _open_text(path) as fh:
+                table = pj.read_json(pa.BufferReader(fh.read().encode()))
         else:
             table = pj.read_json(path)
     except FileNotFoundError:

@@ -45,6 +45,7 @@ class Workload:
     clock_start_s: float | None = None  # time of day at t=0, when known
     start_weekday: int | None = None
     shared_fraction: float | None = None  # shared-prefix model: share of prompt tokens in a group's prefix
+    span_s: float | None = None  # the arrival window, when it is not the config's (a bootstrap resample)
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -167,6 +168,10 @@ def _transform(part: _Part, wc: WorkloadConfig, seed: int, limits: LimitsConfig 
     if wc.rate_scale != 1.0:
         part.t = part.t / wc.rate_scale
     if wc.loop and wc.duration_s is not None and len(part.t):
+        if limits is not None:
+            from sim.limits import check_loop
+
+            check_loop(wc, limits, len(part.t), _loop_period(part, wc))
         part = _loop(part, wc)
     if wc.duration_s is not None:
         keep = np.flatnonzero(part.t < wc.duration_s)
@@ -219,13 +224,17 @@ def _shared_prefix(part: _Part, wc: WorkloadConfig, rng: np.random.Generator) ->
     return part, bt, float((shared * bt).sum() / prompt.sum())
 
 
+def _loop_period(part: _Part, wc: WorkloadConfig) -> float:
+    n = len(part.t)
+    if wc.window_start_s is not None and wc.window_end_s is not None:
+        return (wc.window_end_s - wc.window_start_s) / wc.rate_scale
+    return float(part.t[-1]) * n / max(n - 1, 1) if n > 1 else 1.0  # the span plus one mean gap
+
+
 def _loop(part: _Part, wc: WorkloadConfig) -> _Part:
     """Repeat the arrivals back to back until duration_s; each copy's prefix ids are distinct."""
     n = len(part.t)
-    if wc.window_start_s is not None and wc.window_end_s is not None:
-        period = (wc.window_end_s - wc.window_start_s) / wc.rate_scale
-    else:  # the span of the arrivals plus one mean gap
-        period = float(part.t[-1]) * n / max(n - 1, 1) if n > 1 else 1.0
+    period = _loop_period(part, wc)
     copies = max(1, math.ceil(wc.duration_s / period))  # type: ignore[operator]
     idx = np.tile(np.arange(n), copies)
     looped = part.take(idx)
@@ -337,8 +346,8 @@ def has_trace(wc: WorkloadConfig) -> bool:
 def block_bootstrap(wl: Workload, span_s: float, block_s: float, rng: np.random.Generator) -> Workload | None:
     """A resample of a replayed trace for one replication: [0, span_s) cut into K equal blocks of
     about `block_s` seconds, K blocks drawn with replacement and laid end to end, each request
-    keeping its offset within its block, its lengths, class and prefix ids. Traffic within a
-    block keeps its burst structure; which busy and quiet stretches the run sees varies, which
+    keeping its offset within its block, its lengths and class (a block drawn again gets prefix ids
+    of its own, as a loop's copy does). Traffic within a block keeps its burst structure; which busy and quiet stretches the run sees varies, which
     is what a fixed trace cannot show. None when the trace spans fewer than two blocks."""
     k = round(span_s / block_s)
     if k < 2 or not len(wl):
@@ -355,6 +364,16 @@ def block_bootstrap(wl: Workload, span_s: float, block_s: float, rng: np.random.
     offsets, ids = (None, None)
     if wl.hash_offsets is not None:
         offsets, ids = _csr_take(wl.hash_offsets, wl.hash_ids, idx)  # type: ignore[arg-type]
+        # a block drawn again is another population with the same structure, as a loop's copy is:
+        # its prefix ids are shifted, so repeats do not hit a cache the trace never would
+        occurrence = np.zeros(k, dtype=np.int64)
+        seen: dict[int, int] = {}
+        for i, b in enumerate(drawn.tolist()):
+            occurrence[i] = seen.get(b, 0)
+            seen[b] = occurrence[i] + 1
+        per_request = np.repeat(occurrence, starts[drawn + 1] - starts[drawn])
+        if len(ids) and per_request.any():
+            ids = ids + np.repeat(per_request, np.diff(offsets)) * (int(wl.hash_ids.max()) + 1)  # type: ignore[union-attr]
     return dataclasses.replace(
         wl,
         arrival_s=t,
@@ -363,4 +382,5 @@ def block_bootstrap(wl: Workload, span_s: float, block_s: float, rng: np.random.
         classes=wl.classes[idx] if wl.classes is not None else None,
         hash_offsets=offsets,
         hash_ids=ids,
+        span_s=span_s,
     )

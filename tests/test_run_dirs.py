@@ -56,13 +56,17 @@ def test_the_summary_is_written_last(tmp_path, monkeypatch):
 
 
 def test_compressed_traces_are_read_by_their_suffix(tmp_path):
+    import bz2
+    import lzma
+
     for name, fmt in (("synthetic_azure.csv", "azure"), ("synthetic_mooncake.jsonl", "mooncake")):
         plain = ROOT / "traces" / name
-        packed = tmp_path / f"{name}.gz"
-        with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        a, b = read_trace(plain, fmt), read_trace(packed, fmt)
-        assert (a.arrival_s == b.arrival_s).all() and (a.prompt_tokens == b.prompt_tokens).all()
+        for suffix, module in ((".gz", gzip), (".bz2", bz2), (".xz", lzma)):
+            packed = tmp_path / f"{name}{suffix}"
+            with open(plain, "rb") as src, module.open(packed, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            a, b = read_trace(plain, fmt), read_trace(packed, fmt)
+            assert (a.arrival_s == b.arrival_s).all() and (a.prompt_tokens == b.prompt_tokens).all(), suffix
 
 
 def test_a_thousand_classes_work():
@@ -77,3 +81,15 @@ def test_a_thousand_classes_work():
             cfg("workload=trace", f"workload.path={path}", "workload.format=csv", "workload.columns.label=label")
         ).summary
     assert s["n_requests"] == 1000 and s["n_requests.tenant999"] == 1
+
+
+def test_plan_prices_by_key(tmp_path):
+    from tests.test_plan import fleetsim_plan
+
+    out = tmp_path / "plan"
+    p = fleetsim_plan(
+        "plan.prices.h100=1.5", "plan.gpus=[h100]", "plan.strategies=[fixed]", "plan.max_replicas=1",
+        "workload.duration_s=60", "output.plots=false", f"hydra.run.dir={out}", cwd=tmp_path,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "h100 $1.5 per GPU-hour" in (out / "plan.md").read_text()

@@ -1,0 +1,343 @@
+"""`fleetsim-validate`: replay measured engine runs and report how far fleetsim's latencies are
+from the measurements.
+
+    fleetsim-validate FILE... [--out DIR] [--markdown PATH] [--runs ID,...]
+
+A run file has the layout of ../shared/calibration/vllm_runs.yaml (docs/validation.md):
+`models` (architectures), `token_inflation` (per tokenizer), and `runs`, each with the server
+settings (GPU, precision, TP, max_num_seqs, max_num_batched_tokens, gpu_memory_utilization,
+max_model_len, the KV blocks vLLM reported), the load generator's `workload_spec` and the
+measured `actual_ms` per stage ('-1' the whole run).
+
+The workload follows the load generator (inference-perf's shared-prefix workload and constant
+load timer): `num_groups` groups, each with a system prompt of `system_prompt_len` tokens and
+`prompts_per_group` distinct questions of `question_len` tokens; a request is one group's system
+prompt plus one of its questions, at random; exactly `output_len` tokens come back (ignore_eos).
+Prompt lengths are inflated by the tokenizer's factor (random token ids decoded and re-encoded
+grow). Each stage sends int(rate x duration) requests whose exponential gaps are rescaled to span
+the stage exactly, and starts about 1 s after the previous one has drained. Metrics follow the
+ground truth: means and percentiles of TTFT and E2E over a stage's requests, and
+itl_mean = (mean E2E - mean TTFT) / (mean client-counted output - 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sim.config import Config, EngineConfig, GpuConfig, ModelConfig, load_option
+from sim.errors import UserError
+
+METRICS = ("ttft_mean", "ttft_p90", "ttft_p99", "e2e_mean", "e2e_p90", "e2e_p99", "itl_mean")
+BLOCK = 16  # vLLM's prefix-cache block: full blocks of 16 tokens are hashed and shared
+DRAIN_GAP_S = 1.0  # the next stage starts about this long after the previous one drained
+# tokens the client counts against those the server generated; the ground truth's ITL divides by
+# the client's count (vllm_runs.yaml: "about 0.78x for Llama-2-7B", 0.96-1.01x for the others)
+CLIENT_OUTPUT = {"llama2-sp": 0.78}
+
+
+# ----------------------------------------------------------------------------- model and engine
+
+
+def model_config(name: str, spec: dict) -> ModelConfig:
+    """A model config from an architecture (layers, hidden, heads, KV heads, head dim, MLP and
+    expert widths, vocabulary): parameters counted from the shapes."""
+    h, layers = spec["hidden"], spec["layers"]
+    q, kv = spec["heads"] * spec["head_dim"], spec["kv_heads"] * spec["head_dim"]
+    attn = h * q + 2 * h * kv + q * h
+    experts = spec.get("experts") or 0
+    if experts:
+        expert = 3 * h * spec["moe_intermediate"]
+        shared = 3 * h * (spec.get("shared_expert_intermediate") or 0)
+        router = h * experts
+        layer_total = attn + experts * expert + shared + router
+        layer_active = attn + spec["experts_per_token"] * expert + shared + router
+    else:
+        layer_total = layer_active = attn + 3 * h * spec["intermediate"]
+    embed = spec["vocab"] * h
+    head = 0 if spec.get("tied") else spec["vocab"] * h
+    total = layers * layer_total + embed + head
+    active = layers * layer_active + embed + head
+    return ModelConfig(
+        name=name,
+        params_b=total / 1e9,
+        active_params_b=active / 1e9 if experts else None,
+        flop_params_b=(active - embed) / 1e9,  # the embedding is a lookup, not a matmul
+        layers=layers,
+        hidden=h,
+        heads=spec["heads"],
+        kv_heads=spec["kv_heads"],
+        head_dim=spec["head_dim"],
+        experts=experts,
+        experts_per_token=spec.get("experts_per_token") or 0,
+        max_position=spec.get("max_position", 131072),
+        weight_dtype="bf16",
+    )
+
+
+def run_config(run: dict, models: dict) -> Config:
+    """The scenario of one measured run: its model, GPU, engine settings, one replica."""
+    key = f"runs[{run.get('id')}]"
+    if run.get("model") not in models:
+        raise UserError(f"{key}: model {run.get('model')!r} is not in the file's models")
+    m = model_config(run["model"], models[run["model"]])
+    if str(run.get("precision", "")).upper() == "FP8":
+        m.weight_dtype = "fp8"
+    gpu: GpuConfig = load_option("gpu", str(run.get("gpu", "h100")).lower())
+    e = EngineConfig(
+        max_num_seqs=int(run.get("max_num_seqs", 256)),
+        max_num_batched_tokens=int(run.get("max_num_batched_tokens", 8192)),
+        gpu_memory_utilization=float(run.get("gpu_memory_utilization", 0.9)),
+        tensor_parallel_size=int(run.get("tp", 1)),
+        max_model_len=int(run.get("max_model_len", 4096)),
+        prefix_caching=bool(run.get("prefix_caching_real", True)),
+        kv_blocks=int(run["vllm_gpu_kv_blocks"]) if run.get("vllm_gpu_kv_blocks") else None,
+    )
+    c = Config(model=m, gpu=gpu, engine=e)
+    c.output.plots = False
+    c.output.requests = True
+    # the workload is handed in whole (`generate`); the config's describes its size for the checks
+    stages = run.get("workload_spec", {}).get("stages") or [[1.0, 1.0]]
+    c.workload.duration_s = float(sum(d for _, d in stages))
+    c.workload.rate = sum(r * d for r, d in stages) / c.workload.duration_s
+    return c
+
+
+# ----------------------------------------------------------------------------- workload
+
+
+@dataclass
+class Stages:
+    """The requests of a run, stage by stage (arrival times relative to each stage's start)."""
+
+    rel_t: list[np.ndarray]
+    prompt: list[np.ndarray]
+    output: list[np.ndarray]
+    offsets: list[np.ndarray]
+    ids: list[np.ndarray]
+
+
+def generate(spec: dict, inflation: float, seed: int) -> Stages:
+    """inference-perf's shared-prefix workload under its constant load timer, stage by stage."""
+    from sim.workload import stream
+
+    rng = stream(seed, "validation")
+    groups, per_group = int(spec["num_groups"]), int(spec["prompts_per_group"])
+    sys_len = round(spec["system_prompt_len"] * inflation)
+    q_len = round(spec["question_len"] * inflation)
+    prompt_len = sys_len + q_len
+    n_blocks = prompt_len // BLOCK
+    sys_blocks = sys_len // BLOCK
+    out = Stages([], [], [], [], [])
+    for rate, duration in spec["stages"]:
+        n = int(rate * duration)
+        gaps = rng.exponential(1.0, n)
+        t = np.cumsum(gaps) / gaps.sum() * duration
+        g = rng.integers(0, groups, n)
+        q = rng.integers(0, per_group, n)
+        j = np.arange(n_blocks)
+        # full 16-token blocks: the group's system-prompt blocks, then blocks of (group, question)
+        group_ids = g[:, None] * n_blocks + j[None, :]
+        question_ids = groups * n_blocks + (g[:, None] * per_group + q[:, None]) * n_blocks + j[None, :]
+        ids = np.where(j[None, :] < sys_blocks, group_ids, question_ids).ravel()
+        out.rel_t.append(t)
+        out.prompt.append(np.full(n, prompt_len, dtype=np.int64))
+        out.output.append(np.full(n, int(spec["output_len"]), dtype=np.int64))
+        out.offsets.append(np.arange(n + 1, dtype=np.int64) * n_blocks)
+        out.ids.append(ids.astype(np.int64))
+    return out
+
+
+def workload(stages: Stages, starts: list[float]):
+    """The first len(starts) stages laid out from their start times, as one workload, and the
+    stage of each request."""
+    from sim.workload import Workload
+
+    k = len(starts)
+    t = np.concatenate([s + rel for s, rel in zip(starts, stages.rel_t[:k], strict=True)])
+    lengths = [len(o) - 1 for o in stages.offsets[:k]]
+    bases = np.concatenate([[0], np.cumsum([o[-1] for o in stages.offsets[:k]])])
+    offsets = np.concatenate([[0]] + [o[1:] + b for o, b in zip(stages.offsets[:k], bases[:k], strict=True)])
+    return (
+        Workload(
+            arrival_s=t,
+            prompt_tokens=np.concatenate(stages.prompt[:k]),
+            output_tokens=np.concatenate(stages.output[:k]),
+            hash_offsets=offsets,
+            hash_ids=np.concatenate(stages.ids[:k]),
+            block_tokens=BLOCK,
+        ),
+        np.repeat(np.arange(k), lengths),
+    )
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def simulate(run: dict, models: dict, inflation: dict, seed: int = 0) -> pd.DataFrame:
+    """The run replayed: one row per (stage, metric) with the measured and simulated figure."""
+    from sim.runner import run as simulate_run
+
+    cfg = run_config(run, models)
+    tokenizer = models[run["model"]].get("tokenizer", "")
+    factor = float((inflation.get(tokenizer) or {}).get("factor", 1.05))
+    client = float(run.get("client_output_factor", CLIENT_OUTPUT.get(tokenizer, 1.0)))
+    stages = generate(run["workload_spec"], factor, seed)
+    starts: list[float] = []
+    result = stage = None
+    for _ in stages.rel_t:  # each stage starts once the previous one has drained
+        starts.append(0.0 if result is None else float(result.requests["finish_s"].max()) + DRAIN_GAP_S)
+        wl, stage = workload(stages, starts)
+        result = simulate_run(cfg, workload=wl)
+    df = result.requests.assign(stage=stage)
+    rows = []
+    for key, got in (run.get("actual_ms") or {}).items():
+        st = int(key)
+        sim = figures(df if st == -1 else df[df["stage"] == st], client)
+        for metric in METRICS:
+            if metric in got and metric in sim:
+                m, s = float(got[metric]), sim[metric]
+                rows.append(
+                    {
+                        "run": str(run.get("id")),
+                        "model": run["model"],
+                        "workload": run.get("workload", ""),
+                        "stage": st,
+                        "metric": metric,
+                        "measured": m,
+                        "simulated": s,
+                        "error_pct": (s - m) / m * 100 if m else math.nan,
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def figures(df: pd.DataFrame, client_output: float = 1.0) -> dict:
+    """The ground truth's metrics (ms) over a stage's requests."""
+    served = df[df["route"] != "rejected"]
+    ttft, e2e = served["ttft_s"].to_numpy() * 1000, served["e2e_s"].to_numpy() * 1000
+    if not len(ttft):
+        return {}
+    out_tokens = served["served_output_tokens"].to_numpy().mean() * client_output
+    return {
+        "ttft_mean": float(ttft.mean()),
+        "ttft_p90": float(np.percentile(ttft, 90)),
+        "ttft_p99": float(np.percentile(ttft, 99)),
+        "e2e_mean": float(e2e.mean()),
+        "e2e_p90": float(np.percentile(e2e, 90)),
+        "e2e_p99": float(np.percentile(e2e, 99)),
+        "itl_mean": float((e2e.mean() - ttft.mean()) / (out_tokens - 1)) if out_tokens > 1 else math.nan,
+    }
+
+
+def load_file(path: Path) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({exc})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise UserError(f"{path}: needs a `runs` list (and `models`): see docs/validation.md")
+    return data
+
+
+def summary_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Whole-run (stage -1) errors: one row per run, one column per metric."""
+    whole = df[df["stage"] == -1]
+    return whole.pivot_table(index=["run", "model", "workload"], columns="metric", values="error_pct", sort=False)
+
+
+def medians(df: pd.DataFrame) -> pd.DataFrame:
+    whole = df[df["stage"] == -1]
+    g = whole.groupby("metric")["error_pct"]
+    out = pd.DataFrame({"median_signed": g.median(), "median_abs": g.apply(lambda x: x.abs().median())})
+    return out.reindex([m for m in METRICS if m in set(whole["metric"])])
+
+
+def text_report(df: pd.DataFrame) -> str:
+    t = summary_table(df)
+    cols = [c for c in ("ttft_mean", "itl_mean", "e2e_mean") if c in t.columns]
+    lines = [f"  {'run':<16s} {'model':<17s} {'workload':<15s}" + "".join(f"{c:>11s}" for c in cols)]
+    for (run, model, wl), r in t.iterrows():
+        lines.append(f"  {run:<16s} {model:<17s} {wl:<15s}" + "".join(f"{r[c]:>+10.1f}%" for c in cols))
+    lines.append("  median signed / absolute error over the runs (whole run):")
+    lines += [f"    {k:<10s} {r.median_signed:+6.1f}% / {r.median_abs:5.1f}%" for k, r in medians(df).iterrows()]
+    return "\n".join(lines)
+
+
+def markdown(df: pd.DataFrame, command: str) -> str:
+    t = summary_table(df)
+    cols = [c for c in METRICS if c in t.columns]
+    lines = [
+        "# Validation against measured vLLM runs",
+        "",
+        f"Generated by `{command}`. Each run's exact workload spec is replayed",
+        "(sim/validate.py says how) and compared with the measurement; signed error: + means",
+        "fleetsim is slower than the real server.",
+        "",
+        "## Medians over the runs (whole run, stage -1)",
+        "",
+        "| metric | median signed error | median absolute error |",
+        "|---|---:|---:|",
+        *[f"| {k} | {r.median_signed:+.1f}% | {r.median_abs:.1f}% |" for k, r in medians(df).iterrows()],
+        "",
+        "## Per run (whole run)",
+        "",
+        "| run | model | workload | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---:|" * len(cols),
+    ]
+    for (run, model, wl), r in t.iterrows():
+        lines.append(f"| {run} | {model} | {wl} | " + " | ".join(f"{r[c]:+.1f}%" for c in cols) + " |")
+    lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="fleetsim-validate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("files", nargs="+", type=Path, help="run files (the layout of vllm_runs.yaml)")
+    ap.add_argument("--out", type=Path, help="write DIR/validation.csv")
+    ap.add_argument("--markdown", type=Path, help="write a markdown report (docs/validation.md)")
+    ap.add_argument("--runs", help="only these run ids, comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    try:
+        if args.seed < 0:
+            raise UserError(f"--seed {args.seed}: must be an integer >= 0")
+        frames = []
+        want = set(args.runs.split(",")) if args.runs else None
+        for path in args.files:
+            data = load_file(path)
+            models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
+            for run in data["runs"]:
+                if want is None or str(run.get("id")) in want:
+                    frames.append(simulate(run, models, inflation, args.seed))
+        if not frames:
+            raise UserError("no run to validate (check --runs)")
+        df = pd.concat(frames, ignore_index=True)
+        print(text_report(df))
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            cols = ["run", "stage", "metric", "measured", "simulated", "error_pct", "model", "workload"]
+            df[cols].to_csv(args.out / "validation.csv", index=False)
+        if args.markdown:
+            cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
+            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}"))
+        return 0
+    except UserError as exc:
+        print(f"fleetsim-validate: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    sys.exit(main())

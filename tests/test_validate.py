@@ -1,0 +1,96 @@
+"""fleetsim-validate: the load generator's workload, parameter counts from shapes, the command,
+and the errors against the shared real-vLLM runs (a guard against regressions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sim import validate as v
+from tests.conftest import SHARED
+
+LLAMA3_8B = {
+    "layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 8, "head_dim": 128,
+    "intermediate": 14336, "vocab": 128256, "tied": False, "max_position": 131072,
+}  # fmt: skip
+SPEC = {
+    "num_groups": 3, "prompts_per_group": 2, "system_prompt_len": 100, "question_len": 400,
+    "output_len": 50, "stages": [[4.0, 30], [8.0, 30]],
+}  # fmt: skip
+
+
+def test_parameters_are_counted_from_the_shapes():
+    m = v.model_config("llama3-8b", LLAMA3_8B)
+    assert m.params_b == pytest.approx(8.03, rel=0.005)  # the model card's 8.03B
+    assert m.params_b - m.flop_params_b == pytest.approx(128256 * 4096 / 1e9, rel=1e-9)  # the embedding
+
+
+def test_the_load_generators_workload():
+    st = v.generate(SPEC, 1.05, seed=0)
+    assert [len(t) for t in st.rel_t] == [120, 240]  # int(rate x duration) per stage
+    for t in st.rel_t:
+        assert t[-1] == pytest.approx(30.0) and np.all(np.diff(t) > 0)  # gaps rescaled to span the stage
+    assert set(st.prompt[0]) == {round(100 * 1.05) + round(400 * 1.05)}  # inflated lengths
+    wl, stage = v.workload(st, [0.0, 40.0])
+    assert len(wl) == 360 and stage.tolist() == [0] * 120 + [1] * 240 and wl.arrival_s[120] > 40
+    blocks = [tuple(wl.hash_ids[wl.hash_offsets[i] : wl.hash_offsets[i + 1]]) for i in range(len(wl))]
+    sys_blocks = round(100 * 1.05) // v.BLOCK
+    # a group's requests share its system prompt's blocks; the same question, every block
+    by_group: dict = {}
+    for b in blocks:
+        by_group.setdefault(b[0] // len(b), set()).add(b)
+    assert len(by_group) == 3 and all(1 <= len(s) <= 2 for s in by_group.values())
+    for s in by_group.values():
+        firsts = {b[:sys_blocks] for b in s}
+        assert len(firsts) == 1
+        if len(s) == 2:
+            a, b = sorted(s)
+            assert a[sys_blocks:] != b[sys_blocks:] and not set(a[sys_blocks:]) & set(b[sys_blocks:])
+
+
+def _file(tmp_path):
+    run = {
+        "id": "t1", "model": "m", "gpu": "h100", "precision": "FP16", "tp": 1, "max_num_seqs": 64,
+        "max_num_batched_tokens": 2048, "gpu_memory_utilization": 0.9, "max_model_len": 4096,
+        "vllm_gpu_kv_blocks": 20000, "workload": "w", "workload_spec": SPEC,
+        "actual_ms": {"0": {"ttft_mean": 40.0, "itl_mean": 9.0, "e2e_mean": 500.0}, "-1": {"itl_mean": 10.0}},
+    }  # fmt: skip
+    path = tmp_path / "runs.yaml"
+    path.write_text(yaml.safe_dump({"models": {"m": {**LLAMA3_8B, "tokenizer": "x"}}, "runs": [run]}))
+    return path
+
+
+def test_the_command_writes_validation_csv(tmp_path, capsys):
+    assert v.main([str(_file(tmp_path)), "--out", str(tmp_path / "out"), "--markdown", str(tmp_path / "v.md")]) == 0
+    df = pd.read_csv(tmp_path / "out" / "validation.csv")
+    assert list(df.columns[:6]) == ["run", "stage", "metric", "measured", "simulated", "error_pct"]
+    assert set(zip(df.stage, df.metric, strict=True)) == {
+        (0, "ttft_mean"),
+        (0, "itl_mean"),
+        (0, "e2e_mean"),
+        (-1, "itl_mean"),
+    }
+    r = df.iloc[0]
+    assert r.error_pct == pytest.approx((r.simulated - r.measured) / r.measured * 100)
+    assert "median" in capsys.readouterr().out and "# Validation" in (tmp_path / "v.md").read_text()
+
+
+def test_a_bad_run_file_is_one_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("runs: 3\n")
+    assert v.main([str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.yaml" in err[0]
+
+
+@pytest.mark.slow
+def test_errors_against_the_shared_vllm_runs_stay_small(shared_dir):
+    data = yaml.safe_load((SHARED / "calibration" / "vllm_runs.yaml").read_text())
+    df = pd.concat([v.simulate(r, data["models"], data["token_inflation"]) for r in data["runs"]])
+    med = v.medians(df)
+    # measured on this code (docs/validation.md): ITL 5.5%, E2E 5.6% median absolute error
+    assert med.loc["itl_mean", "median_abs"] <= 8.0
+    assert med.loc["e2e_mean", "median_abs"] <= 8.0
+    assert len(df[df.stage == -1]["run"].unique()) == 13
