@@ -328,9 +328,7 @@ def per_mtok(cost_per_hour, tokens, span: float):
 def workload_span(cfg: Config) -> float:
     """The arrival window of the workload, seconds (the span its request rate is measured over)."""
     from sim.metrics import arrival_span
-    from sim.workload import build_workload
-
-    from sim.workload import has_trace
+    from sim.workload import build_workload, has_trace
 
     if cfg.workload.duration_s is not None and not has_trace(cfg.workload):
         return float(cfg.workload.duration_s)

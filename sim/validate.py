@@ -319,9 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.files:
             data = load_file(path)
             models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
-            for run in data["runs"]:
-                if want is None or str(run.get("id")) in want:
-                    frames.append(simulate(run, models, inflation, args.seed))
+            runs = [r for r in data["runs"] if want is None or str(r.get("id")) in want]
+            frames += [simulate(run, models, inflation, args.seed) for run in runs]
         if not frames:
             raise UserError("no run to validate (check --runs)")
         df = pd.concat(frames, ignore_index=True)

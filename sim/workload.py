@@ -346,9 +346,10 @@ def has_trace(wc: WorkloadConfig) -> bool:
 def block_bootstrap(wl: Workload, span_s: float, block_s: float, rng: np.random.Generator) -> Workload | None:
     """A resample of a replayed trace for one replication: [0, span_s) cut into K equal blocks of
     about `block_s` seconds, K blocks drawn with replacement and laid end to end, each request
-    keeping its offset within its block, its lengths and class (a block drawn again gets prefix ids
-    of its own, as a loop's copy does). Traffic within a block keeps its burst structure; which busy and quiet stretches the run sees varies, which
-    is what a fixed trace cannot show. None when the trace spans fewer than two blocks."""
+    keeping its offset within its block, its lengths and class (a block drawn again gets prefix
+    ids of its own, as a loop's copy does). Traffic within a block keeps its burst structure;
+    which busy and quiet stretches the run sees varies, which is what a fixed trace cannot show.
+    None when the trace spans fewer than two blocks."""
     k = round(span_s / block_s)
     if k < 2 or not len(wl):
         return None
