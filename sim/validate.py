@@ -297,8 +297,52 @@ def markdown(df: pd.DataFrame, command: str) -> str:
     ]
     for (run, model, wl), r in t.iterrows():
         lines.append(f"| {run} | {model} | {wl} | " + " | ".join(f"{r[c]:+.1f}%" for c in cols) + " |")
-    lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", ""]
+    lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", "", FORMAT]
     return "\n".join(lines)
+
+
+FORMAT = """## Your own measurements
+
+A run file is YAML with the layout of `../shared/calibration/vllm_runs.yaml`; add your runs and
+validate them the same way (`fleetsim-validate mine.yaml --out DIR`):
+
+```yaml
+models:                      # architectures, by name
+  my-model: {layers: 32, hidden: 4096, heads: 32, kv_heads: 8, head_dim: 128, intermediate: 14336,
+             vocab: 128256, tied: false, max_position: 131072, tokenizer: llama3-tiktoken}
+             # MoE: experts, experts_per_token, moe_intermediate, shared_expert_intermediate
+token_inflation:             # prompt growth of random token ids re-tokenised, per tokenizer (default 1.05)
+  llama3-tiktoken: {factor: 1.05}
+runs:
+- id: my-run
+  model: my-model
+  gpu: h100                  # a fleetsim GPU option
+  precision: FP16            # or FP8 (weights)
+  tp: 1
+  max_num_seqs: 128
+  max_num_batched_tokens: 2048
+  gpu_memory_utilization: 0.9
+  max_model_len: 4096
+  prefix_caching_real: true
+  vllm_gpu_kv_blocks: 20000  # from vLLM's start-up log: pins the KV cache (engine.kv_blocks)
+  client_output_factor: 1.0  # output tokens the client counted / generated (ITL's denominator)
+  workload: my-workload
+  workload_spec:             # inference-perf's shared_prefix workload
+    num_groups: 8
+    prompts_per_group: 4
+    system_prompt_len: 100
+    question_len: 450
+    output_len: 250
+    stages: [[2.5, 600], [6.0, 600]]   # [rate req/s, duration s], run in order
+  actual_ms:                 # measured, per stage ('-1': the whole run), milliseconds
+    '-1': {ttft_mean: 60.0, ttft_p90: 75.0, ttft_p99: 110.0, e2e_mean: 5200.0, itl_mean: 21.0}
+```
+
+Each stage sends int(rate x duration) requests whose exponential gaps are rescaled to span the
+stage exactly, and starts about 1 s after the previous one drained; a request is one group's
+system prompt plus one of the group's questions, at random, and returns exactly `output_len`
+tokens. `itl_mean` = (mean E2E - mean TTFT) / (mean client-counted output tokens - 1).
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
