@@ -14,8 +14,10 @@ load timer): `num_groups` groups, each with a system prompt of `system_prompt_le
 `prompts_per_group` distinct questions of `question_len` tokens; a request is one group's system
 prompt plus one of its questions, at random; exactly `output_len` tokens come back (ignore_eos).
 Prompt lengths are inflated by the tokenizer's factor (random token ids decoded and re-encoded
-grow). Each stage sends int(rate x duration) requests whose exponential gaps are rescaled to span
-the stage exactly, and starts about 1 s after the previous one has drained. Metrics follow the
+grow). Each stage sends int(rate x duration) requests whose exponential gaps are rescaled to sum
+to the stage's duration, the first request one gap after the stage starts (inference-perf's
+ConstantLoadTimer, inference_perf/loadgen/load_timer.py), and starts about 1 s after the previous
+one has drained. Metrics follow the
 ground truth: means and percentiles of TTFT and E2E over a stage's requests, and
 itl_mean = (mean E2E - mean TTFT) / (mean client-counted output - 1).
 """
