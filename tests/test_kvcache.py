@@ -70,3 +70,14 @@ def test_fp8_kv_doubles_tokens_in_the_same_memory():
     b = cfg("engine.kv_cache_dtype=fp8")
     pa, pb = memory_plan(a.model, a.gpu, a.engine), memory_plan(b.model, b.gpu, b.engine)
     assert abs(pb.kv_tokens - 2 * pa.kv_tokens) <= 2 * a.engine.block_size
+
+
+def test_kv_blocks_pin_the_cache_to_what_vllm_logged():
+    from sim.config import validate
+    from sim.errors import ConfigError
+
+    c = cfg("engine.kv_blocks=1000")
+    plan = memory_plan(c.model, c.gpu, c.engine)
+    assert plan.kv_blocks == 1000 and plan.kv_tokens == 1000 * c.engine.block_size
+    with pytest.raises(ConfigError, match=r"engine\.kv_blocks"):
+        validate(cfg("engine.kv_blocks=0"))
