@@ -54,6 +54,11 @@ def _count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
+def _other_costs(s: dict) -> str:
+    """The cost lines beyond GPU and API, where the run had them."""
+    return "".join(f", {name} ${s[key]:.2f}" for name, key in (("ops", "ops_cost"), ("egress", "egress_cost")) if s.get(key))
+
+
 def format_summary(summary: dict, cfg: Config) -> str:
     s = summary
     slo = cfg.slo
@@ -80,7 +85,7 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"p99 {_fmt(s['tpot_p99'] and s['tpot_p99'] * 1e3, ' ms')}   (SLO {slo.tpot_s * 1e3:g} ms)",
         f"  SLO        {verdict}: attainment {s['slo_attainment']:.1%} (target {slo.attainment:.0%}, "
         f"p{slo.percentile:g})",
-        f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}), "
+        f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}{_other_costs(s)}), "
         f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour "
         f"(${s['cost_per_month']:,.0f}/month)",
         f"  GPUs       load {s['gpu_utilization']:.1%} of capacity ({_fmt(s['replica_capacity_rps'])} req/s per "
@@ -138,7 +143,14 @@ def format_summary(summary: dict, cfg: Config) -> str:
                 "simulator's own randomness, not the traffic's (set workload.bootstrap_block_s to resample it)"
             )
     queue = s.get("queue_mean")
-    if not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > slo.ttft_s:
+    waited = not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > slo.ttft_s
+    if waited and s.get("cold_starts") and s.get("gpu_utilization", 1.0) < 0.7:
+        lines.append(
+            f"  note       requests waited for replicas to start ({_count(s['cold_starts'])} cold starts of "
+            f"{_fmt(s.get('cold_start_s'), ' s')}) while the load stayed low: keep a replica warm "
+            "(fleet.min_replicas) or let an API take the first requests (api=default)"
+        )
+    elif waited:
         lines.append(
             "  note       requests queue longer than the TTFT SLO on average: the fleet is overloaded; add replicas "
             "(fleet.replicas), lower the load or let an API take the overflow (api=default)"

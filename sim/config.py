@@ -566,6 +566,12 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
             src.time_unit in TIME_UNITS, f"{key}.time_unit", src.time_unit, f"must be one of {', '.join(TIME_UNITS)}"
         )
     else:
+        _check(
+            src.path is None,
+            f"{key}.path",
+            src.path,
+            f"a trace file needs trace arrivals (workload=trace); this source's arrivals are {src.arrival}",
+        )
         _positive(src.rate, f"{key}.rate")
         _check(
             duration is not None, "workload.duration_s", duration, f"a synthetic source ({src.arrival}) needs a horizon"

@@ -142,9 +142,10 @@ def summarize(
     per_hour = cost_rate(gpu_cost + ops_cost, sim_duration_s, api_cost + egress_cost, span)
     n_gpu = int((route == "gpu").sum())
     gpu_rows = route == "gpu"
-    # load against capacity: GPU-served requests per replica-second over one replica's saturation
-    # throughput for the same token mix (mean_replicas counts every replica that exists)
-    replica_s = mean_replicas * sim_duration_s
+    # load against capacity: the GPU-served requests over the arrival window against what the
+    # replicas (mean_replicas: every replica that exists) carry flat out at this token mix; an
+    # overloaded fleet reads above 1 (the drain after the last arrival does not dilute it)
+    replica_s = mean_replicas * span
     if n_gpu and replica_s > 0 and capacity_rps > 0:
         load = n_gpu / (replica_s * capacity_rps)
     else:

@@ -46,14 +46,21 @@ class Result:
     spans: list = field(default_factory=list)  # replica lifecycle records (sim.cost.Span)
     per_seed: pd.DataFrame | None = None  # replicated runs: one summary row per seed
 
-    def save(self, out_dir: str | Path, *, plots: bool | None = None) -> Path:
+    def save(self, out_dir: str | Path, *, plots: bool | None = None, overwrite: bool = False) -> Path:
         """Write requests.parquet, timeseries.csv, replicas.csv, seeds.csv, config.yaml and plots/
         into out_dir, then summary.json, atomically and last: a run directory holds a summary only
         once everything else is in place (a run stopped while writing has none, and a sweep counts
-        it as failed)."""
+        it as failed). A directory holding an earlier run's outputs is refused, unless `overwrite`,
+        which first removes them (never anything else): two runs' files never mix."""
         import os
+        import shutil
 
         out = Path(out_dir)
+        earlier = [name for name in OUTPUTS if (out / name).exists()]
+        if earlier and not overwrite:
+            raise UserError(f"{out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); save(..., overwrite=True)")
+        for name in earlier:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(config_yaml(self.config))
         if self.config.output.requests:

@@ -230,14 +230,20 @@ def test_sweeps_and_plans_rank_by_the_same_rate():
 
 @pytest.mark.slow
 def test_gpu_utilization_is_load_over_capacity():
-    saturated = sim.run(cfg("workload.duration_s=300", "workload.rate=80")).summary
-    # at saturation the fleet carries about its capacity (the estimate is within ~10% of the
-    # simulated saturation throughput for chat token mixes, docs/metrics.md)
-    assert 0.85 <= saturated["gpu_utilization"] <= 1.1
+    r = sim.run(cfg("workload.duration_s=300", "workload.rate=80"))
+    saturated = r.summary
     cap = saturated["replica_capacity_rps"]
+    # the capacity estimate against the simulated saturation throughput (completions per second
+    # in the middle half of an overloaded run): within 10% for chat token mixes (docs/metrics.md)
+    done = np.sort(r.requests["finish_s"].to_numpy())
+    mid = done[len(done) // 4 : 3 * len(done) // 4]
+    assert (len(mid) - 1) / (mid[-1] - mid[0]) == pytest.approx(cap, rel=0.10)
+    # offered load over capacity: an overloaded fleet reads above 1 (80 req/s on ~28)
+    n = saturated["n_requests"]
+    assert saturated["gpu_utilization"] == pytest.approx(n / 300 / cap, rel=1e-9) and saturated["gpu_utilization"] > 2
     half = sim.run(cfg("workload.duration_s=600", f"workload.rate={cap / 2}")).summary
-    expected = 0.5 * half["arrival_span_s"] / half["sim_duration_s"]  # requests per second of the whole run
-    assert half["gpu_utilization"] == pytest.approx(expected, rel=0.08)
+    # ~8,300 Poisson arrivals: the count's relative standard error is 1.1%; 5% is over 4 of them
+    assert half["gpu_utilization"] == pytest.approx(0.5, rel=0.05)
     # occupancy keeps its own name and meaning, and reads far lower at the same load
     assert half["engine_occupancy"] < 0.6 * half["gpu_utilization"]
 

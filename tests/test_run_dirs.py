@@ -51,7 +51,9 @@ def test_the_summary_is_written_last(tmp_path, monkeypatch):
         r.save(tmp_path)
     assert (tmp_path / "timeseries.csv").is_file() and not (tmp_path / "summary.json").exists()
     monkeypatch.undo()
-    r.save(tmp_path, plots=False)
+    with pytest.raises(sim.UserError, match="earlier run"):
+        r.save(tmp_path, plots=False)  # the broken run's files are there: no mixing
+    r.save(tmp_path, plots=False, overwrite=True)
     assert (tmp_path / "summary.json").is_file() and not (tmp_path / ".summary.json.tmp").exists()
 
 
@@ -93,3 +95,10 @@ def test_plan_prices_by_key(tmp_path):
     )  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "h100 $1.5 per GPU-hour" in (out / "plan.md").read_text()
+
+
+def test_a_trace_path_needs_trace_arrivals():
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"workload\.path"):
+        sim.run(cfg("workload.path=traces/synthetic_azure.csv"))
