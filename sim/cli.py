@@ -54,9 +54,19 @@ def _count(value: float) -> str:
     return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _other_costs(s: dict) -> str:
     """The cost lines beyond GPU and API, where the run had them."""
-    return "".join(f", {name} ${s[key]:.2f}" for name, key in (("ops", "ops_cost"), ("egress", "egress_cost")) if s.get(key))
+    return "".join(
+        f", {name} ${s[key]:.2f}" for name, key in (("ops", "ops_cost"), ("egress", "egress_cost")) if s.get(key)
+    )
 
 
 def format_summary(summary: dict, cfg: Config) -> str:
@@ -221,7 +231,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
         print(f"fleetsim: job {hc.job.num}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
     else:
         print(format_summary(s, result.config))
-        print(f"  outputs    {out}")
+        print(f"  outputs    {_shown(out)}")
     return (float(s["total_cost"]), float(1.0 - s["slo_attainment"]))
 
 

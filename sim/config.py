@@ -457,10 +457,30 @@ def to_config(obj: Any) -> Config:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
-        first = str(exc).splitlines()[0]
+        first = str(exc).splitlines()[0] + _did_you_mean(key)
         raise ConfigError(key, getattr(exc, "value", None) or "?", first) from None
     unknown_keys(cfg, "")
     return cfg  # type: ignore[return-value]
+
+
+def _did_you_mean(key: str) -> str:
+    """For an unknown dotted key of the schema, the nearest known one."""
+    import dataclasses
+    import difflib
+    import typing
+
+    cls: Any = Config
+    *parents, last = key.split(".")
+    for part in parents:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        cls = hints.get(part)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return ""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if last in names:
+        return ""
+    near = difflib.get_close_matches(last, names, n=1)
+    return f"; did you mean {'.'.join([*parents, near[0]])}?" if near else ""
 
 
 def unknown_keys(node: Any, key: str) -> None:

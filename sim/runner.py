@@ -58,7 +58,9 @@ class Result:
         out = Path(out_dir)
         earlier = [name for name in OUTPUTS if (out / name).exists()]
         if earlier and not overwrite:
-            raise UserError(f"{out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); save(..., overwrite=True)")
+            raise UserError(
+                f"{out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); save(..., overwrite=True)"
+            )
         for name in earlier:
             shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
         out.mkdir(parents=True, exist_ok=True)

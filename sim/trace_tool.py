@@ -268,7 +268,14 @@ def _load(args) -> tuple[str, dict]:
         unknown = [k for k in opts["columns"] if k not in known]
         if unknown:
             raise UserError(f"--columns {unknown[0]}=...: unknown key; known: {', '.join(known)}")
-    tr = read_trace(resolve_path(args.path), args.format, **opts)
+    from sim.errors import TraceError
+
+    try:
+        tr = read_trace(resolve_path(args.path), args.format, **opts)
+    except TraceError as exc:
+        if args.format == "csv" and "missing column" in str(exc):  # the default format, a named trace
+            raise UserError(f"{exc} (a trace in a known format? --format azure|burstgpt|mooncake)") from None
+        raise
     note = f", {tr.dropped_failed} failed requests dropped" if tr.dropped_failed else ""
     return f"trace {args.path} ({args.format}{note})", {
         "t": tr.arrival_s,

@@ -102,3 +102,17 @@ def test_a_trace_path_needs_trace_arrivals():
 
     with pytest.raises(ConfigError, match=r"workload\.path"):
         sim.run(cfg("workload.path=traces/synthetic_azure.csv"))
+
+
+def test_the_printed_outputs_path_is_as_typed(tmp_path):
+    from tests.test_cli import fleetsim
+
+    p = fleetsim("workload.duration_s=10", "output.plots=false", "hydra.run.dir=runs/one", cwd=tmp_path)
+    assert p.returncode == 0 and "outputs    runs/one" in p.stdout, p.stdout
+
+
+def test_an_unknown_key_in_a_python_config_suggests_the_known_one():
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"did you mean workload\.rate\?"):
+        sim.run({"workload": {"rat": 5}})
