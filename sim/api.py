@@ -114,7 +114,8 @@ class ApiBackend:
         month = int(now // MONTH_S)
         if month != self._month:
             self._month, self._month_spend = month, 0.0
-        used = prompt + self.served_output(output)
+        served = self.served_output(output)
+        used = prompt + served
         if not self.eligible(output):
             reason = REFUSE_LENGTH
         elif self.tpm is not None and used > self.tpm:
@@ -134,7 +135,7 @@ class ApiBackend:
         self._month_spend += price
         self.spend += price
         self.billed_s += seconds
-        self.truncated += self.served_output(output) < output
+        self.truncated += served < output
         if self.cfg.tiers:
             self._upgrade()
         return None

@@ -186,7 +186,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sim.runner import OUTPUTS, run
+    from sim.runner import earlier_outputs, run
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -194,7 +194,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     if multirun:  # a job directory of a sweep run again: no earlier output survives to mix with this one
         _clear_outputs(out)
     else:
-        earlier = [name for name in OUTPUTS if (out / name).exists()]
+        earlier = earlier_outputs(out)
         if earlier:  # never overwrite, mix or delete what an earlier run left in a directory
             print(
                 f"fleetsim: error: hydra.run.dir={out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); "
@@ -285,14 +285,13 @@ def _discard_empty_run_dir(out: Path, kept: frozenset = frozenset()) -> None:
 def _refuse_earlier_run(prog: str, args: Sequence[str]) -> None:
     """A single run into a directory that holds an earlier run's outputs stops before Hydra writes
     anything there: nothing of the earlier run is overwritten, mixed or deleted."""
-    from sim.runner import OUTPUTS
+    from sim.runner import earlier_outputs
 
     for a in args:
         key, _, value = a.partition("=")
         if key != "hydra.run.dir" or not value:
             continue
-        out = Path(value).expanduser()
-        earlier = [name for name in (*OUTPUTS, "plan.csv", "breakeven.csv") if (out / name).exists()]
+        earlier = earlier_outputs(Path(value).expanduser(), ("plan.csv", "breakeven.csv"))
         if earlier:
             print(
                 f"{prog}: error: hydra.run.dir={value}: holds an earlier run's outputs ({', '.join(earlier[:3])}); "

@@ -15,6 +15,7 @@ import numpy as np
 
 from sim.config import Config, LimitsConfig, WorkloadConfig, length_upper_bound
 from sim.errors import ConfigError
+from sim.workload import has_trace
 
 BYTES_PER_REQUEST = 420  # records, requests table and workload arrays (a 10M-request replay: ~4.2 GB)
 
@@ -151,7 +152,7 @@ def check_trace_size(w: WorkloadConfig, lim: LimitsConfig, n: int) -> None:
 def check_workload(cfg: Config, arrival_s: np.ndarray, prompt: np.ndarray, output: np.ndarray, classes: int) -> None:
     """Once the workload is built: its size, span, longest request and number of classes."""
     lim, w = cfg.limits, cfg.workload
-    trace = any(s.arrival == "trace" for s in (w.sources.values() if w.sources else [w]))
+    trace = has_trace(w)
     src = trace_key(w) if trace else ("workload.rate", w.rate)
     if w.rate_scale != 1:
         src = ("workload.rate_scale", w.rate_scale)

@@ -13,7 +13,7 @@ import pandas as pd
 from sim.config import Config
 from sim.cost import HOURS_PER_MONTH
 from sim.fleet import REASON_NAMES, ROUTE_API, ROUTE_GPU, ROUTE_NAMES, ROUTE_REJECTED, Records
-from sim.workload import Workload
+from sim.workload import Workload, has_trace
 
 REQUEST_COLUMNS = (
     "id",
@@ -236,8 +236,7 @@ def arrival_span(wc, arrival_s) -> float:
     synthetic (or looped) traffic; for a replayed trace, or a workload handed in that runs past
     duration_s, its last arrival."""
     last = float(arrival_s[-1]) if len(arrival_s) else 0.0
-    trace = any(s.arrival == "trace" for s in (wc.sources.values() if wc.sources else [wc]))
-    if wc.duration_s is not None and last <= wc.duration_s and not (trace and not wc.loop):
+    if wc.duration_s is not None and last <= wc.duration_s and not (has_trace(wc) and not wc.loop):
         return float(wc.duration_s)
     return last if last > 0 else 1.0  # a trace's window ends with it (a longer duration_s adds no traffic)
 

@@ -56,7 +56,7 @@ class Result:
         import shutil
 
         out = Path(out_dir)
-        earlier = [name for name in OUTPUTS if (out / name).exists()]
+        earlier = earlier_outputs(out)
         if earlier and not overwrite:
             raise UserError(
                 f"{out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); save(..., overwrite=True)"
@@ -94,6 +94,11 @@ OUTPUTS = (
     "plots",
     ".summary.json.tmp",
 )
+
+
+def earlier_outputs(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """The outputs of an earlier run (OUTPUTS, and `extra` names) present in directory `out`."""
+    return [name for name in (*OUTPUTS, *extra) if (out / name).exists()]
 
 
 def check_workload(wl: Workload) -> Workload:
