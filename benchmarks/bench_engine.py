@@ -9,7 +9,10 @@ replica's maximum throughput, and replicas = ceil(200 / (0.7 x saturation)).
 
 Each measurement runs `sim.run` in a fresh process (peak RSS is that process's), timing the
 simulation only (config composition and imports excluded); the wall time is the best of
-`--repeat` runs. Single-threaded: BLAS threads are pinned to 1.
+`--repeat` runs. Single-threaded: BLAS threads are pinned to 1. Next to each timing, the same
+process measures a yardstick (bare SimPy timeouts per second): machines differ up to 3x, so
+compare "wall x yardstick / request" (the cost of a request in bare SimPy timeouts) across
+machines and commits, not seconds.
 
     python benchmarks/bench_engine.py                  # full table (several minutes)
     python benchmarks/bench_engine.py --sizes 10000 100000 --repeat 1
@@ -35,7 +38,19 @@ PROFILES = {
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
+import simpy
 import sim
+
+def yardstick(n=200_000):
+    env = simpy.Environment()
+    def tick():
+        for _ in range(n):
+            yield env.timeout(1.0)
+    env.process(tick())
+    t0 = time.perf_counter()
+    env.run()
+    return n / (time.perf_counter() - t0)
+
 from sim.workload import Workload, build_workload
 mode, overrides = sys.argv[1], json.loads(sys.argv[2])
 cfg = sim.compose(["output.plots=false", *overrides])
@@ -46,6 +61,7 @@ if mode == "saturation":
     r = sim.run(cfg, workload=burst)
     print(json.dumps({"rate": n / float(r.requests.finish_s.max())}))
 else:
+    y = yardstick()
     t0 = time.perf_counter()
     r = sim.run(cfg)
     wall = time.perf_counter() - t0
@@ -54,7 +70,7 @@ else:
         "n": s["n_requests"], "wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "events_per_request": s["engine_events"] / s["n_requests"], "iterations": s["iterations"],
         "engine_occupancy": s["engine_occupancy"], "gpu_busy": s["gpu_busy"], "ttft_p99": s["ttft_p99"],
-        "slo_attainment": s["slo_attainment"],
+        "slo_attainment": s["slo_attainment"], "yardstick_timeouts_per_s": y,
     }))
 """
 
@@ -113,15 +129,16 @@ def main() -> None:
 def table(rows: list[dict]) -> str:
     lines = [
         "| outputs | requests | replicas | wall time (s) | simulated req/s | peak memory (MB) | events/request "
-        "| wall time vs chat |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| wall time vs chat | yardstick (SimPy timeouts/s) | wall x yardstick / request |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = {r["requests"]: r["wall_s"] for r in rows if r["profile"] == "chat"}
     for r in sorted(rows, key=lambda r: (r["profile"] != "chat", r["requests"])):
         ratio = r["wall_s"] / base[r["requests"]] if r["requests"] in base else float("nan")
         lines.append(
             f"| {r['profile']} | {r['requests']:,} | {r['replicas']} | {r['wall_s']:.2f} | {r['req_per_s']:,.0f} "
-            f"| {r['peak_mb']:.0f} | {r['events_per_request']:.2f} | {ratio:.2f}x |"
+            f"| {r['peak_mb']:.0f} | {r['events_per_request']:.2f} | {ratio:.2f}x "
+            f"| {r['yardstick_timeouts_per_s']:,.0f} | {r['wall_s'] * r['yardstick_timeouts_per_s'] / r['n']:.1f} |"
         )
     return "\n".join(lines)
 

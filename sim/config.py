@@ -149,14 +149,17 @@ class GpuConfig:
     link_gbps: float = 450.0  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
     allreduce_latency_us: float = 10.0  # per all-reduce, small messages
     max_tp: int = 8  # GPUs per node that can form one TP group
+    efficiency: float = 1.0  # achieved bandwidth and FLOPS relative to the H100 fit (scripts/fit_engine.py)
     price_per_hour: float = 2.69  # $ per GPU-hour
 
 
 @dataclass
 class EngineConfig:
     name: str = "vllm"
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    # null: vLLM's defaults for the GPU and usage (`batch_limits`)
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    usage: str = "api_server"  # api_server (vllm serve) | offline (the LLM class): vLLM's defaults differ
     enable_chunked_prefill: bool = True
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
@@ -166,12 +169,19 @@ class EngineConfig:
     max_model_len: int | None = None  # default: min(model.max_position, KV capacity)
     kv_blocks: int | None = None  # pin the KV cache to the blocks vLLM reported at start-up (its log)
     fast_forward: bool = True
-    prefix_caching: bool = False
+    prefix_caching: bool = True  # vLLM V1's default; acts on workloads with prefix ids (sim.prefix)
+    async_scheduling: bool = True  # vLLM's default since v0.13: a request joins one iteration later
+    long_prefill_token_threshold: int = 0  # > 0: no request prefills more tokens than this per iteration
+    max_num_partial_prefills: int = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
+    admission: str = "first_chunk"  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
     # performance model (roofline); defaults from scripts/calibrate.py
-    eta_weights: float = 0.716
+    eta_weights: float = 0.7943
     eta_kv: float = 0.884
     eta_flops: float = 0.637
-    step_overhead_ms: float = 0.773
+    eta_moe: float = 0.831  # expert-weight reads relative to dense ones (grouped GEMM)
+    step_overhead_ms: float = 0.8241
+    step_overhead_per_seq_us: float = 4.057  # per-iteration time that grows with the batch (per sequence)
+    request_overhead_ms: float = 7.766  # client-visible time outside the engine (API server, tokenizer)
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
 
 
@@ -438,11 +448,41 @@ PLAUSIBLE = {
     "engine.max_num_batched_tokens": 1e8,
     "engine.reserve_gib": 1e5,
     "engine.step_overhead_ms": 6e4,
+    "engine.step_overhead_per_seq_us": 6e7,
+    "engine.request_overhead_ms": 6e4,
     "engine.max_model_len": 1e9,
 }
 KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
 LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
+USAGES = ("api_server", "offline")
+ADMISSIONS = ("first_chunk", "full_prompt")
+
+
+def long_prefill_threshold(e: EngineConfig, max_model_len: int) -> int:
+    """Most prompt tokens one request prefills per iteration (0: no cap), as vLLM's
+    SchedulerConfig derives it (vllm/config/scheduler.py): the threshold if set, else 4% of
+    max_model_len when max_num_partial_prefills > 1. (The V1 scheduler applies only this cap;
+    the count of concurrent partial prefills was V0's.)"""
+    if e.long_prefill_token_threshold > 0:
+        return e.long_prefill_token_threshold
+    return int(max_model_len * 0.04) if e.max_num_partial_prefills > 1 else 0
+
+
+def batch_limits(e: EngineConfig, g: GpuConfig) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens): the engine's values, or where they are null the
+    defaults vLLM picks for the GPU and usage (EngineArgs.get_batch_defaults, vllm/engine/
+    arg_utils.py, v0.15.1): GPUs with at least 70 GiB that are not A100s get 1024 sequences
+    and 8192 tokens (vllm serve) or 16384 (LLM class); others 256 sequences and 2048 tokens
+    (vllm serve) or 8192 (LLM class). A defaulted max_num_seqs is capped at the token budget."""
+    large = g.memory_gib >= 70 and not g.name.lower().startswith("a100")
+    seqs = 1024 if large else 256
+    tokens = {(True, "api_server"): 8192, (True, "offline"): 16384}.get((large, e.usage))
+    if tokens is None:
+        tokens = 2048 if e.usage == "api_server" else 8192
+    tokens = tokens if e.max_num_batched_tokens is None else e.max_num_batched_tokens
+    # a default batch never exceeds the token budget (a set max_num_seqs must fit it: checked)
+    return (min(seqs, tokens) if e.max_num_seqs is None else e.max_num_seqs), tokens
 
 
 def to_config(obj: Any) -> Config:
@@ -924,15 +964,22 @@ def validate(cfg: Config) -> None:
         _positive(g.fp8_tflops, "gpu.fp8_tflops")
     _check(g.allreduce_latency_us >= 0, "gpu.allreduce_latency_us", g.allreduce_latency_us, "must be >= 0")
     _positive(g.max_tp, "gpu.max_tp", integer=True)
+    _check(0 < g.efficiency <= 2, "gpu.efficiency", g.efficiency, "must be in (0, 2] (1: as efficient as the H100 fit)")
     _check(g.price_per_hour >= 0, "gpu.price_per_hour", g.price_per_hour, "must be >= 0 ($ per GPU-hour)")
 
     e = cfg.engine
-    _positive(e.max_num_seqs, "engine.max_num_seqs", integer=True)
+    _check(e.usage in USAGES, "engine.usage", e.usage, f"must be one of {', '.join(USAGES)}")
+    _check(e.admission in ADMISSIONS, "engine.admission", e.admission, f"must be one of {', '.join(ADMISSIONS)}")
+    if e.max_num_seqs is not None:
+        _positive(e.max_num_seqs, "engine.max_num_seqs", integer=True)
+    if e.max_num_batched_tokens is not None:
+        _positive(e.max_num_batched_tokens, "engine.max_num_batched_tokens", integer=True)
+    seqs, tokens = batch_limits(e, g)
     _check(
-        e.max_num_batched_tokens >= e.max_num_seqs,
+        tokens >= seqs,
         "engine.max_num_batched_tokens",
-        e.max_num_batched_tokens,
-        f"must be >= engine.max_num_seqs ({e.max_num_seqs})",
+        tokens,
+        f"must be >= engine.max_num_seqs ({seqs})",
     )
     _check(e.block_size in BLOCK_SIZES, "engine.block_size", e.block_size, f"must be one of {BLOCK_SIZES}")
     _fraction(e.gpu_memory_utilization, "engine.gpu_memory_utilization")
@@ -951,9 +998,17 @@ def validate(cfg: Config) -> None:
         e.kv_cache_dtype,
         f"must be one of {', '.join(KV_BYTES)}",
     )
-    for key in ("eta_weights", "eta_kv", "eta_flops"):
+    for key in ("eta_weights", "eta_kv", "eta_flops", "eta_moe"):
         _fraction(getattr(e, key), f"engine.{key}")
-    _check(e.step_overhead_ms >= 0, "engine.step_overhead_ms", e.step_overhead_ms, "must be >= 0")
+    _check(
+        isinstance(e.long_prefill_token_threshold, int) and e.long_prefill_token_threshold >= 0,
+        "engine.long_prefill_token_threshold",
+        e.long_prefill_token_threshold,
+        "must be an integer >= 0 (0: no cap)",
+    )
+    _positive(e.max_num_partial_prefills, "engine.max_num_partial_prefills", integer=True)
+    for key in ("step_overhead_ms", "step_overhead_per_seq_us", "request_overhead_ms"):
+        _check(getattr(e, key) >= 0, f"engine.{key}", getattr(e, key), "must be >= 0")
     if e.perf_table is not None:
         _check(Path(e.perf_table).is_file(), "engine.perf_table", e.perf_table, "file not found")
     if e.kv_blocks is not None:
@@ -1003,9 +1058,9 @@ def validate(cfg: Config) -> None:
         )
     if not e.enable_chunked_prefill:
         _check(
-            e.max_num_batched_tokens >= plan.max_model_len,
+            tokens >= plan.max_model_len,
             "engine.max_num_batched_tokens",
-            e.max_num_batched_tokens,
+            tokens,
             f"without chunked prefill must be >= max_model_len ({plan.max_model_len}); "
             "set engine.max_model_len lower or enable chunked prefill",
         )
@@ -1032,11 +1087,11 @@ def validate(cfg: Config) -> None:
     if e.perf_table is None:  # the slowest iteration the engine can run must be a number of seconds
         from sim.perf import build_perf
 
-        worst = build_perf(m, g, e).iteration_time(e.max_num_seqs, plan.kv_tokens, [(e.max_num_batched_tokens, 0)])
+        worst = build_perf(m, g, e).iteration_time(seqs, plan.kv_tokens, [(tokens, 0)])
         _check(
             math.isfinite(worst) and worst <= 3600,
             "engine.max_num_batched_tokens",
-            e.max_num_batched_tokens,
+            tokens,
             f"a full engine iteration of {m.name} on {g.name} would take {worst:.3g} s: check the model, GPU and "
             "engine figures (parameters, FLOPS, bandwidth, efficiency factors, step overhead)",
         )

@@ -30,6 +30,7 @@ by the iteration at which each decoder emits its last token gives the next compl
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import NamedTuple
@@ -38,6 +39,7 @@ import simpy
 
 from sim.kvcache import MemoryPlan
 from sim.perf import DecodeRun, PerfModel
+from sim.prefix import BlockPool
 
 WAITING, PREFILL, DECODE, DONE = range(4)
 
@@ -53,12 +55,17 @@ class Request:
         "finish_g",
         "first_token",
         "generated",
+        "hashes",
         "id",
         "o",
         "output",
+        "pooled",
         "preemptions",
         "prompt",
+        "reg",
         "replica",
+        "seen",
+        "shared",
         "start",
         "state",
         "target",
@@ -83,6 +90,11 @@ class Request:
         self.ver = 0  # invalidates stale heap entries after a preemption
         self.replica = -1
         self.cached = 0
+        self.seen = arrival  # when the replica it waits at got it (async scheduling's cutoff)
+        self.hashes: list[int] | None = None  # prefix-block ids of the prompt (prefix caching)
+        self.pooled: list[int] = []  # ids it references in the replica's prefix cache
+        self.shared = 0  # KV blocks of those ids (held once, in the cache's count)
+        self.reg = 0  # prompt blocks looked at for caching so far
 
 
 def _blocks(x: int, n: int, q_sum: int, cnt: list[int], bs: int) -> int:
@@ -158,6 +170,7 @@ class Replica:
 
     __slots__ = (
         "_chunks",
+        "_cutoff",
         "_head",
         "_head_occ",
         "_head_reqs",
@@ -171,16 +184,20 @@ class Replica:
         "_seq",
         "_timer",
         "_wake",
+        "async_sched",
         "bs",
         "busy_s",
         "chunked",
         "cnt",
         "env",
         "fast_forward",
+        "full_prompt",
         "g",
+        "hash_tokens",
         "held_other",
         "index",
         "iterations",
+        "long_prefill",
         "max_seqs",
         "max_tokens",
         "n_dec",
@@ -189,6 +206,7 @@ class Replica:
         "on_idle",
         "paused",
         "perf",
+        "pool",
         "preemptions",
         "prefilling",
         "proc",
@@ -213,6 +231,11 @@ class Replica:
         max_num_batched_tokens: int,
         chunked_prefill: bool,
         fast_forward: bool,
+        async_scheduling: bool = False,
+        pool: BlockPool | None = None,
+        hash_tokens: int = 0,
+        long_prefill_token_threshold: int = 0,
+        full_prompt_admission: bool = False,
         on_done: Callable[[Request, float], None],
         on_idle: Callable[[Replica], None] | None = None,
         paused: bool = False,
@@ -226,6 +249,21 @@ class Replica:
         self.max_tokens = max_num_batched_tokens
         self.chunked = chunked_prefill
         self.fast_forward = fast_forward
+        # async scheduling: iteration k + 1 is formed when iteration k starts, so a request seen
+        # during iteration k joins iteration k + 2; `_cutoff`: only requests seen before it may
+        # join at the boundary being scheduled
+        self.async_sched = async_scheduling
+        self._cutoff = math.inf
+        # prefix caching (sim.prefix): cached blocks live in `pool`; `held_other` counts the KV
+        # blocks beyond the decoders' own (prefilling requests' own blocks, plus cached blocks
+        # in use, minus those the decoders' counts already include)
+        self.pool = pool
+        self.hash_tokens = hash_tokens  # prompt tokens per prefix id
+        if pool is not None:
+            pool.before_peek = self._evict_now
+        self.long_prefill = long_prefill_token_threshold  # 0: no cap on a request's chunk
+        # admit a waiting request only if its whole prompt's blocks are free (not just its first chunk's)
+        self.full_prompt = full_prompt_admission
         self.on_done = on_done
         self.on_idle = on_idle  # called each time the replica runs out of work
         self.paused = paused  # provisioning, asleep or waking: requests queue, nothing runs
@@ -275,6 +313,7 @@ class Replica:
 
     def submit(self, req: Request) -> None:
         """Queue a request; wake the replica, or cut its segment if the request can join."""
+        req.seen = self.env.now
         self.waiting.append(req)
         if self._wake is not None:
             if not self._wake.triggered and not self.paused:
@@ -291,9 +330,9 @@ class Replica:
             return
         if len(self.waiting) > 1:  # the head of the queue was not admissible: FIFO
             return
-        done = self._iterations_done(now)
-        if done + 1 < self._seg_iters:
-            self._plan_cut(done + 1)
+        done = self._iterations_done(now) + (2 if self.async_sched else 1)
+        if done < self._seg_iters:
+            self._plan_cut(done)
 
     def pause(self) -> None:
         """Stop taking work (only while idle): queued requests wait for `resume`."""
@@ -320,6 +359,7 @@ class Replica:
         for req in out:  # a prefix-cache hit belonged to this replica's cache: look up again
             req.computed = 0
             req.target = req.prompt + req.generated
+            req.pooled, req.shared, req.reg = [], 0, 0
         for req in self.running.values():
             if req.state == DECODE:
                 req.generated = req.output - (req.finish_g - g_now)
@@ -330,6 +370,7 @@ class Replica:
             req.computed = 0
             req.blocks = 0
             req.target = req.prompt + req.generated
+            req.pooled, req.shared, req.reg = [], 0, 0
             req.preemptions += 1  # its work so far is recomputed elsewhere
             out.append(req)
         callbacks = self._timer.callbacks if self._timer is not None else None
@@ -345,6 +386,9 @@ class Replica:
         self._heap.clear()
         self.n_dec = self.s_off = self.q_sum = self.held_other = 0
         self.cnt = [0] * self.bs
+        if self.pool is not None:
+            self.pool.live.clear()
+            self.pool.clear()
         self._seg_iters = 0
         self._run = None
         self._head_reqs = []
@@ -419,7 +463,14 @@ class Replica:
                 self._wake = env.event()
                 yield self._wake
                 self._wake = None
+                self._cutoff = math.inf  # nothing was in flight: whoever waits is seen
+            cutoff = self._cutoff
             duration = self._schedule()
+            waiting = self.waiting
+            if waiting and waiting[0].seen >= cutoff and self._run is not None and self._seg_iters > 1:
+                end = self._plan_cut(1, retarget=False)  # seen during the last iteration: joins next
+                if end is not None:
+                    duration = end - env.now
             self._timer = BoundaryTimer(env, duration)
             self.timers += 1
             yield self._timer  # may be moved by _plan_cut
@@ -485,7 +536,9 @@ class Replica:
             if req.state != PREFILL:  # preempted while making room for an earlier one
                 continue
             c = min(req.target - req.computed, budget)
-            need = -(-(req.computed + c) // bs) - req.blocks
+            if 0 < self.long_prefill < c:
+                c = self.long_prefill
+            need = -(-(req.computed + c) // bs) - req.blocks - req.shared
             while need > free and req.state == PREFILL:
                 free += self._preempt(next(reversed(running.values())))
                 preempted = True
@@ -498,13 +551,21 @@ class Replica:
             budget -= c
 
         if not preempted and self.waiting:  # vLLM admits nobody in a step that preempted
-            for req, c, need in self._plan_admission(free, budget):
-                self.waiting.popleft()
-                self._admit(req, need, now)
-                chunks.append((req, c))
-                free -= need
-                budget -= c
+            cutoff = self._cutoff
+            if not chunks and not self.n_dec:  # nothing else would run: the scheduler sees them now
+                cutoff = math.inf
+            if self.pool is not None:
+                free, budget = self._admit_cached(free, budget, cutoff, chunks, now)
+            else:
+                for req, c, need in self._plan_admission(free, budget, cutoff):
+                    self.waiting.popleft()
+                    self._admit(req, need, now)
+                    chunks.append((req, c))
+                    free -= need
+                    budget -= c
 
+        if self.pool is not None:  # this iteration's new blocks evict cached ones
+            self.pool.evict_to(free)
         if not chunks and not self.n_dec:
             raise RuntimeError(f"replica {self.index}: empty iteration at t={now}")
         occ = self._occupancy(len(running), budget, free)
@@ -539,6 +600,8 @@ class Replica:
         """Apply a head iteration's outcome: prefills complete, first tokens at `end`."""
         for req, c in chunks:
             req.computed += c
+            if self.pool is not None:
+                self._register(req, end)
             self.held_other -= req.blocks
             req.blocks = 0
             if req.generated == 0:
@@ -557,20 +620,23 @@ class Replica:
             heapq.heappop(heap)
         return heap[0][0]
 
-    def _plan_admission(self, free: int, budget: int) -> list[tuple[Request, int, int]]:
-        """Waiting requests (FIFO) admissible now: (request, prefill chunk, new blocks)."""
+    def _plan_admission(self, free: int, budget: int, cutoff: float) -> list[tuple[Request, int, int]]:
+        """Waiting requests (FIFO) admissible now, of those seen before `cutoff`: (request,
+        prefill chunk, new blocks)."""
         plan = []
         seats = self.max_seqs - len(self.running)
         bs = self.bs
         for req in self.waiting:
-            if budget <= 0 or seats <= 0:
+            if budget <= 0 or seats <= 0 or req.seen >= cutoff:
                 break
             rem = req.target - req.computed
+            if 0 < self.long_prefill < rem:
+                rem = self.long_prefill
             if rem > budget and not self.chunked:
                 break
             c = rem if rem < budget else budget
             need = -(-(req.computed + c) // bs) - req.blocks
-            if need > free:
+            if need > free or (self.full_prompt and -(-req.target // bs) - req.blocks > free):
                 break
             plan.append((req, c, need))
             free -= need
@@ -587,6 +653,91 @@ class Replica:
         if req.start < 0:
             req.start = now
 
+    # ------------------------------------------------------------------ prefix cache
+
+    def _admit_cached(self, free: int, budget: int, cutoff: float, chunks: list, now: float) -> tuple[int, int]:
+        """Admit waiting requests (FIFO) at this boundary, each looking its prompt up in the
+        prefix cache as it is scheduled; cached blocks that memory now needs are evicted first."""
+        pool = self.pool
+        assert pool is not None
+        bs, bt, k = self.bs, self.hash_tokens, pool.k
+        seats = self.max_seqs - len(self.running)
+        taken: set[int] = set()
+        pool.evict_to(free)
+        while self.waiting and budget > 0 and seats > 0:
+            req = self.waiting[0]
+            if req.seen >= cutoff:
+                break
+            hit = revived = 0
+            if req.computed == 0 and req.hashes is not None:
+                cap = min(len(req.hashes), (req.target - 1) // bt)
+                hit, revived = pool.lookup(req.hashes, cap, taken)
+            cached = hit * bt if req.computed == 0 else req.computed
+            rem = req.target - cached
+            if 0 < self.long_prefill < rem:
+                rem = self.long_prefill
+            if rem > budget and not self.chunked:
+                break
+            c = rem if rem < budget else budget
+            shared = hit * k
+            own = -(-(cached + c) // bs) - shared - req.blocks
+            need = own + revived * k
+            if need > free or (self.full_prompt and -(-req.target // bs) - shared - req.blocks + revived * k > free):
+                break
+            self.waiting.popleft()
+            if req.hashes is not None and req.computed == 0:
+                pool.lookups += len(req.hashes)
+            if hit:
+                ids = req.hashes[:hit]  # type: ignore[index]
+                pool.acquire(ids)
+                taken.update(ids)
+                pool.hits += hit
+                req.pooled = list(ids)
+                req.shared = shared
+                req.reg = hit
+                req.computed = cached
+                if req.start < 0:
+                    req.cached = cached
+                self.held_other += revived * k
+            self._admit(req, own, now)
+            chunks.append((req, c))
+            free -= need
+            budget -= c
+            seats -= 1
+            pool.evict_to(free)
+        return free, budget
+
+    def _register(self, req: Request, now: float) -> None:
+        """Cache the prompt blocks the request has computed so far (its own KV becomes shared)."""
+        ids = req.hashes
+        if ids is None:
+            return
+        full = min(len(ids), req.computed // self.hash_tokens)
+        if full <= req.reg:
+            return
+        pool = self.pool
+        for h in ids[req.reg : full]:
+            if pool.register(h, now):  # type: ignore[union-attr]
+                req.pooled.append(h)
+        req.reg = full
+        shared = len(req.pooled) * pool.k  # type: ignore[union-attr]
+        req.blocks -= shared - req.shared
+        req.shared = shared
+
+    def _release(self, req: Request) -> int:
+        """The request stops using its cached blocks; return the KV blocks that frees."""
+        freed = self.pool.release(req.pooled) * self.pool.k  # type: ignore[union-attr]
+        self.held_other -= freed
+        req.pooled, req.shared, req.reg = [], 0, 0
+        return freed
+
+    def _evict_now(self) -> float:
+        """Apply the evictions due by now (decoders grew into the memory of free cached blocks);
+        return the time."""
+        self.sync()
+        self.pool.evict_to(self.total_blocks - self.kv_blocks_used())  # type: ignore[union-attr]
+        return self.env.now
+
     def _occupancy(self, seats: int, budget: int, free: int) -> float:
         return max(
             seats / self.max_seqs,
@@ -596,20 +747,28 @@ class Replica:
 
     # ------------------------------------------------------------------ cutting a segment
 
-    def _plan_cut(self, steps: int) -> None:
+    def _plan_cut(self, steps: int, retarget: bool = True) -> float | None:
         """Requests can join at the boundary after `steps` iterations of the current segment:
         end the segment there and plan the iteration (and the decode run after it) that starts
         at that boundary. Decoders finish and the KV cache runs short only at the segment's own
         end, beyond the cut, so the plan depends on nothing but the waiting queue."""
+        if self.pool is not None:  # hits are found at the boundary: end the segment there
+            if steps >= self._seg_iters or len(self.running) >= self.max_seqs:
+                return None
+            self._seg_iters = steps
+            end = self._boundary(steps)
+            if retarget:
+                self._retarget(end)
+            return end
         g = self.g + steps
         bs = self.bs
         n, q_sum, cnt = self.n_dec, self.q_sum, self.cnt
         free = self.total_blocks - self.held_other - _blocks(g + 1, n, q_sum, cnt, bs)
         budget = self.max_tokens - n
-        admit = self._plan_admission(free, budget)
+        admit = self._plan_admission(free, budget, self._boundary(steps - 1) if self.async_sched else math.inf)
         pending = self._pending
         if not admit:
-            return  # nobody can join
+            return None  # nobody can join
         # Nobody more joins than planned: the plan stands, unless it was merged with the run
         # after it and someone is now left waiting (the budget the head's prefills free at its
         # end may admit them at the next boundary).
@@ -618,7 +777,7 @@ class Replica:
             and len(admit) == len(pending.admit)
             and (not pending.merged or len(admit) == len(self.waiting))
         ):
-            return
+            return None
         chunks = [(c, r.computed) for r, c, _ in admit]
         head = self.perf.iteration_time(n, self.s_off + n * g, chunks)
         for _, c, need in admit:
@@ -658,7 +817,9 @@ class Replica:
         boundary = self._boundary(steps)
         self._pending = Plan(boundary, steps, admit, head, head_occ, merged, run, run_n, run_occ)
         end = boundary + head + (run.time(run_n) if run is not None else 0.0)
-        self._retarget(end)
+        if retarget:
+            self._retarget(end)
+        return end
 
     def _retarget(self, end: float) -> None:
         """Make `serve` resume at `end` instead of at its current timer.
@@ -703,15 +864,22 @@ class Replica:
     def _advance(self, now: float) -> None:
         """Account the segment ending at `now`: iterations, prefill progress, completions."""
         n = self._seg_iters
+        if self.async_sched:  # the next batch was formed when the last iteration started
+            self._cutoff = self._boundary(n - 1)
         self.busy_s += now - self._seg_start
         self.occ_s += self._occupied(now - self._seg_start)
         self.iterations += n
         self.segments += 1
         self.g += n
         g = self.g
+        if self.pool is not None:  # the last iteration's blocks evicted cached ones (before any release)
+            used = self.held_other + (_blocks(g, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
+            self.pool.evict_to(self.total_blocks - used)
         if self._chunks:
             for req, c in self._chunks:
                 req.computed += c
+                if self.pool is not None:
+                    self._register(req, now)
                 if req.computed < req.target:
                     continue
                 self.prefilling.remove(req)
@@ -739,6 +907,8 @@ class Replica:
     def _finish(self, req: Request, now: float) -> None:
         req.state = DONE
         del self.running[req.id]
+        if req.pooled:
+            self._release(req)
         self.on_done(req, now)
 
     # ------------------------------------------------------------------ decoder aggregates
@@ -747,6 +917,7 @@ class Replica:
         o = req.computed - g
         req.o = o
         req.state = DECODE
+        self.held_other -= req.shared  # now inside the decoder's own count
         q, r = divmod(o, self.bs)
         self.q_sum += q
         self.cnt[r] += 1
@@ -757,6 +928,7 @@ class Replica:
         heapq.heappush(self._heap, (req.finish_g, self._seq, req.ver, req))
 
     def _leave_decode(self, req: Request) -> None:
+        self.held_other += req.shared
         q, r = divmod(req.o, self.bs)
         self.q_sum -= q
         self.cnt[r] -= 1
@@ -775,12 +947,14 @@ class Replica:
         del self.running[req.id]
         if req.state == DECODE:
             req.generated = req.output - (req.finish_g - self.g)  # tokens out by boundary g
-            freed = -(-(req.o + self.g + 1) // self.bs)
+            freed = -(-(req.o + self.g + 1) // self.bs) - req.shared
             self._leave_decode(req)
         else:
             freed = req.blocks
             self.prefilling.remove(req)
             self.held_other -= req.blocks
+        if req.pooled:
+            freed += self._release(req)
         req.state = WAITING
         req.blocks = 0
         req.computed = 0

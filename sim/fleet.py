@@ -24,13 +24,13 @@ import simpy
 
 from sim.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
 from sim.autoscale import make_autoscaler
-from sim.config import WEIGHT_BYTES, Config
+from sim.config import WEIGHT_BYTES, Config, batch_limits, long_prefill_threshold
 from sim.cost import STATES, Span, state_weight
 from sim.engine import Replica, Request
 from sim.errors import ConfigError
 from sim.kvcache import MemoryPlan
 from sim.perf import PerfModel
-from sim.prefix import PrefixCache
+from sim.prefix import BlockPool
 from sim.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY, make_router
 from sim.workload import Workload, stream
 
@@ -97,7 +97,7 @@ class Node:
         self.idle_s = 0.0
         self.idle_epoch = 0
         self.ready_at = now  # when provisioning or waking ends
-        self.cache: PrefixCache | None = None
+        self.cache: BlockPool | None = None  # its replica's prefix cache
 
 
 def cold_start_s(cfg: Config) -> float:
@@ -127,6 +127,10 @@ class Fleet:
         self.records = Records(len(workload))
         f = cfg.fleet
         self.tp = cfg.engine.tensor_parallel_size
+        self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
+        self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)
+        # client-visible time outside the engine, on every GPU-served stream (an API server's)
+        self.request_overhead = cfg.engine.request_overhead_ms / 1000 if cfg.engine.usage == "api_server" else 0.0
         self.fixed = f.autoscaler.name == "fixed"
         self.gpu_possible = (f.replicas > 0) if self.fixed else (f.max_replicas > 0)
         self.cold_start_s = cold_start_s(cfg)
@@ -139,15 +143,22 @@ class Fleet:
         self.free_slots: list[int] = []
         self.spans: list[Span] = []
         self.router_queue: deque[Request] = deque()
-        prefix = cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens > 0
+        # only whole KV blocks are cached: prefix ids finer than a block leave nothing to share
+        prefix = (
+            cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
+        )
         self.prefix = prefix
+        if prefix and workload.block_tokens % plan.block_size:
+            raise ConfigError(
+                "engine.block_size",
+                plan.block_size,
+                f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
+            )
         self.router = make_router(f.router, self)
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
         clock = workload.clock_start_s or 0.0
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
-        self._prefill_per_token = (
-            perf.iteration_time(0, 0, [(cfg.engine.max_num_batched_tokens, 0)]) / cfg.engine.max_num_batched_tokens
-        )
+        self._prefill_per_token = perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
 
         self.n_total = len(workload)
         self.n_closed = 0
@@ -202,16 +213,20 @@ class Fleet:
             node.uid,
             self.perf,
             self.plan,
-            max_num_seqs=e.max_num_seqs,
-            max_num_batched_tokens=e.max_num_batched_tokens,
+            max_num_seqs=self.max_seqs,
+            max_num_batched_tokens=self.max_tokens,
             chunked_prefill=e.enable_chunked_prefill,
             fast_forward=e.fast_forward,
+            async_scheduling=e.async_scheduling,
+            pool=BlockPool(self.workload.block_tokens // self.plan.block_size) if self.prefix else None,
+            hash_tokens=self.workload.block_tokens if self.prefix else 0,
+            long_prefill_token_threshold=self.long_prefill,
+            full_prompt_admission=e.admission == "full_prompt",
             on_done=self._done,
             on_idle=lambda _eng, n=node: self._idle(n),
             paused=True,
         )
-        if self.prefix:
-            node.cache = PrefixCache(self.plan.kv_tokens // self.workload.block_tokens)
+        node.cache = node.engine.pool
         if slot == len(self.nodes):
             self.nodes.append(node)
             self.loads.append(NOT_ROUTABLE)
@@ -430,12 +445,8 @@ class Fleet:
 
     def _submit(self, node: Node, req: Request) -> None:
         now = self.env.now
-        if node.cache is not None and req.computed == 0:
-            wl = self.workload
-            blocks = wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
-            hit = node.cache.use(blocks) * wl.block_tokens
-            req.cached = min(hit, req.prompt - 1)  # the last prompt token is always computed
-            req.computed = req.cached
+        if self.prefix and req.hashes is None:  # looked up in the replica's cache when scheduled
+            req.hashes = self.blocks_of(req).tolist()  # type: ignore[union-attr]
         self.loads[node.slot] += 1
         node.out += 1
         if node.idle_since is not None:
@@ -645,8 +656,9 @@ class Fleet:
         rec.route[i] = ROUTE_GPU
         rec.replica[i] = req.replica
         rec.start[i] = req.start
-        rec.first_token[i] = req.first_token
-        rec.finish[i] = now
+        ov = self.request_overhead
+        rec.first_token[i] = req.first_token + ov
+        rec.finish[i] = now + ov
         if req.preemptions:
             rec.preemptions[i] = req.preemptions
         if req.cached:

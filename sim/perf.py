@@ -58,7 +58,9 @@ class Roofline:
 
     def __init__(self, model: ModelConfig, gpu: GpuConfig, engine: EngineConfig):
         tp = engine.tensor_parallel_size
-        bw = gpu.mem_bw_tbps * 1e12
+        # gpu.efficiency: this generation's achieved share of peak relative to the H100 the
+        # engine factors were fitted on (docs/calibration.md)
+        bw = gpu.mem_bw_tbps * 1e12 * gpu.efficiency
         wbytes = WEIGHT_BYTES[model.weight_dtype] * 1e9 / tp  # per GPU, per billion params
         total = model.params_b
         active = model.active_params_b or total
@@ -70,17 +72,21 @@ class Roofline:
             expert_params = 0.0
             self._miss = 0.0
         self._w_dense = (total - expert_params) * wbytes / (engine.eta_weights * bw)
-        self._w_expert = expert_params * wbytes / (engine.eta_weights * bw)
+        # grouped expert GEMMs stream their weights less efficiently than dense layers: eta_moe
+        self._w_expert = expert_params * wbytes / (engine.eta_weights * engine.eta_moe * bw)
         kv_gpu = kv_bytes_per_token(model, engine.kv_cache_dtype) / min(tp, model.kv_heads)
         self._kv = kv_gpu / (engine.eta_kv * bw)  # s per KV token read
         fp8 = model.weight_dtype == "fp8" and gpu.fp8_tflops
-        flops = (gpu.fp8_tflops if fp8 else gpu.bf16_tflops) * 1e12 * engine.eta_flops * tp
+        flops = (gpu.fp8_tflops if fp8 else gpu.bf16_tflops) * 1e12 * engine.eta_flops * tp * gpu.efficiency
         flop_params = model.flop_params_b or active
         self._tok = 2 * flop_params * 1e9 / flops  # s per token through the matmuls
         self._pair = 4 * model.layers * model.heads * model.head_dim / flops  # s per (q, k) pair
         self._fixed = engine.step_overhead_ms / 1000
+        self._per_seq = engine.step_overhead_per_seq_us * 1e-6
         if tp > 1:  # two all-reduces per layer; ring: 2 (tp-1)/tp of the activations cross links
-            self._fixed += 2 * model.layers * gpu.allreduce_latency_us * 1e-6
+            # a small all-reduce's latency grows with the log of the group (tree / one-shot
+            # algorithms): gpu.allreduce_latency_us is the figure for 2 GPUs
+            self._fixed += 2 * model.layers * gpu.allreduce_latency_us * 1e-6 * math.log2(tp)
             self._ar_tok = 2 * model.layers * 2 * (tp - 1) / tp * model.hidden * 2 / (gpu.link_gbps * 1e9)
         else:
             self._ar_tok = 0.0
@@ -101,13 +107,15 @@ class Roofline:
             pairs += c * k0 + c * (c + 1) / 2
         mem = self.weight_time(n) + self._kv * kv
         comp = self._tok * n + self._pair * pairs
-        return self._fixed + (mem if mem >= comp else comp) + self._ar_tok * n
+        return (
+            self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
+        )
 
     def decode_run(self, n_decode: int, context: int, n_max: int) -> LinearDecodeRun:
         b = n_decode
         kv0 = context + b
         return LinearDecodeRun(
-            self._fixed + self._ar_tok * b,
+            self._fixed + (self._per_seq + self._ar_tok) * b,
             self.weight_time(b) + self._kv * kv0,
             self._kv * b,
             self._tok * b + self._pair * kv0,
@@ -263,15 +271,17 @@ def saturation_throughput(
     In steady state B sequences decode together and every finished sequence is replaced by a
     waiting one, whose prompt is prefilled in the next iteration. B is the largest batch the
     three limits allow: `max_num_seqs`, the token budget (B (1 + prefill / output) <=
-    max_num_batched_tokens) and the KV cache (a sequence holds prompt + output / 2 tokens on
-    average). Sequences finish at B / output per iteration, so an iteration carries k new prompts
-    with k ~ Poisson(B / output) (capped by the token budget): its time is the roofline's for B
-    decodes plus those prompts, and the mean over k matters because an iteration without prefill
-    is memory-bound and one with it compute-bound. Throughput = B / (output x mean iteration time).
+    max_num_batched_tokens) and the KV cache: the batch whose sequences can all grow to prompt +
+    output without preempting (an engine that admits more keeps its cache full but loses the
+    difference to preemption and recompute). Sequences finish at B / output per iteration, so an
+    iteration carries k new prompts with k ~ Poisson(B / output) (capped by the token budget): its
+    time is the roofline's for B decodes plus those prompts, and the mean over k matters because
+    an iteration without prefill is memory-bound and one with it compute-bound. Throughput = B /
+    (output x mean iteration time).
     """
     p, n = max(prompt, 1.0), max(output, 1.0)
     fill = p if prefill is None else min(max(prefill, 0.0), p)  # prompt tokens computed per request
-    b = min(max_num_seqs, max_num_batched_tokens / (1 + fill / n), kv_tokens / (p + n / 2))
+    b = min(max_num_seqs, max_num_batched_tokens / (1 + fill / n), kv_tokens / (p + n))
     b = max(1, math.floor(b))
     context = round(b * (p + n / 2))
     lam = b / n  # new prompts per iteration

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import simpy
 
-from sim.config import Config, to_config, validate
+from sim.config import Config, batch_limits, to_config, validate
 from sim.cost import fleet_costs
 from sim.errors import UserError
 from sim.fleet import ROUTE_NONE, SAMPLE_COLUMNS, Fleet
@@ -318,8 +318,7 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         capacity = saturation_throughput(
             perf,
             plan.kv_tokens,
-            cfg.engine.max_num_seqs,
-            cfg.engine.max_num_batched_tokens,
+            *batch_limits(cfg.engine, cfg.gpu),
             prompt,
             float(df["output_tokens"].to_numpy()[served].mean()),
             prefill=prompt - cached,

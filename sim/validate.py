@@ -83,8 +83,9 @@ def model_config(name: str, spec: dict) -> ModelConfig:
     )
 
 
-def run_config(run: dict, models: dict) -> Config:
-    """The scenario of one measured run: its model, GPU, engine settings, one replica."""
+def run_config(run: dict, models: dict, engine: dict | None = None) -> Config:
+    """The scenario of one measured run: its model, GPU, engine settings (and `engine`'s
+    overrides, e.g. fitted factors), one replica."""
     key = f"runs[{run.get('id')}]"
     if run.get("model") not in models:
         raise UserError(f"{key}: model {run.get('model')!r} is not in the file's models")
@@ -93,14 +94,16 @@ def run_config(run: dict, models: dict) -> Config:
         m.weight_dtype = "fp8"
     gpu: GpuConfig = load_option("gpu", str(run.get("gpu", "h100")).lower())
     e = EngineConfig(
-        max_num_seqs=int(run.get("max_num_seqs", 256)),
-        max_num_batched_tokens=int(run.get("max_num_batched_tokens", 8192)),
+        max_num_seqs=int(run["max_num_seqs"]) if run.get("max_num_seqs") else None,  # None: vLLM's default
+        max_num_batched_tokens=int(run["max_num_batched_tokens"]) if run.get("max_num_batched_tokens") else None,
         gpu_memory_utilization=float(run.get("gpu_memory_utilization", 0.9)),
         tensor_parallel_size=int(run.get("tp", 1)),
         max_model_len=int(run.get("max_model_len", 4096)),
         prefix_caching=bool(run.get("prefix_caching_real", True)),
         kv_blocks=int(run["vllm_gpu_kv_blocks"]) if run.get("vllm_gpu_kv_blocks") else None,
     )
+    for key, value in (engine or {}).items():
+        setattr(e, key, value)
     c = Config(model=m, gpu=gpu, engine=e)
     c.output.plots = False
     c.output.requests = True
@@ -125,7 +128,7 @@ class Stages:
     ids: list[np.ndarray]
 
 
-def generate(spec: dict, inflation: float, seed: int) -> Stages:
+def generate(spec: dict, inflation: float, seed: int, max_stage_s: float | None = None) -> Stages:
     """inference-perf's shared-prefix workload under its constant load timer, stage by stage."""
     from sim.workload import stream
 
@@ -138,6 +141,7 @@ def generate(spec: dict, inflation: float, seed: int) -> Stages:
     sys_blocks = sys_len // BLOCK
     out = Stages([], [], [], [], [])
     for rate, duration in spec["stages"]:
+        duration = min(duration, max_stage_s or duration)  # shortened stages for fitting
         n = int(rate * duration)
         gaps = rng.exponential(1.0, n)
         t = np.cumsum(gaps) / gaps.sum() * duration
@@ -182,15 +186,23 @@ def workload(stages: Stages, starts: list[float]):
 # ----------------------------------------------------------------------------- replay
 
 
-def simulate(run: dict, models: dict, inflation: dict, seed: int = 0) -> pd.DataFrame:
-    """The run replayed: one row per (stage, metric) with the measured and simulated figure."""
+def simulate(
+    run: dict,
+    models: dict,
+    inflation: dict,
+    seed: int = 0,
+    engine: dict | None = None,
+    max_stage_s: float | None = None,
+) -> pd.DataFrame:
+    """The run replayed: one row per (stage, metric) with the measured and simulated figure
+    (`engine`: engine keys to override; `max_stage_s`: shorten long stages, for fitting)."""
     from sim.runner import run as simulate_run
 
-    cfg = run_config(run, models)
+    cfg = run_config(run, models, engine)
     tokenizer = models[run["model"]].get("tokenizer", "")
     factor = float((inflation.get(tokenizer) or {}).get("factor", 1.05))
     client = float(run.get("client_output_factor", CLIENT_OUTPUT.get(tokenizer, 1.0)))
-    stages = generate(run["workload_spec"], factor, seed)
+    stages = generate(run["workload_spec"], factor, seed, max_stage_s)
     starts: list[float] = []
     result = stage = None
     for _ in stages.rel_t:  # each stage starts once the previous one has drained
@@ -238,6 +250,176 @@ def figures(df: pd.DataFrame, client_output: float = 1.0) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------- published points
+
+# a point names its model in words; these patterns map it to an architecture in `models`
+POINT_MODELS = (
+    (r"llama-?3(\.\d)?-8b", "llama-3.1-8b"),
+    (r"llama-3(\.\d)? 70b|llama-3(\.\d)?-70b", "llama-3.1-70b"),
+    (r"mixtral-8x7b", "mixtral-8x7b"),
+    (r"qwen3-235b", "qwen3-235b-a22b"),
+)
+SHAREGPT_MEANS = (230, 195)  # the vLLM CI's ShareGPT sample: ~230 prompt, ~190-200 output tokens
+
+
+def sharegpt_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n (prompt, output) pairs standing in for the CI's ShareGPT sample, whose lengths are not
+    published: lognormals with its means and a coefficient of variation of 1, under the
+    benchmark's filters (both >= 4 tokens, prompt <= 1024, prompt + output <= 2048). A batch's
+    end is set by its longest output, so this tail is an assumption the figure depends on."""
+    from sim.workload import stream
+
+    rng = stream(seed, "sharegpt")
+    sigma = math.sqrt(math.log(2.0))  # cv = 1
+    out_p: list[int] = []
+    out_o: list[int] = []
+    while len(out_p) < n:
+        p = np.rint(rng.lognormal(math.log(SHAREGPT_MEANS[0]) - sigma**2 / 2, sigma, n)).astype(np.int64)
+        o = np.rint(rng.lognormal(math.log(SHAREGPT_MEANS[1]) - sigma**2 / 2, sigma, n)).astype(np.int64)
+        ok = (p >= 4) & (o >= 4) & (p <= 1024) & (p + o <= 2048)
+        out_p += p[ok].tolist()
+        out_o += o[ok].tolist()
+    return np.array(out_p[:n], dtype=np.int64), np.array(out_o[:n], dtype=np.int64)
+
+
+def catalog_arch(spec: dict) -> dict:
+    """An architecture in the calibration catalog's spelling, in the run file's."""
+    out = dict(spec)
+    out.setdefault("experts_per_token", spec.get("experts_per_tok"))
+    out.setdefault("tied", spec.get("tied_embeddings", False))
+    out.setdefault("max_position", spec.get("max_position_embeddings", 131072))
+    if spec.get("experts") and not spec.get("moe_intermediate"):
+        out["moe_intermediate"] = spec["intermediate"]  # Mixtral: each expert is a full MLP
+    return out
+
+
+def point_model(point: dict, models: dict) -> str:
+    import re
+
+    name = str(point.get("model", "")).lower()
+    for pattern, key in POINT_MODELS:
+        if re.search(pattern, name) and key in models:
+            return key
+    raise UserError(f"point {point.get('id')}: no architecture for model {point.get('model')!r} in `models`")
+
+
+def point_config(point: dict, models: dict, usage: str) -> Config:
+    key = point_model(point, models)
+    m = model_config(key, catalog_arch(models[key]))
+    if str(point.get("weights_dtype", "")).lower() in ("fp8", "int8", "w8a8"):
+        m.weight_dtype = "fp8"
+    gpu: GpuConfig = load_option("gpu", str(point.get("gpu", "h100")).lower())
+    e = EngineConfig(tensor_parallel_size=int(point.get("tp", 1)), usage=usage)
+    if str(point.get("kv_cache_dtype", "")).lower().startswith("fp8"):
+        e.kv_cache_dtype = "fp8"
+    c = Config(model=m, gpu=gpu, engine=e)
+    c.output.plots = False
+    c.output.requests = True
+    return c
+
+
+def point_kind(point: dict) -> tuple[str, str]:
+    """(metric, usage) of a published point, from its workload line."""
+    wl = str(point.get("workload", ""))
+    if "benchmark_latency" in wl:
+        return "batch_latency_ms", "offline"
+    if "ITL" in wl:
+        return "itl_ms", "api_server"
+    if "requests/s" in wl:
+        return "throughput_rps", "offline"
+    if "output tokens/s" in wl:
+        return "output_tokens_per_s", "offline"
+    raise UserError(f"point {point.get('id')}: workload {wl!r} is not one fleetsim-validate replays")
+
+
+def simulate_point(point: dict, models: dict) -> dict:
+    """A published point replayed: its workload on its set-up, the metric it reports."""
+    import re
+
+    from sim.runner import run as simulate_run
+    from sim.workload import Workload
+
+    metric, usage = point_kind(point)
+    cfg = point_config(point, models, usage)
+    wl = str(point["workload"])
+    if metric == "batch_latency_ms":  # one batch, all at t = 0: the batch's completion time
+        n, p, o = 8, int(point["input_tokens"]), int(point["output_tokens"])
+    elif metric == "itl_ms":  # concurrency 1: one request at a time, the decode steps between tokens
+        n, p, o = 1, int(point["input_tokens"]), int(point["output_tokens"])
+    elif metric == "throughput_rps":  # vLLM CI: 200 ShareGPT prompts at once (lengths: `sharegpt_like`)
+        n, p, o = 200, 0, 0
+    else:  # trtllm-bench: N requests of fixed ISL/OSL at once
+        found = re.search(r"(\d+) requests", wl)
+        n = int(found.group(1)) if found else 1000
+        p, o = int(point["input_tokens"]), int(point["output_tokens"])
+    cfg.workload.duration_s, cfg.workload.rate = 1.0, float(n)
+    if metric == "throughput_rps":
+        prompts, outputs = sharegpt_like(n)
+    else:
+        prompts, outputs = np.full(n, p, dtype=np.int64), np.full(n, o, dtype=np.int64)
+    w = Workload(np.zeros(n), prompts, outputs)
+    df = simulate_run(cfg, workload=w).requests
+    end = float(df["finish_s"].max())
+    if metric == "batch_latency_ms":
+        sim = end * 1000
+    elif metric == "itl_ms":
+        sim = float(((df["e2e_s"] - df["ttft_s"]) / (df["output_tokens"] - 1)).mean() * 1000)
+    elif metric == "throughput_rps":
+        sim = n / end
+    else:
+        sim = float(outputs.sum()) / end
+    m = float(point["measured"])
+    return {
+        "run": str(point.get("id")),
+        "model": point_model(point, models),
+        "workload": str(point.get("class", "")),
+        "stage": -1,
+        "metric": metric,
+        "measured": m,
+        "simulated": sim,
+        "error_pct": (sim - m) / m * 100,
+        "bound": "TensorRT" in str(point.get("engine", "")),  # another, faster engine: an upper bound
+    }
+
+
+COLUMNS = ["run", "stage", "metric", "measured", "simulated", "error_pct", "model", "workload"]
+DECODE_METRICS = ("batch_latency_ms", "itl_ms")
+
+
+def catalog_models(path: Path) -> dict:
+    """Architectures for a points file without `models`: the calibration catalog beside it."""
+    import yaml
+
+    cat = path.parent / "catalog.yaml"
+    if not cat.is_file():
+        raise UserError(f"{path}: its points need `models` (architectures) or a catalog.yaml beside the file")
+    return (yaml.safe_load(cat.read_text()) or {}).get("models") or {}
+
+
+def point_groups(pts: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    vllm = pts[~pts["bound"].astype(bool)]
+    return [
+        ("vLLM decode / latency", vllm[vllm["metric"].isin(DECODE_METRICS)]),
+        ("vLLM throughput", vllm[vllm["metric"] == "throughput_rps"]),
+        ("TensorRT-LLM throughput (upper bound for vLLM)", pts[pts["bound"].astype(bool)]),
+    ]
+
+
+def points_report(pts: pd.DataFrame) -> str:
+    lines = [f"  {'point':<34s} {'metric':<20s} {'measured':>10s} {'simulated':>10s} {'error':>8s}"]
+    for _, r in pts.iterrows():
+        tag = "  (bound)" if r["bound"] else ""
+        lines.append(
+            f"  {r['run']:<34s} {r['metric']:<20s} {r['measured']:>10.4g} {r['simulated']:>10.4g}"
+            f" {r['error_pct']:>+7.1f}%{tag}"
+        )
+    for name, g in point_groups(pts):
+        if len(g):
+            e = g["error_pct"]
+            lines.append(f"  {name}: median {e.median():+.1f}% / {e.abs().median():.1f}% ({len(g)} points)")
+    return "\n".join(lines)
+
+
 def load_file(path: Path) -> dict:
     import yaml
 
@@ -247,8 +429,10 @@ def load_file(path: Path) -> dict:
         raise UserError(f"{path}: cannot read ({exc})") from None
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
-        raise UserError(f"{path}: needs a `runs` list (and `models`): see docs/validation.md")
+    if not isinstance(data, dict) or not (
+        isinstance(data.get("runs"), list) or isinstance(data.get("performance_points"), list)
+    ):
+        raise UserError(f"{path}: needs a `runs` list (and `models`) or `performance_points`: see docs/validation.md")
     return data
 
 
@@ -276,7 +460,7 @@ def text_report(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, command: str) -> str:
+def markdown(df: pd.DataFrame, command: str, pts: pd.DataFrame | None = None) -> str:
     t = summary_table(df)
     cols = [c for c in METRICS if c in t.columns]
     lines = [
@@ -299,8 +483,38 @@ def markdown(df: pd.DataFrame, command: str) -> str:
     ]
     for (run, model, wl), r in t.iterrows():
         lines.append(f"| {run} | {model} | {wl} | " + " | ".join(f"{r[c]:+.1f}%" for c in cols) + " |")
-    lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", "", FORMAT]
+    lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", ""]
+    if pts is not None and len(pts):
+        lines += points_markdown(pts)
+    lines += [FORMAT]
     return "\n".join(lines)
+
+
+def points_markdown(pts: pd.DataFrame) -> list[str]:
+    lines = [
+        "## Published points",
+        "",
+        "Each point's set-up replayed (`simulate_point`): vLLM's benchmark_latency as one batch of 8",
+        "at t = 0 (the batch's completion time), concurrency-1 ITL as one request, the CI's ShareGPT",
+        "throughput as 200 requests at t = 0 whose lengths stand in for the unpublished sample",
+        "(lognormal, the sample's means, cv 1, the benchmark's filters: the batch ends with its longest",
+        "output, so these figures lean on that assumption), trtllm-bench as N fixed-length requests at",
+        "t = 0. TensorRT-LLM is a different, faster engine: its throughputs bound vLLM's from above, so",
+        "a positive error there means fleetsim is optimistic for vLLM at saturation.",
+        "",
+        "| group | median signed | median abs | points |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, g in point_groups(pts):
+        if len(g):
+            e = g["error_pct"]
+            lines.append(f"| {name} | {e.median():+.1f}% | {e.abs().median():.1f}% | {len(g)} |")
+    lines += ["", "| point | metric | measured | simulated | error |", "|---|---|---:|---:|---:|"]
+    for _, r in pts.iterrows():
+        lines.append(
+            f"| {r['run']} | {r['metric']} | {r['measured']:.4g} | {r['simulated']:.4g} | {r['error_pct']:+.1f}% |"
+        )
+    return [*lines, ""]
 
 
 FORMAT = """## Your own measurements
@@ -360,24 +574,32 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seed < 0:
             raise UserError(f"--seed {args.seed}: must be an integer >= 0")
-        frames = []
+        frames, points = [], []
         want = set(args.runs.split(",")) if args.runs else None
         for path in args.files:
             data = load_file(path)
             models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
-            runs = [r for r in data["runs"] if want is None or str(r.get("id")) in want]
+            runs = [r for r in data.get("runs") or [] if want is None or str(r.get("id")) in want]
             frames += [simulate(run, models, inflation, args.seed) for run in runs]
-        if not frames:
+            chosen = [p for p in data.get("performance_points") or [] if want is None or str(p.get("id")) in want]
+            if chosen:
+                models = models or catalog_models(path)
+                points += [simulate_point(p, models) for p in chosen]
+        if not frames and not points:
             raise UserError("no run to validate (check --runs)")
-        df = pd.concat(frames, ignore_index=True)
-        print(text_report(df))
+        df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
+        pts = pd.DataFrame(points, columns=[*COLUMNS, "bound"])
+        if frames:
+            print(text_report(df))
+        if points:
+            print(points_report(pts))
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            cols = ["run", "stage", "metric", "measured", "simulated", "error_pct", "model", "workload"]
-            df[cols].to_csv(args.out / "validation.csv", index=False)
+            both = pd.concat([d for d in (df[COLUMNS], pts[COLUMNS]) if len(d)], ignore_index=True)
+            both.to_csv(args.out / "validation.csv", index=False)
         if args.markdown:
             cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
-            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}"))
+            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}", pts))
         return 0
     except UserError as exc:
         print(f"fleetsim-validate: error: {exc}", file=sys.stderr)

@@ -194,19 +194,35 @@ def _transform(part: _Part, wc: WorkloadConfig, seed: int, limits: LimitsConfig 
     return part
 
 
+KV_BLOCK = 16  # vLLM's default KV block: only whole blocks of a prompt are cached and shared
+
+
+def _prefix_blocks(tokens: int, block_tokens: int) -> tuple[int, int]:
+    """(blocks, tokens per block) covering a `tokens`-token system prompt: whole 16-token KV
+    blocks, grouped into ids of the multiple of 16 closest to `block_tokens` that divides the
+    prompt's whole blocks (a prompt's last partial KV block is never shared)."""
+    units = tokens // KV_BLOCK
+    if units == 0:
+        return 1, max(1, tokens)
+    want = max(1.0, block_tokens / KV_BLOCK)
+    divisors = {d for i in range(1, math.isqrt(units) + 1) if units % i == 0 for d in (i, units // i)}
+    d = min(sorted(divisors), key=lambda x: abs(math.log(x / want)))
+    return units // d, d * KV_BLOCK
+
+
 def _shared_prefix(part: _Part, wc: WorkloadConfig, rng: np.random.Generator) -> tuple[_Part, int, float]:
     """Prefix ids for groups of requests that share a system prompt (workload.shared_prefix).
 
     A request joins a group with probability `share`, group k with probability ~ 1 / k^zipf;
     its prompt then begins with the group's `tokens`-token system prompt (the prompt's length is
     unchanged; a prompt no longer than the system prompt is all of it but its last token). Ids
-    cover the prompt in blocks of about `block_tokens`: the group's blocks, then blocks unique to
-    the request, so a replica with prefix caching skips a group's prefix once it holds it.
+    cover the prompt in blocks of about `block_tokens` (whole 16-token KV blocks,
+    `_prefix_blocks`): the group's blocks, then blocks unique to the request, so a replica with
+    prefix caching skips a group's prefix once it holds it.
     Returns the part, the block size and the share of prompt tokens in shared blocks."""
     sp = wc.shared_prefix
     n = len(part.t)
-    n_blocks = max(1, math.ceil(sp.tokens / sp.block_tokens))
-    bt = max(1, sp.tokens // n_blocks)
+    n_blocks, bt = _prefix_blocks(sp.tokens, sp.block_tokens)
     weights = 1.0 / np.arange(1, sp.groups + 1, dtype=float) ** sp.zipf
     joined = rng.uniform(size=n) < sp.share
     group = rng.choice(sp.groups, size=n, p=weights / weights.sum())

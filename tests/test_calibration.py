@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.calibrate import PARAMS, Fit, load_points
+from sim.calibrate import KERNEL_OWNED, PARAMS, Fit, load_points
 from sim.config import EngineConfig, load_option
 
 
@@ -16,10 +16,14 @@ def fit():
 
 
 def test_shipped_defaults_are_the_fit(fit):
+    """The kernel fit owns eta_kv and eta_flops; the others are refitted end to end to measured
+    vLLM runs (scripts/fit_engine.py; tests/test_validate.py checks their errors)."""
     _, theta = fit
     shipped = load_option("engine", "vllm")
     schema = EngineConfig()
     for name, value in zip(PARAMS, theta, strict=True):
+        if name not in KERNEL_OWNED:
+            continue
         assert getattr(shipped, name) == pytest.approx(value, abs=1e-3), f"rerun scripts/calibrate.py --write ({name})"
         assert getattr(schema, name) == pytest.approx(value, abs=1e-3), f"EngineConfig default for {name}"
 

@@ -74,7 +74,7 @@ BAD = [
     (("model.kv_heads=5",), "model.kv_heads", "divide"),
     (("model.weight_dtype=fp4",), "model.weight_dtype", "one of"),
     (("engine.tensor_parallel_size=16",), "engine.tensor_parallel_size", "power of two"),
-    (("engine.max_num_batched_tokens=100",), "engine.max_num_batched_tokens", "max_num_seqs"),
+    (("engine.max_num_seqs=256", "engine.max_num_batched_tokens=100"), "engine.max_num_batched_tokens", "max_num_seqs"),
     (("engine.block_size=12",), "engine.block_size", "one of"),
     (("engine.gpu_memory_utilization=1.5",), "engine.gpu_memory_utilization", "(0, 1]"),
     (("engine.kv_cache_dtype=int8",), "engine.kv_cache_dtype", "one of"),

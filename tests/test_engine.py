@@ -60,6 +60,44 @@ EQUIVALENCE_CASES = {
         "engine.max_num_seqs=4",
         "engine.max_num_batched_tokens=2048",
     ),
+    # vLLM V1 prefix caching: hits found when scheduled, shared blocks held once, LRU eviction,
+    # preempted requests reusing their cached blocks; with async scheduling (the default)
+    "prefix-cache-kv-pressure": (
+        "workload.duration_s=120",
+        "workload.rate=12",
+        "workload.shared_prefix.groups=6",
+        "workload.shared_prefix.tokens=3000",
+        "workload.prompt_tokens.mean=3500",
+        "workload.output_tokens.mean=600",
+        "engine.prefix_caching=true",
+        "engine.gpu_memory_utilization=0.3",
+        "engine.max_num_batched_tokens=2048",
+    ),
+    "prefix-cache-routed": (
+        "workload.duration_s=60",
+        "workload.rate=30",
+        "workload.shared_prefix.groups=8",
+        "workload.shared_prefix.tokens=1500",
+        "engine.prefix_caching=true",
+        "fleet.replicas=3",
+        "fleet.router=prefix_aware",
+    ),
+    "full-prompt-admission-kv-pressure": (
+        "workload.duration_s=60",
+        "workload.rate=20",
+        "workload.prompt_tokens.mean=3000",
+        "engine.gpu_memory_utilization=0.3",
+        "engine.max_num_batched_tokens=512",
+        "engine.admission=full_prompt",
+    ),
+    "long-prefill-threshold-sync": (
+        "workload.duration_s=60",
+        "workload.rate=4",
+        "workload.prompt_tokens.mean=6000",
+        "workload.prompt_tokens.p99=30000",
+        "engine.long_prefill_token_threshold=700",
+        "engine.async_scheduling=false",
+    ),
 }
 
 
@@ -98,6 +136,8 @@ def test_fast_forward_equals_per_iteration(case):
     assert fast.summary["engine_events"] <= slow.summary["engine_events"]
     if "kv-pressure" in case:
         assert fast.summary["preemptions"] > 0, "the KV-pressure cases must preempt"
+    if "prefix-cache" in case:
+        assert (fast.requests["cached_tokens"] > 0).mean() > 0.3, "the prefix-cache cases must hit"
     if case == "chunked-prefill":
         assert (fast.requests["prompt_tokens"] > 1024).sum() > 10
 
@@ -152,19 +192,45 @@ def test_preempting_a_decoder_keeps_the_tokens_it_produced():
     assert slow.requests.e2e_s[1] < 1.6 * slow.requests.e2e_s[0]
 
 
-def test_an_arrival_exactly_at_a_boundary_joins_the_next_iteration():
-    """Tie rule: an iteration boundary is processed before an arrival at the same instant."""
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_an_arrival_exactly_at_a_boundary_joins_the_next_iteration(async_scheduling):
+    """Tie rule: an iteration boundary is processed before an arrival at the same instant. With
+    async scheduling the iteration after it was formed when that boundary's iteration started,
+    so the request joins one iteration later still."""
     from sim.perf import build_perf
     from sim.workload import Workload
 
-    c = cfg()
+    c = cfg(f"engine.async_scheduling={str(async_scheduling).lower()}")
     perf = build_perf(c.model, c.gpu, c.engine)
     head = perf.iteration_time(0, 0, [(300, 0)])  # A's prefill iteration, from t = 0
     nxt = perf.iteration_time(1, 300, [])  # the decode step that starts at `head`
     wl = Workload(np.array([0.0, head]), np.array([300, 200]), np.array([400, 300]))
     fast, slow = _two_modes(c, wl)
     _compare(fast.requests, slow.requests, "tie")
-    assert slow.requests.queue_s[1] == pytest.approx(nxt, rel=1e-12)
+    wait = nxt + (perf.iteration_time(1, 301, []) if async_scheduling else 0.0)
+    assert slow.requests.queue_s[1] == pytest.approx(wait, rel=1e-12)
+
+
+def test_async_scheduling_delays_joining_by_one_iteration():
+    """A request arriving mid-iteration joins the next iteration (sync) or the one after (async),
+    in both engine modes; an idle replica starts it at once either way."""
+    from sim.perf import build_perf
+    from sim.workload import Workload
+
+    waits = {}
+    for mode in (False, True):
+        c = cfg(f"engine.async_scheduling={str(mode).lower()}")
+        perf = build_perf(c.model, c.gpu, c.engine)
+        head = perf.iteration_time(0, 0, [(300, 0)])
+        wl = Workload(np.array([0.0, head + 1e-4]), np.array([300, 200]), np.array([400, 300]))
+        fast, slow = _two_modes(c, wl)
+        _compare(fast.requests, slow.requests, "async")
+        assert slow.requests.queue_s[0] == 0.0
+        steps = [perf.iteration_time(1, 300 + k, []) for k in range(3)]
+        end = head + sum(steps[: 2 if mode else 1])
+        assert slow.requests.queue_s[1] == pytest.approx(end - head - 1e-4, rel=1e-9)
+        waits[mode] = slow.requests.queue_s[1]
+    assert waits[True] > waits[False]
 
 
 def test_bad_custom_workloads_are_refused():

@@ -233,12 +233,20 @@ def test_gpu_utilization_is_load_over_capacity():
     r = sim.run(cfg("workload.duration_s=300", "workload.rate=80"))
     saturated = r.summary
     cap = saturated["replica_capacity_rps"]
+
     # the capacity estimate against the simulated saturation throughput (completions per second
-    # in the middle half of an overloaded run): within 10% for chat token mixes (docs/metrics.md)
-    done = np.sort(r.requests["finish_s"].to_numpy())
-    mid = done[len(done) // 4 : 3 * len(done) // 4]
-    assert (len(mid) - 1) / (mid[-1] - mid[0]) == pytest.approx(cap, rel=0.10)
-    # offered load over capacity: an overloaded fleet reads above 1 (80 req/s on ~28)
+    # in the middle half of an overloaded run), for chat token mixes (docs/metrics.md): within 5%
+    # when max_num_seqs bounds the batch; within 12% (optimistic) when the KV cache does, as with
+    # vLLM's H100 default of 1,024 sequences: the engine over-admits and loses work to preemption
+    def simulated(result):
+        done = np.sort(result.requests["finish_s"].to_numpy())
+        mid = done[len(done) // 4 : 3 * len(done) // 4]
+        return (len(mid) - 1) / (mid[-1] - mid[0])
+
+    assert simulated(r) == pytest.approx(cap, rel=0.12)
+    seqs = sim.run(cfg("workload.duration_s=300", "workload.rate=80", "engine.max_num_seqs=256"))
+    assert simulated(seqs) == pytest.approx(seqs.summary["replica_capacity_rps"], rel=0.05)
+    # offered load over capacity: an overloaded fleet reads above 1 (80 req/s on ~29)
     n = saturated["n_requests"]
     assert saturated["gpu_utilization"] == pytest.approx(n / 300 / cap, rel=1e-9) and saturated["gpu_utilization"] > 2
     half = sim.run(cfg("workload.duration_s=600", f"workload.rate={cap / 2}")).summary

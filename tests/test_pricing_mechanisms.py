@@ -136,7 +136,7 @@ def test_shared_prefixes_give_the_gpus_the_cache_hits_the_api_bills_for():
     )
     prefix = ("workload.shared_prefix.groups=4", "workload.shared_prefix.tokens=2000")
     base = ("workload.duration_s=300", "workload.rate=2", *lengths, *prefix)
-    cold = sim.run(cfg(*base)).summary
+    cold = sim.run(cfg(*base, "engine.prefix_caching=false")).summary
     warm = sim.run(cfg(*base, "engine.prefix_caching=true"))
     assert cold["prefix_shared_fraction"] == warm.summary["prefix_shared_fraction"] == 0.5
     df = warm.requests

@@ -90,7 +90,23 @@ def test_errors_against_the_shared_vllm_runs_stay_small(shared_dir):
     data = yaml.safe_load((SHARED / "calibration" / "vllm_runs.yaml").read_text())
     df = pd.concat([v.simulate(r, data["models"], data["token_inflation"]) for r in data["runs"]])
     med = v.medians(df)
-    # measured on this code (docs/validation.md): ITL 5.5%, E2E 5.6% median absolute error
-    assert med.loc["itl_mean", "median_abs"] <= 8.0
-    assert med.loc["e2e_mean", "median_abs"] <= 8.0
+    # the shipped factors are the end-to-end fit (scripts/fit_engine.py); the issue's targets:
+    # mean ITL and E2E within 6%, mean TTFT within 15% (median absolute error over the runs)
+    assert med.loc["itl_mean", "median_abs"] <= 6.0
+    assert med.loc["e2e_mean", "median_abs"] <= 6.0
+    assert med.loc["ttft_mean", "median_abs"] <= 15.0
     assert len(df[df.stage == -1]["run"].unique()) == 13
+
+
+@pytest.mark.slow
+def test_published_points_replay(shared_dir):
+    """The replay of each kind of point produces a finite figure, and vLLM's own published decode
+    and batch latencies stay near (a regression guard: measured 8.7% median absolute, the CI
+    tables' older release included; docs/validation.md)."""
+    data = yaml.safe_load((SHARED / "calibration" / "published_points.yaml").read_text())
+    models = v.catalog_models(SHARED / "calibration" / "published_points.yaml")
+    pts = pd.DataFrame([v.simulate_point(p, models) for p in data["performance_points"]])
+    assert np.isfinite(pts["simulated"]).all() and (pts["simulated"] > 0).all()
+    decode = pts[pts["metric"].isin(v.DECODE_METRICS) & ~pts["bound"]]
+    assert len(decode) == 5
+    assert decode["error_pct"].abs().median() <= 10.0
