@@ -137,6 +137,13 @@ class ModelConfig:
     experts_per_token: int = 0
     max_position: int = 131072  # longest context the model supports
     weight_dtype: str = "bf16"  # bf16 | fp8 | int4
+    # what vLLM's start-up memory profile depends on (sim/kvcache.py, docs/model.md)
+    vocab: int = 128256  # vocabulary: logits the sampler holds, embedding and lm_head rows
+    intermediate: int | None = None  # MLP width per token per layer (MoE: experts_per_token x expert width
+    # + shared expert width); null: derived from the active parameters
+    tied_embeddings: bool = False  # lm_head shares the embedding matrix
+    bf16_params_b: float | None = None  # parameters a quantized checkpoint keeps in bf16 (its quantization
+    # config's ignore list); null: the embedding and lm_head. Unused for bf16 weights
 
 
 @dataclass
@@ -151,6 +158,9 @@ class GpuConfig:
     max_tp: int = 8  # GPUs per node that can form one TP group
     efficiency: float = 1.0  # achieved bandwidth and FLOPS relative to the H100 fit (scripts/fit_engine.py)
     price_per_hour: float = 2.69  # $ per GPU-hour
+    # total memory as the CUDA driver reports it (torch.cuda.mem_get_info), which vLLM multiplies by
+    # gpu_memory_utilization; null: memory_gib
+    visible_memory_gib: float | None = None
 
 
 @dataclass
@@ -163,7 +173,11 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     block_size: int = 16
     gpu_memory_utilization: float = 0.9
-    reserve_gib: float = 3.5  # non-KV memory per GPU: activations, CUDA graphs, NCCL
+    # KV-cache sizing. null: as vLLM profiles it at start-up (sim/kvcache.py, docs/model.md); a number:
+    # a fixed non-KV reserve per GPU (activations, CUDA graphs, NCCL) taken from gpu.memory_gib (the old rule)
+    reserve_gib: float | None = None
+    memory_profiler: str = "v0.15"  # whose profiling to follow: v0.15 (v0.9.2-v0.20) | v0.21 | v0.8 | v0.7 | v0.6
+    cudagraph_gib: float | None = None  # CUDA-graph memory counted before sizing; null: the profiler's rule
     tensor_parallel_size: int = 1
     kv_cache_dtype: str = "auto"  # auto (= bf16) | bf16 | fp8
     max_model_len: int | None = None  # default: min(model.max_position, KV capacity)
@@ -174,7 +188,7 @@ class EngineConfig:
     long_prefill_token_threshold: int = 0  # > 0: no request prefills more tokens than this per iteration
     max_num_partial_prefills: int = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
     admission: str = "first_chunk"  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
-    # performance model (roofline); defaults from scripts/calibrate.py
+    # performance model (roofline): eta_kv, eta_flops from scripts/calibrate.py; the rest from scripts/fit_engine.py
     eta_weights: float = 0.7943
     eta_kv: float = 0.884
     eta_flops: float = 0.637
@@ -436,7 +450,10 @@ PLAUSIBLE = {
     "model.head_dim": 1e5,
     "model.experts": 1e6,
     "model.max_position": 1e9,
+    "model.vocab": 1e8,
+    "model.intermediate": 1e8,
     "gpu.memory_gib": 1e5,
+    "gpu.visible_memory_gib": 1e5,
     "gpu.mem_bw_tbps": 1e4,
     "gpu.bf16_tflops": 1e7,
     "gpu.fp8_tflops": 1e7,
@@ -447,6 +464,7 @@ PLAUSIBLE = {
     "engine.max_num_seqs": 1e6,
     "engine.max_num_batched_tokens": 1e8,
     "engine.reserve_gib": 1e5,
+    "engine.cudagraph_gib": 1e5,
     "engine.step_overhead_ms": 6e4,
     "engine.step_overhead_per_seq_us": 6e7,
     "engine.request_overhead_ms": 6e4,
@@ -956,6 +974,17 @@ def validate(cfg: Config) -> None:
         m.weight_dtype,
         f"must be one of {', '.join(WEIGHT_BYTES)}",
     )
+    _positive(m.vocab, "model.vocab", integer=True)
+    if m.intermediate is not None:
+        _positive(m.intermediate, "model.intermediate", integer=True)
+    if m.bf16_params_b is not None:
+        _nonneg(m.bf16_params_b, "model.bf16_params_b")
+        _check(
+            m.bf16_params_b <= m.params_b,
+            "model.bf16_params_b",
+            m.bf16_params_b,
+            f"must not exceed model.params_b ({m.params_b})",
+        )
 
     g = cfg.gpu
     for key in ("memory_gib", "mem_bw_tbps", "bf16_tflops", "link_gbps"):
@@ -966,6 +995,8 @@ def validate(cfg: Config) -> None:
     _positive(g.max_tp, "gpu.max_tp", integer=True)
     _check(0 < g.efficiency <= 2, "gpu.efficiency", g.efficiency, "must be in (0, 2] (1: as efficient as the H100 fit)")
     _check(g.price_per_hour >= 0, "gpu.price_per_hour", g.price_per_hour, "must be >= 0 ($ per GPU-hour)")
+    if g.visible_memory_gib is not None:
+        _positive(g.visible_memory_gib, "gpu.visible_memory_gib")
 
     e = cfg.engine
     _check(e.usage in USAGES, "engine.usage", e.usage, f"must be one of {', '.join(USAGES)}")
@@ -983,7 +1014,18 @@ def validate(cfg: Config) -> None:
     )
     _check(e.block_size in BLOCK_SIZES, "engine.block_size", e.block_size, f"must be one of {BLOCK_SIZES}")
     _fraction(e.gpu_memory_utilization, "engine.gpu_memory_utilization")
-    _check(e.reserve_gib >= 0, "engine.reserve_gib", e.reserve_gib, "must be >= 0")
+    if e.reserve_gib is not None:
+        _nonneg(e.reserve_gib, "engine.reserve_gib")
+    from sim.kvcache import PROFILERS  # plain arithmetic, imported here as memory_plan is below
+
+    _check(
+        e.memory_profiler in PROFILERS,
+        "engine.memory_profiler",
+        e.memory_profiler,
+        f"must be one of {', '.join(PROFILERS)}",
+    )
+    if e.cudagraph_gib is not None:
+        _nonneg(e.cudagraph_gib, "engine.cudagraph_gib")
     tp = e.tensor_parallel_size
     _check(
         tp >= 1 and tp & (tp - 1) == 0 and tp <= g.max_tp,
@@ -1039,13 +1081,14 @@ def validate(cfg: Config) -> None:
 
     plan = memory_plan(m, g, e)
     per_gpu = plan.weight_bytes_per_gpu / 2**30
-    usable = g.memory_gib * e.gpu_memory_utilization - e.reserve_gib
+    usable = (plan.usable_bytes_per_gpu - plan.non_kv_bytes_per_gpu + plan.weight_bytes_per_gpu) / 2**30
+    what = "reserve" if e.reserve_gib is not None else "activations and buffers vLLM profiles"
     _check(
         plan.kv_blocks > 0,
         "model.params_b",
         m.params_b,
         f"{m.name} weights need {per_gpu:.1f} GiB per GPU ({m.weight_dtype}, TP={tp}) but {g.name} "
-        f"leaves {usable:.1f} GiB (memory x utilisation - reserve); raise engine.tensor_parallel_size "
+        f"leaves {usable:.1f} GiB (memory x utilisation - {what}); raise engine.tensor_parallel_size "
         "or use a smaller model.weight_dtype",
     )
     if e.max_model_len is not None:

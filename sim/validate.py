@@ -80,6 +80,14 @@ def model_config(name: str, spec: dict) -> ModelConfig:
         experts_per_token=spec.get("experts_per_token") or 0,
         max_position=spec.get("max_position", 131072),
         weight_dtype="bf16",
+        vocab=spec["vocab"],
+        # MLP width a token passes through (the memory plan's activation peak)
+        intermediate=(
+            spec["experts_per_token"] * spec["moe_intermediate"] + (spec.get("shared_expert_intermediate") or 0)
+            if experts
+            else spec["intermediate"]
+        ),
+        tied_embeddings=bool(spec.get("tied")),
     )
 
 

@@ -180,7 +180,11 @@ def test_preempting_a_decoder_keeps_the_tokens_it_produced():
     from sim.kvcache import memory_plan
     from sim.workload import Workload
 
-    c = cfg("engine.gpu_memory_utilization=0.24")
+    # a cache of ~6,000 tokens (the fixed 3.5 GiB reserve): the recompute fits one 8192-token chunk,
+    # so the preempted request is re-admitted whole, once. When the recompute needs more than one
+    # chunk (the profiled cache, 19,328 tokens here) it is re-admitted on its first chunk and
+    # preempted again mid-prefill, hundreds of times, as vLLM's scheduler would do.
+    c = cfg("engine.gpu_memory_utilization=0.24", "engine.reserve_gib=3.5")
     kv = memory_plan(c.model, c.gpu, c.engine).kv_tokens
     out = int(kv * 0.6)
     wl = Workload(np.zeros(2), np.array([100, 100]), np.array([out, out]))

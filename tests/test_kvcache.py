@@ -10,7 +10,9 @@ from tests.conftest import cfg
 
 # (model, gpu, tp, weight dtype, KV tokens) from shared/calibration/catalog.yaml
 # kv_capacity_examples (utilisation 0.9, reserve 3.5 GiB). Transcribed so the test runs without
-# ../shared; test_catalog_rows_match below re-reads them when it is present.
+# ../shared; test_catalog_rows_match below re-reads them when it is present. The examples assume
+# the fixed reserve (engine.reserve_gib=3.5, all weights at the dtype's bytes, gpu.memory_gib);
+# the profiled plan, the default, is checked against vLLM's start-up logs in test_kv_profile.py.
 EXAMPLES = [
     ("llama3-8b", "h100", 1, "bf16", 438623),
     ("llama3-8b", "a100-80gb", 1, "bf16", 438623),
@@ -33,7 +35,13 @@ def test_kv_bytes_per_token_matches_architecture():
 
 @pytest.mark.parametrize(("model", "gpu", "tp", "dtype", "tokens"), EXAMPLES)
 def test_kv_capacity_matches_catalog(model, gpu, tp, dtype, tokens):
-    c = cfg(f"model={model}", f"gpu={gpu}", f"engine.tensor_parallel_size={tp}", f"model.weight_dtype={dtype}")
+    c = cfg(
+        f"model={model}",
+        f"gpu={gpu}",
+        f"engine.tensor_parallel_size={tp}",
+        f"model.weight_dtype={dtype}",
+        "engine.reserve_gib=3.5",
+    )
     plan = memory_plan(c.model, c.gpu, c.engine)
     # the catalog rounds GiB figures to 0.1; allow that rounding (0.05 GiB of KV)
     slack = 0.05 * 2**30 / plan.kv_bytes_per_token_per_gpu * tp + c.engine.block_size
