@@ -117,4 +117,11 @@ def test_bad_values_name_key_value_and_rule(over, key, words):
 
 def test_max_model_len_beyond_kv_is_refused():
     with pytest.raises(ConfigError, match="exceeds the KV cache"):
-        validate(cfg("model=llama3-70b", "model.weight_dtype=fp8", "engine.max_model_len=131072"))
+        validate(
+            cfg(
+                "model=llama3-70b",
+                "model.weight_dtype=fp8",
+                "engine.max_num_seqs=256",
+                "engine.max_model_len=131072",
+            )
+        )

@@ -42,7 +42,12 @@ def test_forward_pass_dominates_a_large_token_budget():
 
 
 def test_tensor_parallel_shards_weights_and_mlp_not_the_sampler():
-    c = cfg("model=llama3-70b", "engine.tensor_parallel_size=4", "engine.max_num_batched_tokens=16384")
+    c = cfg(
+        "model=llama3-70b",
+        "engine.tensor_parallel_size=4",
+        "engine.max_num_batched_tokens=16384",
+        "engine.max_num_seqs=256",
+    )
     plan = memory_plan(c.model, c.gpu, c.engine)
     assert plan.weight_bytes_per_gpu == pytest.approx(70.55e9 * 2 / 4)
     forward = 2 * 16384 * (8192 + 3 * 28672 / 4)  # the hidden stream is whole on every GPU
@@ -73,19 +78,19 @@ def test_mlp_width_is_derived_from_active_parameters_when_not_given():
 def test_older_profilers_count_the_whole_device():
     """V1 in v0.7: logits of every batched token (no sampler), the CUDA context and all non-torch
     memory, and the model runner's [N, hidden] input buffer."""
-    c = cfg("engine.memory_profiler=v0.7", "engine.max_num_batched_tokens=2048")
+    c = cfg("engine.memory_profiler=v0.7", "engine.max_num_batched_tokens=2048", "engine.max_num_seqs=256")
     plan = memory_plan(c.model, c.gpu, c.engine)
     assert plan.activation_bytes == 2 * 2048 * 128256 + 2 * 2048 * 4096 + 2 * 2048 * 4096
     assert plan.non_torch_bytes == 0.73 * GIB
-    v0 = cfg("engine.memory_profiler=v0.6", "engine.max_num_batched_tokens=2048")
+    v0 = cfg("engine.memory_profiler=v0.6", "engine.max_num_batched_tokens=2048", "engine.max_num_seqs=256")
     p0 = memory_plan(v0.model, v0.gpu, v0.engine)
     assert p0.activation_bytes == 38 * 256 * 128256 + 2 * 2048 * 4096 and p0.non_torch_bytes == 0.73 * GIB
 
 
 def test_cuda_graphs_count_from_v0_21_or_when_given():
-    c = cfg()  # 256 sequences, 8192 batched tokens: graphs up to 512 tokens
+    c = cfg("engine.max_num_seqs=256")  # 256 sequences, 8192 batched tokens: graphs up to 512 tokens
     assert memory_plan(c.model, c.gpu, c.engine).cudagraph_bytes == 0  # v0.15: captured after sizing
-    new = cfg("engine.memory_profiler=v0.21")
+    new = cfg("engine.memory_profiler=v0.21", "engine.max_num_seqs=256")
     # piecewise sizes 1, 2, 4, 8..248 (31), 256..512 (17) = 51; full decode graphs up to 256: 35
     estimate = 2 * 512 * (4096 + 3 * 14336) + (51 - 1 + 35 - 1) * 2**20
     p21 = memory_plan(new.model, new.gpu, new.engine)

@@ -49,8 +49,9 @@ def test_shared_blocks_are_held_once_so_more_requests_fit():
     ids = [[*shared, 1000 + i] for i in range(n)]
     arrivals = [0.0] + [0.5 + 1e-3 * i for i in range(n - 1)]  # the rest after A's prefill
     wl = _workload(arrivals, [1040] * n, [32] * n, ids)
-    on = sim.run(cfg(SYNC, "engine.kv_blocks=300", "engine.prefix_caching=true"), workload=wl)
-    off = sim.run(cfg(SYNC, "engine.kv_blocks=300", "engine.prefix_caching=false"), workload=wl)
+    engine_times = (SYNC, "engine.kv_blocks=300", "engine.request_overhead_ms=0")  # finish = when the KV is freed
+    on = sim.run(cfg(*engine_times, "engine.prefix_caching=true"), workload=wl)
+    off = sim.run(cfg(*engine_times, "engine.prefix_caching=false"), workload=wl)
     r_on, r_off = on.requests, off.requests
     assert (r_on.cached_tokens[1:] == 64 * 16).all()
     assert on.summary["preemptions"] == 0
