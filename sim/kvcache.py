@@ -16,8 +16,8 @@ number keeps the older fixed reserve instead.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from sim.config import KV_BYTES, WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig, batch_limits

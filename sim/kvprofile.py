@@ -104,8 +104,11 @@ def run_points(calibration: Path, scout_vision: bool = False) -> list[Point]:
     vision tower as loaded (the logged blocks fit the text-only model; docs/model.md)."""
     import yaml
 
-    data = yaml.safe_load((calibration / "vllm_runs.yaml").read_text())
-    gpu = load_option("gpu", "h100")
+    return run_points_from(yaml.safe_load((calibration / "vllm_runs.yaml").read_text()), scout_vision)
+
+
+def run_points_from(data: dict, scout_vision: bool = False) -> list[Point]:
+    """`run_points` of a run file's contents (any file in the layout of vllm_runs.yaml)."""
     points: dict[tuple, Point] = {}
     for run in data["runs"]:
         if not run.get("vllm_gpu_kv_blocks"):
@@ -126,6 +129,7 @@ def run_points(calibration: Path, scout_vision: bool = False) -> list[Point]:
             max_model_len=int(run.get("max_model_len", 4096)),
             memory_profiler="v0.15",
         )
+        gpu = load_option("gpu", str(run.get("gpu", "h100")).lower())
         label = f"{run['model']} {'FP8' if fp8 else 'BF16'} TP{tp} N={n}"
         model = _model(run["model"], data["models"][run["model"]], fp8, scout_vision)
         points[key] = Point(str(run["id"]), label, model, gpu, engine, int(run["vllm_gpu_kv_blocks"]))

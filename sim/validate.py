@@ -394,6 +394,71 @@ COLUMNS = ["run", "stage", "metric", "measured", "simulated", "error_pct", "mode
 DECODE_METRICS = ("batch_latency_ms", "itl_ms")
 
 
+def kv_points(files: list[Path], want: set | None) -> pd.DataFrame:
+    """KV capacity as vLLM logged it at start-up against the memory plan (not pinned): every run
+    with `vllm_gpu_kv_blocks`, and a points file's `kv_capacity_points` (sim.kvprofile builds
+    each one's set-up)."""
+    from sim import kvprofile
+
+    points = []
+    for path in files:
+        data = load_file(path)
+        if any(r.get("vllm_gpu_kv_blocks") for r in data.get("runs") or []):
+            points += kvprofile.run_points_from(data)
+        if data.get("kv_capacity_points"):
+            points += kvprofile.published_points(path.parent)
+    rows = []
+    for p in points:
+        if want is not None and not set(p.id.split(",")) & want:
+            continue
+        sim_blocks = p.blocks()
+        rows.append(
+            {
+                "run": p.id,
+                "model": p.label,
+                "workload": p.engine.memory_profiler,
+                "stage": -1,
+                "metric": "kv_blocks",
+                "measured": float(p.logged_blocks),
+                "simulated": float(sim_blocks),
+                "error_pct": (sim_blocks / p.logged_blocks - 1) * 100,
+            }
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def kv_report(kv: pd.DataFrame) -> str:
+    lines = [f"  {'KV capacity':<34s} {'configuration':<36s} {'logged':>8s} {'computed':>9s} {'error':>8s}"]
+    for _, r in kv.iterrows():
+        lines.append(
+            f"  {r['run']:<34s} {r['model']:<36s} {r['measured']:>8.0f} {r['simulated']:>9.0f} {r['error_pct']:>+7.1f}%"
+        )
+    e = kv["error_pct"]
+    lines.append(f"  KV blocks: median {e.median():+.1f}% / {e.abs().median():.1f}%, largest {e.abs().max():.1f}%")
+    return "\n".join(lines)
+
+
+def kv_markdown(kv: pd.DataFrame) -> list[str]:
+    e = kv["error_pct"]
+    lines = [
+        "## KV capacity at start-up",
+        "",
+        "The KV blocks vLLM logged at start-up against the memory plan (docs/model.md: the GPU's",
+        "memory as CUDA reports it x utilisation, minus weights, rotary table, the profiled",
+        "activation peak and non-torch memory), not pinned: median "
+        f"{e.median():+.1f}% signed, {e.abs().median():.1f}% absolute, largest {e.abs().max():.1f}%.",
+        "",
+        "| point | configuration | profiler | logged blocks | computed | error |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for _, r in kv.iterrows():
+        lines.append(
+            f"| {r['run']} | {r['model']} | {r['workload']} | {r['measured']:.0f} | {r['simulated']:.0f} "
+            f"| {r['error_pct']:+.1f}% |"
+        )
+    return [*lines, ""]
+
+
 def catalog_models(path: Path) -> dict:
     """Architectures for a points file without `models`: the calibration catalog beside it."""
     import yaml
@@ -468,7 +533,7 @@ def text_report(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, command: str, pts: pd.DataFrame | None = None) -> str:
+def markdown(df: pd.DataFrame, command: str, pts: pd.DataFrame | None = None, kv: pd.DataFrame | None = None) -> str:
     t = summary_table(df)
     cols = [c for c in METRICS if c in t.columns]
     lines = [
@@ -494,6 +559,8 @@ def markdown(df: pd.DataFrame, command: str, pts: pd.DataFrame | None = None) ->
     lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", ""]
     if pts is not None and len(pts):
         lines += points_markdown(pts)
+    if kv is not None and len(kv):
+        lines += kv_markdown(kv)
     lines += [FORMAT]
     return "\n".join(lines)
 
@@ -601,13 +668,16 @@ def main(argv: list[str] | None = None) -> int:
             print(text_report(df))
         if points:
             print(points_report(pts))
+        kv = kv_points(args.files, want)
+        if len(kv):
+            print(kv_report(kv))
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
-            both = pd.concat([d for d in (df[COLUMNS], pts[COLUMNS]) if len(d)], ignore_index=True)
+            both = pd.concat([d for d in (df[COLUMNS], pts[COLUMNS], kv[COLUMNS]) if len(d)], ignore_index=True)
             both.to_csv(args.out / "validation.csv", index=False)
         if args.markdown:
             cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
-            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}", pts))
+            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}", pts, kv))
         return 0
     except UserError as exc:
         print(f"fleetsim-validate: error: {exc}", file=sys.stderr)
