@@ -47,7 +47,12 @@ def main() -> None:
             f" {row.measured:10.4g} {row.predicted:10.4g} {row.error:+7.1%}"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(report(theta, fit.rows, fit.slopes, check_rows, sources_of(points)))
+    text = report(theta, fit.rows, fit.slopes, check_rows, sources_of(points))
+    old = args.out.read_text() if args.out.is_file() else ""
+    begin, end = "<!-- e2e-fit: begin -->", "<!-- e2e-fit: end -->"
+    if begin in old and end in old:  # keep the end-to-end fit's section (scripts/fit_engine.py)
+        text = text.rstrip("\n") + "\n\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
+    args.out.write_text(text)
     print(f"wrote {args.out}")
     if args.write:
         write_engine_defaults(ROOT / "conf" / "engine" / "vllm.yaml", theta)
