@@ -58,6 +58,18 @@ class PrefixCache:
         self.lookups += len(blocks)
         return hit
 
+    def insert(self, blocks: np.ndarray) -> None:
+        """Mark blocks most recently used without looking them up: the KV a finished request
+        leaves behind (its answer's full blocks), which a later request may hit."""
+        lru = self._lru
+        for b in blocks.tolist():
+            if b in lru:
+                lru.move_to_end(b)
+            else:
+                lru[b] = None
+        while len(lru) > self.capacity:
+            lru.popitem(last=False)
+
     def clear(self) -> None:
         """The KV cache is gone (sleep, restart)."""
         self._lru.clear()
