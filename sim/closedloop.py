@@ -236,11 +236,13 @@ class ClosedLoop:
         """Request i's prefix-block ids (its prompt's full blocks)."""
         return self.blocks_of[i]
 
-    def kv_blocks(self, i: int, served: int) -> np.ndarray:
-        """The full blocks a replica holds when request i (the user's latest) has finished:
-        its prompt and all but the last of its `served` output tokens."""
+    def answer_blocks(self, i: int, served: int) -> np.ndarray:
+        """The full blocks request i's answer adds to the replica that served it: its KV holds
+        the prompt and all but the last of the `served` output tokens (the prompt's own blocks
+        were marked used when it arrived). Request i is its user's latest."""
         st = self._state[self.user[i]]
-        return self._blocks(st, (self.prompt[i] + served - 1) // self.block_tokens)
+        bt = self.block_tokens
+        return self._blocks(st, (self.prompt[i] + served - 1) // bt)[self.prompt[i] // bt :]
 
     # ------------------------------------------------------------------ results
 

@@ -742,7 +742,7 @@ class Fleet:
             self.finished.succeed()
         if self.users is not None:
             if node.cache is not None:  # the KV of the answer stays cached, as the prompt's does
-                node.cache.insert(self.users.kv_blocks(i, req.output))
+                node.cache.insert(self.users.answer_blocks(i, req.output))
             self._answered(i, req.output)
 
     def _reject(self, i: int, reason: int, *, served: bool = True) -> None:

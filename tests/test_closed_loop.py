@@ -247,8 +247,13 @@ def test_a_turn_carries_the_conversation_so_far():
     np.testing.assert_array_equal(a["turn"].to_numpy(), b["turn"].to_numpy() + 1)
     # turn i+1 = turn i's prompt + its answer + the new message
     np.testing.assert_array_equal(a["prompt_tokens"].to_numpy(), b["prompt_tokens"] + b["served_output_tokens"] + 100)
-    # never before turn i's answer plus the think time
-    assert (a["arrival_s"].to_numpy() >= b["finish_s"].to_numpy()).all()
+    # never before turn i's answer plus the think time: exactly then (the k-th think-time draw)
+    think = stream(0, "closed/think").exponential(5.0, 4096)
+    assert len(df) < 4096
+    np.testing.assert_allclose(
+        a["arrival_s"].to_numpy() - b["finish_s"].to_numpy(), think[b["id"].to_numpy()], rtol=0, atol=1e-9
+    )
+    assert (a["arrival_s"].to_numpy() > b["finish_s"].to_numpy()).all()
     # a session has 6 turns; the user then starts a new one from a fresh first prompt
     new = ~same
     assert (after["turn"].to_numpy()[new] == 1).all() and (before["turn"].to_numpy()[new] == 6).all()
