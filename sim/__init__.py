@@ -9,7 +9,7 @@ from sim.config import Config
 from sim.errors import ConfigError, TraceError, UserError
 
 __version__ = "0.1.0"
-__all__ = ["Config", "ConfigError", "Result", "TraceError", "UserError", "compose", "run"]
+__all__ = ["Config", "ConfigError", "Result", "TraceError", "UserError", "closed_workload", "compose", "run"]
 
 
 def __dir__() -> list[str]:
@@ -21,6 +21,10 @@ def __getattr__(name: str):  # keep `import sim` light: SimPy, pandas and Hydra 
         from sim import runner
 
         return getattr(runner, name)
+    if name == "closed_workload":
+        from sim.closedloop import closed_workload
+
+        return closed_workload
     if name == "compose":
         from sim.cli import compose
 

@@ -153,3 +153,4 @@ ARRIVALS: dict[str, Callable[[SourceConfig, float, np.random.Generator], np.ndar
     "diurnal": diurnal,
 }
 TRACE = "trace"  # arrivals replayed from a file (sim.traces)
+CLOSED = "closed"  # users that wait for each answer before sending again (sim.closedloop)

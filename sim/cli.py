@@ -102,6 +102,12 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"replica saturated, this token mix); engine occupancy {s['engine_occupancy']:.1%}, "
         f"busy {s['gpu_busy']:.1%} of the time",
     ]
+    if s.get("users"):
+        w = cfg.workload
+        think = f"think {w.think_time_s:g} s {w.think_dist}" if w.think_time_s else "no think time"
+        sessions = f", {_count(s['sessions'])} sessions" if s["sessions"] != s["n_requests"] else ""
+        rate = s["n_requests"] / s["arrival_span_s"] if s["arrival_span_s"] else math.nan
+        lines.insert(2, f"  users      {_count(s['users'])} closed-loop ({think}){sessions}, {_fmt(rate)} req/s sent")
     if cfg.api.enabled and s.get("n_api"):
         notes = []
         if s.get("api_tier"):

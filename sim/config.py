@@ -120,6 +120,17 @@ class WorkloadConfig(SourceConfig):
     # blocks of this many seconds drawn with replacement (null: replay the trace as it is)
     bootstrap_block_s: float | None = 300.0
     shared_prefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
+    # closed loop (arrival: closed): users that send a request, wait for its answer, think, send
+    # again, until `requests` have been sent in all or `duration_s` has passed (sim.closedloop)
+    users: int | None = None  # concurrent users
+    think_time_s: float = 0.0  # mean pause between an answer and the user's next request
+    think_dist: str = "exponential"  # exponential | fixed | lognormal
+    think_cv: float = 1.0  # lognormal: coefficient of variation of the think time
+    requests: int | None = None  # stop after this many requests in all (null: at duration_s)
+    ramp_s: float = 0.0  # user k of n starts at k / n x ramp_s
+    # multi-turn sessions: turn i+1's prompt = turn i's prompt + its answer + turn_tokens
+    turns: LengthConfig = field(default_factory=lambda: LengthConfig(dist="fixed", mean=1.0))
+    turn_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=200.0, p99=1000.0))
 
 
 @dataclass
@@ -629,10 +640,10 @@ def length_lower_bound(lc: LengthConfig) -> float:
 
 
 def validate_source(src: SourceConfig, key: str, duration: float | None) -> None:
-    from sim.arrivals import ARRIVALS, TRACE
+    from sim.arrivals import ARRIVALS, CLOSED, TRACE
     from sim.traces import READERS, TIME_UNITS
 
-    known = (*ARRIVALS, TRACE)
+    known = (*ARRIVALS, TRACE, CLOSED)
     _check(src.arrival in known, f"{key}.arrival", src.arrival, f"must be one of {', '.join(known)}")
     if src.arrival == TRACE:
         _check(bool(src.path), f"{key}.path", src.path, "trace replay needs a file")
@@ -650,10 +661,21 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
             src.path,
             f"a trace file needs trace arrivals (workload=trace); this source's arrivals are {src.arrival}",
         )
-        _positive(src.rate, f"{key}.rate")
-        _check(
-            duration is not None, "workload.duration_s", duration, f"a synthetic source ({src.arrival}) needs a horizon"
-        )
+        if src.arrival == CLOSED:
+            _check(
+                key == "workload",
+                f"{key}.arrival",
+                src.arrival,
+                "closed-loop users cannot be one source of a mix: use workload=closed on its own",
+            )
+        else:
+            _positive(src.rate, f"{key}.rate")
+            _check(
+                duration is not None,
+                "workload.duration_s",
+                duration,
+                f"a synthetic source ({src.arrival}) needs a horizon",
+            )
         if src.pairs.path or src.pairs.values:
             if src.pairs.values is not None:
                 ok = (
@@ -742,6 +764,63 @@ def validate_workload(w: WorkloadConfig) -> None:
         _check(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
         _check(math.isfinite(sp.zipf) and sp.zipf >= 0, "workload.shared_prefix.zipf", sp.zipf, "must be >= 0")
         _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
+    if is_closed(w):
+        validate_closed(w)
+    else:
+        kind = "a mix" if w.sources else f"{w.arrival} arrivals"
+        for k in ("users", "requests"):
+            value = getattr(w, k)
+            _check(value is None, f"workload.{k}", value, f"applies to closed-loop users (workload=closed), not {kind}")
+
+
+THINK_DISTS = ("exponential", "fixed", "lognormal")
+LONGEST_S = 1e8  # about three years: a longer think time or ramp is a typo
+
+
+def is_closed(w: WorkloadConfig) -> bool:
+    """Closed-loop users (workload=closed): arrivals that follow the fleet's answers."""
+    from sim.arrivals import CLOSED
+
+    return not w.sources and w.arrival == CLOSED
+
+
+def multi_turn(w: WorkloadConfig) -> bool:
+    """Whether a closed-loop session can have more than one turn."""
+    return length_upper_bound(w.turns) != 1
+
+
+def validate_closed(w: WorkloadConfig) -> None:
+    _check(w.users is not None, "workload.users", w.users, "closed-loop arrivals need a number of users >= 1")
+    _positive(w.users, "workload.users", integer=True)
+    _nonneg(w.think_time_s, "workload.think_time_s")
+    _check(w.think_time_s <= LONGEST_S, "workload.think_time_s", w.think_time_s, f"must be at most {LONGEST_S:g} s")
+    _check(w.think_dist in THINK_DISTS, "workload.think_dist", w.think_dist, f"must be one of {', '.join(THINK_DISTS)}")
+    if w.think_dist == "lognormal":
+        _positive(w.think_cv, "workload.think_cv")
+        _check(w.think_cv <= 100, "workload.think_cv", w.think_cv, "must be at most 100")
+    if w.requests is not None:
+        _positive(w.requests, "workload.requests", integer=True)
+    _check(
+        w.requests is not None or w.duration_s is not None,
+        "workload.requests",
+        w.requests,
+        "closed-loop users need an end: workload.requests (requests in all) or workload.duration_s",
+    )
+    _nonneg(w.ramp_s, "workload.ramp_s")
+    _check(w.ramp_s <= LONGEST_S, "workload.ramp_s", w.ramp_s, f"must be at most {LONGEST_S:g} s")
+    validate_length(w.turns, "workload.turns")
+    if multi_turn(w):
+        validate_length(w.turn_tokens, "workload.turn_tokens")
+    why = "does not apply to closed-loop users (their arrivals follow the fleet's answers)"
+    for k, value, default in (
+        ("window_start_s", w.window_start_s, None),
+        ("window_end_s", w.window_end_s, None),
+        ("rate_scale", w.rate_scale, 1.0),
+        ("load_scale", w.load_scale, 1.0),
+        ("loop", w.loop, False),
+        ("shared_prefix.groups", w.shared_prefix.groups, 0),
+    ):
+        _check(value == default, f"workload.{k}", value, why)
 
 
 def _nonneg(value: float | None, key: str) -> None:

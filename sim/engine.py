@@ -907,9 +907,9 @@ class Replica:
     def _finish(self, req: Request, now: float) -> None:
         req.state = DONE
         del self.running[req.id]
+        self.on_done(req, now)  # (may cache the answer's blocks: freed before the prompt's, as vLLM frees tail first)
         if req.pooled:
             self._release(req)
-        self.on_done(req, now)
 
     # ------------------------------------------------------------------ decoder aggregates
 

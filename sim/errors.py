@@ -18,7 +18,11 @@ class ConfigError(UserError):
         self.key = key
         self.value = value
         self.allowed = allowed
-        super().__init__(f"{key}={_show(value)}: {allowed}")
+        # args rebuild the error (SimPy re-raises a failed process's error as type(e)(*e.args))
+        super().__init__(key, value, allowed)
+
+    def __str__(self) -> str:
+        return f"{self.key}={_show(self.value)}: {self.allowed}"
 
     def __reduce__(self):  # picklable, so it crosses process pools intact
         return (type(self), (self.key, self.value, self.allowed))

@@ -10,6 +10,10 @@ ready. The overflow policy may send it to the pay-per-token API instead; a reque
 refuses backs off and retries, or comes back to the GPU queue. Every request ends served by a
 replica, served by the API, or rejected with a reason.
 
+With closed-loop users (`sim.closedloop`) the arrivals are not known ahead: each request that
+ends (any route) hands its user back to the loop, whose next request arrives after the user's
+think time (one timeout per request).
+
 The fleet owns the per-request records (preallocated columns, written when a request is
 decided) and the time-series sampler.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -33,6 +38,9 @@ from sim.perf import PerfModel
 from sim.prefix import BlockPool
 from sim.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY, make_router
 from sim.workload import Workload, stream
+
+if TYPE_CHECKING:
+    from sim.closedloop import ClosedLoop
 
 ROUTE_NONE, ROUTE_GPU, ROUTE_API, ROUTE_REJECTED = -1, 0, 1, 2
 ROUTE_NAMES = {ROUTE_GPU: "gpu", ROUTE_API: "api", ROUTE_REJECTED: "rejected"}
@@ -63,6 +71,12 @@ class Records:
         self.preemptions = np.zeros(n, np.int32)
         self.cached = np.zeros(n, np.int64)
         self.served_output = np.full(n, -1, np.int64)  # >= 0: the API cut the output to this many tokens
+
+    def resize(self, n: int) -> None:
+        """Keep the first n slots, or add empty ones up to n (closed-loop users send as they go)."""
+        empty = Records(max(n - len(self.route), 0))
+        for name, column in vars(self).items():
+            setattr(self, name, np.concatenate([column[:n], getattr(empty, name)]))
 
 
 class Node:
@@ -118,13 +132,24 @@ def wake_s(cfg: Config) -> float:
 
 
 class Fleet:
-    def __init__(self, env: simpy.Environment, cfg: Config, workload: Workload, perf: PerfModel, plan: MemoryPlan):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cfg: Config,
+        workload: Workload,
+        perf: PerfModel,
+        plan: MemoryPlan,
+        users: ClosedLoop | None = None,
+    ):
+        """`users`: closed-loop users who send the requests (`workload` is then what they have
+        sent so far: nothing, but its prefix-block layout)."""
         self.env = env
         self.cfg = cfg
         self.workload = workload
         self.perf = perf
         self.plan = plan
-        self.records = Records(len(workload))
+        self.users = users
+        self.records = Records(len(workload) if users is None else users.capacity())
         f = cfg.fleet
         self.tp = cfg.engine.tensor_parallel_size
         self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
@@ -160,8 +185,9 @@ class Fleet:
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
         self._prefill_per_token = perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
 
-        self.n_total = len(workload)
+        self.n_total: float = len(workload) if users is None else math.inf  # closed loop: known when all stop
         self.n_closed = 0
+        self._users_left = 0
         self.finished = env.event()
         self._arrivals_done = False
         # counters and live accounting for the time series
@@ -192,7 +218,10 @@ class Fleet:
                 node.engine.resume()  # type: ignore[union-attr]
             else:
                 self._provision_timer(node)
-        env.process(self.arrive())
+        if users is None:
+            env.process(self.arrive())
+        else:
+            self._start_users()
         env.process(self.sample(cfg.output.timeseries_interval_s))
         if not self.fixed or f.pricing.kind == "spot" or f.pricing.burst == "spot" or not f.start_warm:
             env.process(self.autoscale())
@@ -360,24 +389,13 @@ class Fleet:
         wl = self.workload
         prompts = wl.prompt_tokens.tolist()
         outputs = wl.output_tokens.tolist()
-        max_len = self.plan.max_model_len
         simple = self.api is None and not self.prefix
         loads, nodes, choose = self.loads, self.nodes, self.router.choose
         for i, t in enumerate(wl.arrival_s.tolist()):
             if t > env.now:
                 yield env.timeout(t - env.now)
-            self._arrivals += 1
-            p, o = prompts[i], outputs[i]
-            too_long = p + o > max_len  # no replica can hold it; the API may serve it
-            if too_long and (self.api is None or self.cfg.api.overflow == "never" or not self.api.eligible(o)):
-                self._reject(i, REASON_CONTEXT)
-                continue
-            self._area += self._in_system * (env.now - self._last)
-            self._last = env.now
-            self._in_system += 1
-            req = Request(i, t, p, o)
-            if too_long:
-                self._to_api(req, 0)
+            req = self._enter(i, t, prompts[i], outputs[i])
+            if req is None:
                 continue
             if simple and loads:  # the hot path: no API, no prefix cache
                 k = choose(loads, req)
@@ -396,6 +414,24 @@ class Fleet:
             else:
                 self.dispatch(req)
         self._arrivals_done = True
+
+    def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
+        """Request i arrives: rejected at once if no replica could ever hold it and the API will
+        not take it, sent to the API if only the API can serve it, else returned for routing."""
+        self._arrivals += 1
+        too_long = p + o > self.plan.max_model_len  # no replica can hold it; the API may serve it
+        if too_long and (self.api is None or self.cfg.api.overflow == "never" or not self.api.eligible(o)):
+            self._reject(i, REASON_CONTEXT)
+            return None
+        now = self.env.now
+        self._area += self._in_system * (now - self._last)
+        self._last = now
+        self._in_system += 1
+        req = Request(i, t, p, o)
+        if too_long:
+            self._to_api(req, 0)
+            return None
+        return req
 
     def dispatch(self, req: Request) -> None:
         """Decide GPU or API for a new request (the overflow policy)."""
@@ -473,6 +509,8 @@ class Fleet:
         wl = self.workload
         if wl.hash_offsets is None:
             return None
+        if self.users is not None:
+            return self.users.blocks(req.id)
         return wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
 
     def _slo_of(self, req: Request) -> tuple[float, float]:
@@ -574,6 +612,52 @@ class Fleet:
         self._completions += 1
         self._tokens_done += req.prompt + req.output
         self._close()
+        if self.users is not None:
+            out = int(self.records.served_output[req.id])
+            self._answered(req.id, out if out >= 0 else req.output)
+
+    # ------------------------------------------------------------------ closed loop
+
+    def _start_users(self) -> None:
+        users: ClosedLoop = self.users  # type: ignore[assignment]
+        self._users_left = users.users
+        for u, t in enumerate(users.starts()):
+            self.env.timeout(t).callbacks.append(lambda _e, u=u: self._send(u))
+
+    def _send(self, u: int) -> None:
+        """User u sends its next request now (or stops)."""
+        now = self.env.now
+        got = self.users.send(u, now)  # type: ignore[union-attr]
+        if got is None:
+            self._user_stopped()
+            return
+        i, p, o = got
+        if i >= len(self.records.route):
+            self.records.resize(2 * (i + 1))
+        req = self._enter(i, now, p, o)
+        if req is not None:
+            self.dispatch(req)
+
+    def _answered(self, i: int, served: int | None, delay: float = 0.0) -> None:
+        """Request i has ended (`served` output tokens; None: rejected) and its user has the
+        answer `delay` later (the API server's time outside the engine): the user thinks, then
+        sends again, or stops."""
+        seen = self.env.now + delay
+        think = self.users.answered(i, seen, served)  # type: ignore[union-attr]
+        if think is None:
+            self._user_stopped()
+            return
+        u = self.users.user_of(i)  # type: ignore[union-attr]
+        self.env.timeout(delay + think).callbacks.append(lambda _e, u=u: self._send(u))
+
+    def _user_stopped(self) -> None:
+        self._users_left -= 1
+        if self._users_left:
+            return
+        self._arrivals_done = True
+        self.n_total = self.users.sent  # type: ignore[union-attr]
+        if self.n_closed == self.n_total:
+            self.finished.succeed()
 
     # ------------------------------------------------------------------ autoscaling
 
@@ -671,6 +755,10 @@ class Fleet:
         self.n_closed += 1
         if self.n_closed == self.n_total:
             self.finished.succeed()
+        if self.users is not None:
+            if node.cache is not None:  # the KV of the answer stays cached, as the prompt's does
+                node.cache.insert(self.users.answer_blocks(i, req.output))
+            self._answered(i, req.output, ov)
 
     def _reject(self, i: int, reason: int, *, served: bool = True) -> None:
         """Record a rejection; `served=False` for a request already counted in the system."""
@@ -683,6 +771,8 @@ class Fleet:
             self._last = now
             self._in_system -= 1
         self._close()
+        if self.users is not None:
+            self._answered(i, None)
 
     def _close(self) -> None:
         self.n_closed += 1

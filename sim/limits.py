@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from sim.config import Config, LimitsConfig, WorkloadConfig, length_upper_bound
+from sim.config import Config, LimitsConfig, WorkloadConfig, is_closed, length_upper_bound
 from sim.errors import ConfigError
 from sim.workload import has_trace
 
@@ -46,7 +46,9 @@ def check_config(cfg: Config) -> None:
         raise _over(key, getattr(f, key.split(".")[1]), "replicas", n_rep, "max_replicas", lim.max_replicas, "lower it")
     sources = w.sources or {"": w}
     synthetic = {k: s for k, s in sources.items() if s.arrival != "trace"}
-    if synthetic and w.duration_s is not None:
+    if is_closed(w):
+        _closed(cfg)
+    elif synthetic and w.duration_s is not None:
         horizon = _generation_horizon(w)
         base = sum(s.rate for s in synthetic.values()) * w.duration_s
         first = next(iter(synthetic))
@@ -58,6 +60,7 @@ def check_config(cfg: Config) -> None:
         ):
             _requests(lim, est, k, v)
         _horizon(cfg, w.duration_s, None)
+    if synthetic and (w.duration_s is not None or is_closed(w)):
         for name, s in synthetic.items():
             prefix = f"workload.sources.{name}" if w.sources else "workload"
             for which, scale in (("prompt", w.prompt_scale), ("output", w.output_scale)):
@@ -70,6 +73,20 @@ def check_config(cfg: Config) -> None:
     n = len(sources)
     if n > lim.max_classes:
         raise _over("workload.sources", f"[{n}]", "classes", n, "max_classes", lim.max_classes, "merge some")
+
+
+def _closed(cfg: Config) -> None:
+    """Closed-loop users: each sends at least one request; `requests` bounds them all. How many a
+    run of `duration_s` sends depends on the fleet's answers: a runtime guard counts them."""
+    lim, w = cfg.limits, cfg.workload
+    _requests(lim, w.users, "workload.users", w.users)  # type: ignore[arg-type]
+    if w.requests is not None:
+        _requests(lim, w.requests, "workload.requests", w.requests)
+    if w.duration_s is not None:
+        _horizon(cfg, w.duration_s, None)
+    elif w.requests is not None:  # at least the think times of each user's requests in turn
+        rounds = math.ceil(w.requests / w.users)  # type: ignore[operator]
+        _horizon(cfg, w.ramp_s + rounds * w.think_time_s, ("workload.think_time_s", w.think_time_s))
 
 
 def _generation_horizon(w: WorkloadConfig) -> float:

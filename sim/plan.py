@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.config import Config, GpuConfig, load_option, options, validate
+from sim.config import Config, GpuConfig, is_closed, load_option, options, validate
 from sim.cost import HOURS_PER_MONTH
 from sim.errors import ConfigError, UserError
 
@@ -252,11 +252,17 @@ def baselines(n: int, most: int) -> list[int]:
 
 
 def scaled(cfg: Config, volume: float, min_requests: int = 0) -> Config:
-    """The workload with `volume` x its traffic: rates of synthetic sources, or a trace's
-    load_scale. A synthetic workload's horizon grows, if needed, to about `min_requests`
-    requests: a 95% attainment target judged on 30 requests is decided by one or two of them."""
+    """The workload with `volume` x its traffic: rates of synthetic sources, a trace's
+    load_scale, or the number of closed-loop users (and of their requests, when counted). A
+    synthetic workload's horizon grows, if needed, to about `min_requests` requests: a 95%
+    attainment target judged on 30 requests is decided by one or two of them."""
     c = copy.deepcopy(cfg)
     w = c.workload
+    if is_closed(w):
+        w.users = max(1, round(w.users * volume))  # type: ignore[operator]
+        if w.requests is not None:
+            w.requests = max(w.users, round(w.requests * volume), min_requests)
+        return c
     sources = list(w.sources.values()) if w.sources else [w]
     if any(s.arrival == "trace" for s in sources):
         w.load_scale *= volume

@@ -56,7 +56,8 @@ def scenario(result: Result) -> str:
         reps = f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas (peak {s['max_replicas']})"
     per = f"{tp}x {c.gpu.name}" if tp > 1 else c.gpu.name
     rate = s["n_requests"] / max(float(result.requests.arrival_s.max()), 1e-9)
-    return f"{c.model.name} ({c.model.weight_dtype}) - {reps} of {per} - workload {c.workload.name}, {rate:.3g} req/s"
+    load = f"{rate:.3g} req/s" if not s.get("users") else f"{s['users']} closed-loop users"
+    return f"{c.model.name} ({c.model.weight_dtype}) - {reps} of {per} - workload {c.workload.name}, {load}"
 
 
 def latency_cdf(result: Result, path: Path) -> None:

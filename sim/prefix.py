@@ -112,6 +112,14 @@ class BlockPool:
                 freed += 1
         return freed
 
+    def insert(self, ids: np.ndarray) -> None:
+        """Cache blocks a finishing request computed but never looked up (a conversation's answer,
+        which its next turn's prompt repeats), free and tail first, like its other blocks."""
+        live, free = self.live, self.free
+        for h in reversed(ids.tolist()):
+            if h not in live and h not in free:
+                free[h] = None
+
     def evict_to(self, free_blocks: int) -> None:
         """Evict the least recently freed cached blocks until they fit in `free_blocks`."""
         free, k = self.free, self.k

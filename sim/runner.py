@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import simpy
 
-from sim.config import Config, batch_limits, to_config, validate
+from sim.config import Config, batch_limits, is_closed, to_config, validate
 from sim.cost import fleet_costs
 from sim.errors import UserError
 from sim.fleet import ROUTE_NONE, SAMPLE_COLUMNS, Fleet
@@ -248,22 +248,35 @@ def _mean(values: list):
 
 def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     wall0 = time.perf_counter()
-    wl = build_workload(cfg.workload, cfg.seed, cfg.limits) if workload is None else check_workload(workload)
-    check_limits(cfg, wl.arrival_s, wl.prompt_tokens, wl.output_tokens, len(wl.class_names))
+    users = None
+    if workload is None and is_closed(cfg.workload):  # arrivals follow the answers: built while simulating
+        from sim.closedloop import ClosedLoop
+
+        block = cfg.engine.block_size if cfg.engine.prefix_caching else 0
+        users = ClosedLoop(cfg.workload, cfg.seed, block_tokens=block, limits=cfg.limits)
+        wl = users.workload()
+    else:
+        wl = build_workload(cfg.workload, cfg.seed, cfg.limits) if workload is None else check_workload(workload)
+        check_limits(cfg, wl.arrival_s, wl.prompt_tokens, wl.output_tokens, len(wl.class_names))
     plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)
     perf = build_perf(cfg.model, cfg.gpu, cfg.engine)
 
     env = simpy.Environment()
-    fleet = Fleet(env, cfg, wl, perf, plan)
+    fleet = Fleet(env, cfg, wl, perf, plan, users=users)
     env.run(until=fleet.finished)
     fleet.take_sample()
     end = env.now
     fleet.stop_all()
+    if users is not None:
+        wl = users.workload()
+        fleet.records.resize(len(wl))
     lost = int((fleet.records.route == ROUTE_NONE).sum())
     if lost:
         raise RuntimeError(f"{lost} request(s) ended neither served nor rejected")
 
     df = requests_frame(wl, fleet.records)
+    if users is not None:
+        df = df.assign(**users.columns())
     ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
     f = cfg.fleet
     idle = {n.uid: n.idle_s for n in fleet.all_nodes}
@@ -300,6 +313,8 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         extra["wake_s"] = fleet.wake_s
     if wl.shared_fraction is not None:
         extra["prefix_shared_fraction"] = wl.shared_fraction
+    if users is not None:
+        extra.update(users=users.users, sessions=users.sessions)
     if fleet.prefix:
         looked = sum(n.cache.lookups for n in fleet.all_nodes if n.cache is not None)
         hits = sum(n.cache.hits for n in fleet.all_nodes if n.cache is not None)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from sim.arrivals import ARRIVALS, TRACE
+from sim.arrivals import ARRIVALS, CLOSED, TRACE
 from sim.config import LimitsConfig, SourceConfig, WorkloadConfig, resolve_path
 from sim.errors import ConfigError
 from sim.lengths import sample_lengths, sample_pairs
@@ -306,6 +306,12 @@ def horizon(wc: WorkloadConfig) -> float | None:
 def build_workload(wc: WorkloadConfig, seed: int, limits: LimitsConfig | None = None) -> Workload:
     """The workload of `wc` under `seed`; with `limits`, a trace's replication by load_scale is
     checked before it is allocated."""
+    if wc.arrival == CLOSED and not wc.sources:
+        raise ConfigError(
+            "workload.arrival",
+            wc.arrival,
+            "closed-loop users send as the fleet answers: their workload exists only in a run (sim.run)",
+        )
     sources = wc.sources or {wc.name: wc}
     span = horizon(wc)
     parts, infos = [], []
