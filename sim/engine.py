@@ -864,8 +864,8 @@ class Replica:
     def _advance(self, now: float) -> None:
         """Account the segment ending at `now`: iterations, prefill progress, completions."""
         n = self._seg_iters
-        if self.async_sched:  # the next batch was formed when the last iteration started
-            self._cutoff = self._boundary(n - 1)
+        if self.async_sched and self.waiting:  # the next batch was formed when the last iteration started
+            self._cutoff = self._boundary(n - 1)  # (read only while someone waits)
         self.busy_s += now - self._seg_start
         self.occ_s += self._occupied(now - self._seg_start)
         self.iterations += n
