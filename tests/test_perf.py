@@ -81,13 +81,17 @@ def test_prefill_is_compute_bound_and_linear_in_tokens():
 
 
 def test_moe_reads_more_experts_as_the_batch_grows():
-    perf = roofline("model=qwen3-30b-a3b")
+    perf = roofline("model=qwen3-30b-a3b", "engine.eta_moe=1")
     assert perf.weight_time(1) < perf.weight_time(8) < perf.weight_time(256)
     c = cfg("model=qwen3-30b-a3b")
     dense_equiv = c.model.params_b * 2e9 / (c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12)
     assert perf.weight_time(10_000) == pytest.approx(dense_equiv, rel=1e-6)
     active = c.model.active_params_b * 2e9 / (c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12)
     assert perf.weight_time(1) == pytest.approx(active, rel=1e-6)
+    # eta_moe slows the expert reads only: at half the efficiency the expert part takes twice as long
+    half = roofline("model=qwen3-30b-a3b", "engine.eta_moe=0.5")
+    dense = perf.weight_time(10_000) - perf._w_expert
+    assert half.weight_time(10_000) - dense == pytest.approx(2 * perf._w_expert, rel=1e-9)
 
 
 def test_tensor_parallel_splits_work_and_adds_allreduce():
