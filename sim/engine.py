@@ -42,6 +42,7 @@ from sim.perf import DecodeRun, PerfModel
 from sim.prefix import BlockPool
 
 WAITING, PREFILL, DECODE, DONE = range(4)
+_NONE: list[int] = []  # shared, never appended to: a request's pooled ids until it has some
 
 
 class Request:
@@ -92,7 +93,7 @@ class Request:
         self.cached = 0
         self.seen = arrival  # when the replica it waits at got it (async scheduling's cutoff)
         self.hashes: list[int] | None = None  # prefix-block ids of the prompt (prefix caching)
-        self.pooled: list[int] = []  # ids it references in the replica's prefix cache
+        self.pooled: list[int] = _NONE  # ids it references in the replica's prefix cache
         self.shared = 0  # KV blocks of those ids (held once, in the cache's count)
         self.reg = 0  # prompt blocks looked at for caching so far
 
@@ -331,8 +332,8 @@ class Replica:
         if len(self.waiting) > 1:  # the head of the queue was not admissible: FIFO
             return
         done = self._iterations_done(now) + (2 if self.async_sched else 1)
-        if done < self._seg_iters:
-            self._plan_cut(done)
+        if done < self._seg_iters:  # everyone waiting was seen by now, before that boundary's iteration formed
+            self._plan_cut(done, cutoff=math.inf)
 
     def pause(self) -> None:
         """Stop taking work (only while idle): queued requests wait for `resume`."""
@@ -716,9 +717,9 @@ class Replica:
         if full <= req.reg:
             return
         pool = self.pool
-        for h in ids[req.reg : full]:
-            if pool.register(h, now):  # type: ignore[union-attr]
-                req.pooled.append(h)
+        new = [h for h in ids[req.reg : full] if pool.register(h, now)]  # type: ignore[union-attr]
+        if new:
+            req.pooled = req.pooled + new
         req.reg = full
         shared = len(req.pooled) * pool.k  # type: ignore[union-attr]
         req.blocks -= shared - req.shared
@@ -747,7 +748,7 @@ class Replica:
 
     # ------------------------------------------------------------------ cutting a segment
 
-    def _plan_cut(self, steps: int, retarget: bool = True) -> float | None:
+    def _plan_cut(self, steps: int, retarget: bool = True, cutoff: float | None = None) -> float | None:
         """Requests can join at the boundary after `steps` iterations of the current segment:
         end the segment there and plan the iteration (and the decode run after it) that starts
         at that boundary. Decoders finish and the KV cache runs short only at the segment's own
@@ -765,7 +766,9 @@ class Replica:
         n, q_sum, cnt = self.n_dec, self.q_sum, self.cnt
         free = self.total_blocks - self.held_other - _blocks(g + 1, n, q_sum, cnt, bs)
         budget = self.max_tokens - n
-        admit = self._plan_admission(free, budget, self._boundary(steps - 1) if self.async_sched else math.inf)
+        if cutoff is None:
+            cutoff = self._boundary(steps - 1) if self.async_sched else math.inf
+        admit = self._plan_admission(free, budget, cutoff)
         pending = self._pending
         if not admit:
             return None  # nobody can join
