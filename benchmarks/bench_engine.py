@@ -67,7 +67,8 @@ else:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     s = r.summary
     print(json.dumps({
-        "n": s["n_requests"], "wall_s": wall, "cpu_s": cpu, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "n": s["n_requests"], "wall_s": wall, "cpu_s": cpu,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "events_per_request": s["engine_events"] / s["n_requests"], "iterations": s["iterations"],
         "engine_occupancy": s["engine_occupancy"], "gpu_busy": s["gpu_busy"], "ttft_p99": s["ttft_p99"],
         "slo_attainment": s["slo_attainment"], "yardstick_timeouts_per_s": y,
