@@ -281,7 +281,9 @@ class Replica:
         self.s_off = 0  # sum of o_i
         self.q_sum = 0  # sum of o_i // block_size
         self.cnt = [0] * self.bs  # histogram of o_i % block_size
-        self.held_other = 0  # blocks held by prefilling requests
+        # blocks beyond the decoders' own counts: prefilling requests' blocks, plus cached blocks in
+        # use, minus those the decoders' counts include (negative when decoders share a block)
+        self.held_other = 0
 
         # the current segment: [head iteration][decode run], starting at boundary self.g
         self._seg_start = 0.0
@@ -671,7 +673,8 @@ class Replica:
                 break
             hit = revived = 0
             if req.computed == 0 and req.hashes is not None:
-                cap = min(len(req.hashes), (req.target - 1) // bt)
+                # whole prompt blocks only, and never the last token of a prompt (its logits)
+                cap = min(len(req.hashes), min(req.target - 1, req.prompt) // bt)
                 hit, revived = pool.lookup(req.hashes, cap, taken)
             cached = hit * bt if req.computed == 0 else req.computed
             rem = req.target - cached
@@ -713,7 +716,7 @@ class Replica:
         ids = req.hashes
         if ids is None:
             return
-        full = min(len(ids), req.computed // self.hash_tokens)
+        full = min(len(ids), min(req.computed, req.prompt) // self.hash_tokens)  # whole prompt blocks
         if full <= req.reg:
             return
         pool = self.pool
@@ -867,8 +870,6 @@ class Replica:
     def _advance(self, now: float) -> None:
         """Account the segment ending at `now`: iterations, prefill progress, completions."""
         n = self._seg_iters
-        if self.async_sched and self.waiting:  # the next batch was formed when the last iteration started
-            self._cutoff = self._boundary(n - 1)  # (read only while someone waits)
         self.busy_s += now - self._seg_start
         self.occ_s += self._occupied(now - self._seg_start)
         self.iterations += n
@@ -902,6 +903,8 @@ class Replica:
             if ver == req.ver:
                 self._leave_decode(req)
                 self._finish(req, now)
+        if self.async_sched and self.waiting:  # the next batch was formed when the last iteration started
+            self._cutoff = self._boundary(n - 1)  # (read only while someone waits; after completions' callbacks)
         self._seg_iters = 0
         self._head = 0.0
         self._run = None
