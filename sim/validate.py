@@ -533,7 +533,13 @@ def text_report(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def markdown(df: pd.DataFrame, command: str, pts: pd.DataFrame | None = None, kv: pd.DataFrame | None = None) -> str:
+def markdown(
+    df: pd.DataFrame,
+    command: str,
+    pts: pd.DataFrame | None = None,
+    kv: pd.DataFrame | None = None,
+    offload: list[str] | None = None,
+) -> str:
     t = summary_table(df)
     cols = [c for c in METRICS if c in t.columns]
     lines = [
@@ -556,6 +562,12 @@ def markdown(df: pd.DataFrame, command: str, pts: pd.DataFrame | None = None, kv
     ]
     for (run, model, wl), r in t.iterrows():
         lines.append(f"| {run} | {model} | {wl} | " + " | ".join(f"{r[c]:+.1f}%" for c in cols) + " |")
+    if offload:
+        lines += [
+            "",
+            f"Runs {', '.join(offload)} ran with CPU KV offloading on (`cpu_offload: true`), which fleetsim",
+            "does not model.",
+        ]
     lines += ["", "Per stage and metric, with the measured and simulated figures: `validation.csv`.", ""]
     if pts is not None and len(pts):
         lines += points_markdown(pts)
@@ -649,13 +661,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seed < 0:
             raise UserError(f"--seed {args.seed}: must be an integer >= 0")
-        frames, points = [], []
+        frames, points, offload = [], [], []
         want = set(args.runs.split(",")) if args.runs else None
         for path in args.files:
             data = load_file(path)
             models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
             runs = [r for r in data.get("runs") or [] if want is None or str(r.get("id")) in want]
             frames += [simulate(run, models, inflation, args.seed) for run in runs]
+            offload += [str(r.get("id")) for r in runs if r.get("cpu_offload")]
             chosen = [p for p in data.get("performance_points") or [] if want is None or str(p.get("id")) in want]
             if chosen:
                 models = models or catalog_models(path)
@@ -677,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
             both.to_csv(args.out / "validation.csv", index=False)
         if args.markdown:
             cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
-            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}", pts, kv))
+            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}", pts, kv, offload))
         return 0
     except UserError as exc:
         print(f"fleetsim-validate: error: {exc}", file=sys.stderr)
