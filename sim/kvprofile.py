@@ -69,12 +69,7 @@ class Point:
 def _model(name: str, spec: dict, fp8: bool, vision: bool = False) -> ModelConfig:
     from sim.validate import model_config  # the architecture -> parameters count fleetsim-validate uses
 
-    m = model_config(name, spec)
-    experts = spec.get("experts") or 0
-    width = spec["intermediate"]
-    if experts:
-        width = spec["experts_per_token"] * spec["moe_intermediate"] + (spec.get("shared_expert_intermediate") or 0)
-    m = dataclasses.replace(m, vocab=spec["vocab"], intermediate=width, tied_embeddings=bool(spec.get("tied")))
+    m = model_config(name, spec)  # vocabulary, MLP width and tied embeddings included
     if fp8:
         m = dataclasses.replace(m, weight_dtype="fp8")
     if name == "llama-4-scout":  # RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic
