@@ -2,11 +2,11 @@
 """Fit the engine's time factors to measured vLLM runs end to end, cross-validate them leaving
 one model out, and write the result into docs/calibration.md (between its `e2e-fit` markers).
 
-python scripts/fit_engine.py ../shared/calibration/vllm_runs.yaml            # fit, CV, report
-python scripts/fit_engine.py ../shared/calibration/vllm_runs.yaml --write    # also store the
-                                        # factors in conf/engine/vllm.yaml and sim/config.py
+python scripts/fit_engine.py ../shared/calibration/vllm_runs.yaml \
+    --points ../shared/calibration/published_points.yaml             # fit, CV, report
+... --write      # also store the factors in conf/engine/vllm.yaml and sim/config.py
 
-About 5 minutes on 2 cores (7 fits of ~40 simulations of the 13 runs each).
+About 25 minutes on 2 cores (9 fits of ~40-100 replays of the 13 runs and 4 points each).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sim.fit import PARAMS, Runs, engine_of, fit, leave_one_model_out, medians, replay
+from sim.fit import PARAMS, Runs, engine_of, fit, fit_points, leave_one_model_out, medians, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- e2e-fit: begin -->", "<!-- e2e-fit: end -->"
@@ -45,9 +45,12 @@ def section(theta, folds: dict, inside: pd.DataFrame, held: pd.DataFrame, comman
         "The factors below are fitted by replaying the measured runs (`fleetsim-validate`, the load",
         "generator's exact workload) and minimising the robust (soft-L1) sum of the log errors of",
         "each stage's mean TTFT and mean ITL; stages are shortened to 300 s for the fit, the errors",
-        "below replay them whole. `eta_flops` keeps its kernel fit (the runs hit the prefix cache",
-        "on almost every prompt, so they hardly measure prefill compute). Every run counts the",
-        "same; no factor is tuned to one run.",
+        "below replay them whole. vLLM's published step-time points on H100 (batch latency and",
+        "concurrency-1 ITL, `sim.fit.fit_points`) join with one log error each: they bring models",
+        "the runs lack, among them a second MoE (Mixtral), so no model's factor is left at its",
+        "starting value when its runs are held out. `eta_flops` keeps its kernel fit (the runs hit",
+        "the prefix cache on almost every prompt, so they hardly measure prefill compute). Every",
+        "run counts the same; no factor is tuned to one run.",
         "",
         "| factor | fitted (all runs) | " + " | ".join(f"without {m}" for m in folds) + " | meaning |",
         "|---|---:|" + "---:|" * len(folds) + "---|",
@@ -58,9 +61,10 @@ def section(theta, folds: dict, inside: pd.DataFrame, held: pd.DataFrame, comman
         )
     lines += [
         "",
-        "Leave-one-model-out cross-validation: each model's runs are predicted by the fit to the",
-        "other models' runs (the columns above), which is what to expect on a model the fit has not",
-        "seen. Whole-run errors, simulated vs measured (+: fleetsim slower):",
+        "Leave-one-model-out cross-validation: each model's runs and points are predicted by the",
+        "fit to the other models' (the columns above), which is what to expect on a model the fit",
+        "has not seen. Whole-run errors over the 13 runs, simulated vs measured (+: fleetsim",
+        "slower):",
         "",
         "| metric | in-sample median signed | in-sample median abs | cross-validated median signed"
         " | cross-validated median abs |",
@@ -72,12 +76,22 @@ def section(theta, folds: dict, inside: pd.DataFrame, held: pd.DataFrame, comman
         lines.append(f"| {m} | {ins[m][0]:+.1f}% | {ins[m][1]:.1f}% | {cv[m][0]:+.1f}% | {cv[m][1]:.1f}% |")
     lines += ["", "Per run (whole run; in-sample / cross-validated):", ""]
     lines += ["| run | model | workload | " + " | ".join(SHOWN) + " |", "|---|---|---|" + "---:|" * len(SHOWN)]
-    w_in = inside[inside["stage"] == -1].set_index(["run", "metric"])["error_pct"]
-    w_cv = held[held["stage"] == -1].set_index(["run", "metric"])["error_pct"]
-    runs = inside[inside["stage"] == -1].drop_duplicates("run")
+    whole_in = inside[(inside["stage"] == -1) & (inside["source"] == "run")]
+    w_in = whole_in.set_index(["run", "metric"])["error_pct"]
+    w_cv = held[(held["stage"] == -1) & (held["source"] == "run")].set_index(["run", "metric"])["error_pct"]
+    runs = whole_in.drop_duplicates("run")
     for _, r in runs.iterrows():
         cells = [f"{w_in[(r.run, m)]:+.1f}% / {w_cv[(r.run, m)]:+.1f}%" for m in SHOWN]
         lines.append(f"| {r.run} | {r.model} | {r.workload} | " + " | ".join(cells) + " |")
+    pts_in, pts_cv = inside[inside["source"] == "point"], held[held["source"] == "point"]
+    if len(pts_in):
+        lines += ["", "Published points in the fit (in-sample / cross-validated):", ""]
+        lines += ["| point | model | metric | measured | error |", "|---|---|---|---:|---:|"]
+        cv_err = pts_cv.set_index("run")["error_pct"]
+        for _, r in pts_in.iterrows():
+            lines.append(
+                f"| {r.run} | {r.model} | {r.metric} | {r.measured:.4g} | {r.error_pct:+.1f}% / {cv_err[r.run]:+.1f}% |"
+            )
     if gens is not None:
         factors, rows = gens
         lines += [
@@ -188,12 +202,19 @@ def write_gpu_efficiency(gpu: str, f: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", type=Path, help="measured runs (the layout of vllm_runs.yaml)")
+    ap.add_argument("--points", type=Path, help="published points (the layout of published_points.yaml)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "calibration.md")
     ap.add_argument("--write", action="store_true", help="store the fitted factors as the defaults")
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
     d = yaml.safe_load(args.runs.read_text())
     data = Runs(d["runs"], d.get("models") or {}, d.get("token_inflation") or {})
+    if args.points:
+        from sim.validate import catalog_models
+
+        pts = yaml.safe_load(args.points.read_text())
+        data.points = fit_points(pts.get("performance_points") or [])
+        data.point_models = pts.get("models") or catalog_models(args.points)
     theta = fit(data, args.workers)
     print("fitted:", ", ".join(f"{p}={v:.4g}" for p, v in zip(PARAMS, theta, strict=True)))
     inside = replay(data, theta, workers=args.workers)
@@ -202,7 +223,8 @@ def main() -> None:
         print(name + ":", ", ".join(f"{m} {s:+.1f}%/{a:.1f}%" for m, (s, a) in medians(df).items() if m in SHOWN))
     gens = generation_factors(theta)
     print("gpu.efficiency:", ", ".join(f"{g}={f:.3f}" for g, f in gens[0].items()))
-    cmd = f"python scripts/fit_engine.py {args.runs}" + (" --write" if args.write else "")
+    cmd = f"python scripts/fit_engine.py {args.runs}" + (f" --points {args.points}" if args.points else "")
+    cmd += " --write" if args.write else ""
     write_section(args.out, section(theta, folds, inside, held, cmd, gens))
     print(f"wrote {args.out}")
     if args.write:

@@ -15,21 +15,26 @@ adjusts the factors that only whole-server measurements reveal, by replaying mea
 `eta_flops` stays at its kernel fit: the measured runs hit the prefix cache on almost every
 prompt, so they hardly measure prefill compute.
 
-Leave-one-model-out: for each model, fit on the runs of the other models and predict the
-held-out model's runs; the cross-validated error is what a user should expect on a model the
-fit has not seen.
+Published vLLM step-time points on the runs' GPU (batch latency, concurrency-1 ITL: a points
+file in the layout of published_points.yaml) join the fit, one log error each: they add models
+the runs lack (a second MoE, Mixtral), so a held-out model's factors are not left at their
+starting values. Throughput points stay out: their figures hang on assumed ShareGPT lengths.
+
+Leave-one-model-out: for each model, fit on the runs and points of the other models and predict
+the held-out model's; the cross-validated error is what a user should expect on a model the fit
+has not seen.
 """
 
 from __future__ import annotations
 
 import math
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from sim.validate import simulate
+from sim.validate import DECODE_METRICS, point_kind, point_model, simulate, simulate_point
 
 PARAMS = (
     "step_overhead_ms",
@@ -47,14 +52,39 @@ FIT_STAGE_S = 300.0  # stages shortened to this for the fit (the report replays 
 
 @dataclass
 class Runs:
-    """Measured runs and what replaying them needs."""
+    """Measured runs and published points, and what replaying them needs."""
 
     runs: list[dict]
     models: dict
     inflation: dict
+    points: list[dict] = field(default_factory=list)  # published step-time points (`fit_points`)
+    point_models: dict = field(default_factory=dict)  # their architectures (the catalog's)
+
+    def model_names(self) -> list[str]:
+        return sorted({r["model"] for r in self.runs} | {point_model(p, self.point_models) for p in self.points})
 
     def subset(self, keep) -> Runs:
-        return Runs([r for r in self.runs if keep(r)], self.models, self.inflation)
+        """The runs and points whose model name passes `keep`."""
+        return Runs(
+            [r for r in self.runs if keep(r["model"])],
+            self.models,
+            self.inflation,
+            [p for p in self.points if keep(point_model(p, self.point_models))],
+            self.point_models,
+        )
+
+
+def fit_points(points: list[dict], gpu: str = "h100") -> list[dict]:
+    """The published points the fit uses: vLLM's own step-time measurements (batch latency,
+    concurrency-1 ITL) on `gpu`. Other engines' figures are bounds, not targets; throughput
+    figures depend on lengths the sources do not publish."""
+    return [
+        p
+        for p in points
+        if "TensorRT" not in str(p.get("engine", ""))
+        and str(p.get("gpu", "")).lower() == gpu
+        and point_kind(p)[0] in DECODE_METRICS
+    ]
 
 
 def engine_of(theta) -> dict:
@@ -62,13 +92,17 @@ def engine_of(theta) -> dict:
 
 
 def _one(args) -> pd.DataFrame:
-    run, models, inflation, engine, max_stage_s = args
-    return simulate(run, models, inflation, 0, engine, max_stage_s)
+    item, models, inflation, engine, max_stage_s = args
+    if inflation is None:  # a published point
+        return pd.DataFrame([simulate_point(item, models, engine)]).assign(source="point")
+    return simulate(item, models, inflation, 0, engine, max_stage_s).assign(source="run")
 
 
 def replay(data: Runs, theta, max_stage_s: float | None = None, workers: int = 1) -> pd.DataFrame:
-    """Every run replayed with the factors `theta`."""
-    jobs = [(r, data.models, data.inflation, engine_of(theta), max_stage_s) for r in data.runs]
+    """Every run and point replayed with the factors `theta` (`source`: run or point)."""
+    engine = engine_of(theta)
+    jobs = [(r, data.models, data.inflation, engine, max_stage_s) for r in data.runs]
+    jobs += [(p, data.point_models, None, engine, None) for p in data.points]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(workers) as pool:
             frames = list(pool.map(_one, jobs))
@@ -79,8 +113,9 @@ def replay(data: Runs, theta, max_stage_s: float | None = None, workers: int = 1
 
 def residuals(df: pd.DataFrame) -> np.ndarray:
     """log(simulated / measured) of each stage's fitted metrics (stages, not the whole run, so
-    a two-stage run is not counted three times)."""
-    rows = df[(df["stage"] >= 0) & df["metric"].isin(FIT_METRICS)]
+    a two-stage run is not counted three times) and of each point."""
+    runs = (df["source"] == "run") & (df["stage"] >= 0) & df["metric"].isin(FIT_METRICS)
+    rows = df[runs | (df["source"] == "point")]
     return np.log(rows["simulated"].to_numpy() / rows["measured"].to_numpy())
 
 
@@ -107,14 +142,14 @@ def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
 
 def _fold(args):
     data, model, workers = args
-    theta = fit(data.subset(lambda r: r["model"] != model), workers)
-    held = replay(data.subset(lambda r: r["model"] == model), theta)
+    theta = fit(data.subset(lambda m: m != model), workers)
+    held = replay(data.subset(lambda m: m == model), theta)
     return model, theta, held
 
 
 def leave_one_model_out(data: Runs, workers: int = 1) -> tuple[pd.DataFrame, dict]:
-    """Each model's runs predicted by a fit to the other models' runs."""
-    models = sorted({r["model"] for r in data.runs})
+    """Each model's runs and points predicted by a fit to the other models'."""
+    models = data.model_names()
     jobs = [(data, m, 1) for m in models]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
@@ -125,7 +160,8 @@ def leave_one_model_out(data: Runs, workers: int = 1) -> tuple[pd.DataFrame, dic
 
 
 def medians(df: pd.DataFrame) -> dict:
-    whole = df[df["stage"] == -1]
+    """Median signed and absolute whole-run error per metric, over the runs."""
+    whole = df[(df["stage"] == -1) & (df["source"] == "run")]
     out = {}
     for metric, g in whole.groupby("metric"):
         out[metric] = (float(g["error_pct"].median()), float(g["error_pct"].abs().median()))

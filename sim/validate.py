@@ -311,7 +311,7 @@ def point_model(point: dict, models: dict) -> str:
     raise UserError(f"point {point.get('id')}: no architecture for model {point.get('model')!r} in `models`")
 
 
-def point_config(point: dict, models: dict, usage: str) -> Config:
+def point_config(point: dict, models: dict, usage: str, engine: dict | None = None) -> Config:
     key = point_model(point, models)
     m = model_config(key, catalog_arch(models[key]))
     if str(point.get("weights_dtype", "")).lower() in ("fp8", "int8", "w8a8"):
@@ -320,6 +320,8 @@ def point_config(point: dict, models: dict, usage: str) -> Config:
     e = EngineConfig(tensor_parallel_size=int(point.get("tp", 1)), usage=usage)
     if str(point.get("kv_cache_dtype", "")).lower().startswith("fp8"):
         e.kv_cache_dtype = "fp8"
+    for name, value in (engine or {}).items():
+        setattr(e, name, value)
     c = Config(model=m, gpu=gpu, engine=e)
     c.output.plots = False
     c.output.requests = True
@@ -340,15 +342,16 @@ def point_kind(point: dict) -> tuple[str, str]:
     raise UserError(f"point {point.get('id')}: workload {wl!r} is not one fleetsim-validate replays")
 
 
-def simulate_point(point: dict, models: dict) -> dict:
-    """A published point replayed: its workload on its set-up, the metric it reports."""
+def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dict:
+    """A published point replayed: its workload on its set-up, the metric it reports (`engine`:
+    engine keys to override, e.g. fitted factors)."""
     import re
 
     from sim.runner import run as simulate_run
     from sim.workload import Workload
 
     metric, usage = point_kind(point)
-    cfg = point_config(point, models, usage)
+    cfg = point_config(point, models, usage, engine)
     wl = str(point["workload"])
     if metric == "batch_latency_ms":  # one batch, all at t = 0: the batch's completion time
         n, p, o = 8, int(point["input_tokens"]), int(point["output_tokens"])
