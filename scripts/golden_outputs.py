@@ -5,6 +5,9 @@ refactoring can show that it changed no result.
 python scripts/golden_outputs.py run DIR          # run the scenarios into DIR, write DIR/hashes.json
 python scripts/golden_outputs.py compare A B      # the files whose bytes differ between two runs
 
+The commands run this checkout's code (its pyproject.toml entry points, with this checkout first
+on PYTHONPATH), so two worktrees can be compared without reinstalling.
+
 The scenarios: the default run, a trace replay, an autoscaled day with API overflow, a sweep and
 a plan, each shortened so that all five take under a minute on two cores. Logs, Hydra's own
 records (.hydra/, *.log, multirun.yaml) and the sweep marker are left out; wall-clock columns
@@ -17,6 +20,7 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +71,16 @@ def normalised(f: Path, out: Path) -> bytes:
     return f.read_bytes()
 
 
+def entry(cmd: list[str]) -> list[str]:
+    """`cmd` run through this checkout's entry point (pyproject.toml), not an installed one."""
+    import tomllib
+
+    target = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"][cmd[0]]
+    module, func = target.split(":")
+    code = f"import sys; sys.argv[0] = {cmd[0]!r}; from {module} import {func}; {func}()"
+    return [sys.executable, "-c", code, *cmd[1:]]
+
+
 def run(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=False)
     hashes: dict[str, str] = {}
@@ -75,7 +89,8 @@ def run(out: Path) -> None:
         key = "hydra.sweep.dir" if "-m" in argv else "hydra.run.dir"
         cmd = [*argv, f"{key}={where}"]
         print("$", " ".join(cmd), flush=True)
-        done = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        done = subprocess.run(entry(cmd), check=False, cwd=ROOT, capture_output=True, text=True, env=env)
         if done.returncode != 0:
             sys.exit(f"{name}: exit {done.returncode}\n{done.stderr[-2000:]}")
         for f in sorted(where.rglob("*")):
