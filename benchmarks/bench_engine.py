@@ -51,7 +51,7 @@ def yardstick(n=200_000):
     env.run()
     return n / (time.process_time() - t0)
 
-from sim.workload import Workload, build_workload
+from sim.workload.build import Workload, build_workload
 mode, overrides = sys.argv[1], json.loads(sys.argv[2])
 cfg = sim.compose(["output.plots=false", *overrides])
 if mode == "saturation":

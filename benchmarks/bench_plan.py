@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import sim
-from sim import plan as planner
+from sim.studies import plan as planner
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIO = ["workload.rate=40", "workload.duration_s=600", "api=default", "output.plots=false"]

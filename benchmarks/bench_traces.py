@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.traces import read_trace
+from sim.workload.traces import read_trace
 
 
 def make(folder: Path, n: int) -> dict[str, Path]:

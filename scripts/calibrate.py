@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from sim.calibrate import (
+from sim.studies.calibrate import (
     PARAMS,
     POINTS,
     Fit,

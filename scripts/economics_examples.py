@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 import sim
-from sim import plan as planner
-from sim.config import WEIGHT_BYTES, batch_limits, load_option
+from sim.config.schema import WEIGHT_BYTES, batch_limits, load_option
+from sim.studies import plan as planner
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "economics.md"

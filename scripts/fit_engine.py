@@ -4,7 +4,7 @@ one model out, and write the result into docs/calibration.md (between its `e2e-f
 
 python scripts/fit_engine.py ../shared/calibration/vllm_runs.yaml \
     --points ../shared/calibration/published_points.yaml             # fit, CV, report
-... --write      # also store the factors in conf/engine/vllm.yaml and sim/config.py
+... --write      # also store the factors in conf/engine/vllm.yaml and sim/config/schema.py
 
 About 25 minutes on 2 cores (9 fits of ~40-100 replays of the 13 runs and 4 points each).
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from sim.fit import PARAMS, Runs, engine_of, fit, fit_points, leave_one_model_out, medians, replay
+from sim.studies.fit import PARAMS, Runs, engine_of, fit, fit_points, leave_one_model_out, medians, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- e2e-fit: begin -->", "<!-- e2e-fit: end -->"
@@ -46,7 +46,7 @@ def section(theta, folds: dict, inside: pd.DataFrame, held: pd.DataFrame, comman
         "generator's exact workload) and minimising the robust (soft-L1) sum of the log errors of",
         "each stage's mean TTFT and mean ITL; stages are shortened to 300 s for the fit, the errors",
         "below replay them whole. vLLM's published step-time points on H100 (batch latency and",
-        "concurrency-1 ITL, `sim.fit.fit_points`) join with one log error each: they bring models",
+        "concurrency-1 ITL, `sim.studies.fit.fit_points`) join with one log error each: they bring models",
         "the runs lack, among them a second MoE (Mixtral), so no model's factor is left at its",
         "starting value when its runs are held out. `eta_flops` keeps its kernel fit (the runs hit",
         "the prefix cache on almost every prompt, so they hardly measure prefill compute). Every",
@@ -126,8 +126,8 @@ def generation_factors(theta) -> tuple[dict, list[tuple]]:
 
     from scipy.optimize import minimize_scalar
 
-    from sim.config import EngineConfig, load_option
-    from sim.perf import Roofline
+    from sim.config.schema import EngineConfig, load_option
+    from sim.hardware.perf import Roofline
 
     engine = dataclasses.replace(EngineConfig(), **engine_of(theta))
     points = yaml.safe_load(POINTS.read_text())["fit"]["itl"]
@@ -184,7 +184,7 @@ def write_defaults(theta) -> None:
             line = f"{key}: {values[key]:.4g}".ljust(32) + comment if comment else f"{key}: {values[key]:.4g}"
         out.append(line)
     conf.write_text("\n".join(out) + "\n")
-    src = ROOT / "sim" / "config.py"
+    src = ROOT / "sim" / "config" / "schema.py"
     code = src.read_text()
     for key, v in values.items():
         code, n = re.subn(rf"(\n    {key}: float = )[0-9.e+-]+", lambda m, v=v: f"{m.group(1)}{v:.4g}", code)
@@ -210,7 +210,7 @@ def main() -> None:
     d = yaml.safe_load(args.runs.read_text())
     data = Runs(d["runs"], d.get("models") or {}, d.get("token_inflation") or {})
     if args.points:
-        from sim.validate import catalog_models
+        from sim.studies.validate import catalog_models
 
         pts = yaml.safe_load(args.points.read_text())
         data.points = fit_points(pts.get("performance_points") or [])
@@ -232,7 +232,7 @@ def main() -> None:
         for g, f in gens[0].items():
             if g != "h100":
                 write_gpu_efficiency(g, f)
-        print("stored the factors in conf/engine/vllm.yaml, sim/config.py and conf/gpu/")
+        print("stored the factors in conf/engine/vllm.yaml, sim/config/schema.py and conf/gpu/")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sim import kvcache, kvprofile
+from sim.hardware import kvcache
+from sim.studies import kvprofile
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sim.arrivals import diurnal, gamma, mmpp
-from sim.config import SourceConfig
+from sim.config.schema import SourceConfig
+from sim.workload.arrivals import diurnal, gamma, mmpp
 
 OUT = Path(__file__).resolve().parent.parent / "traces"
 

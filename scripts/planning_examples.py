@@ -51,7 +51,7 @@ def fleetsim(*args: str) -> str:
 
 
 def fleetsim_plan(*args: str) -> str:
-    return sh(sys.executable, "-c", "from sim.cli import plan_main; plan_main()", *args)
+    return sh(sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", *args)
 
 
 def body(markdown: Path) -> list[str]:

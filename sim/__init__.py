@@ -5,8 +5,8 @@ result = sim.run(sim.compose(["fleet.replicas=2"]))
 result.summary["slo_attainment"]
 """
 
-from sim.config import Config
-from sim.errors import ConfigError, TraceError, UserError
+from sim.config.errors import ConfigError, TraceError, UserError
+from sim.config.schema import Config
 
 __version__ = "0.1.0"
 __all__ = ["Config", "ConfigError", "Result", "TraceError", "UserError", "closed_workload", "compose", "run"]
@@ -18,15 +18,15 @@ def __dir__() -> list[str]:
 
 def __getattr__(name: str):  # keep `import sim` light: SimPy, pandas and Hydra load on use
     if name in ("run", "Result"):
-        from sim import runner
+        from sim.apps import python_api as api
 
-        return getattr(runner, name)
+        return getattr(api, name)
     if name == "closed_workload":
-        from sim.closedloop import closed_workload
+        from sim.workload.closedloop import closed_workload
 
         return closed_workload
     if name == "compose":
-        from sim.cli import compose
+        from sim.apps.python_api import compose
 
         return compose
     raise AttributeError(f"module 'sim' has no attribute {name!r}")

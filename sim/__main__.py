@@ -1,5 +1,5 @@
 """`python -m sim` is the `fleetsim` command."""
 
-from sim.cli import main
+from sim.apps.cli import main
 
 main()

@@ -15,9 +15,9 @@ from tests.conftest import ROOT
 
 CASES = yaml.safe_load((ROOT / "tests" / "bad_inputs" / "cases.yaml").read_text())
 ENTRY = {
-    "fleetsim": "from sim.cli import main; main()",
-    "fleetsim-plan": "from sim.cli import plan_main; plan_main()",
-    "fleetsim-trace": "from sim.trace_tool import entry; entry()",
+    "fleetsim": "from sim.apps.cli import main; main()",
+    "fleetsim-plan": "from sim.apps.cli import plan_main; plan_main()",
+    "fleetsim-trace": "from sim.apps.trace_tool import entry; entry()",
 }
 
 

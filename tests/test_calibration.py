@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sim.calibrate import KERNEL_OWNED, PARAMS, Fit, load_points
-from sim.config import EngineConfig, load_option
+from sim.config.schema import EngineConfig, load_option
+from sim.studies.calibrate import KERNEL_OWNED, PARAMS, Fit, load_points
 
 
 @pytest.fixture(scope="module")

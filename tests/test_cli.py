@@ -139,8 +139,8 @@ def test_every_plot_renders_for_unusual_fleets(tmp_path, over):
 
 
 def test_printed_summary_of_replications_shows_intervals_and_whole_counts():
-    from sim import runner
-    from sim.cli import format_summary
+    from sim.apps.cli import format_summary
+    from sim.studies import run as runner
     from tests.conftest import cfg
 
     c = cfg("workload.duration_s=60", "seeds=[0,1,2]")
@@ -154,8 +154,8 @@ def test_printed_summary_of_replications_shows_intervals_and_whole_counts():
 
 
 def test_printed_summary_says_when_the_fleet_is_overloaded():
-    from sim import runner
-    from sim.cli import format_summary
+    from sim.apps.cli import format_summary
+    from sim.studies import run as runner
     from tests.conftest import cfg
 
     c = cfg("workload.duration_s=60", "workload.rate=80")

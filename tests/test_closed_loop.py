@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 import sim
-from sim.closedloop import ClosedLoop, closed_workload
-from sim.config import validate
-from sim.errors import ConfigError
-from sim.workload import build_workload, stream
+from sim.config.errors import ConfigError
+from sim.des.preflight import validate
+from sim.workload.build import build_workload, stream
+from sim.workload.closedloop import ClosedLoop, closed_workload
 from tests.conftest import cfg
 
 FIXED = ("workload.prompt_tokens.dist=fixed", "workload.output_tokens.dist=fixed")
@@ -381,7 +381,7 @@ def test_draws_do_not_depend_on_batch_boundaries():
     got = [loop.send(k % 3, float(k)) for k in range(9000)]
     assert [g[0] for g in got] == list(range(9000))  # type: ignore[index]
     prompts = np.array([g[1] for g in got])  # type: ignore[index]
-    from sim.lengths import sample_lengths
+    from sim.workload.lengths import sample_lengths
 
     rng = stream(0, "closed/prompt_tokens")
     expect = np.concatenate([sample_lengths(wc.prompt_tokens, n, rng, "x") for n in (4096, 8192)])[:9000]

@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 
 import sim
-from sim.cli import conf_dir
-from sim.config import Config, to_config, validate
-from sim.errors import ConfigError
+from sim.apps.cli import conf_dir
+from sim.apps.python_api import to_config
+from sim.config.errors import ConfigError
+from sim.config.schema import Config
+from sim.des.preflight import validate
 from tests.conftest import cfg
 
 GROUPS = ("workload", "model", "gpu", "engine", "fleet", "api", "slo")

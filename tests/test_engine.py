@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import sim
-from sim.engine import DECODE, Replica, _blocks
-from sim.perf import build_perf
+from sim.des.engine import DECODE, Replica, _blocks
+from sim.hardware.perf import build_perf
 from tests.conftest import cfg
 
 FIXED = (
@@ -158,7 +158,7 @@ def test_a_request_left_behind_at_a_planned_cut_joins_one_iteration_later(chunke
     """Regression: B arrives while a cut for A is planned but cannot join it (A's prefill takes
     the token budget); the iteration after A's prefill has the budget again, so B joins there,
     not when the decode run after A ends."""
-    from sim.workload import Workload
+    from sim.workload.build import Workload
 
     c = cfg()
     if chunked:  # the decoder plus A's 511 tokens fill the 512-token budget exactly
@@ -177,8 +177,8 @@ def test_a_request_left_behind_at_a_planned_cut_joins_one_iteration_later(chunke
 def test_preempting_a_decoder_keeps_the_tokens_it_produced():
     """Two long requests that cannot both fit: the newer is preempted mid-decode, recomputes
     prompt + produced tokens, and decodes only what is left (not its whole output again)."""
-    from sim.kvcache import memory_plan
-    from sim.workload import Workload
+    from sim.hardware.kvcache import memory_plan
+    from sim.workload.build import Workload
 
     # a cache of ~6,000 tokens (the fixed 3.5 GiB reserve): the recompute fits one 8192-token chunk,
     # so the preempted request is re-admitted whole, once. When the recompute needs more than one
@@ -201,8 +201,8 @@ def test_an_arrival_exactly_at_a_boundary_joins_the_next_iteration(async_schedul
     """Tie rule: an iteration boundary is processed before an arrival at the same instant. With
     async scheduling the iteration after it was formed when that boundary's iteration started,
     so the request joins one iteration later still."""
-    from sim.perf import build_perf
-    from sim.workload import Workload
+    from sim.hardware.perf import build_perf
+    from sim.workload.build import Workload
 
     c = cfg(f"engine.async_scheduling={str(async_scheduling).lower()}")
     perf = build_perf(c.model, c.gpu, c.engine)
@@ -218,8 +218,8 @@ def test_an_arrival_exactly_at_a_boundary_joins_the_next_iteration(async_schedul
 def test_async_scheduling_delays_joining_by_one_iteration():
     """A request arriving mid-iteration joins the next iteration (sync) or the one after (async),
     in both engine modes; an idle replica starts it at once either way."""
-    from sim.perf import build_perf
-    from sim.workload import Workload
+    from sim.hardware.perf import build_perf
+    from sim.workload.build import Workload
 
     waits = {}
     for mode in (False, True):
@@ -238,8 +238,8 @@ def test_async_scheduling_delays_joining_by_one_iteration():
 
 
 def test_bad_custom_workloads_are_refused():
-    from sim.errors import UserError
-    from sim.workload import Workload
+    from sim.config.errors import UserError
+    from sim.workload.build import Workload
 
     for wl in (
         Workload(np.zeros(0), np.zeros(0, np.int64), np.zeros(0, np.int64)),

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import sim
-from sim.fleet import cold_start_s, wake_s
-from sim.workload import Workload
+from sim.des.fleet import cold_start_s, wake_s
+from sim.workload.build import Workload
 from tests.conftest import ROOT, cfg
 
 BURSTY = (

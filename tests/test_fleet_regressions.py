@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import sim
-from sim.api import ApiBackend
-from sim.workload import Workload
+from sim.des.api import ApiBackend
+from sim.workload.build import Workload
 from tests.conftest import cfg
 
 
@@ -143,7 +143,7 @@ def test_an_idle_replica_predicts_from_an_empty_batch():
 
 
 def test_evacuated_requests_look_up_the_new_replicas_prefix_cache(monkeypatch):
-    from sim import fleet
+    from sim.des import fleet
 
     stale = []
     submit = fleet.Fleet._submit

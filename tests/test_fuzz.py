@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
 import sim
-from sim.config import Config
-from sim.errors import UserError
+from sim.config.errors import UserError
+from sim.config.schema import Config
 from tests.conftest import ROOT
 
 ACCEPTED = (UserError, HydraException, OmegaConfBaseException)  # what the CLI turns into one line, exit 2

@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from sim import kvcache
-from sim.kvcache import memory_plan
+from sim.hardware import kvcache
+from sim.hardware.kvcache import memory_plan
 from tests.conftest import cfg
 
 GIB = 2**30
@@ -121,7 +121,7 @@ def test_profiled_default_gives_the_cache_what_vllm_would():
 
 @pytest.fixture
 def points(shared_dir):
-    from sim.kvprofile import logged_points
+    from sim.studies.kvprofile import logged_points
 
     return logged_points(shared_dir / "calibration")
 
@@ -134,14 +134,14 @@ def test_every_logged_point_within_5_percent(points):
 
 
 def test_leave_one_out_within_5_percent(points):
-    from sim.kvprofile import leave_one_out
+    from sim.studies.kvprofile import leave_one_out
 
     for p, e in zip(points, leave_one_out(points), strict=True):
         assert abs(e) <= 0.05, f"{p.id}: {e:+.1%}"
 
 
 def test_shipped_constant_is_the_fit(points):
-    from sim.kvprofile import fit
+    from sim.studies.kvprofile import fit
 
     fitted = fit(points)
     assert abs(fitted - kvcache.NON_TORCH_GIB) <= 0.01, f"fitted {fitted:.3f}: rerun scripts/kv_profile.py"

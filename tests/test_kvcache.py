@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sim.config import EngineConfig
-from sim.kvcache import kv_bytes_per_token, memory_plan
+from sim.config.schema import EngineConfig
+from sim.hardware.kvcache import kv_bytes_per_token, memory_plan
 from tests.conftest import cfg
 
 # (model, gpu, tp, weight dtype, KV tokens) from shared/calibration/catalog.yaml
@@ -81,8 +81,8 @@ def test_fp8_kv_doubles_tokens_in_the_same_memory():
 
 
 def test_kv_blocks_pin_the_cache_to_what_vllm_logged():
-    from sim.config import validate
-    from sim.errors import ConfigError
+    from sim.config.errors import ConfigError
+    from sim.des.preflight import validate
 
     c = cfg("engine.kv_blocks=1000")
     plan = memory_plan(c.model, c.gpu, c.engine)

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.config import EngineConfig
-from sim.perf import LinearDecodeRun, Roofline, TablePerf
+from sim.config.schema import EngineConfig
+from sim.hardware.perf import LinearDecodeRun, Roofline, TablePerf
 from tests.conftest import cfg
 
 
@@ -139,7 +139,7 @@ def test_table_model_reproduces_a_grid_it_was_built_from(tmp_path):
 
 
 def test_table_model_rejects_a_partial_grid(tmp_path):
-    from sim.errors import ConfigError
+    from sim.config.errors import ConfigError
 
     path = tmp_path / "t.csv"
     path.write_text("batch_size,tokens,context,iteration_ms\n1,1,0,5\n2,2,0,5\n1,2,0,5\n")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sim import plan as planner
-from sim import runner
-from sim.errors import ConfigError
+from sim.config.errors import ConfigError
+from sim.studies import plan as planner
+from sim.studies import run as runner
 from tests.conftest import cfg
 
 # ----------------------------------------------------------------------------- fixed search
@@ -255,7 +255,7 @@ def test_bad_plan_values_name_the_key(change, key):
 
 def fleetsim_plan(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", "from sim.cli import plan_main; plan_main()", *args],
+        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", *args],
         check=False,
         cwd=cwd,
         capture_output=True,
@@ -313,7 +313,7 @@ def test_hybrid_and_api_only_plans_need_an_api():
 @pytest.mark.parametrize("tier", ["tier1", "tier2", "tier3", "tier4"])
 def test_the_api_only_candidate_runs_with_every_shipped_tier(tier):
     """The tiers hand rate-limited requests back to the GPUs; with none, they back off."""
-    from sim.config import validate
+    from sim.des.preflight import validate
 
     c = planner.hybrid_fleet(planner.with_gpu(cfg(f"api={tier}"), "h100", 1), 0, "always")
     validate(c)

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import sim
-from sim import plan as planner
-from sim.cost import HOURS_PER_MONTH
-from sim.errors import ConfigError
-from sim.metrics import cost_rate
-from sim.sweep import best_job
+from sim.config.errors import ConfigError
+from sim.pricing.cost import HOURS_PER_MONTH
+from sim.results.metrics import cost_rate
+from sim.studies import plan as planner
+from sim.studies.sweep import best_job
 from tests.conftest import cfg
 from tests.test_plan import fleetsim_plan
 
@@ -163,7 +163,7 @@ def test_a_run_projects_api_spend_to_a_month_against_the_tiers_cap():
     month = s["api_cost"] / s["arrival_span_s"] * 3600 * HOURS_PER_MONTH
     assert s["api_cost_per_month"] == pytest.approx(month)
     assert month > 500 and s["api_cap_exceeded"]  # ~$2,700/month of traffic on a $500/month tier
-    text = sim.cli.format_summary(s, cfg(*SMALL, "api=tier2", "api.overflow=always", "fleet.replicas=0"))
+    text = sim.apps.cli.format_summary(s, cfg(*SMALL, "api=tier2", "api.overflow=always", "fleet.replicas=0"))
     assert "API cap    EXCEEDED" in text
 
 
@@ -265,12 +265,12 @@ def test_replications_of_a_trace_resample_it_and_say_so():
     assert s["ttft_p99_ci_high"] > s["ttft_p99_ci_low"]  # zero-width on a fixed trace before
     fixed = sim.run(cfg("workload=trace", "seeds=[0,1]", "workload.bootstrap_block_s=null")).summary
     assert fixed["replication"] == "fixed trace"
-    text = sim.cli.format_summary(fixed, cfg("workload=trace", "seeds=[0,1]", "workload.bootstrap_block_s=null"))
+    text = sim.apps.cli.format_summary(fixed, cfg("workload=trace", "seeds=[0,1]", "workload.bootstrap_block_s=null"))
     assert "replayed as it is" in text
 
 
 def test_block_bootstrap_keeps_block_offsets_and_volume():
-    from sim.workload import block_bootstrap, build_workload, stream
+    from sim.workload.build import block_bootstrap, build_workload, stream
 
     wl = build_workload(cfg("workload=trace").workload, 0)
     span = float(wl.arrival_s[-1])
@@ -367,7 +367,7 @@ def test_a_bootstrap_does_not_invent_prefix_hits(tmp_path):
 
 
 def test_a_bootstraps_window_is_the_resampled_window(tmp_path):
-    from sim.workload import block_bootstrap, build_workload, stream
+    from sim.workload.build import block_bootstrap, build_workload, stream
 
     wl = build_workload(cfg("workload=trace").workload, 0)
     span = float(wl.arrival_s[-1])

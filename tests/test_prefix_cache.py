@@ -1,4 +1,4 @@
-"""Prefix caching as vLLM V1 does it (sim/prefix.py): hits found when a request is scheduled,
+"""Prefix caching as vLLM V1 does it (sim/des/prefix.py): hits found when a request is scheduled,
 shared blocks held once in KV memory, free cached blocks evicted least recently freed first
 (a request's tail before its head), a preempted request's cached blocks reused on resume."""
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import sim
-from sim.prefix import BlockPool
-from sim.workload import Workload
+from sim.des.prefix import BlockPool
+from sim.workload.build import Workload
 from tests.conftest import cfg
 
 SYNC = "engine.async_scheduling=false"

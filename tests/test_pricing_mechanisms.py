@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import sim
-from sim.config import ApiConfig, ApiTier
-from sim.cost import HOURS_PER_MONTH
-from sim.metrics import api_projection
-from sim.workload import Workload
+from sim.config.schema import ApiConfig, ApiTier
+from sim.pricing.cost import HOURS_PER_MONTH
+from sim.results.metrics import api_projection
+from sim.workload.build import Workload
 from tests.conftest import cfg
 from tests.test_cli import fleetsim
 
@@ -150,7 +150,7 @@ def test_shared_prefixes_give_the_gpus_the_cache_hits_the_api_bills_for():
 
 
 def test_group_popularity_follows_zipf():
-    from sim.workload import build_workload
+    from sim.workload.build import build_workload
 
     c = cfg(
         "workload.duration_s=2000",

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 import sim
-from sim.traces import read_trace
+from sim.workload.traces import read_trace
 from tests.conftest import ROOT, cfg
 from tests.test_cli import fleetsim
 
@@ -39,7 +39,7 @@ def test_bad_input_never_deletes_a_users_directory(tmp_path):
 
 
 def test_the_summary_is_written_last(tmp_path, monkeypatch):
-    from sim import plots
+    from sim.output import plots
 
     r = sim.run(cfg("workload.duration_s=20", "output.plots=true"))
 
@@ -98,7 +98,7 @@ def test_plan_prices_by_key(tmp_path):
 
 
 def test_a_trace_path_needs_trace_arrivals():
-    from sim.errors import ConfigError
+    from sim.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"workload\.path"):
         sim.run(cfg("workload.path=traces/synthetic_azure.csv"))
@@ -112,7 +112,7 @@ def test_the_printed_outputs_path_is_as_typed(tmp_path):
 
 
 def test_an_unknown_key_in_a_python_config_suggests_the_known_one():
-    from sim.errors import ConfigError
+    from sim.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"did you mean workload\.rate\?"):
         sim.run({"workload": {"rat": 5}})

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from sim import runner
-from sim.sweep import _value, aggregate, best_job, format_table, varying
+from sim.studies import run as runner
+from sim.studies.sweep import _value, aggregate, best_job, format_table, varying
 from tests.conftest import cfg
 
 pytestmark = pytest.mark.slow
@@ -186,7 +186,8 @@ def test_job_directories_named_by_overrides_or_nested(tmp_path):
 def test_a_reused_sweep_directory_counts_only_this_sweeps_jobs(tmp_path):
     from omegaconf import OmegaConf
 
-    from sim.sweep import SweepCallback, stamp
+    from sim.apps.sweep_callback import SweepCallback
+    from sim.studies.sweep import stamp
 
     _fake_job(tmp_path, 0, ["fleet.replicas=1"], _summary(1.0, True, 1.0))
     _fake_job(tmp_path, 1, ["fleet.replicas=2"], _summary(2.0, True, 1.0))
@@ -298,7 +299,7 @@ def test_feasibility_is_judged_at_the_pessimistic_end(monkeypatch):
 
 @pytest.mark.parametrize("seeds", ["[1,1]", "[-1,2]", "[3]"])
 def test_seeds_must_be_two_or_more_distinct_non_negative_integers(seeds):
-    from sim.errors import ConfigError
+    from sim.config.errors import ConfigError
 
     with pytest.raises(ConfigError, match="seeds"):
         runner.run(cfg(f"seeds={seeds}"))

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from sim import validate as v
+from sim.studies import validate as v
 from tests.conftest import SHARED
 
 LLAMA3_8B = {

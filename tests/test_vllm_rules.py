@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sim.config import batch_limits, long_prefill_threshold
+from sim.config.schema import batch_limits, long_prefill_threshold
 from tests.conftest import cfg
 
 
@@ -44,7 +44,7 @@ def test_the_long_prefill_cap_splits_a_prompt_into_chunks():
     import numpy as np
 
     import sim
-    from sim.workload import Workload
+    from sim.workload.build import Workload
 
     wl = Workload(np.zeros(1), np.array([3000]), np.array([10]))
     free = sim.run(cfg(), workload=wl).requests
@@ -57,7 +57,7 @@ def test_request_overhead_is_client_time_of_an_api_server_only():
     import numpy as np
 
     import sim
-    from sim.workload import Workload
+    from sim.workload.build import Workload
 
     wl = Workload(np.zeros(1), np.array([500]), np.array([20]))
     base = sim.run(cfg("engine.request_overhead_ms=0"), workload=wl).requests
@@ -69,7 +69,7 @@ def test_request_overhead_is_client_time_of_an_api_server_only():
 
 
 def test_gpu_efficiency_scales_the_roofline():
-    from sim.perf import build_perf
+    from sim.hardware.perf import build_perf
 
     a, b = cfg(), cfg("gpu.efficiency=0.5")
     fast = build_perf(a.model, a.gpu, a.engine)

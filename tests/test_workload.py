@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import sim
-from sim.arrivals import ARRIVALS, diurnal_rate, mmpp_theory
-from sim.config import SourceConfig, WorkloadConfig
-from sim.errors import ConfigError
-from sim.lengths import sample_lengths
-from sim.workload import build_workload, stream
+from sim.config.errors import ConfigError
+from sim.config.schema import SourceConfig, WorkloadConfig
+from sim.workload.arrivals import ARRIVALS, diurnal_rate, mmpp_theory
+from sim.workload.build import build_workload, stream
+from sim.workload.lengths import sample_lengths
 from tests.conftest import cfg
 
 
@@ -118,7 +118,7 @@ def test_diurnal_with_burstiness_keeps_the_rate():
 
 
 def test_lognormal_lengths_hit_mean_and_p99():
-    from sim.config import LengthConfig
+    from sim.config.schema import LengthConfig
 
     x = sample_lengths(LengthConfig(dist="lognormal", mean=800, p99=6000), 400_000, stream(7, "l"), "k")
     assert x.mean() == pytest.approx(800, rel=0.02)
@@ -127,7 +127,7 @@ def test_lognormal_lengths_hit_mean_and_p99():
 
 
 def test_empirical_lengths_from_a_table_and_inline(tmp_path, shared_dir):
-    from sim.config import LengthConfig
+    from sim.config.schema import LengthConfig
 
     path = shared_dir / "traces" / "lengths_sharegpt8k_llama2.csv"
     lc = LengthConfig(dist="empirical", path=str(path), column="num_decode_tokens")

@@ -1,0 +1,3 @@
+"""The command lines, the only Hydra users: fleetsim, fleetsim-plan, fleetsim-trace, the sweep
+callback, config composition.
+"""

@@ -1,0 +1,466 @@
+"""The `fleetsim` command: a Hydra app around `sim.run`.
+
+`fleetsim [overrides]` runs one scenario into Hydra's run directory; `fleetsim -m ...` sweeps.
+Bad input (an unknown config option, a value of the wrong type, a value that fails validation)
+prints one line naming the key and exits with code 2; anything else is a bug and keeps its
+traceback. This module, the config store registration and the sweep callback are the only
+places that import Hydra.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sim.apps.python_api import register_configs, split_config
+from sim.config.errors import UserError
+from sim.config.schema import Config, conf_dir
+
+EXIT_USAGE = 2
+
+
+def _fmt(value: float, unit: str = "", digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if unit == " s" and value >= 120:
+        return f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.1f} h"
+    return f"{value:.{digits}g}{unit}" if abs(value) < 10**digits else f"{value:,.0f}{unit}"
+
+
+def _count(value: float) -> str:
+    """A count, or a mean count over seeds."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _other_costs(s: dict) -> str:
+    """The cost lines beyond GPU and API, where the run had them."""
+    return "".join(
+        f", {name} ${s[key]:.2f}" for name, key in (("ops", "ops_cost"), ("egress", "egress_cost")) if s.get(key)
+    )
+
+
+def format_summary(summary: dict, cfg: Config) -> str:
+    s = summary
+    slo = cfg.slo
+    verdict = "MET" if s["slo_met"] else "MISSED"
+    tp = round(s["gpus_per_replica"])
+    gpus = "1 GPU" if tp == 1 else f"{tp} GPUs"
+    f = cfg.fleet
+    if f.autoscaler.name == "fixed":
+        fleet = f"{f.replicas} replica{'' if f.replicas == 1 else 's'} x {gpus} {cfg.gpu.name}"
+    else:
+        fleet = (
+            f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas x {gpus} {cfg.gpu.name} "
+            f"(mean {s['mean_replicas']:.2f}, peak {_count(s['max_replicas'])})"
+        )
+    if cfg.api.enabled:
+        fleet += f" + API ({cfg.api.name}, overflow {cfg.api.overflow})"
+    lines = [
+        f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), {fleet}, "
+        f"workload {cfg.workload.name}: {s['sim_duration_s']:,.0f} s simulated in {s['wall_time_s']:.2f} s",
+        f"  requests   {_count(s['n_requests'])} (gpu {_count(s['n_gpu'])}, api {_count(s['n_api'])}, "
+        f"rejected {_count(s['n_rejected'])})",
+        f"  TTFT       p50 {_fmt(s['ttft_p50'], ' s')}   p99 {_fmt(s['ttft_p99'], ' s')}   (SLO {slo.ttft_s:g} s)",
+        f"  TPOT       p50 {_fmt(s['tpot_p50'] and s['tpot_p50'] * 1e3, ' ms')}   "
+        f"p99 {_fmt(s['tpot_p99'] and s['tpot_p99'] * 1e3, ' ms')}   (SLO {slo.tpot_s * 1e3:g} ms)",
+        f"  SLO        {verdict}: attainment {s['slo_attainment']:.1%} (target {slo.attainment:.0%}, "
+        f"p{slo.percentile:g})",
+        f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}{_other_costs(s)}), "
+        f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour "
+        f"(${s['cost_per_month']:,.0f}/month)",
+        f"  GPUs       load {s['gpu_utilization']:.1%} of capacity ({_fmt(s['replica_capacity_rps'])} req/s per "
+        f"replica saturated, this token mix); engine occupancy {s['engine_occupancy']:.1%}, "
+        f"busy {s['gpu_busy']:.1%} of the time",
+    ]
+    if s.get("users"):
+        w = cfg.workload
+        think = f"think {w.think_time_s:g} s {w.think_dist}" if w.think_time_s else "no think time"
+        sessions = f", {_count(s['sessions'])} sessions" if s["sessions"] != s["n_requests"] else ""
+        rate = s["n_requests"] / s["arrival_span_s"] if s["arrival_span_s"] else math.nan
+        lines.insert(2, f"  users      {_count(s['users'])} closed-loop ({think}){sessions}, {_fmt(rate)} req/s sent")
+    if cfg.api.enabled and s.get("n_api"):
+        notes = []
+        if s.get("api_tier"):
+            notes.append(f"tier {s['api_tier']} at the end of the run")
+        if s.get("api_tier_settled"):
+            months = s.get("api_months_to_settle") or 0
+            notes.append(
+                f"a month of this traffic settles on {s['api_tier_settled']}"
+                + (f" after {months:.0f} month{'s' if months != 1 else ''}" if months else "")
+            )
+        if s.get("api_warmups"):
+            notes.append(f"{_count(s['api_warmups'])} warm-ups of the cold endpoint")
+        if s.get("api_truncated"):
+            notes.append(f"{_count(s['api_truncated'])} outputs cut at the output cap")
+        if cfg.api.billing == "per_second":
+            notes.append(f"{_fmt(s.get('api_billed_s', 0.0), ' s')} of execution billed")
+        if notes:
+            lines.append(f"  API        {'; '.join(notes)}")
+    if s.get("api_cap_exceeded"):
+        lines.append(
+            f"  API cap    EXCEEDED: this traffic spends ${s['api_cost_per_month']:,.0f}/month on the API, over the "
+            f"tier's ${s['api_monthly_cap']:,.0f}/month cap (api.monthly_cap_usd): the API would refuse requests "
+            "once the month's cap is spent"
+        )
+    if s.get("n_seeds"):
+
+        def ci(key: str, fmt) -> str:
+            low, high = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
+            ok = all(v is not None and math.isfinite(v) for v in (low, high))
+            return f"[{fmt(low)}, {fmt(high)}]" if ok else "n/a"
+
+        ttft = ci("ttft_p99", lambda v: _fmt(v, " s"))
+        att = ci("slo_attainment", lambda v: f"{v:.1%}")
+        cost = ci("total_cost", lambda v: f"${v:.2f}")
+        lines += [
+            f"  seeds      {s['n_seeds']}: means above; 95% intervals: TTFT p99 {ttft}, attainment {att}, cost {cost}",
+            f"             SLO {verdict} at the intervals' pessimistic end; "
+            f"met by {s['slo_met_seeds']:.0%} of the seeds alone",
+        ]
+        how = s.get("replication", "seeds")
+        if how == "block bootstrap":
+            lines.append(
+                f"             replications resample the trace in blocks of {cfg.workload.bootstrap_block_s:g} s "
+                "(block bootstrap): the intervals show how much the answer depends on which stretches of traffic come"
+            )
+        elif how.startswith("fixed trace"):
+            lines.append(
+                "             the trace is replayed as it is in every replication: the intervals show only the "
+                "simulator's own randomness, not the traffic's (set workload.bootstrap_block_s to resample it)"
+            )
+    queue = s.get("queue_mean")
+    waited = not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > slo.ttft_s
+    if waited and s.get("cold_starts") and s.get("gpu_utilization", 1.0) < 0.7:
+        lines.append(
+            f"  note       requests waited for replicas to start ({_count(s['cold_starts'])} cold starts of "
+            f"{_fmt(s.get('cold_start_s'), ' s')}) while the load stayed low: keep a replica warm "
+            "(fleet.min_replicas) or let an API take the first requests (api=default)"
+        )
+    elif waited:
+        lines.append(
+            "  note       requests queue longer than the TTFT SLO on average: the fleet is overloaded; add replicas "
+            "(fleet.replicas), lower the load or let an API take the overflow (api=default)"
+        )
+    classes = sorted({k.split(".", 1)[1] for k in s if k.startswith("slo_attainment.")})
+    lines.extend(
+        f"  class {name:<10s} {_count(s[f'n_requests.{name}'])} requests, "
+        f"attainment {s[f'slo_attainment.{name}']:.1%}, TTFT p99 {_fmt(s[f'ttft_p99.{name}'], ' s')}"
+        for name in classes
+    )
+    return "\n".join(lines)
+
+
+FAILED_OBJECTIVES = (1e12, 1.0)  # what a failed job returns to an optimising sweeper
+
+
+def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
+    """One scenario. In a multirun, a job that fails records why in its directory (error.txt) and
+    returns instead of raising, so the sweep goes on and the callback counts it. Returns
+    (total cost, SLO miss) for optimising sweepers (Optuna)."""
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from sim.apps.python_api import run
+    from sim.studies.run import earlier_outputs
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    if multirun:  # a job directory of a sweep run again: no earlier output survives to mix with this one
+        _clear_outputs(out)
+    else:
+        earlier = earlier_outputs(out)
+        if earlier:  # never overwrite, mix or delete what an earlier run left in a directory
+            print(
+                f"fleetsim: error: hydra.run.dir={out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); "
+                "choose another directory or move them away",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USAGE)
+    if multirun:
+        from sim.studies.sweep import stamp
+
+        stamp(out, Path(hc.sweep.dir))  # this job belongs to the sweep that is running
+    try:
+        check_overrides(list(hc.overrides.task))
+        result = run(node)
+    except UserError as exc:
+        if multirun:
+            (out / "error.txt").write_text(f"{exc}\n")
+            print(f"fleetsim: job {hc.job.num} failed: {exc}", file=sys.stderr)
+            return FAILED_OBJECTIVES
+        _discard_empty_run_dir(out, kept)
+        print(f"fleetsim: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except Exception as exc:
+        if not multirun:
+            raise
+        line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        (out / "error.txt").write_text(f"{type(exc).__name__}: {line}\n\n{traceback.format_exc()}")
+        print(f"fleetsim: job {hc.job.num} failed: {type(exc).__name__}: {line}", file=sys.stderr)
+        return FAILED_OBJECTIVES
+    result.save(out)
+    s = result.summary
+    if multirun:
+        met = "meets" if s["slo_met"] else "misses"
+        print(f"fleetsim: job {hc.job.num}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
+    else:
+        print(format_summary(s, result.config))
+        print(f"  outputs    {_shown(out)}")
+    return (float(s["total_cost"]), float(1.0 - s["slo_attainment"]))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Overrides that compose but cannot mean what they say: emptying a mix's sources leaves the
+    workload's own (default) source, which is not what the user asked for."""
+    from sim.config.errors import ConfigError
+
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        if key.endswith("workload.sources") and value.strip() in ("{}", "null", ""):
+            raise ConfigError(
+                "workload.sources",
+                value,
+                "an empty mix: name at least one source, or choose a single-source workload (workload=steady)",
+            )
+
+
+def _clear_outputs(out: Path) -> None:
+    import shutil
+
+    from sim.studies.run import OUTPUTS
+
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _discard_empty_run_dir(out: Path, kept: frozenset = frozenset()) -> None:
+    """A run stopped by bad input leaves nothing behind: Hydra's bookkeeping (.hydra/, an empty
+    log) is removed, and so is the directory Hydra made for it, but never a directory that
+    existed before the command (`kept`), empty or not."""
+    import shutil
+
+    if not out.is_dir():
+        return
+    logs = [p for p in out.iterdir() if p.suffix == ".log" and not p.stat().st_size]  # Hydra's <job>.log
+    if out.resolve() in kept:
+        shutil.rmtree(out / ".hydra", ignore_errors=True)
+        for log in logs:
+            log.unlink(missing_ok=True)
+        return
+    if any(p.name != ".hydra" and p not in logs for p in out.iterdir()):
+        return
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def _refuse_earlier_run(prog: str, args: Sequence[str]) -> None:
+    """A single run into a directory that holds an earlier run's outputs stops before Hydra writes
+    anything there: nothing of the earlier run is overwritten, mixed or deleted."""
+    from sim.studies.run import earlier_outputs
+
+    for a in args:
+        key, _, value = a.partition("=")
+        if key != "hydra.run.dir" or not value:
+            continue
+        earlier = earlier_outputs(Path(value).expanduser(), ("plan.csv", "breakeven.csv"))
+        if earlier:
+            print(
+                f"{prog}: error: hydra.run.dir={value}: holds an earlier run's outputs ({', '.join(earlier[:3])}); "
+                "choose another directory or move them away",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USAGE)
+
+
+def _existing_dirs(args: Sequence[str]) -> frozenset:
+    """Directories named by hydra.run.dir / hydra.sweep.dir that exist before the command runs."""
+    found = set()
+    for a in args:
+        key, _, value = a.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and value and Path(value).expanduser().is_dir():
+            found.add(Path(value).expanduser().resolve())
+    return frozenset(found)
+
+
+def _one_line(exc: BaseException) -> str:
+    """Hydra/OmegaConf composition errors as one line."""
+    text = str(exc).strip()
+    cause = exc.__cause__
+    if cause is not None and str(cause).strip() and str(cause).strip() not in text:
+        text = f"{text}: {str(cause).strip()}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    keep = []
+    for ln in lines:
+        if ln.startswith(("full_key", "object_type", "reference_type", "Config search path", "Set the environment")):
+            continue
+        if ln.startswith(("provider=", "pkg://", "file://")):
+            continue
+        keep.append(ln)
+    return " ".join(keep)[:400]
+
+
+def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> None:
+    """Run a Hydra app; composition errors and bad values become one line and exit code 2."""
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    kept = _existing_dirs(sys.argv[1:])
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+        _refuse_earlier_run(prog, sys.argv[1:])
+    register_configs()
+    user_wants_trace = bool(os.environ.get("HYDRA_FULL_ERROR"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of exit(1)
+
+    def run_task(node):
+        return task(node, kept)
+
+    run_task.__module__, run_task.__name__ = task.__module__, task.__name__  # Hydra names the job after it
+    app = hydra.main(version_base="1.3", config_path=conf_dir(), config_name=config_name)(run_task)
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException, UserError) as exc:
+        if user_wants_trace:
+            raise
+        print(f"{prog}: error: {_one_line(exc)}{_plugin_hint(str(exc))}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except OSError as exc:  # the run directory cannot be made or written (a file there, no permission, ...)
+        if user_wants_trace:
+            raise
+        where = exc.filename or "the run directory"
+        print(f"{prog}: error: {where}: cannot write ({exc.strerror or exc}); check hydra.run.dir", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except ValueError as exc:  # Hydra's own command-line checks (e.g. -m with --cfg) raise these
+        if user_wants_trace or not _raised_by_hydra(exc):
+            raise
+        print(f"{prog}: error: {_one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+# Hydra plugins behind the launcher and sweeper presets, and the extra that installs each
+PLUGIN_EXTRAS = {
+    "hydra/launcher/joblib": "joblib",
+    "hydra/launcher/submitit_slurm": "slurm",
+    "hydra/launcher/submitit_local": "slurm",
+    "hydra/launcher/ray": "ray",
+    "hydra/sweeper/optuna": "optuna",
+}
+
+
+def _plugin_hint(message: str) -> str:
+    for name, extra in PLUGIN_EXTRAS.items():
+        if f"Could not load '{name}'" in message or f"Could not find '{name}'" in message:
+            return f" (the plugin is not installed: pip install 'fleetsim[{extra}]')"
+    return ""
+
+
+def _raised_by_hydra(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}hydra{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`fleetsim`: one scenario, or a sweep with -m."""
+    _launch(_task, "config", argv, "fleetsim")
+
+
+def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task function of fleetsim-plan
+    """Plan or break-even for the composed workload and SLO; outputs into Hydra's run dir."""
+    import time
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from sim.studies import plan as planner
+
+    hc = HydraConfig.get()
+    out = Path(hc.runtime.output_dir)
+    try:
+        check_overrides(list(hc.overrides.task))
+        cfg, p = split_config(node)
+        planner.validate_plan(p)
+        gpus = planner.gpu_options(cfg, p, _gpu_loader(list(hc.overrides.task)))
+        planner.validate_scenario(cfg, p, gpus)
+    except UserError as exc:
+        _discard_empty_run_dir(out, kept)
+        print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    t0 = time.perf_counter()
+    if p.mode == "breakeven":
+        df = planner.breakeven(cfg, p, gpus)
+        cross, cross_no_ops = planner.crossovers(df), planner.crossovers(df, with_ops=False)
+        planner.save_breakeven(out, cfg, df, cross, plots=cfg.output.plots, cross_no_ops=cross_no_ops)
+        print(planner.breakeven_report(cfg, df, cross, cross_no_ops).rstrip())
+        print(
+            f"\n{int(df.drop_duplicates('volume')['runs'].sum())} simulations in {time.perf_counter() - t0:.0f} s; "
+            f"breakeven.csv, breakeven.md, breakeven.json and plots/ in {out}"
+        )
+        return
+    df = planner.plan(cfg, p, gpus)
+    wall = time.perf_counter() - t0
+    planner.save_plan(out, cfg, p, df, wall, plots=cfg.output.plots)
+    print(
+        f"fleetsim-plan: {cfg.model.name}, workload {cfg.workload.name}, SLO {cfg.slo.name}: "
+        "cheapest SLO-meeting option per GPU and strategy"
+    )
+    print(planner.ranked_text(df))
+    print(f"  {planner.run_count_line(df, p, wall)}")
+    print(f"  plan.csv, plan.md and plots/ in {out}")
+
+
+def _gpu_loader(overrides: list[str]):
+    """Each GPU option of a plan composed as `fleetsim gpu=<option> <the same overrides>` would be:
+    the command line's gpu.* values reach every option, and options come from every config dir on
+    Hydra's search path (--config-dir), not only the packaged ones."""
+    from hydra import compose as hydra_compose
+    from hydra.errors import HydraException
+
+    from sim.config.errors import ConfigError
+
+    keep = [o for o in overrides if not o.lstrip("+~").startswith(("gpu=", "plan.", "plan=", "hydra"))]
+
+    def load(name: str):
+        try:
+            node = hydra_compose(config_name="plan", overrides=[*keep, f"gpu={name}"])
+        except HydraException as exc:
+            raise ConfigError("plan.gpus", name, _one_line(exc)) from None
+        return split_config(node)[0].gpu
+
+    return load
+
+
+def plan_main(argv: Sequence[str] | None = None) -> None:
+    """`fleetsim-plan`: the cheapest provisioning meeting the SLO (mode=plan) or the API /
+    dedicated / hybrid break-even across volumes (mode=breakeven)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    # a mapping given whole replaces the (empty) default: Hydra would merge it key by key into a
+    # struct node and refuse every new key, so it is forced in
+    args = [f"++{a}" if a.startswith(DICT_KEYS) or a.startswith("plan.prices.") else a for a in args]
+    _launch(_plan_task, "plan", args, "fleetsim-plan")
+
+
+DICT_KEYS = ("plan.prices=",)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""The Python API's entry points that accept Hydra's types: `sim.run` (a Config, a nested
+dict or an OmegaConf node) and `sim.compose` (the Config the command line would build).
+
+Converting a dict or a node into the typed `Config` is OmegaConf's job (types checked, values
+coerced, unknown keys refused with the nearest known one), so it lives here, in the only
+package that imports Hydra; below this layer every function takes a `Config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from sim.config.errors import ConfigError
+from sim.config.schema import Config, _did_you_mean, conf_dir, unknown_keys
+from sim.studies.plan import PlanAppConfig, PlanConfig
+from sim.studies.run import Result
+from sim.studies.run import run as run_config
+from sim.workload.build import Workload
+
+
+def to_config(obj: Any) -> Config:
+    """Return a `Config` from a Config, a nested dict or an OmegaConf node (type-checked)."""
+    if isinstance(obj, Config):
+        return obj
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), obj)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "config"
+        first = str(exc).splitlines()[0] + _did_you_mean(key)
+        raise ConfigError(key, getattr(exc, "value", None) or "?", first) from None
+    unknown_keys(cfg, "")
+    return cfg  # type: ignore[return-value]
+
+
+def run(config: Any, workload: Workload | None = None) -> Result:
+    """Simulate one scenario (`sim.studies.run.run`) from a Config, a nested dict or an
+    OmegaConf node. With `seeds`, once per seed, the summary reporting means and intervals."""
+    return run_config(to_config(config), workload)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+    ConfigStore.instance().store(name="base_plan", node=PlanAppConfig)
+
+
+def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Config:
+    """The validated-type Config the command line would build from these overrides."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+        node = hydra_compose(config_name=config_name, overrides=list(overrides))
+    return to_config(node)
+
+
+def split_config(node) -> tuple[Config, PlanConfig]:
+    """The scenario and the plan section of a composed `fleetsim-plan` config (type-checked)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(node, PlanAppConfig):
+        app = node
+    else:
+        try:
+            app = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanAppConfig), node))
+        except OmegaConfBaseException as exc:
+            key = getattr(exc, "full_key", None) or "config"
+            raise ConfigError(key, getattr(exc, "value", None) or "?", str(exc).splitlines()[0]) from None
+    scenario = {f.name: getattr(app, f.name) for f in dataclasses.fields(Config)}
+    return Config(**scenario), app.plan

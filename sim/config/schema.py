@@ -1,0 +1,1223 @@
+"""Typed configuration: the schema of every config group and the checks run before simulating.
+
+The dataclasses are the single source of truth for config keys. Hydra composes YAML files from
+`conf/` onto them (see `sim.apps.cli`); the Python API accepts an instance, a nested dict or an
+OmegaConf node. `validate` raises `ConfigError` naming the key, the value and what is allowed.
+Nothing here changes a config after it has been validated.
+"""
+
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim.config.errors import ConfigError
+from sim.config.names import (
+    ARRIVAL_PROCESSES,
+    AUTOSCALER_METRICS,
+    AUTOSCALERS,
+    CLOSED,
+    MEMORY_PROFILERS,
+    ROUTERS,
+    TIME_UNITS,
+    TRACE,
+    TRACE_FORMATS,
+)
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class LengthConfig:
+    """A token-length model: `dist` plus the parameters that distribution uses."""
+
+    dist: str = "fixed"  # fixed | uniform | lognormal | empirical
+    mean: float | None = None  # fixed: the value; lognormal: the mean
+    p99: float | None = None  # lognormal: 99th percentile
+    low: int | None = None  # uniform: inclusive bounds
+    high: int | None = None
+    path: str | None = None  # empirical: a CSV/Parquet lengths table ...
+    column: str | None = None  # ... and the column to resample (default: the first)
+    values: list[float] | None = None  # empirical: inline sample to resample from
+
+
+@dataclass
+class PairsConfig:
+    """Joint (prompt, output) lengths resampled together from a table or trace."""
+
+    path: str | None = None  # CSV/Parquet table or trace file
+    format: str = "csv"  # csv | parquet, or a trace format (azure, burstgpt, mooncake)
+    prompt_column: str | None = None  # csv/parquet: defaults num_prefill_tokens / prompt_tokens
+    output_column: str | None = None  # csv/parquet: defaults num_decode_tokens / output_tokens
+    values: list[list[int]] | None = None  # inline [[prompt, output], ...]
+
+
+@dataclass
+class ColumnMap:
+    """Which columns of a csv/parquet trace hold what."""
+
+    arrival_s: str = "arrival_s"  # arrival time (time_unit, or date-time strings)
+    prompt_tokens: str = "prompt_tokens"
+    output_tokens: str = "output_tokens"
+    label: str | None = None  # a column naming each request's class (tenant), if any
+
+
+@dataclass
+class SourceConfig:
+    """One stream of requests: an arrival process and its token lengths."""
+
+    arrival: str = "poisson"  # poisson | uniform | mmpp | gamma | diurnal | trace
+    rate: float = 10.0  # mean arrivals per second (diurnal: mean over a weekday)
+    # mmpp: two-state Markov-modulated Poisson (calm and burst)
+    burst_multiplier: float = 4.0  # burst rate / calm rate
+    burst_mean_s: float = 30.0  # mean length of a burst
+    calm_mean_s: float = 270.0  # mean time between bursts
+    # gamma renewal process and diurnal: inter-arrival coefficient of variation
+    cv: float = 1.0
+    # diurnal: a 24-hour rate profile
+    peak_to_trough: float = 3.0  # sinusoidal profile: busiest hour / quietest hour
+    peak_hour: float = 14.0
+    hourly_weights: list[float] | None = None  # or 24 relative hourly rates (overrides the sinusoid)
+    weekend_factor: float = 1.0  # Saturday and Sunday rates relative to weekdays
+    start_weekday: int = 0  # weekday of t=0 (0 = Monday)
+    # trace replay
+    path: str | None = None
+    format: str = "csv"  # azure | burstgpt | mooncake | csv | parquet
+    columns: ColumnMap = field(default_factory=ColumnMap)  # csv/parquet (and burstgpt's label)
+    time_unit: str = "s"  # csv/parquet arrival column unit: s | ms | us
+    keep_failed: bool = False  # burstgpt: keep zero-response (failed) rows as 1-token outputs
+    sort: bool = False  # timestamps out of order: error (false) or sort with a warning (true)
+    # token lengths (trace replay takes them from the trace)
+    prompt_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=1000.0, p99=4000.0))
+    output_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=250.0, p99=1000.0))
+    pairs: PairsConfig = field(default_factory=PairsConfig)  # when set, replaces both length models
+    # this class's own SLO thresholds (default: the slo group's)
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+
+
+@dataclass
+class SharedPrefixConfig:
+    """Requests in groups that share a system prompt (workload.shared_prefix): RAG and chat
+    traffic reuses a few long prefixes, which prefix caching on the GPUs skips and APIs bill at
+    the cached price."""
+
+    groups: int = 0  # number of distinct system prompts (0: no shared prefix)
+    tokens: int = 0  # tokens of each system prompt; part of the prompt length, not added to it
+    share: float = 1.0  # fraction of requests that carry one
+    zipf: float = 0.0  # popularity of the groups: P(group k) ~ 1 / k^zipf (0: uniform)
+    block_tokens: int = 256  # granularity of the prefix ids (about this many tokens a block)
+
+
+@dataclass
+class WorkloadConfig(SourceConfig):
+    """The workload: one source (the fields above) or a mix of named sources, then what-if
+    transforms applied to the whole."""
+
+    name: str = "steady"
+    duration_s: float | None = 600.0  # horizon of arrivals; null: the whole trace
+    sources: dict[str, SourceConfig] = field(default_factory=dict)  # a mix: class name -> source
+    # what-if transforms, in this order
+    window_start_s: float | None = None  # keep arrivals in [start, end) (from the first), re-zeroed
+    window_end_s: float | None = None
+    rate_scale: float = 1.0  # time compressed by this factor: 2 = the same traffic twice as fast
+    loop: bool = False  # repeat the arrivals to fill duration_s
+    load_scale: float = 1.0  # requests thinned (<1) or replicated (>1), time shape kept
+    prompt_scale: float = 1.0  # multiply every prompt length
+    output_scale: float = 1.0  # multiply every output length
+    # replications (seeds) of a trace replay: each seed replays a block bootstrap of the trace,
+    # blocks of this many seconds drawn with replacement (null: replay the trace as it is)
+    bootstrap_block_s: float | None = 300.0
+    shared_prefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
+    # closed loop (arrival: closed): users that send a request, wait for its answer, think, send
+    # again, until `requests` have been sent in all or `duration_s` has passed (sim.workload.closedloop)
+    users: int | None = None  # concurrent users
+    think_time_s: float = 0.0  # mean pause between an answer and the user's next request
+    think_dist: str = "exponential"  # exponential | fixed | lognormal
+    think_cv: float = 1.0  # lognormal: coefficient of variation of the think time
+    requests: int | None = None  # stop after this many requests in all (null: at duration_s)
+    ramp_s: float = 0.0  # user k of n starts at k / n x ramp_s
+    # multi-turn sessions: turn i+1's prompt = turn i's prompt + its answer + turn_tokens
+    turns: LengthConfig = field(default_factory=lambda: LengthConfig(dist="fixed", mean=1.0))
+    turn_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=200.0, p99=1000.0))
+
+
+@dataclass
+class ModelConfig:
+    name: str = "llama3-8b"
+    params_b: float = 8.03  # total parameters, billions
+    active_params_b: float | None = None  # parameters used per token (MoE); default: params_b
+    flop_params_b: float | None = None  # parameters in per-token matmuls; default: active
+    layers: int = 32
+    hidden: int = 4096
+    heads: int = 32
+    kv_heads: int = 8
+    head_dim: int = 128
+    experts: int = 0  # routed experts per MoE layer (0: dense model)
+    experts_per_token: int = 0
+    max_position: int = 131072  # longest context the model supports
+    weight_dtype: str = "bf16"  # bf16 | fp8 | int4
+    # what vLLM's start-up memory profile depends on (sim/hardware/kvcache.py, docs/model.md)
+    vocab: int = 128256  # vocabulary: logits the sampler holds, embedding and lm_head rows
+    intermediate: int | None = None  # MLP width per token per layer (MoE: experts_per_token x expert width
+    # + shared expert width); null: derived from the active parameters
+    tied_embeddings: bool = False  # lm_head shares the embedding matrix
+    bf16_params_b: float | None = None  # parameters a quantized checkpoint keeps in bf16 (its quantization
+    # config's ignore list); null: the embedding and lm_head. Unused for bf16 weights
+
+
+@dataclass
+class GpuConfig:
+    name: str = "h100"
+    memory_gib: float = 80.0
+    mem_bw_tbps: float = 3.35  # HBM bandwidth, 1e12 B/s
+    bf16_tflops: float = 989.0  # dense
+    fp8_tflops: float | None = 1979.0  # dense; None where the GPU has no FP8 tensor cores
+    link_gbps: float = 450.0  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
+    allreduce_latency_us: float = 10.0  # per all-reduce, small messages
+    max_tp: int = 8  # GPUs per node that can form one TP group
+    efficiency: float = 1.0  # achieved bandwidth and FLOPS relative to the H100 fit (scripts/fit_engine.py)
+    price_per_hour: float = 2.69  # $ per GPU-hour
+    # total memory as the CUDA driver reports it (torch.cuda.mem_get_info), which vLLM multiplies by
+    # gpu_memory_utilization; null: memory_gib
+    visible_memory_gib: float | None = None
+
+
+@dataclass
+class EngineConfig:
+    name: str = "vllm"
+    # null: vLLM's defaults for the GPU and usage (`batch_limits`)
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    usage: str = "api_server"  # api_server (vllm serve) | offline (the LLM class): vLLM's defaults differ
+    enable_chunked_prefill: bool = True
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.9
+    # KV-cache sizing. null: as vLLM profiles it at start-up (sim/hardware/kvcache.py, docs/model.md); a number:
+    # a fixed non-KV reserve per GPU (activations, CUDA graphs, NCCL) taken from gpu.memory_gib (the old rule)
+    reserve_gib: float | None = None
+    memory_profiler: str = "v0.15"  # whose profiling to follow: v0.15 (v0.9.2-v0.20) | v0.21 | v0.8 | v0.7 | v0.6
+    cudagraph_gib: float | None = None  # CUDA-graph memory counted before sizing; null: the profiler's rule
+    tensor_parallel_size: int = 1
+    kv_cache_dtype: str = "auto"  # auto (= bf16) | bf16 | fp8
+    max_model_len: int | None = None  # default: min(model.max_position, KV capacity)
+    kv_blocks: int | None = None  # pin the KV cache to the blocks vLLM reported at start-up (its log)
+    fast_forward: bool = True
+    prefix_caching: bool = True  # vLLM V1's default; acts on workloads with prefix ids (sim.des.prefix)
+    async_scheduling: bool = True  # vLLM's default since v0.13: a request joins one iteration later
+    long_prefill_token_threshold: int = 0  # > 0: no request prefills more tokens than this per iteration
+    max_num_partial_prefills: int = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
+    admission: str = "first_chunk"  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
+    # performance model (roofline): eta_kv, eta_flops from scripts/calibrate.py; the rest from scripts/fit_engine.py
+    eta_weights: float = 0.7943
+    eta_kv: float = 0.884
+    eta_flops: float = 0.637
+    eta_moe: float = 0.831  # expert-weight reads relative to dense ones (grouped GEMM)
+    step_overhead_ms: float = 0.8241
+    step_overhead_per_seq_us: float = 4.057  # per-iteration time that grows with the batch (per sequence)
+    request_overhead_ms: float = 7.766  # client-visible time outside the engine (API server, tokenizer)
+    perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
+
+
+@dataclass
+class AutoscalerConfig:
+    """How the fleet's size follows load (fleet.autoscaler)."""
+
+    name: str = "fixed"  # fixed | target | ray | schedule
+    interval_s: float = 2.0  # how often load is sampled and a decision taken
+    # target (Knative KPA): desired = ceil(load / target), load averaged over a window
+    metric: str = "concurrency"  # concurrency | running | kv | tokens_per_s
+    target: float = 32.0  # load per replica to aim for, in the metric's unit
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0  # panic (scale on the short window, never down) at this x target
+    scale_down_delay_s: float = 60.0  # a lower desired count must hold this long before acting
+    max_scale_up_rate: float = 1000.0  # at most x current replicas per decision
+    max_scale_down_rate: float = 2.0  # at least current / rate replicas after a decision
+    scale_to_zero_grace_s: float = 30.0  # with min_replicas = 0: idle this long before zero
+    # ray (Ray Serve): target ongoing requests per replica, acted on after a delay
+    upscale_delay_s: float = 30.0
+    downscale_delay_s: float = 600.0
+    # schedule: replicas for each hour of the day (24 values), on the workload's clock
+    schedule: list[int] | None = None
+
+
+@dataclass
+class ColdStartConfig:
+    """Provisioning time of a new replica: acquire + image + weight load + engine start."""
+
+    acquire_s: float = 0.0  # waiting for a GPU node (0: capacity on hand)
+    image_s: float = 10.0  # container start with a cached image
+    load_gbps: float = 2.0  # weight loading from local disk, GB/s per GPU
+    init_s: float = 15.0  # engine start: CUDA graphs, compilation, KV profiling
+    fixed_s: float | None = None  # a measured cold start replaces the sum
+
+
+@dataclass
+class SleepConfig:
+    """vLLM-style sleep of idle replicas (fleet.sleep)."""
+
+    enabled: bool = False
+    level: int = 1  # 1: weights to host RAM; 2: weights dropped (wake reloads them)
+    idle_s: float = 60.0  # idle this long before sleeping
+    min_awake: int = 1  # never fewer awake replicas than this
+    cost_fraction: float = 1.0  # billed share of the rate while asleep (0: GPU released)
+    l1_gbps: float = 15.0  # host-to-GPU weight copy on a level-1 wake, GB/s per GPU
+    wake_extra_s: float = 0.5  # first step after a wake is slower (warm-up)
+    wake_s: float | None = None  # a measured wake time replaces the derivation
+
+
+@dataclass
+class PricingConfig:
+    """How GPU time is priced and billed (fleet.pricing)."""
+
+    kind: str = "on_demand"  # on_demand | reserved | spot | owned
+    reserved_gpus: int = 0  # reserved: GPUs committed for the whole horizon
+    reserved_fraction: float = 0.6  # reserved price / on-demand price (30-50% cuts are typical)
+    burst: str = "on_demand"  # reserved: replicas beyond the reservation run on_demand or spot
+    spot_fraction: float = 0.4  # spot price / on-demand price
+    spot_preemptions_per_hour: float = 0.1  # per spot replica
+    billing: str = "per_second"  # per_second | per_hour (each replica's lifetime rounded up)
+    min_billed_s: float = 60.0  # minimum billed lifetime of a replica
+    ops_cost_per_month: float = 0.0  # fixed operations cost, prorated over the horizon (GPU fleets only)
+    # instances rented whole: GPUs per instance (an 8-GPU node bills all 8 even if replicas use 2)
+    instance_gpus: int = 1
+    # egress: $ per GB of generated output leaving the cloud, at bytes_per_token (streamed text)
+    egress_per_gb: float = 0.0
+    bytes_per_token: float = 4.0
+    # owned hardware (kind=owned): an effective $/GPU-hour from purchase, power and hosting
+    purchase_per_gpu: float = 30000.0  # $ per GPU, its share of the server included
+    amortization_years: float = 3.0
+    power_kw_per_gpu: float = 0.7  # draw at load, its share of the server included
+    price_per_kwh: float = 0.10
+    pue: float = 1.3  # data-centre power usage effectiveness (>= 1)
+    hosting_per_gpu_month: float = 0.0  # rack space, network, support
+    owned_gpus: int | None = None  # GPUs bought (default: the most the fleet can use)
+
+
+@dataclass
+class FleetConfig:
+    name: str = "fixed"
+    replicas: int = 1  # fixed: the fleet size; autoscaled: replicas at t = 0
+    min_replicas: int = 1
+    max_replicas: int = 8
+    router: str = "least_outstanding"  # least_outstanding | round_robin | power_of_two | prefix_aware
+    prefix_slack: int = 8  # prefix_aware: extra load accepted for a cache hit
+    start_warm: bool = True  # replicas present at t = 0 are ready (no cold start)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
+    sleep: SleepConfig = field(default_factory=SleepConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
+
+
+@dataclass
+class ApiTier:
+    name: str = "tier"
+    min_lifetime_spend_usd: float = 0.0
+    rpm: int | None = None
+    tpm: int | None = None
+    max_output_tokens: int | None = None
+    monthly_cap_usd: float | None = None
+
+
+@dataclass
+class ApiConfig:
+    """A pay-per-token API to overflow to (api group)."""
+
+    name: str = "none"
+    enabled: bool = False
+    overflow: str = "never"  # never | always | ttft | slo | queue | share
+    ttft_margin: float = 1.0  # ttft/slo: overflow when a prediction exceeds margin x the SLO threshold
+    queue_threshold: int = 16  # queue: overflow when this many requests wait ahead
+    share: float = 0.0  # share: this fraction of requests, at random
+    # latency: TTFT lognormal (mean, p99); output speed lognormal (mean, cv) tokens/s per request
+    ttft_mean_s: float = 0.35
+    ttft_p99_s: float = 1.5
+    tokens_per_s_mean: float = 80.0
+    tokens_per_s_cv: float = 0.3
+    # prices, $ per million tokens
+    price_input_per_m: float = 0.10
+    price_cached_input_per_m: float = 0.05
+    price_output_per_m: float = 0.10
+    cache_hit_rate: float = 0.5  # share of input tokens billed at the cached price
+    # time-based billing (seed 002): $ per second of a request's execution (not queueing or warm-up)
+    billing: str = "per_token"  # per_token | per_second
+    price_per_second: float = 0.0
+    # warm and cold endpoint: idle this long, it goes cold; the next request waits warmup_s (unbilled)
+    cold_after_s: float | None = None  # null: always warm
+    warmup_s: float = 15.0
+    prefill_tokens_per_s: float | None = None  # TTFT grows with the prompt: + prompt / this rate
+    # limits
+    rpm: int | None = None  # requests started per minute (sliding 60 s window)
+    tpm: int | None = None  # prompt + output tokens of requests started per minute
+    monthly_cap_usd: float | None = None  # spend per 30-day month
+    max_output_tokens: int | None = None  # the API's output cap ...
+    long_output: str = "truncate"  # ... truncates the output (and its bill), or refuses the request
+    # usage tiers that rise with lifetime spend (seed 002); a tier's limits replace rpm, tpm,
+    # max_output_tokens and monthly_cap_usd once lifetime spend reaches its threshold
+    tiers: list[ApiTier] | None = None
+    lifetime_spend_usd: float = 0.0  # spend before t = 0 (it decides the starting tier)
+    on_limit: str = "gpu"  # gpu: back to the GPU queue | backoff: retry later (counts in TTFT)
+    backoff_base_s: float = 1.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass
+class SloConfig:
+    name: str = "chat"
+    ttft_s: float = 1.0
+    tpot_s: float = 0.05
+    percentile: float = 95.0
+    attainment: float = 0.95
+
+
+@dataclass
+class OutputConfig:
+    timeseries_interval_s: float = 60.0
+    plots: bool = True
+    requests: bool = True  # write requests.parquet
+
+
+@dataclass
+class LimitsConfig:
+    """What one run may cost before anything is allocated (limits): a run over a limit stops with
+    one line naming the key that drives it. Generous defaults; raise them for a bigger machine."""
+
+    max_requests: int = 30_000_000  # requests in the workload (a 10M-request replay needs ~4 GB)
+    max_memory_gib: float = 16.0  # estimated memory of the run's records (~420 bytes a request)
+    max_replicas: int = 10_000  # replicas a fleet may have at once
+    max_samples: int = 2_000_000  # time-series rows (simulated horizon / output.timeseries_interval_s)
+    max_ticks: int = 50_000_000  # autoscaler decisions (horizon / fleet.autoscaler.interval_s)
+    max_spot_preemptions: int = 10_000_000  # expected spot preemptions over the horizon
+    max_tokens: int = 100_000_000  # tokens of one request (prompt or output)
+    max_classes: int = 1_000  # distinct request classes (trace labels, mix sources)
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    seeds: list[int] | None = None  # replications: run once per seed, report means and 95% intervals
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    slo: SloConfig = field(default_factory=SloConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def conf_dir() -> str:
+    """The config directory: inside the installed package, or `conf/` of a checkout."""
+    here = Path(__file__).resolve().parent.parent  # the sim package
+    for candidate in (here / "conf", here.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"fleetsim configs not found next to {here}")
+
+
+def resolve_path(path: str) -> Path:
+    """A data path as given if it exists (absolute, or relative to the working directory), else
+    relative to the project root (the directory holding conf/), so `traces/...` works from
+    anywhere in a checkout."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    rooted = Path(conf_dir()).resolve().parent / p
+    return rooted if rooted.exists() else p
+
+
+def not_found(path) -> str:
+    """Why a data file is missing, with where a relative path was looked for."""
+    p = Path(str(path)).expanduser()
+    if p.is_absolute():
+        return "file not found"
+    places = dict.fromkeys([str(Path.cwd()), str(Path(conf_dir()).resolve().parent)])
+    return f"file not found (looked in {' and '.join(places)})"
+
+
+def options(group: str) -> list[str]:
+    """The option names of a config group (e.g. `options("gpu")`)."""
+    return sorted(p.stem for p in (Path(conf_dir()) / group).glob("*.yaml"))
+
+
+def load_option(group: str, name: str) -> Any:
+    """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`)."""
+    import yaml
+
+    path = Path(conf_dir()) / group / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(group, name, f"unknown option; known: {', '.join(options(group))}")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.pop("defaults", None)
+    return build(typing.get_type_hints(Config)[group], data, group)
+
+
+def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
+    """The dataclass `cls` from a mapping of its fields, typed as Hydra types it: merged onto
+    `base` (default: the class's defaults; a nested dataclass onto its field's default), unknown
+    keys refused with the nearest known one, integers taken as floats where a float is declared
+    (alone, optional or in a list), lists and dicts of dataclasses built element by element."""
+    import dataclasses
+    import difflib
+
+    base = cls() if base is None else base
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        where = f"{key}.{name}"
+        if name not in hints:
+            near = difflib.get_close_matches(name, list(hints), n=1)
+            raise ConfigError(where, value, "unknown key" + (f"; did you mean {key}.{near[0]}?" if near else ""))
+        kind = hints[name]
+        if type(None) in typing.get_args(kind):  # X | None: X, when a value is given
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        args = typing.get_args(kind)
+        if dataclasses.is_dataclass(kind) and isinstance(value, dict):
+            current = getattr(base, name)
+            value = build(kind, value, where, current if isinstance(current, kind) else None)
+        elif typing.get_origin(kind) is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
+            value = [build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif typing.get_origin(kind) is dict and dataclasses.is_dataclass(args[-1]) and isinstance(value, dict):
+            value = {k: build(args[-1], v, f"{where}.{k}") for k, v in value.items()}
+        elif kind is float and _is_int(value):
+            value = float(value)
+        elif typing.get_origin(kind) is list and args == (float,) and isinstance(value, list):
+            value = [float(v) if _is_int(v) else v for v in value]
+        kwargs[name] = value
+    return dataclasses.replace(base, **kwargs)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
+# upper bounds of the physically possible: a larger value is a typo (and overflows the arithmetic)
+PLAUSIBLE = {
+    "model.params_b": 1e5,
+    "model.active_params_b": 1e5,
+    "model.layers": 1e4,
+    "model.hidden": 1e6,
+    "model.heads": 1e5,
+    "model.kv_heads": 1e5,
+    "model.head_dim": 1e5,
+    "model.experts": 1e6,
+    "model.max_position": 1e9,
+    "model.vocab": 1e8,
+    "model.intermediate": 1e8,
+    "gpu.memory_gib": 1e5,
+    "gpu.visible_memory_gib": 1e5,
+    "gpu.mem_bw_tbps": 1e4,
+    "gpu.bf16_tflops": 1e7,
+    "gpu.fp8_tflops": 1e7,
+    "gpu.link_gbps": 1e7,
+    "gpu.allreduce_latency_us": 1e7,
+    "gpu.max_tp": 4096,
+    "gpu.price_per_hour": 1e5,
+    "engine.max_num_seqs": 1e6,
+    "engine.max_num_batched_tokens": 1e8,
+    "engine.reserve_gib": 1e5,
+    "engine.cudagraph_gib": 1e5,
+    "engine.step_overhead_ms": 6e4,
+    "engine.step_overhead_per_seq_us": 6e7,
+    "engine.request_overhead_ms": 6e4,
+    "engine.max_model_len": 1e9,
+}
+KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
+LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
+BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
+USAGES = ("api_server", "offline")
+ADMISSIONS = ("first_chunk", "full_prompt")
+
+
+def long_prefill_threshold(e: EngineConfig, max_model_len: int) -> int:
+    """Most prompt tokens one request prefills per iteration (0: no cap), as vLLM's
+    SchedulerConfig derives it (vllm/config/scheduler.py): the threshold if set, else 4% of
+    max_model_len when max_num_partial_prefills > 1. (The V1 scheduler applies only this cap;
+    the count of concurrent partial prefills was V0's.)"""
+    if e.long_prefill_token_threshold > 0:
+        return e.long_prefill_token_threshold
+    return int(max_model_len * 0.04) if e.max_num_partial_prefills > 1 else 0
+
+
+def batch_limits(e: EngineConfig, g: GpuConfig) -> tuple[int, int]:
+    """(max_num_seqs, max_num_batched_tokens): the engine's values, or where they are null the
+    defaults vLLM picks for the GPU and usage (EngineArgs.get_batch_defaults, vllm/engine/
+    arg_utils.py, v0.15.1): GPUs with at least 70 GiB that are not A100s get 1024 sequences
+    and 8192 tokens (vllm serve) or 16384 (LLM class); others 256 sequences and 2048 tokens
+    (vllm serve) or 8192 (LLM class). A defaulted max_num_seqs is capped at the token budget."""
+    large = g.memory_gib >= 70 and not g.name.lower().startswith("a100")
+    seqs = 1024 if large else 256
+    tokens = {(True, "api_server"): 8192, (True, "offline"): 16384}.get((large, e.usage))
+    if tokens is None:
+        tokens = 2048 if e.usage == "api_server" else 8192
+    tokens = tokens if e.max_num_batched_tokens is None else e.max_num_batched_tokens
+    # a default batch never exceeds the token budget (a set max_num_seqs must fit it: checked)
+    return (min(seqs, tokens) if e.max_num_seqs is None else e.max_num_seqs), tokens
+
+
+def _did_you_mean(key: str) -> str:
+    """For an unknown dotted key of the schema, the nearest known one."""
+    import dataclasses
+    import difflib
+    import typing
+
+    cls: Any = Config
+    *parents, last = key.split(".")
+    for part in parents:
+        hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+        cls = hints.get(part)
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return ""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if last in names:
+        return ""
+    near = difflib.get_close_matches(last, names, n=1)
+    return f"; did you mean {'.'.join([*parents, near[0]])}?" if near else ""
+
+
+def unknown_keys(node: Any, key: str) -> None:
+    """A key the schema does not know (a typo added with `+`, e.g. `+workload.rat=3`) stops the
+    run instead of being ignored."""
+    import difflib
+
+    if not hasattr(node, "__dataclass_fields__"):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                unknown_keys(v, f"{key}.{k}")
+        return
+    fields = node.__dataclass_fields__
+    for name, value in vars(node).items():
+        where = f"{key}.{name}" if key else name
+        if name not in fields:
+            near = difflib.get_close_matches(name, list(fields), n=1)
+            hint = f"; did you mean {key + '.' if key else ''}{near[0]}?" if near else ""
+            raise ConfigError(where, value, f"unknown key{hint}")
+        unknown_keys(value, where)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def require(ok: bool, key: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def _positive(value: float | None, key: str, *, integer: bool = False) -> None:
+    kind = "a positive integer" if integer else "a positive number"
+    require(value is not None and math.isfinite(value) and value > 0, key, value, f"must be {kind}")
+
+
+def _fraction(value: float, key: str) -> None:
+    require(0 < value <= 1, key, value, "must be in (0, 1]")
+
+
+def validate_length(lc: LengthConfig, key: str) -> None:
+    require(lc.dist in LENGTH_DISTS, f"{key}.dist", lc.dist, f"must be one of {', '.join(LENGTH_DISTS)}")
+    if lc.dist == "fixed":
+        require(lc.mean is not None and lc.mean >= 1, f"{key}.mean", lc.mean, "fixed lengths need mean >= 1")
+    elif lc.dist == "uniform":
+        require(lc.low is not None and lc.low >= 1, f"{key}.low", lc.low, "uniform lengths need low >= 1")
+        require(
+            lc.high is not None and lc.high >= lc.low,  # type: ignore[operator]
+            f"{key}.high",
+            lc.high,
+            f"uniform lengths need high >= low ({lc.low})",
+        )
+    elif lc.dist == "lognormal":
+        require(lc.mean is not None and lc.mean >= 1, f"{key}.mean", lc.mean, "lognormal lengths need mean >= 1")
+        require(
+            lc.p99 is not None and lc.p99 > lc.mean,  # type: ignore[operator]
+            f"{key}.p99",
+            lc.p99,
+            f"lognormal lengths need p99 > mean ({lc.mean})",
+        )
+    elif lc.dist == "empirical":
+        if lc.values is not None:
+            require(len(lc.values) > 0 and min(lc.values) >= 1, f"{key}.values", "[...]", "need token counts >= 1")
+        else:
+            require(bool(lc.path), f"{key}.path", lc.path, "empirical lengths need a path or inline values")
+            require(resolve_path(str(lc.path)).is_file(), f"{key}.path", lc.path, not_found(lc.path))
+
+
+def length_upper_bound(lc: LengthConfig) -> float | None:
+    """Largest length the model can draw, or None when it is unbounded or data-driven."""
+    if lc.dist == "fixed" and lc.mean is not None:
+        return max(1, round(lc.mean))
+    if lc.dist == "uniform" and lc.high is not None:
+        return max(1, round(lc.high))
+    if lc.dist == "empirical" and lc.values:
+        return max(1, round(max(lc.values)))
+    return None
+
+
+def length_lower_bound(lc: LengthConfig) -> float:
+    """Smallest length the model can draw (1 for unbounded models)."""
+    if lc.dist == "fixed" and lc.mean is not None:
+        return max(1, round(lc.mean))
+    if lc.dist == "uniform" and lc.low is not None:
+        return max(1, lc.low)
+    if lc.dist == "empirical" and lc.values:
+        return max(1, round(min(lc.values)))
+    return 1.0
+
+
+def validate_source(src: SourceConfig, key: str, duration: float | None) -> None:
+    known = (*ARRIVAL_PROCESSES, TRACE, CLOSED)
+    require(src.arrival in known, f"{key}.arrival", src.arrival, f"must be one of {', '.join(known)}")
+    if src.arrival == TRACE:
+        require(bool(src.path), f"{key}.path", src.path, "trace replay needs a file")
+        require(resolve_path(str(src.path)).is_file(), f"{key}.path", src.path, not_found(src.path))
+        require(
+            src.format in TRACE_FORMATS,
+            f"{key}.format",
+            src.format,
+            f"must be one of {', '.join(TRACE_FORMATS)} (for {src.path})",
+        )
+        require(
+            src.time_unit in TIME_UNITS, f"{key}.time_unit", src.time_unit, f"must be one of {', '.join(TIME_UNITS)}"
+        )
+    else:
+        require(
+            src.path is None,
+            f"{key}.path",
+            src.path,
+            f"a trace file needs trace arrivals (workload=trace); this source's arrivals are {src.arrival}",
+        )
+        if src.arrival == CLOSED:
+            require(
+                key == "workload",
+                f"{key}.arrival",
+                src.arrival,
+                "closed-loop users cannot be one source of a mix: use workload=closed on its own",
+            )
+        else:
+            _positive(src.rate, f"{key}.rate")
+            require(
+                duration is not None,
+                "workload.duration_s",
+                duration,
+                f"a synthetic source ({src.arrival}) needs a horizon",
+            )
+        if src.pairs.path or src.pairs.values:
+            if src.pairs.values is not None:
+                ok = (
+                    all(len(p) == 2 and p[0] >= 1 and p[1] >= 1 for p in src.pairs.values) and len(src.pairs.values) > 0
+                )
+                require(ok, f"{key}.pairs.values", "[...]", "need [prompt, output] pairs of token counts >= 1")
+            else:
+                require(
+                    resolve_path(str(src.pairs.path)).is_file(),
+                    f"{key}.pairs.path",
+                    src.pairs.path,
+                    not_found(src.pairs.path),
+                )
+                require(
+                    src.pairs.format in TRACE_FORMATS,
+                    f"{key}.pairs.format",
+                    src.pairs.format,
+                    f"must be one of {', '.join(TRACE_FORMATS)}",
+                )
+        else:
+            validate_length(src.prompt_tokens, f"{key}.prompt_tokens")
+            validate_length(src.output_tokens, f"{key}.output_tokens")
+    if src.arrival == "mmpp":
+        require(src.burst_multiplier >= 1, f"{key}.burst_multiplier", src.burst_multiplier, "must be >= 1")
+        for k in ("burst_mean_s", "calm_mean_s"):
+            require(
+                math.isfinite(getattr(src, k)) and getattr(src, k) >= 1e-3,
+                f"{key}.{k}",
+                getattr(src, k),
+                "must be at least 0.001 s",
+            )
+        require(src.burst_multiplier <= 1e6, f"{key}.burst_multiplier", src.burst_multiplier, "must be at most 1e6")
+    if src.arrival in ("gamma", "diurnal"):
+        _positive(src.cv, f"{key}.cv")
+        require(src.cv <= 100, f"{key}.cv", src.cv, "must be at most 100 (inter-arrival coefficient of variation)")
+    if src.arrival == "diurnal":
+        require(src.peak_to_trough >= 1, f"{key}.peak_to_trough", src.peak_to_trough, "must be >= 1")
+        require(0 <= src.peak_hour < 24, f"{key}.peak_hour", src.peak_hour, "must be in [0, 24)")
+        if src.hourly_weights is not None:
+            w = src.hourly_weights
+            require(
+                len(w) == 24 and min(w) >= 0 and sum(w) > 0,
+                f"{key}.hourly_weights",
+                f"[{len(w)} values]",
+                "need 24 non-negative weights, not all zero",
+            )
+        require(src.weekend_factor >= 0, f"{key}.weekend_factor", src.weekend_factor, "must be >= 0")
+        require(src.start_weekday in range(7), f"{key}.start_weekday", src.start_weekday, "must be 0 (Monday) .. 6")
+    for k in ("slo_ttft_s", "slo_tpot_s"):
+        if getattr(src, k) is not None:
+            _positive(getattr(src, k), f"{key}.{k}")
+
+
+def validate_workload(w: WorkloadConfig) -> None:
+    if w.duration_s is not None:
+        _positive(w.duration_s, "workload.duration_s")
+    if w.sources:
+        for name, src in w.sources.items():
+            require(
+                bool(name) and "." not in name, "workload.sources", name, "class names must be non-empty, without dots"
+            )
+            validate_source(src, f"workload.sources.{name}", w.duration_s)
+    else:
+        validate_source(w, "workload", w.duration_s)
+    if w.window_start_s is not None:
+        require(w.window_start_s >= 0, "workload.window_start_s", w.window_start_s, "must be >= 0")
+    if w.window_end_s is not None:
+        require(
+            w.window_end_s > (w.window_start_s or 0.0),
+            "workload.window_end_s",
+            w.window_end_s,
+            f"must be > window_start_s ({w.window_start_s or 0})",
+        )
+    for k in ("rate_scale", "load_scale", "prompt_scale", "output_scale"):
+        _positive(getattr(w, k), f"workload.{k}")
+    if w.loop:
+        require(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
+    if w.bootstrap_block_s is not None:
+        _positive(w.bootstrap_block_s, "workload.bootstrap_block_s")
+    sp = w.shared_prefix
+    require(sp.groups >= 0, "workload.shared_prefix.groups", sp.groups, "must be >= 0 (0: no shared prefix)")
+    if sp.groups:
+        require(sp.groups <= 1_000_000, "workload.shared_prefix.groups", sp.groups, "must be at most 1,000,000")
+        _positive(sp.tokens, "workload.shared_prefix.tokens", integer=True)
+        require(sp.tokens <= 10_000_000, "workload.shared_prefix.tokens", sp.tokens, "must be at most 10,000,000")
+        require(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
+        require(math.isfinite(sp.zipf) and sp.zipf >= 0, "workload.shared_prefix.zipf", sp.zipf, "must be >= 0")
+        _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
+    if is_closed(w):
+        validate_closed(w)
+    else:
+        kind = "a mix" if w.sources else f"{w.arrival} arrivals"
+        for k in ("users", "requests"):
+            value = getattr(w, k)
+            require(
+                value is None, f"workload.{k}", value, f"applies to closed-loop users (workload=closed), not {kind}"
+            )
+
+
+THINK_DISTS = ("exponential", "fixed", "lognormal")
+LONGEST_S = 1e8  # about three years: a longer think time or ramp is a typo
+
+
+def is_closed(w: WorkloadConfig) -> bool:
+    """Closed-loop users (workload=closed): arrivals that follow the fleet's answers."""
+    return not w.sources and w.arrival == CLOSED
+
+
+def has_trace(wc: WorkloadConfig) -> bool:
+    """Whether any source replays a trace file."""
+    return any(s.arrival == TRACE for s in (wc.sources.values() if wc.sources else [wc]))
+
+
+def horizon(wc: WorkloadConfig) -> float | None:
+    """How long a synthetic source must generate for, before the transforms."""
+    if wc.window_end_s is not None:
+        return wc.window_end_s
+    if wc.duration_s is None:
+        return None
+    return (wc.window_start_s or 0.0) + wc.duration_s * wc.rate_scale
+
+
+def multi_turn(w: WorkloadConfig) -> bool:
+    """Whether a closed-loop session can have more than one turn."""
+    return length_upper_bound(w.turns) != 1
+
+
+def validate_closed(w: WorkloadConfig) -> None:
+    require(w.users is not None, "workload.users", w.users, "closed-loop arrivals need a number of users >= 1")
+    _positive(w.users, "workload.users", integer=True)
+    _nonneg(w.think_time_s, "workload.think_time_s")
+    require(w.think_time_s <= LONGEST_S, "workload.think_time_s", w.think_time_s, f"must be at most {LONGEST_S:g} s")
+    require(
+        w.think_dist in THINK_DISTS, "workload.think_dist", w.think_dist, f"must be one of {', '.join(THINK_DISTS)}"
+    )
+    if w.think_dist == "lognormal":
+        _positive(w.think_cv, "workload.think_cv")
+        require(w.think_cv <= 100, "workload.think_cv", w.think_cv, "must be at most 100")
+    if w.requests is not None:
+        _positive(w.requests, "workload.requests", integer=True)
+    require(
+        w.requests is not None or w.duration_s is not None,
+        "workload.requests",
+        w.requests,
+        "closed-loop users need an end: workload.requests (requests in all) or workload.duration_s",
+    )
+    _nonneg(w.ramp_s, "workload.ramp_s")
+    require(w.ramp_s <= LONGEST_S, "workload.ramp_s", w.ramp_s, f"must be at most {LONGEST_S:g} s")
+    validate_length(w.turns, "workload.turns")
+    if multi_turn(w):
+        validate_length(w.turn_tokens, "workload.turn_tokens")
+    why = "does not apply to closed-loop users (their arrivals follow the fleet's answers)"
+    for k, value, default in (
+        ("window_start_s", w.window_start_s, None),
+        ("window_end_s", w.window_end_s, None),
+        ("rate_scale", w.rate_scale, 1.0),
+        ("load_scale", w.load_scale, 1.0),
+        ("loop", w.loop, False),
+        ("shared_prefix.groups", w.shared_prefix.groups, 0),
+    ):
+        require(value == default, f"workload.{k}", value, why)
+
+
+def _nonneg(value: float | None, key: str) -> None:
+    require(value is not None and math.isfinite(value) and value >= 0, key, value, "must be >= 0")
+
+
+def validate_fleet(f: FleetConfig) -> None:
+    a = f.autoscaler
+    require(a.name in AUTOSCALERS, "fleet.autoscaler.name", a.name, f"must be one of {', '.join(AUTOSCALERS)}")
+    fixed = a.name == "fixed"
+    require(f.replicas >= 0, "fleet.replicas", f.replicas, "must be >= 0 (0: no GPUs, the API serves everything)")
+    require(f.min_replicas >= 0, "fleet.min_replicas", f.min_replicas, "must be >= 0")
+    if not fixed:
+        require(
+            f.max_replicas >= max(1, f.min_replicas),
+            "fleet.max_replicas",
+            f.max_replicas,
+            f"must be >= max(1, fleet.min_replicas={f.min_replicas})",
+        )
+        require(
+            f.min_replicas <= f.replicas <= f.max_replicas,
+            "fleet.replicas",
+            f.replicas,
+            f"replicas at t=0 must be within [min_replicas, max_replicas] = [{f.min_replicas}, {f.max_replicas}]",
+        )
+    require(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
+    _nonneg(f.prefix_slack, "fleet.prefix_slack")
+    _positive(a.interval_s, "fleet.autoscaler.interval_s")
+    metrics = AUTOSCALER_METRICS
+    require(a.metric in metrics, "fleet.autoscaler.metric", a.metric, f"must be one of {', '.join(metrics)}")
+    _positive(a.target, "fleet.autoscaler.target")
+    _positive(a.stable_window_s, "fleet.autoscaler.stable_window_s")
+    require(
+        0 < a.panic_window_s <= a.stable_window_s,
+        "fleet.autoscaler.panic_window_s",
+        a.panic_window_s,
+        f"must be in (0, stable_window_s={a.stable_window_s}]",
+    )
+    require(a.panic_threshold >= 1, "fleet.autoscaler.panic_threshold", a.panic_threshold, "must be >= 1")
+    for k in ("scale_down_delay_s", "scale_to_zero_grace_s", "upscale_delay_s", "downscale_delay_s"):
+        _nonneg(getattr(a, k), f"fleet.autoscaler.{k}")
+    for k in ("max_scale_up_rate", "max_scale_down_rate"):
+        require(getattr(a, k) >= 1, f"fleet.autoscaler.{k}", getattr(a, k), "must be >= 1")
+    if a.name == "schedule":
+        sched = a.schedule
+        require(
+            sched is not None and len(sched) == 24 and min(sched) >= 0,
+            "fleet.autoscaler.schedule",
+            sched,
+            "needs 24 replica counts >= 0, one per hour of the day",
+        )
+    c = f.cold_start
+    for k in ("acquire_s", "image_s", "init_s"):
+        _nonneg(getattr(c, k), f"fleet.cold_start.{k}")
+    _positive(c.load_gbps, "fleet.cold_start.load_gbps")
+    if c.fixed_s is not None:
+        _nonneg(c.fixed_s, "fleet.cold_start.fixed_s")
+    s = f.sleep
+    require(s.level in (1, 2), "fleet.sleep.level", s.level, "must be 1 (weights to host RAM) or 2 (weights dropped)")
+    _nonneg(s.idle_s, "fleet.sleep.idle_s")
+    require(s.min_awake >= 0, "fleet.sleep.min_awake", s.min_awake, "must be >= 0")
+    require(0 <= s.cost_fraction <= 1, "fleet.sleep.cost_fraction", s.cost_fraction, "must be in [0, 1]")
+    _positive(s.l1_gbps, "fleet.sleep.l1_gbps")
+    _nonneg(s.wake_extra_s, "fleet.sleep.wake_extra_s")
+    if s.wake_s is not None:
+        _nonneg(s.wake_s, "fleet.sleep.wake_s")
+    p = f.pricing
+    kinds = ("on_demand", "reserved", "spot", "owned")
+    require(p.kind in kinds, "fleet.pricing.kind", p.kind, f"must be one of {', '.join(kinds)}")
+    require(p.reserved_gpus >= 0, "fleet.pricing.reserved_gpus", p.reserved_gpus, "must be >= 0")
+    for k in ("reserved_fraction", "spot_fraction"):
+        require(0 <= getattr(p, k) <= 1, f"fleet.pricing.{k}", getattr(p, k), "must be in [0, 1]")
+    _nonneg(p.spot_preemptions_per_hour, "fleet.pricing.spot_preemptions_per_hour")
+    require(
+        p.billing in ("per_second", "per_hour"), "fleet.pricing.billing", p.billing, "must be per_second or per_hour"
+    )
+    _nonneg(p.min_billed_s, "fleet.pricing.min_billed_s")
+    _nonneg(p.ops_cost_per_month, "fleet.pricing.ops_cost_per_month")
+    require(p.burst in ("on_demand", "spot"), "fleet.pricing.burst", p.burst, "must be on_demand or spot")
+    _positive(p.instance_gpus, "fleet.pricing.instance_gpus", integer=True)
+    require(
+        p.instance_gpus == 1 or p.kind == "on_demand",
+        "fleet.pricing.instance_gpus",
+        p.instance_gpus,
+        f"whole-instance rental applies to on_demand pricing (fleet.pricing.kind={p.kind})",
+    )
+    for k in ("egress_per_gb", "bytes_per_token", "purchase_per_gpu", "power_kw_per_gpu", "price_per_kwh"):
+        _nonneg(getattr(p, k), f"fleet.pricing.{k}")
+    _nonneg(p.hosting_per_gpu_month, "fleet.pricing.hosting_per_gpu_month")
+    _positive(p.amortization_years, "fleet.pricing.amortization_years")
+    require(math.isfinite(p.pue) and p.pue >= 1, "fleet.pricing.pue", p.pue, "must be >= 1 (facility power / IT power)")
+    if p.owned_gpus is not None:
+        require(p.owned_gpus >= 0, "fleet.pricing.owned_gpus", p.owned_gpus, "must be >= 0")
+
+
+OVERFLOW = ("never", "always", "ttft", "slo", "queue", "share")
+
+
+def validate_api(a: ApiConfig, f: FleetConfig) -> None:
+    gpu = f.replicas > 0 if f.autoscaler.name == "fixed" else f.max_replicas > 0
+    if not a.enabled:
+        require(
+            gpu, "fleet.replicas", f.replicas, "no GPUs and no API: nothing can serve (enable an api or add replicas)"
+        )
+        return
+    require(a.overflow in OVERFLOW, "api.overflow", a.overflow, f"must be one of {', '.join(OVERFLOW)}")
+    require(
+        gpu or a.overflow == "always", "api.overflow", a.overflow, "with no GPUs (fleet.replicas=0) it must be 'always'"
+    )
+    _positive(a.ttft_margin, "api.ttft_margin")
+    require(a.queue_threshold >= 0, "api.queue_threshold", a.queue_threshold, "must be >= 0")
+    require(0 <= a.share <= 1, "api.share", a.share, "must be in [0, 1]")
+    _positive(a.ttft_mean_s, "api.ttft_mean_s")
+    require(
+        a.ttft_p99_s > a.ttft_mean_s, "api.ttft_p99_s", a.ttft_p99_s, f"must be > api.ttft_mean_s ({a.ttft_mean_s})"
+    )
+    _positive(a.tokens_per_s_mean, "api.tokens_per_s_mean")
+    _nonneg(a.tokens_per_s_cv, "api.tokens_per_s_cv")
+    for k in ("price_input_per_m", "price_cached_input_per_m", "price_output_per_m"):
+        _nonneg(getattr(a, k), f"api.{k}")
+    require(0 <= a.cache_hit_rate <= 1, "api.cache_hit_rate", a.cache_hit_rate, "must be in [0, 1]")
+    require(a.billing in ("per_token", "per_second"), "api.billing", a.billing, "must be per_token or per_second")
+    _nonneg(a.price_per_second, "api.price_per_second")
+    if a.cold_after_s is not None:
+        _nonneg(a.cold_after_s, "api.cold_after_s")
+    _nonneg(a.warmup_s, "api.warmup_s")
+    if a.prefill_tokens_per_s is not None:
+        _positive(a.prefill_tokens_per_s, "api.prefill_tokens_per_s")
+    require(a.long_output in ("truncate", "refuse"), "api.long_output", a.long_output, "must be truncate or refuse")
+    _nonneg(a.lifetime_spend_usd, "api.lifetime_spend_usd")
+    for i, t in enumerate(a.tiers or []):
+        key = f"api.tiers[{i}]"
+        _nonneg(t.min_lifetime_spend_usd, f"{key}.min_lifetime_spend_usd")
+        for k in ("rpm", "tpm", "max_output_tokens"):
+            if getattr(t, k) is not None:
+                _positive(getattr(t, k), f"{key}.{k}", integer=True)
+        if t.monthly_cap_usd is not None:
+            _nonneg(t.monthly_cap_usd, f"{key}.monthly_cap_usd")
+        if i:
+            prev = a.tiers[i - 1].min_lifetime_spend_usd  # type: ignore[index]
+            require(
+                t.min_lifetime_spend_usd > prev,
+                f"{key}.min_lifetime_spend_usd",
+                t.min_lifetime_spend_usd,
+                f"tiers must rise: above the previous tier's {prev:g}",
+            )
+    for k in ("rpm", "tpm", "max_output_tokens"):
+        if getattr(a, k) is not None:
+            _positive(getattr(a, k), f"api.{k}", integer=True)
+    if a.monthly_cap_usd is not None:
+        _nonneg(a.monthly_cap_usd, "api.monthly_cap_usd")
+    require(a.on_limit in ("backoff", "gpu"), "api.on_limit", a.on_limit, "must be backoff or gpu")
+    _positive(a.backoff_base_s, "api.backoff_base_s")
+    require(a.backoff_factor >= 1, "api.backoff_factor", a.backoff_factor, "must be >= 1")
+    require(a.backoff_max_s >= a.backoff_base_s, "api.backoff_max_s", a.backoff_max_s, "must be >= api.backoff_base_s")
+    limited = a.rpm is not None or any(t.rpm is not None for t in a.tiers or [])
+    require(
+        gpu or a.on_limit == "backoff" or not limited,
+        "api.on_limit",
+        a.on_limit,
+        "with no GPUs a refused request can only back off and retry",
+    )
+
+
+def finite(node: Any, key: str) -> None:
+    """Every number of a config (dataclasses, lists and mappings, recursively) must be finite:
+    NaN or an infinity anywhere stops with the key."""
+    if isinstance(node, bool) or node is None:
+        return
+    if isinstance(node, float):
+        require(math.isfinite(node), key, node, "must be a finite number")
+    elif hasattr(node, "__dataclass_fields__"):
+        for name in node.__dataclass_fields__:
+            finite(getattr(node, name), f"{key}.{name}" if key else name)
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            finite(v, f"{key}.{k}")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            finite(v, f"{key}[{i}]")
+
+
+def validate(cfg: Config) -> None:
+    """Check every value on its own and against the others; raise ConfigError on the first bad
+    one. What needs the hardware or workload models (memory, iteration time, work limits) is
+    checked above this layer: `sim.des.preflight.validate` runs both."""
+    finite(cfg, "")
+    require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    if cfg.seeds is not None:
+        require(
+            len(cfg.seeds) >= 2 and all(s >= 0 for s in cfg.seeds) and len(set(cfg.seeds)) == len(cfg.seeds),
+            "seeds",
+            cfg.seeds,
+            "must list at least two distinct integers >= 0 (one run with one seed: seed=N)",
+        )
+
+    w = cfg.workload
+    validate_workload(w)
+
+    m = cfg.model
+    _positive(m.params_b, "model.params_b")
+    for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "max_position"):
+        _positive(getattr(m, key), f"model.{key}", integer=True)
+    require(m.heads % m.kv_heads == 0, "model.kv_heads", m.kv_heads, f"must divide model.heads ({m.heads})")
+    if m.active_params_b is not None:
+        _positive(m.active_params_b, "model.active_params_b")
+        require(
+            m.active_params_b <= m.params_b,
+            "model.active_params_b",
+            m.active_params_b,
+            f"must not exceed model.params_b ({m.params_b})",
+        )
+    if m.flop_params_b is not None:
+        _positive(m.flop_params_b, "model.flop_params_b")
+    require(m.experts >= 0, "model.experts", m.experts, "must be >= 0 (0 for a dense model)")
+    if m.experts:
+        require(
+            1 <= m.experts_per_token < m.experts,
+            "model.experts_per_token",
+            m.experts_per_token,
+            f"must be in [1, model.experts={m.experts})",
+        )
+        require(
+            m.active_params_b is not None and m.active_params_b < m.params_b,
+            "model.active_params_b",
+            m.active_params_b,
+            "an MoE model (experts > 0) needs active_params_b < params_b",
+        )
+    require(
+        m.weight_dtype in WEIGHT_BYTES,
+        "model.weight_dtype",
+        m.weight_dtype,
+        f"must be one of {', '.join(WEIGHT_BYTES)}",
+    )
+    _positive(m.vocab, "model.vocab", integer=True)
+    if m.intermediate is not None:
+        _positive(m.intermediate, "model.intermediate", integer=True)
+    if m.bf16_params_b is not None:
+        _nonneg(m.bf16_params_b, "model.bf16_params_b")
+        require(
+            m.bf16_params_b <= m.params_b,
+            "model.bf16_params_b",
+            m.bf16_params_b,
+            f"must not exceed model.params_b ({m.params_b})",
+        )
+
+    g = cfg.gpu
+    for key in ("memory_gib", "mem_bw_tbps", "bf16_tflops", "link_gbps"):
+        _positive(getattr(g, key), f"gpu.{key}")
+    if g.fp8_tflops is not None:
+        _positive(g.fp8_tflops, "gpu.fp8_tflops")
+    require(g.allreduce_latency_us >= 0, "gpu.allreduce_latency_us", g.allreduce_latency_us, "must be >= 0")
+    _positive(g.max_tp, "gpu.max_tp", integer=True)
+    require(
+        0 < g.efficiency <= 2, "gpu.efficiency", g.efficiency, "must be in (0, 2] (1: as efficient as the H100 fit)"
+    )
+    require(g.price_per_hour >= 0, "gpu.price_per_hour", g.price_per_hour, "must be >= 0 ($ per GPU-hour)")
+    if g.visible_memory_gib is not None:
+        _positive(g.visible_memory_gib, "gpu.visible_memory_gib")
+
+    e = cfg.engine
+    require(e.usage in USAGES, "engine.usage", e.usage, f"must be one of {', '.join(USAGES)}")
+    require(e.admission in ADMISSIONS, "engine.admission", e.admission, f"must be one of {', '.join(ADMISSIONS)}")
+    if e.max_num_seqs is not None:
+        _positive(e.max_num_seqs, "engine.max_num_seqs", integer=True)
+    if e.max_num_batched_tokens is not None:
+        _positive(e.max_num_batched_tokens, "engine.max_num_batched_tokens", integer=True)
+    seqs, tokens = batch_limits(e, g)
+    require(
+        tokens >= seqs,
+        "engine.max_num_batched_tokens",
+        tokens,
+        f"must be >= engine.max_num_seqs ({seqs})",
+    )
+    require(e.block_size in BLOCK_SIZES, "engine.block_size", e.block_size, f"must be one of {BLOCK_SIZES}")
+    _fraction(e.gpu_memory_utilization, "engine.gpu_memory_utilization")
+    if e.reserve_gib is not None:
+        _nonneg(e.reserve_gib, "engine.reserve_gib")
+    require(
+        e.memory_profiler in MEMORY_PROFILERS,
+        "engine.memory_profiler",
+        e.memory_profiler,
+        f"must be one of {', '.join(MEMORY_PROFILERS)}",
+    )
+    if e.cudagraph_gib is not None:
+        _nonneg(e.cudagraph_gib, "engine.cudagraph_gib")
+    tp = e.tensor_parallel_size
+    require(
+        tp >= 1 and tp & (tp - 1) == 0 and tp <= g.max_tp,
+        "engine.tensor_parallel_size",
+        tp,
+        f"must be a power of two from 1 to gpu.max_tp={g.max_tp} ({g.name})",
+    )
+    require(m.heads % tp == 0, "engine.tensor_parallel_size", tp, f"must divide model.heads ({m.heads})")
+    require(
+        e.kv_cache_dtype in KV_BYTES,
+        "engine.kv_cache_dtype",
+        e.kv_cache_dtype,
+        f"must be one of {', '.join(KV_BYTES)}",
+    )
+    for key in ("eta_weights", "eta_kv", "eta_flops", "eta_moe"):
+        _fraction(getattr(e, key), f"engine.{key}")
+    require(
+        isinstance(e.long_prefill_token_threshold, int) and e.long_prefill_token_threshold >= 0,
+        "engine.long_prefill_token_threshold",
+        e.long_prefill_token_threshold,
+        "must be an integer >= 0 (0: no cap)",
+    )
+    _positive(e.max_num_partial_prefills, "engine.max_num_partial_prefills", integer=True)
+    for key in ("step_overhead_ms", "step_overhead_per_seq_us", "request_overhead_ms"):
+        require(getattr(e, key) >= 0, f"engine.{key}", getattr(e, key), "must be >= 0")
+    if e.perf_table is not None:
+        require(Path(e.perf_table).is_file(), "engine.perf_table", e.perf_table, "file not found")
+    if e.kv_blocks is not None:
+        _positive(e.kv_blocks, "engine.kv_blocks", integer=True)
+    if e.max_model_len is not None:
+        _positive(e.max_model_len, "engine.max_model_len", integer=True)
+        require(
+            e.max_model_len <= m.max_position,
+            "engine.max_model_len",
+            e.max_model_len,
+            f"must not exceed model.max_position ({m.max_position})",
+        )
+
+    for key, top in PLAUSIBLE.items():  # beyond these, a value is a typo, and its arithmetic overflows
+        group, name = key.split(".")
+        value = getattr(getattr(cfg, group), name)
+        require(value is None or value <= top, key, value, f"must be at most {top:g}")
+    if m.flop_params_b is not None:
+        require(
+            m.flop_params_b <= m.params_b,
+            "model.flop_params_b",
+            m.flop_params_b,
+            f"must not exceed model.params_b ({m.params_b})",
+        )
+
+    validate_fleet(cfg.fleet)
+    validate_api(cfg.api, cfg.fleet)
+
+    s = cfg.slo
+    _positive(s.ttft_s, "slo.ttft_s")
+    _positive(s.tpot_s, "slo.tpot_s")
+    require(0 < s.percentile <= 100, "slo.percentile", s.percentile, "must be in (0, 100]")
+    require(0 <= s.attainment <= 1, "slo.attainment", s.attainment, "must be in [0, 1]")
+
+    _positive(cfg.output.timeseries_interval_s, "output.timeseries_interval_s")
+    lim = cfg.limits
+    for k in ("max_requests", "max_replicas", "max_samples", "max_ticks", "max_spot_preemptions", "max_tokens"):
+        _positive(getattr(lim, k), f"limits.{k}", integer=True)
+    _positive(lim.max_memory_gib, "limits.max_memory_gib")
+    _positive(lim.max_classes, "limits.max_classes", integer=True)

@@ -1,0 +1,879 @@
+"""Fleet: replicas with a lifecycle, the router, the autoscaler and the API fallback, in one
+SimPy environment.
+
+A replica (a `Node` around an engine `Replica`) moves through
+    provisioning -> active <-> sleeping/waking -> draining -> stopped
+and every move is a record (`spans`) that billing (`sim.pricing.cost`) and the time series read. The
+router sends each arrival to an active replica (a waking one if none is active, a sleeping one,
+which it wakes, as a last resort); with none it waits in the router queue until a replica is
+ready. The overflow policy may send it to the pay-per-token API instead; a request the API
+refuses backs off and retries, or comes back to the GPU queue. Every request ends served by a
+replica, served by the API, or rejected with a reason.
+
+With closed-loop users (`sim.workload.closedloop`) the arrivals are not known ahead: each request that
+ends (any route) hands its user back to the loop, whose next request arrives after the user's
+think time (one timeout per request).
+
+The fleet owns the per-request records (preallocated columns, written when a request is
+decided) and the time-series sampler.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from typing import TYPE_CHECKING
+
+import numpy as np
+import simpy
+
+from sim.config.errors import ConfigError
+from sim.config.schema import WEIGHT_BYTES, Config, batch_limits, long_prefill_threshold
+from sim.des.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
+from sim.des.autoscale import make_autoscaler
+from sim.des.engine import Replica, Request
+from sim.des.prefix import BlockPool
+from sim.des.records import (
+    REASON_CONTEXT,
+    REASON_NO_GPU,
+    ROUTE_API,
+    ROUTE_GPU,
+    ROUTE_REJECTED,
+    Records,
+)
+from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY, make_router
+from sim.hardware.kvcache import MemoryPlan
+from sim.hardware.perf import PerfModel
+from sim.pricing.cost import STATES, Span, state_weight
+from sim.workload.build import Workload, stream
+
+if TYPE_CHECKING:
+    from sim.workload.closedloop import ClosedLoop
+
+PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING, STOPPED = (
+    "provisioning",
+    "active",
+    "sleeping",
+    "waking",
+    "draining",
+    "stopped",
+)
+PENALTY = {ACTIVE: 0, WAKING: WAKE_PENALTY, SLEEPING: SLEEP_PENALTY}
+
+
+class Node:
+    """One replica's lifecycle around its engine."""
+
+    __slots__ = (
+        "cache",
+        "engine",
+        "gpus",
+        "idle_epoch",
+        "idle_s",
+        "idle_since",
+        "out",
+        "ready_at",
+        "since",
+        "slot",
+        "spot",
+        "state",
+        "uid",
+    )
+
+    def __init__(self, uid: int, slot: int, gpus: int, spot: bool, now: float):
+        self.uid = uid
+        self.slot = slot
+        self.gpus = gpus
+        self.spot = spot
+        self.state = PROVISIONING
+        self.since = now
+        self.engine: Replica | None = None
+        self.out = 0  # requests waiting or running on it
+        self.idle_since: float | None = None
+        self.idle_s = 0.0
+        self.idle_epoch = 0
+        self.ready_at = now  # when provisioning or waking ends
+        self.cache: BlockPool | None = None  # its replica's prefix cache
+
+
+def cold_start_s(cfg: Config) -> float:
+    c = cfg.fleet.cold_start
+    if c.fixed_s is not None:
+        return c.fixed_s
+    per_gpu = cfg.model.params_b * WEIGHT_BYTES[cfg.model.weight_dtype] / cfg.engine.tensor_parallel_size  # GB
+    return c.acquire_s + c.image_s + per_gpu / c.load_gbps + c.init_s
+
+
+def wake_s(cfg: Config) -> float:
+    s = cfg.fleet.sleep
+    if s.wake_s is not None:
+        return s.wake_s
+    per_gpu = cfg.model.params_b * WEIGHT_BYTES[cfg.model.weight_dtype] / cfg.engine.tensor_parallel_size
+    gbps = s.l1_gbps if s.level == 1 else cfg.fleet.cold_start.load_gbps
+    return per_gpu / gbps + s.wake_extra_s
+
+
+class Fleet:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cfg: Config,
+        workload: Workload,
+        perf: PerfModel,
+        plan: MemoryPlan,
+        users: ClosedLoop | None = None,
+    ):
+        """`users`: closed-loop users who send the requests (`workload` is then what they have
+        sent so far: nothing, but its prefix-block layout)."""
+        self.env = env
+        self.cfg = cfg
+        self.workload = workload
+        self.perf = perf
+        self.plan = plan
+        self.users = users
+        self.records = Records(len(workload) if users is None else users.capacity())
+        f = cfg.fleet
+        self.tp = cfg.engine.tensor_parallel_size
+        self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
+        self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)
+        # client-visible time outside the engine, on every GPU-served stream (an API server's)
+        self.request_overhead = cfg.engine.request_overhead_ms / 1000 if cfg.engine.usage == "api_server" else 0.0
+        self.fixed = f.autoscaler.name == "fixed"
+        self.gpu_possible = (f.replicas > 0) if self.fixed else (f.max_replicas > 0)
+        self.cold_start_s = cold_start_s(cfg)
+        self.wake_s = wake_s(cfg)
+        self.rng = stream(cfg.seed, "fleet")
+
+        self.nodes: list[Node] = []  # by slot (slots of stopped replicas are reused)
+        self.all_nodes: list[Node] = []  # by uid
+        self.loads: list[int] = []  # per slot: requests on it + a penalty for its state
+        self.free_slots: list[int] = []
+        self.spans: list[Span] = []
+        self.router_queue: deque[Request] = deque()
+        # only whole KV blocks are cached: prefix ids finer than a block leave nothing to share
+        prefix = (
+            cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
+        )
+        self.prefix = prefix
+        if prefix and workload.block_tokens % plan.block_size:
+            raise ConfigError(
+                "engine.block_size",
+                plan.block_size,
+                f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
+            )
+        self.router = make_router(f.router, self)
+        self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
+        clock = workload.clock_start_s or 0.0
+        self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
+        self._prefill_per_token = perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
+
+        self.n_total: float = len(workload) if users is None else math.inf  # closed loop: known when all stop
+        self.n_closed = 0
+        self._users_left = 0
+        self.finished = env.event()
+        self._arrivals_done = False
+        # counters and live accounting for the time series
+        self._in_system = 0
+        self._area = 0.0
+        self._last = 0.0
+        self._arrivals = 0
+        self._completions = 0
+        self._api_started = 0
+        self._busy_prev = 0.0
+        self._occ_prev = 0.0
+        self._awake_prev = 0.0
+        self._tokens_done = 0
+        self._tokens_prev = 0
+        self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
+        self._desired = f.replicas  # the autoscaler's last answer for the load
+        self._gpu_cost_closed = 0.0
+        self.samples: list[tuple] = []
+        self._bin_start = 0.0
+        self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
+        self.max_replicas_seen = 0
+        self._poked = False
+
+        for _ in range(f.replicas):
+            node = self._new_node()
+            if f.start_warm:
+                self._set_state(node, ACTIVE)
+                node.engine.resume()  # type: ignore[union-attr]
+            else:
+                self._provision_timer(node)
+        if users is None:
+            env.process(self.arrive())
+        else:
+            self._start_users()
+        env.process(self.sample(cfg.output.timeseries_interval_s))
+        if not self.fixed or f.pricing.kind == "spot" or f.pricing.burst == "spot" or not f.start_warm:
+            env.process(self.autoscale())
+
+    # ------------------------------------------------------------------ replicas
+
+    def _new_node(self) -> Node:
+        f = self.cfg.fleet
+        e = self.cfg.engine
+        spot = f.pricing.kind == "spot"
+        if f.pricing.kind == "reserved" and f.pricing.burst == "spot":  # beyond the reservation: spot
+            held = sum(n.gpus for n in self.nodes if n.state != STOPPED and not n.spot)
+            spot = held + self.tp > f.pricing.reserved_gpus
+        slot = self.free_slots.pop() if self.free_slots else len(self.nodes)
+        node = Node(len(self.all_nodes), slot, self.tp, spot, self.env.now)
+        node.engine = Replica(
+            self.env,
+            node.uid,
+            self.perf,
+            self.plan,
+            max_num_seqs=self.max_seqs,
+            max_num_batched_tokens=self.max_tokens,
+            chunked_prefill=e.enable_chunked_prefill,
+            fast_forward=e.fast_forward,
+            async_scheduling=e.async_scheduling,
+            pool=BlockPool(self.workload.block_tokens // self.plan.block_size) if self.prefix else None,
+            hash_tokens=self.workload.block_tokens if self.prefix else 0,
+            long_prefill_token_threshold=self.long_prefill,
+            full_prompt_admission=e.admission == "full_prompt",
+            on_done=self._done,
+            on_idle=lambda _eng, n=node: self._idle(n),
+            paused=True,
+        )
+        node.cache = node.engine.pool
+        if slot == len(self.nodes):
+            self.nodes.append(node)
+            self.loads.append(NOT_ROUTABLE)
+        else:
+            self.nodes[slot] = node
+            self.loads[slot] = NOT_ROUTABLE
+        self.all_nodes.append(node)
+        if spot and f.pricing.spot_preemptions_per_hour > 0:
+            t = self.env.timeout(self.rng.exponential(3600.0 / f.pricing.spot_preemptions_per_hour))
+            t.callbacks.append(lambda _e, n=node: self._spot_preempt(n))
+        self.max_replicas_seen = max(
+            self.max_replicas_seen, self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING)
+        )
+        return node
+
+    def _count(self, *states: str) -> int:
+        return sum(1 for n in self.nodes if n.state in states)
+
+    def _set_state(self, node: Node, state: str) -> None:
+        now = self.env.now
+        if now > node.since:
+            self.spans.append(Span(node.uid, node.gpus, node.spot, node.state, node.since, now))
+            self._gpu_cost_closed += self._accrued(node, node.state, now - node.since)
+        if node.state == ACTIVE and node.idle_since is not None:
+            node.idle_s += now - node.idle_since
+            node.idle_since = None
+        node.state = state
+        node.since = now
+        if state == ACTIVE and node.out == 0:
+            node.idle_since = now
+        self.loads[node.slot] = node.out + PENALTY.get(state, NOT_ROUTABLE)
+
+    def _accrued(self, node: Node, state: str, seconds: float) -> float:
+        p = self.cfg.fleet.pricing
+        rate = self.cfg.gpu.price_per_hour * (p.spot_fraction if node.spot else 1.0)
+        return seconds / 3600.0 * rate * node.gpus * state_weight(state, self.cfg.fleet.sleep.cost_fraction)
+
+    def _provision(self) -> Node:
+        node = self._new_node()
+        self._provision_timer(node)
+        return node
+
+    def _provision_timer(self, node: Node) -> None:
+        self.stats["cold_starts"] += 1
+        node.ready_at = self.env.now + self.cold_start_s
+        t = self.env.timeout(self.cold_start_s)
+        t.callbacks.append(lambda _e, n=node: self._ready(n))
+
+    def _ready(self, node: Node) -> None:
+        if node.state != PROVISIONING:
+            return  # cancelled while starting
+        self._set_state(node, ACTIVE)
+        node.engine.resume()  # type: ignore[union-attr]
+        self._release_queue()
+        if node.out == 0:  # ready with nothing to do: idle from now (and may sleep)
+            self._idle(node)
+
+    def _idle(self, node: Node) -> None:
+        if node.state == DRAINING:
+            self._stop(node)
+            return
+        if node.state != ACTIVE:
+            return
+        if node.idle_since is None:
+            node.idle_since = self.env.now
+        s = self.cfg.fleet.sleep
+        if s.enabled:
+            epoch = node.idle_epoch
+            t = self.env.timeout(s.idle_s)
+            t.callbacks.append(lambda _e, n=node, ep=epoch: self._maybe_sleep(n, ep))
+
+    def _maybe_sleep(self, node: Node, epoch: int) -> None:
+        if node.state != ACTIVE or node.out or node.idle_epoch != epoch:
+            return
+        if self._count(ACTIVE, WAKING) <= self.cfg.fleet.sleep.min_awake:
+            return
+        if not self.fixed and self._count(PROVISIONING, ACTIVE, WAKING) - 1 < self._desired:
+            return  # the autoscaler wants it awake (it would wake it at its next decision)
+        node.engine.pause()  # type: ignore[union-attr]
+        if node.cache is not None:
+            node.cache.clear()
+        self._set_state(node, SLEEPING)
+        self.stats["sleeps"] += 1
+
+    def _wake(self, node: Node) -> None:
+        self._set_state(node, WAKING)
+        self.stats["wakes"] += 1
+        node.ready_at = self.env.now + self.wake_s
+        t = self.env.timeout(self.wake_s)
+        t.callbacks.append(lambda _e, n=node: self._woken(n))
+
+    def _woken(self, node: Node) -> None:
+        if node.state != WAKING:
+            return
+        self._set_state(node, ACTIVE)
+        node.engine.resume()  # type: ignore[union-attr]
+        self._release_queue()
+        if node.out == 0:
+            self._idle(node)
+
+    def _drain(self, node: Node) -> None:
+        if node.state in (PROVISIONING, SLEEPING) or (node.state == ACTIVE and node.out == 0):
+            self._stop(node)
+        else:
+            self._set_state(node, DRAINING)
+
+    def _stop(self, node: Node) -> None:
+        self._set_state(node, STOPPED)
+        node.engine.stopped = True  # type: ignore[union-attr]
+        self.loads[node.slot] = NOT_ROUTABLE
+        self.free_slots.append(node.slot)
+
+    def _spot_preempt(self, node: Node) -> None:
+        """The provider takes the GPU back: the replica's requests go elsewhere, none is lost."""
+        if node.state == STOPPED:
+            return
+        self.stats["spot_preemptions"] += 1
+        requests = node.engine.evacuate()  # type: ignore[union-attr]
+        node.out = 0
+        self._stop(node)
+        for req in requests:
+            req.replica = -1
+            self._to_gpu(req, None)
+        if self.fixed:
+            self._autoscale_now()  # the fixed fleet orders a replacement at once
+
+    # ------------------------------------------------------------------ routing
+
+    def arrive(self):
+        env = self.env
+        wl = self.workload
+        prompts = wl.prompt_tokens.tolist()
+        outputs = wl.output_tokens.tolist()
+        simple = self.api is None and not self.prefix
+        loads, nodes, choose = self.loads, self.nodes, self.router.choose
+        for i, t in enumerate(wl.arrival_s.tolist()):
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            req = self._enter(i, t, prompts[i], outputs[i])
+            if req is None:
+                continue
+            if simple and loads:  # the hot path: no API, no prefix cache
+                k = choose(loads, req)
+                node = nodes[k]
+                if loads[k] < SLEEP_PENALTY:
+                    loads[k] += 1
+                    node.out += 1
+                    if node.idle_since is not None:
+                        node.idle_s += env.now - node.idle_since
+                        node.idle_since = None
+                        node.idle_epoch += 1
+                    req.replica = node.uid
+                    node.engine.submit(req)  # type: ignore[union-attr]
+                    continue
+                self._to_gpu(req, k)
+            else:
+                self.dispatch(req)
+        self._arrivals_done = True
+
+    def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
+        """Request i arrives: rejected at once if no replica could ever hold it and the API will
+        not take it, sent to the API if only the API can serve it, else returned for routing."""
+        self._arrivals += 1
+        too_long = p + o > self.plan.max_model_len  # no replica can hold it; the API may serve it
+        if too_long and (self.api is None or self.cfg.api.overflow == "never" or not self.api.eligible(o)):
+            self._reject(i, REASON_CONTEXT)
+            return None
+        now = self.env.now
+        self._area += self._in_system * (now - self._last)
+        self._last = now
+        self._in_system += 1
+        req = Request(i, t, p, o)
+        if too_long:
+            self._to_api(req, 0)
+            return None
+        return req
+
+    def dispatch(self, req: Request) -> None:
+        """Decide GPU or API for a new request (the overflow policy)."""
+        api = self.api
+        k = None
+        if api is not None and api.eligible(req.output):
+            a = self.cfg.api
+            if a.overflow == "always" or (a.overflow == "share" and self.rng.uniform() < a.share):
+                self._to_api(req, 0)
+                return
+            if a.overflow in ("ttft", "slo", "queue"):
+                k = self.router.choose(self.loads, req) if self.loads else None
+                node = self.nodes[k] if k is not None and self.loads[k] < NOT_ROUTABLE else None
+                if node is not None:
+                    node.engine.sync()  # type: ignore[union-attr]
+                if a.overflow == "queue":
+                    ahead = len(self.router_queue) if node is None else len(node.engine.waiting)  # type: ignore[union-attr]
+                    over = ahead >= a.queue_threshold
+                else:
+                    ttft_slo, tpot_slo = self._slo_of(req)
+                    over = self.predict_ttft(node, req) > a.ttft_margin * ttft_slo
+                    if a.overflow == "slo" and not over:
+                        over = self.predict_tpot(node, req) > a.ttft_margin * tpot_slo
+                if over:
+                    self._to_api(req, 0)
+                    return
+        self._to_gpu(req, k)
+
+    def _to_gpu(self, req: Request, k: int | None) -> None:
+        if req.prompt + req.output > self.plan.max_model_len:  # the API refused a request only it could serve
+            self._reject(req.id, REASON_CONTEXT, served=False)
+            return
+        if not self.gpu_possible:
+            self._reject(req.id, REASON_NO_GPU, served=False)
+            return
+        if k is None and self.loads:
+            k = self.router.choose(self.loads, req)
+        if k is None or self.loads[k] >= NOT_ROUTABLE:
+            self.router_queue.append(req)
+            self.stats["router_queue_max"] = max(self.stats["router_queue_max"], len(self.router_queue))
+            self._poke()
+            return
+        node = self.nodes[k]
+        if node.state == SLEEPING:
+            self._wake(node)
+        self._submit(node, req)
+
+    def _submit(self, node: Node, req: Request) -> None:
+        now = self.env.now
+        if self.prefix and req.hashes is None:  # looked up in the replica's cache when scheduled
+            req.hashes = self.blocks_of(req).tolist()  # type: ignore[union-attr]
+        self.loads[node.slot] += 1
+        node.out += 1
+        if node.idle_since is not None:
+            node.idle_s += now - node.idle_since
+            node.idle_since = None
+            node.idle_epoch += 1
+        req.replica = node.uid
+        node.engine.submit(req)  # type: ignore[union-attr]
+
+    def _release_queue(self) -> None:
+        q = self.router_queue
+        while q and self.loads:
+            req = q[0]
+            k = self.router.choose(self.loads, req)
+            if self.loads[k] >= NOT_ROUTABLE:
+                return
+            q.popleft()
+            node = self.nodes[k]
+            if node.state == SLEEPING:
+                self._wake(node)
+            self._submit(node, req)
+
+    def blocks_of(self, req: Request) -> np.ndarray | None:
+        wl = self.workload
+        if wl.hash_offsets is None:
+            return None
+        if self.users is not None:
+            return self.users.blocks(req.id)
+        return wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
+
+    def _slo_of(self, req: Request) -> tuple[float, float]:
+        """(TTFT, TPOT) thresholds of this request's class."""
+        wl = self.workload
+        ttft, tpot = self.cfg.slo.ttft_s, self.cfg.slo.tpot_s
+        if wl.class_slo and wl.classes is not None:
+            own = wl.class_slo.get(wl.class_names[int(wl.classes[req.id])])
+            if own is not None:
+                ttft = own[0] if own[0] is not None else ttft
+                tpot = own[1] if own[1] is not None else tpot
+        return ttft, tpot
+
+    def _prefill_step(self, eng: Replica, view, extra_context: int = 0) -> tuple[float, int]:
+        """(duration, prefill tokens) of a step that fills the token budget next to the decoders."""
+        room = max(eng.max_tokens - view.n_dec, 1)
+        return self.perf.iteration_time(view.n_dec, view.context + extra_context, [(room, 0)]), room
+
+    def predict_ttft(self, node: Node | None, req: Request) -> float:
+        """A quick estimate of the TTFT this request would get on `node` (None: no replica can take
+        it now): the wait for a replica; then the prefill queued ahead plus its own, at the rate
+        of steps that share the token budget with the running decoders; plus, when the batch is
+        full, the wait for the batch slots the requests ahead and this one need."""
+        now = self.env.now
+        if node is None:
+            pending = [n.ready_at for n in self.nodes if n.state in (PROVISIONING, WAKING)]
+            wait = (min(pending) - now) if pending else self.cold_start_s
+            ahead = sum(r.prompt for r in self.router_queue)
+            return max(wait, 0.0) + (ahead + req.prompt) * self._prefill_per_token
+        eng: Replica = node.engine  # type: ignore[assignment]
+        view = eng.view()
+        step, room = self._prefill_step(eng, view)
+        t = (view.backlog + req.prompt) / room * step
+        if len(eng.running) + len(eng.waiting) >= eng.max_seqs:
+            t += eng.seat_wait(len(eng.running) + len(eng.waiting) - eng.max_seqs + 1, view)
+        if node.state == WAKING:
+            t += max(node.ready_at - now, 0.0)
+        elif node.state == SLEEPING:
+            t += self.wake_s
+        return t
+
+    def predict_tpot(self, node: Node | None, req: Request) -> float:
+        """A quick estimate of this request's time per output token on `node`: over its output,
+        the steps that clear the current prefill backlog carry a budget-filling chunk, the rest
+        are decode steps with its decoders plus this request."""
+        if node is None:
+            return 0.0  # a replica that is starting up has no backlog yet
+        eng: Replica = node.engine  # type: ignore[assignment]
+        view = eng.view()
+        steps = max(req.output - 1, 1)
+        chunk_step, room = self._prefill_step(eng, view, req.prompt)
+        heavy = min(steps, math.ceil(view.backlog / room))
+        decode = self.perf.iteration_time(view.n_dec + 1, view.context + req.prompt, [])
+        return (heavy * chunk_step + (steps - heavy) * decode) / steps
+
+    # ------------------------------------------------------------------ API
+
+    def _to_api(self, req: Request, attempt: int) -> None:
+        api = self.api
+        now = self.env.now
+        wait = api.warm_wait(now)  # type: ignore[union-attr]
+        if wait > 0:  # a cold endpoint: the request queues until the warm-up ends
+            t = self.env.timeout(wait)
+            t.callbacks.append(lambda _e, r=req, a=attempt: self._to_api(r, a))
+            return
+        n_out = api.served_output(req.output)  # type: ignore[union-attr]
+        per_second = self.cfg.api.billing == "per_second"
+        if per_second:  # the bill is the execution time, so the latency is drawn first
+            ttft, per_token = api.latency(req.prompt)  # type: ignore[union-attr]
+            reason = api.admit(now, req.prompt, req.output, ttft + (n_out - 1) * per_token)  # type: ignore[union-attr]
+        else:
+            reason = api.admit(now, req.prompt, req.output)  # type: ignore[union-attr]
+        if reason is None:
+            if not per_second:
+                ttft, per_token = api.latency(req.prompt)  # type: ignore[union-attr]
+            i = req.id
+            rec = self.records
+            rec.route[i] = ROUTE_API
+            rec.start[i] = now
+            rec.first_token[i] = now + ttft
+            rec.finish[i] = now + ttft + (n_out - 1) * per_token
+            if n_out != req.output:
+                rec.served_output[i] = n_out
+            api.running_until(rec.finish[i])  # type: ignore[union-attr]
+            self._api_started += 1
+            t = self.env.timeout(rec.finish[i] - now)
+            t.callbacks.append(lambda _e, r=req: self._api_done(r))
+        elif reason in (REFUSE_LENGTH, REFUSE_CAP, REFUSE_TOO_LARGE) or self.cfg.api.on_limit == "gpu":
+            self._to_gpu(req, None)
+        else:
+            t = self.env.timeout(api.retry_delay(attempt))  # type: ignore[union-attr]
+            t.callbacks.append(lambda _e, r=req, a=attempt + 1: self._to_api(r, a))
+
+    def _api_done(self, req: Request) -> None:
+        now = self.env.now
+        self._area += self._in_system * (now - self._last)
+        self._last = now
+        self._in_system -= 1
+        self._completions += 1
+        self._tokens_done += req.prompt + req.output
+        self._close()
+        if self.users is not None:
+            out = int(self.records.served_output[req.id])
+            self._answered(req.id, out if out >= 0 else req.output)
+
+    # ------------------------------------------------------------------ closed loop
+
+    def _start_users(self) -> None:
+        users: ClosedLoop = self.users  # type: ignore[assignment]
+        self._users_left = users.users
+        for u, t in enumerate(users.starts()):
+            self.env.timeout(t).callbacks.append(lambda _e, u=u: self._send(u))
+
+    def _send(self, u: int) -> None:
+        """User u sends its next request now (or stops)."""
+        now = self.env.now
+        got = self.users.send(u, now)  # type: ignore[union-attr]
+        if got is None:
+            self._user_stopped()
+            return
+        i, p, o = got
+        if i >= len(self.records.route):
+            self.records.resize(2 * (i + 1))
+        req = self._enter(i, now, p, o)
+        if req is not None:
+            self.dispatch(req)
+
+    def _answered(self, i: int, served: int | None, delay: float = 0.0) -> None:
+        """Request i has ended (`served` output tokens; None: rejected) and its user has the
+        answer `delay` later (the API server's time outside the engine): the user thinks, then
+        sends again, or stops."""
+        seen = self.env.now + delay
+        think = self.users.answered(i, seen, served)  # type: ignore[union-attr]
+        if think is None:
+            self._user_stopped()
+            return
+        u = self.users.user_of(i)  # type: ignore[union-attr]
+        self.env.timeout(delay + think).callbacks.append(lambda _e, u=u: self._send(u))
+
+    def _user_stopped(self) -> None:
+        self._users_left -= 1
+        if self._users_left:
+            return
+        self._arrivals_done = True
+        self.n_total = self.users.sent  # type: ignore[union-attr]
+        if self.n_closed == self.n_total:
+            self.finished.succeed()
+
+    # ------------------------------------------------------------------ autoscaling
+
+    def autoscale(self):
+        interval = self.cfg.fleet.autoscaler.interval_s
+        ticks, most = 0, self.cfg.limits.max_ticks
+        while True:
+            ticks += 1
+            if ticks > most:
+                raise ConfigError(
+                    "fleet.autoscaler.interval_s",
+                    interval,
+                    f"{most:,} autoscaler decisions (limits.max_ticks) by {self.env.now:,.4g} s; raise the interval",
+                )
+            yield self.env.timeout(interval)
+            # tokens_per_s is measured over whole intervals (a poke between ticks reuses it)
+            self._tokens_rate = (self._tokens_done - self._tokens_prev) / interval
+            self._tokens_prev = self._tokens_done
+            self._autoscale_now()
+
+    def load(self) -> float:
+        metric = self.cfg.fleet.autoscaler.metric
+        if metric == "concurrency":
+            return float(sum(n.out for n in self.nodes if n.state != STOPPED) + len(self.router_queue))
+        if metric in ("running", "kv"):
+            live = [n.engine for n in self.nodes if n.state != STOPPED]
+            for eng in live:
+                eng.sync()  # type: ignore[union-attr]  # admissions at a passed cut, as in the reference mode
+            if metric == "running":
+                return float(sum(len(eng.running) for eng in live))  # type: ignore[union-attr]
+            return sum(eng.kv_blocks_used() for eng in live) / self.plan.kv_blocks  # type: ignore[union-attr]
+        return self._tokens_rate
+
+    def _autoscale_now(self) -> None:
+        f = self.cfg.fleet
+        total = self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING)
+        if self.fixed:  # keep the fleet at its size (replace what spot preemption takes)
+            for _ in range(max(0, f.replicas - total)):
+                self._provision()
+            return
+        capacity = self._count(PROVISIONING, ACTIVE, WAKING)  # awake or about to be
+        ready = self._count(ACTIVE)
+        desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity))
+        if self.router_queue:
+            desired = max(desired, 1)  # requests wait for a replica: never down to zero (scale from zero)
+        if desired > capacity:  # wake parked replicas first, then start new ones
+            need = desired - capacity
+            for node in [n for n in self.nodes if n.state == SLEEPING][:need]:
+                self._wake(node)
+                need -= 1
+            for _ in range(min(need, f.max_replicas - total)):
+                self._provision()
+        elif desired < total:  # shed down to desired, sleepers first; min_replicas bounds the fleet
+            shed = max(0, min(total - desired, total - f.min_replicas))
+            asleep = sorted((n for n in self.nodes if n.state == SLEEPING), key=lambda n: -n.uid)
+            starting = sorted((n for n in self.nodes if n.state == PROVISIONING), key=lambda n: -n.uid)
+            active = sorted((n for n in self.nodes if n.state == ACTIVE), key=lambda n: (n.out, -n.uid))
+            victims = asleep[:shed]
+            victims += (starting + active)[: min(shed - len(victims), max(capacity - desired, 0))]
+            for node in victims:
+                self._drain(node)
+        self._desired = desired  # what the load asks for (min_replicas may keep more, asleep)
+        total = self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING)  # after this decision
+        for _ in range(max(0, f.min_replicas - total)):
+            self._provision()
+
+    def _poke(self) -> None:
+        """A request waits with no replica able to take it: decide now, as Knative's activator does."""
+        if not self.fixed and not self._count(PROVISIONING, WAKING):
+            self._autoscale_now()
+
+    # ------------------------------------------------------------------ records
+
+    def _done(self, req: Request, now: float) -> None:
+        node = self.all_nodes[req.replica]
+        self.loads[node.slot] -= 1
+        node.out -= 1
+        i = req.id
+        rec = self.records
+        rec.route[i] = ROUTE_GPU
+        rec.replica[i] = req.replica
+        rec.start[i] = req.start
+        ov = self.request_overhead
+        rec.first_token[i] = req.first_token + ov
+        rec.finish[i] = now + ov
+        if req.preemptions:
+            rec.preemptions[i] = req.preemptions
+        if req.cached:
+            rec.cached[i] = req.cached
+        self._area += self._in_system * (now - self._last)  # live time-series accounting
+        self._last = now
+        self._in_system -= 1
+        self._completions += 1
+        self._tokens_done += req.prompt + req.output
+        self.n_closed += 1
+        if self.n_closed == self.n_total:
+            self.finished.succeed()
+        if self.users is not None:
+            if node.cache is not None:  # the KV of the answer stays cached, as the prompt's does
+                node.cache.insert(self.users.answer_blocks(i, req.output))
+            self._answered(i, req.output, ov)
+
+    def _reject(self, i: int, reason: int, *, served: bool = True) -> None:
+        """Record a rejection; `served=False` for a request already counted in the system."""
+        self.records.route[i] = ROUTE_REJECTED
+        self.records.reason[i] = reason
+        self.records.finish[i] = self.env.now
+        if not served:
+            now = self.env.now
+            self._area += self._in_system * (now - self._last)
+            self._last = now
+            self._in_system -= 1
+        self._close()
+        if self.users is not None:
+            self._answered(i, None)
+
+    def _close(self) -> None:
+        self.n_closed += 1
+        if self.n_closed == self.n_total:
+            self.finished.succeed()
+
+    def stop_all(self) -> None:
+        """End of the simulation: every replica still alive stops (billing ends now)."""
+        for node in self.nodes:
+            if node.state != STOPPED:
+                self._set_state(node, STOPPED)
+
+    # ------------------------------------------------------------------ time series
+
+    def sample(self, interval: float):
+        env = self.env
+        k = 0
+        most = self.cfg.limits.max_samples
+        while True:
+            k += 1
+            if k > most:  # the run goes on far longer than its arrivals: a runaway horizon
+                raise ConfigError(
+                    "output.timeseries_interval_s",
+                    interval,
+                    f"the simulation passed {env.now:,.4g} s ({most:,} time-series rows, limits.max_samples) with "
+                    f"{self.n_total - self.n_closed:,} requests unfinished: iterations this slow (check the engine "
+                    "and performance keys) or a fleet this small cannot finish the workload",
+                )
+            yield env.timeout(k * interval - env.now)
+            self.take_sample()
+            if (
+                self._arrivals_done
+                and not self.finished.triggered
+                and not self.router_queue
+                and all(
+                    not n.engine.running and not n.engine.waiting
+                    for n in self.nodes  # type: ignore[union-attr]
+                )
+                and not self._api_in_flight()
+            ):
+                # a bug, never a user error: requests went missing
+                raise RuntimeError(
+                    f"{self.n_total - self.n_closed} request(s) neither served nor rejected at t={env.now:.1f}"
+                )
+
+    def _api_in_flight(self) -> bool:
+        return self.api is not None and self._in_system > sum(n.out for n in self.nodes) + len(self.router_queue)
+
+    def busy_seconds(self) -> float:
+        now = self.env.now
+        return sum(n.engine.busy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
+
+    def occupancy_seconds(self) -> float:
+        now = self.env.now
+        return sum(n.engine.occupancy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
+
+    def awake_seconds(self) -> float:
+        """Replica-seconds spent able to run iterations (active or draining)."""
+        now = self.env.now
+        closed = sum(s.end - s.start for s in self.spans if s.state in (ACTIVE, DRAINING))
+        return closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
+
+    def gpu_cost_so_far(self) -> float:
+        now = self.env.now
+        return self._gpu_cost_closed + sum(
+            self._accrued(n, n.state, now - n.since) for n in self.nodes if n.state != STOPPED
+        )
+
+    def take_sample(self) -> None:
+        """Close the current time-series bin at env.now."""
+        now = self.env.now
+        for n in self.nodes:
+            if n.state != STOPPED:
+                n.engine.sync()  # type: ignore[union-attr]
+        self._area += self._in_system * (now - self._last)
+        self._last = now
+        span = now - self._bin_start
+        if span <= 0:
+            return
+        busy = self.busy_seconds()
+        occ = self.occupancy_seconds()
+        awake = self.awake_seconds()
+        counts = dict.fromkeys(STATES, 0)
+        used = blocks = queued = running = 0
+        for n in self.nodes:
+            if n.state == STOPPED:
+                continue
+            state = "idle" if n.state == ACTIVE and n.out == 0 else n.state
+            counts[state] += 1
+            eng = n.engine
+            queued += len(eng.waiting)  # type: ignore[union-attr]
+            running += len(eng.running)  # type: ignore[union-attr]
+            if n.state in (ACTIVE, DRAINING):
+                used += eng.kv_blocks_used()  # type: ignore[union-attr]
+                blocks += self.plan.kv_blocks
+        d_awake = awake - self._awake_prev
+        gpu_cost = self.gpu_cost_so_far()
+        api_cost = self.api.spend if self.api is not None else 0.0
+        self.samples.append(
+            (
+                self._bin_start,
+                span,
+                self._arrivals,
+                self._completions,
+                self._area / span,
+                len(self.router_queue),
+                queued,
+                running,
+                used / blocks if blocks else 0.0,
+                (occ - self._occ_prev) / d_awake if d_awake > 0 else 0.0,
+                (busy - self._busy_prev) / d_awake if d_awake > 0 else 0.0,
+                *(counts[s] for s in STATES),
+                self._api_started,
+                gpu_cost,
+                api_cost,
+                gpu_cost + api_cost,
+            )
+        )
+        self._busy_prev, self._occ_prev, self._awake_prev = busy, occ, awake
+        self._arrivals = self._completions = self._api_started = 0
+        self._area = 0.0
+        self._bin_start = now

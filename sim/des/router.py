@@ -1,0 +1,125 @@
+"""Routers: the fleet's global scheduler, choosing a replica for each arriving request.
+
+A router is a one-method object (`choose(loads, req) -> slot`) looked up by name in `ROUTERS`.
+`loads` holds, per replica slot, the requests waiting or running there plus a penalty for its
+state: 0 active, `WAKE_PENALTY` waking, `SLEEP_PENALTY` asleep (chosen only when nothing is
+awake: routing to it wakes it), `NOT_ROUTABLE` otherwise (starting up, draining, stopped). Ties
+break on the lowest slot, so runs are deterministic.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from sim.config.schema import Config
+    from sim.des.engine import Request
+
+WAKE_PENALTY = 1 << 30
+SLEEP_PENALTY = 1 << 40
+NOT_ROUTABLE = 1 << 62
+
+
+class Router(Protocol):
+    def choose(self, loads: list[int], req: Request) -> int: ...
+
+
+class Fleet(Protocol):
+    """What a router may read of the fleet it routes for (`sim.des.fleet.Fleet`)."""
+
+    cfg: Config
+    rng: np.random.Generator
+    nodes: list[Any]  # per slot: a replica with its prefix cache (`.cache`, or None)
+
+    def blocks_of(self, req: Request) -> Any: ...  # the request's prefix block hashes, or None
+
+
+def _tier(loads: list[int]) -> tuple[int, list[int]]:
+    """The best state class present (active, waking, sleeping) and the slots in it."""
+    low = min(loads)
+    tier = low >> 30
+    return tier, [k for k, v in enumerate(loads) if v >> 30 == tier]
+
+
+class LeastOutstanding:
+    """Fewest requests waiting or running; the first such replica on ties."""
+
+    def __init__(self, fleet: Fleet | None = None):
+        pass
+
+    def choose(self, loads: list[int], req: Request) -> int:
+        return loads.index(min(loads))  # two C-level passes: cheap even for large fleets
+
+
+class RoundRobin:
+    """Each replica of the best available state in turn, regardless of load."""
+
+    def __init__(self, fleet: Fleet | None = None):
+        self._next = 0
+
+    def choose(self, loads: list[int], req: Request) -> int:
+        _, slots = _tier(loads)
+        after = [k for k in slots if k >= self._next]
+        k = after[0] if after else slots[0]
+        self._next = k + 1
+        return k
+
+
+class PowerOfTwo:
+    """Two replicas at random (of the best available state), the less loaded of the two."""
+
+    def __init__(self, fleet: Fleet):
+        self.rng = fleet.rng
+
+    def choose(self, loads: list[int], req: Request) -> int:
+        _, slots = _tier(loads)
+        if len(slots) == 1:
+            return slots[0]
+        a, b = self.rng.choice(len(slots), size=2, replace=False)
+        a, b = slots[int(a)], slots[int(b)]
+        return a if (loads[a], a) <= (loads[b], b) else b
+
+
+class PrefixAware:
+    """The replica whose prefix cache holds the longest leading part of the request's prompt,
+    among those within `fleet.prefix_slack` requests of the least loaded; least loaded when no
+    cache helps (or the workload has no prefix hashes)."""
+
+    def __init__(self, fleet: Fleet):
+        self.fleet = fleet
+        self.slack = fleet.cfg.fleet.prefix_slack
+
+    def choose(self, loads: list[int], req: Request) -> int:
+        best = loads.index(min(loads))
+        blocks = self.fleet.blocks_of(req)
+        if blocks is None or not len(blocks) or loads[best] >= NOT_ROUTABLE:
+            return best
+        nodes = self.fleet.nodes
+        limit = loads[best] + self.slack
+        best_hit = -1
+        choice = best
+        for k, load in enumerate(loads):
+            if load > limit:
+                continue
+            cache = nodes[k].cache
+            hit = cache.peek(blocks) if cache is not None else 0
+            if hit > best_hit or (hit == best_hit and load < loads[choice]):
+                choice, best_hit = k, hit
+        return choice
+
+
+ROUTERS: dict[str, type] = {
+    "least_outstanding": LeastOutstanding,
+    "round_robin": RoundRobin,
+    "power_of_two": PowerOfTwo,
+    "prefix_aware": PrefixAware,
+}
+
+
+def make_router(name: str, fleet: Fleet) -> Router:
+    try:
+        return ROUTERS[name](fleet)
+    except KeyError:
+        raise ValueError(f"unknown router {name!r}; known: {', '.join(ROUTERS)}") from None

@@ -1,0 +1,310 @@
+"""Execution-time predictor: how long one engine iteration takes on one replica.
+
+The default is a roofline per GPU of the tensor-parallel group:
+
+    T = T_fixed + max(T_mem, T_compute) + T_allreduce
+    T_mem     = weight bytes read / (eta_w BW) + KV bytes read / (eta_kv BW)
+    T_compute = (2 P_flop n_tokens + 4 L H d_head n_pairs) / (TP eta_f FLOPS)
+
+where n_tokens counts the prefill-chunk tokens plus one per decoding sequence and n_pairs the
+(query, key) pairs attention computes. MoE models read only the experts the batch's tokens
+touch. A measured table (batch_size, tokens, context -> iteration_ms) can replace the formula.
+
+A run of decode-only iterations with a fixed batch is the engine's hot path: the context grows
+by the batch size every step, so both roofline terms are linear in the step index and the
+run's total time and its inverse have closed forms (`DecodeRun`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from sim.config.errors import ConfigError
+from sim.config.schema import WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig
+from sim.hardware.kvcache import kv_bytes_per_token
+
+Chunks = list[tuple[int, int]]  # (prefill tokens this iteration, tokens already in the KV cache)
+
+
+class DecodeRun(Protocol):
+    """Consecutive decode-only iterations of a fixed batch."""
+
+    def time(self, n: int) -> float:
+        """Total duration of the first n iterations."""
+        ...
+
+    def steps_within(self, elapsed: float) -> int:
+        """Number of iterations that have completed `elapsed` seconds after the run started."""
+        ...
+
+
+class PerfModel(Protocol):
+    def iteration_time(self, n_decode: int, context: int, chunks: Chunks) -> float:
+        """Duration of one iteration: n_decode sequences holding `context` KV tokens in total,
+        plus prefill chunks."""
+        ...
+
+    def decode_run(self, n_decode: int, context: int, n_max: int) -> DecodeRun:
+        """Iterations of n_decode sequences starting with `context` KV tokens (grows n_decode/step)."""
+        ...
+
+
+class Roofline:
+    """Roofline iteration time with efficiency factors (see module docstring)."""
+
+    def __init__(self, model: ModelConfig, gpu: GpuConfig, engine: EngineConfig):
+        tp = engine.tensor_parallel_size
+        # gpu.efficiency: this generation's achieved share of peak relative to the H100 the
+        # engine factors were fitted on (docs/calibration.md)
+        bw = gpu.mem_bw_tbps * 1e12 * gpu.efficiency
+        wbytes = WEIGHT_BYTES[model.weight_dtype] * 1e9 / tp  # per GPU, per billion params
+        total = model.params_b
+        active = model.active_params_b or total
+        if model.experts:
+            per_expert = (total - active) / (model.experts - model.experts_per_token)
+            expert_params = per_expert * model.experts
+            self._miss = 1.0 - model.experts_per_token / model.experts
+        else:
+            expert_params = 0.0
+            self._miss = 0.0
+        self._w_dense = (total - expert_params) * wbytes / (engine.eta_weights * bw)
+        # grouped expert GEMMs stream their weights less efficiently than dense layers: eta_moe
+        self._w_expert = expert_params * wbytes / (engine.eta_weights * engine.eta_moe * bw)
+        kv_gpu = kv_bytes_per_token(model, engine.kv_cache_dtype) / min(tp, model.kv_heads)
+        self._kv = kv_gpu / (engine.eta_kv * bw)  # s per KV token read
+        fp8 = model.weight_dtype == "fp8" and gpu.fp8_tflops
+        flops = (gpu.fp8_tflops if fp8 else gpu.bf16_tflops) * 1e12 * engine.eta_flops * tp * gpu.efficiency
+        flop_params = model.flop_params_b or active
+        self._tok = 2 * flop_params * 1e9 / flops  # s per token through the matmuls
+        self._pair = 4 * model.layers * model.heads * model.head_dim / flops  # s per (q, k) pair
+        self._fixed = engine.step_overhead_ms / 1000
+        self._per_seq = engine.step_overhead_per_seq_us * 1e-6
+        if tp > 1:  # two all-reduces per layer; ring: 2 (tp-1)/tp of the activations cross links
+            # a small all-reduce's latency grows with the log of the group (tree / one-shot
+            # algorithms): gpu.allreduce_latency_us is the figure for 2 GPUs
+            self._fixed += 2 * model.layers * gpu.allreduce_latency_us * 1e-6 * math.log2(tp)
+            self._ar_tok = 2 * model.layers * 2 * (tp - 1) / tp * model.hidden * 2 / (gpu.link_gbps * 1e9)
+        else:
+            self._ar_tok = 0.0
+
+    def weight_time(self, n_tokens: int) -> float:
+        """Weight-read time: dense part plus the share of experts the tokens route to."""
+        if self._w_expert:
+            return self._w_dense + self._w_expert * (1.0 - self._miss**n_tokens)
+        return self._w_dense
+
+    def iteration_time(self, n_decode: int, context: int, chunks: Chunks) -> float:
+        n = n_decode
+        kv = context + n_decode
+        pairs = kv
+        for c, k0 in chunks:
+            n += c
+            kv += k0 + c
+            pairs += c * k0 + c * (c + 1) / 2
+        mem = self.weight_time(n) + self._kv * kv
+        comp = self._tok * n + self._pair * pairs
+        return (
+            self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
+        )
+
+    def decode_run(self, n_decode: int, context: int, n_max: int) -> LinearDecodeRun:
+        b = n_decode
+        kv0 = context + b
+        return LinearDecodeRun(
+            self._fixed + (self._per_seq + self._ar_tok) * b,
+            self.weight_time(b) + self._kv * kv0,
+            self._kv * b,
+            self._tok * b + self._pair * kv0,
+            self._pair * b,
+        )
+
+
+class LinearDecodeRun:
+    """t_k = c0 + max(am + bm k, ac + bc k): closed-form sums and their inverse."""
+
+    __slots__ = ("_a1", "_a2", "_b1", "_b2", "_c0", "_k", "_t_k")
+
+    def __init__(self, c0: float, am: float, bm: float, ac: float, bc: float):
+        self._c0 = c0
+        d0, d1 = am - ac, bm - bc  # memory minus compute at step k: d0 + d1 k
+        k_switch: float = math.inf  # one regime throughout unless the lines cross
+        if d1 > 0 and d0 < 0:  # compute-bound first, memory-bound from the first k with d >= 0
+            crossing = -d0 / d1
+            if crossing < 1e15:
+                k_switch = math.ceil(crossing)
+        elif d1 < 0 and d0 >= 0:  # memory-bound first, compute-bound once d < 0
+            crossing = d0 / -d1
+            if crossing < 1e15:
+                k_switch = math.floor(crossing) + 1
+        first_mem = d0 >= 0
+        if first_mem:
+            self._a1, self._b1, self._a2, self._b2 = am, bm, ac, bc
+        else:
+            self._a1, self._b1, self._a2, self._b2 = ac, bc, am, bm
+        self._k = k_switch
+        self._t_k = self._sum1(k_switch) if k_switch != math.inf else math.inf
+
+    def _sum1(self, n: float) -> float:
+        return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
+
+    def time(self, n: int) -> float:
+        if n <= self._k:
+            return self._sum1(n)
+        k = self._k
+        m = n - k
+        return self._t_k + m * (self._c0 + self._a2) + self._b2 * m * (n - 1 + k) / 2
+
+    def steps_within(self, elapsed: float) -> int:
+        if elapsed <= 0:
+            return 0
+        if elapsed < self._t_k:
+            m = _solve(self._c0 + self._a1 - self._b1 / 2, self._b1 / 2, elapsed)
+        else:
+            k = self._k
+            # second regime: sum_{j<m} (c0 + a2 + b2 (k + j)) = elapsed - T_k
+            lin = self._c0 + self._a2 + self._b2 * k - self._b2 / 2
+            m = k + _solve(lin, self._b2 / 2, elapsed - self._t_k)
+        n = max(0, int(m))
+        while self.time(n + 1) <= elapsed:
+            n += 1
+        while n > 0 and self.time(n) > elapsed:
+            n -= 1
+        return n
+
+
+def _solve(lin: float, quad: float, y: float) -> float:
+    """Positive root of quad m^2 + lin m = y (numerically stable form)."""
+    if quad == 0:
+        return y / lin
+    return 2 * y / (lin + math.sqrt(lin * lin + 4 * quad * y))
+
+
+class TablePerf:
+    """Iteration time interpolated (multilinear, extrapolating) in a measured grid.
+
+    CSV columns: batch_size (sequences in the iteration), tokens (tokens processed), context (KV
+    tokens read), iteration_ms. The rows must form a full grid over the three columns.
+    """
+
+    COLUMNS = ("batch_size", "tokens", "context", "iteration_ms")
+
+    def __init__(self, path: str):
+        import pandas as pd
+        from scipy.interpolate import RegularGridInterpolator
+
+        key = "engine.perf_table"
+        try:
+            df = pd.read_csv(path)
+        except Exception as exc:
+            raise ConfigError(key, path, f"cannot read CSV: {exc}") from None
+        missing = [c for c in self.COLUMNS if c not in df.columns]
+        if missing:
+            raise ConfigError(key, path, f"missing columns {missing}; need {list(self.COLUMNS)}")
+        values = df[list(self.COLUMNS)].apply(pd.to_numeric, errors="coerce")
+        bad = values.isna().any(axis=1) | (values["iteration_ms"] <= 0)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0]) + 2  # header is line 1
+            raise ConfigError(key, path, f"row {row}: non-numeric or non-positive value")
+        axes = [np.unique(values[c].to_numpy(float)) for c in self.COLUMNS[:3]]
+        if any(len(a) < 2 for a in axes) or len(values) != math.prod(len(a) for a in axes):
+            shape = "x".join(str(len(a)) for a in axes)
+            raise ConfigError(
+                key,
+                path,
+                f"rows must form a full grid with >= 2 values per column (got {len(values)} rows, axes {shape})",
+            )
+        grid = values.sort_values(list(self.COLUMNS[:3]))["iteration_ms"].to_numpy(float)
+        self._interp = RegularGridInterpolator(
+            axes, grid.reshape([len(a) for a in axes]) / 1000, bounds_error=False, fill_value=None
+        )
+        self.path = Path(path)
+        self._floor = float(grid.min()) / 1000  # no iteration is faster than the fastest measured
+
+    def iteration_time(self, n_decode: int, context: int, chunks: Chunks) -> float:
+        tokens = n_decode + sum(c for c, _ in chunks)
+        ctx = context + n_decode + sum(c + k0 for c, k0 in chunks)
+        return max(float(self._interp([(n_decode + len(chunks), tokens, ctx)])[0]), self._floor)
+
+    def decode_run(self, n_decode: int, context: int, n_max: int) -> TableDecodeRun:
+        k = np.arange(n_max, dtype=float)
+        pts = np.column_stack([np.full(n_max, n_decode), np.full(n_max, n_decode), context + n_decode + n_decode * k])
+        times = np.maximum(self._interp(pts), self._floor)  # extrapolation may not go below the table
+        return TableDecodeRun(np.concatenate([[0.0], np.cumsum(times)]))
+
+
+class TableDecodeRun:
+    __slots__ = ("_cum",)
+
+    def __init__(self, cum: np.ndarray):
+        self._cum = cum
+
+    def time(self, n: int) -> float:
+        return float(self._cum[n])
+
+    def steps_within(self, elapsed: float) -> int:
+        return int(np.searchsorted(self._cum, elapsed, side="right")) - 1
+
+
+def build_perf(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> PerfModel:
+    if engine.perf_table:
+        return TablePerf(engine.perf_table)
+    return Roofline(model, gpu, engine)
+
+
+def saturation_throughput(
+    perf: PerfModel,
+    kv_tokens: int,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    prompt: float,
+    output: float,
+    prefill: float | None = None,
+) -> float:
+    """Requests per second one replica completes when saturated by requests of `prompt` input and
+    `output` output tokens (means; `prefill`: the prompt tokens that must be computed, fewer with
+    prefix-cache hits).
+
+    In steady state B sequences decode together and every finished sequence is replaced by a
+    waiting one, whose prompt is prefilled in the next iteration. B is the largest batch the
+    three limits allow: `max_num_seqs`, the token budget (B (1 + prefill / output) <=
+    max_num_batched_tokens) and the KV cache: the batch whose sequences can all grow to prompt +
+    output without preempting (an engine that admits more keeps its cache full but loses the
+    difference to preemption and recompute). Sequences finish at B / output per iteration, so an
+    iteration carries k new prompts with k ~ Poisson(B / output) (capped by the token budget): its
+    time is the roofline's for B decodes plus those prompts, and the mean over k matters because
+    an iteration without prefill is memory-bound and one with it compute-bound. Throughput = B /
+    (output x mean iteration time).
+    """
+    p, n = max(prompt, 1.0), max(output, 1.0)
+    fill = p if prefill is None else min(max(prefill, 0.0), p)  # prompt tokens computed per request
+    b = min(max_num_seqs, max_num_batched_tokens / (1 + fill / n), kv_tokens / (p + n))
+    b = max(1, math.floor(b))
+    context = round(b * (p + n / 2))
+    lam = b / n  # new prompts per iteration
+    room = max(max_num_batched_tokens - b, 0)
+    k_max = int(lam + 8 * math.sqrt(lam) + 8)
+    pmf = math.exp(-lam)
+
+    def step(tokens: float) -> float:
+        whole, part = divmod(tokens, fill) if fill >= 1 else (0, 0.0)
+        chunks = [(round(fill), round(p - fill))] * int(whole)
+        if part >= 1:
+            chunks.append((round(part), round(p - fill + (fill - part) / 2)))
+        return perf.iteration_time(b, context, chunks)
+
+    mean_t = mass = carried = 0.0
+    for k in range(k_max + 1):
+        if k:
+            pmf *= lam / k
+        tokens = min(k * fill, room)
+        carried += pmf * (k * fill - tokens)
+        mean_t += pmf * step(tokens)
+        mass += pmf
+    mean_t /= mass
+    if carried > 0 and room > 0:  # prompts over the budget spill into later iterations: their marginal time
+        mean_t += carried / mass * (step(room) - step(0)) / room
+    return b / (n * mean_t)

@@ -1,0 +1,1 @@
+"""Prices: what a replica's lifecycle costs under each pricing kind."""

@@ -1,0 +1,1 @@
+"""From records to numbers: the requests table, SLO attainment, cost rates, the summary. No SimPy."""

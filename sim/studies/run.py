@@ -1,0 +1,382 @@
+"""`sim.run(config) -> Result`: one scenario from config to results, without Hydra.
+
+config -> workload -> fleet (router, replicas) -> records -> requests table, time series,
+summary. The command line (`sim.apps.cli`) and the tests both call this.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from sim.config.errors import UserError
+from sim.config.schema import Config, batch_limits, has_trace, is_closed
+from sim.des.preflight import validate
+from sim.des.records import SAMPLE_COLUMNS
+from sim.des.simulate import simulate
+from sim.hardware.kvcache import MemoryPlan, memory_plan
+from sim.hardware.perf import build_perf, saturation_throughput
+from sim.pricing.cost import fleet_costs
+from sim.results.metrics import api_projection, arrival_span, json_ready, requests_frame, summarize
+from sim.workload.build import Workload, block_bootstrap, build_workload, stream
+from sim.workload.limits import check_workload as check_limits
+
+
+def config_yaml(cfg: Config) -> str:
+    """The fully resolved config of a run, as YAML (the Python API's counterpart of .hydra/),
+    written as OmegaConf writes it: keys in schema order, block style, and a string that would
+    read back as a number or a boolean quoted."""
+    import dataclasses
+
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def text(dumper, value: str):
+        quoted = value in _YAML_BOOLS or _is_number(value)
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'" if quoted else None)
+
+    Dumper.add_representer(str, text)
+    return yaml.dump(
+        dataclasses.asdict(cfg), Dumper=Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
+    )
+
+
+_YAML_BOOLS = {v for b in ("y", "yes", "n", "no", "true", "false", "on", "off") for v in (b, b.title(), b.upper())}
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class Result:
+    config: Config
+    summary: dict
+    requests: pd.DataFrame
+    timeseries: pd.DataFrame
+    plan: MemoryPlan
+    engine_stats: dict = field(default_factory=dict)
+    bills: pd.DataFrame | None = None  # one row per replica: life, seconds by state, billed cost
+    spans: list = field(default_factory=list)  # replica lifecycle records (sim.pricing.cost.Span)
+    per_seed: pd.DataFrame | None = None  # replicated runs: one summary row per seed
+
+    def save(self, out_dir: str | Path, *, plots: bool | None = None, overwrite: bool = False) -> Path:
+        """Write requests.parquet, timeseries.csv, replicas.csv, seeds.csv, config.yaml and plots/
+        into out_dir, then summary.json, atomically and last: a run directory holds a summary only
+        once everything else is in place (a run stopped while writing has none, and a sweep counts
+        it as failed). A directory holding an earlier run's outputs is refused, unless `overwrite`,
+        which first removes them (never anything else): two runs' files never mix."""
+        import os
+        import shutil
+
+        out = Path(out_dir)
+        earlier = earlier_outputs(out)
+        if earlier and not overwrite:
+            raise UserError(
+                f"{out}: holds an earlier run's outputs ({', '.join(earlier[:3])}); save(..., overwrite=True)"
+            )
+        for name in earlier:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_yaml(self.config))
+        if self.config.output.requests:
+            self.requests.to_parquet(out / "requests.parquet", index=False)
+        self.timeseries.to_csv(out / "timeseries.csv", index=False)
+        if self.bills is not None:
+            self.bills.to_csv(out / "replicas.csv", index=False)
+        if self.per_seed is not None:
+            self.per_seed.to_csv(out / "seeds.csv", index=False)
+        if self.config.output.plots if plots is None else plots:
+            from sim.output import plots as plotting
+
+            plotting.save_all(self, out / "plots")
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
+        os.replace(tmp, out / "summary.json")
+        return out
+
+
+# what a run writes into its directory (Result.save, and error.txt for a failed sweep job)
+OUTPUTS = (
+    "summary.json",
+    "requests.parquet",
+    "timeseries.csv",
+    "replicas.csv",
+    "seeds.csv",
+    "config.yaml",
+    "error.txt",
+    "plots",
+    ".summary.json.tmp",
+)
+
+
+def earlier_outputs(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    """The outputs of an earlier run (OUTPUTS, and `extra` names) present in directory `out`."""
+    return [name for name in (*OUTPUTS, *extra) if (out / name).exists()]
+
+
+def check_workload(wl: Workload) -> Workload:
+    """A workload handed in by a caller: non-empty, sorted, non-negative, token counts >= 1."""
+    import numpy as np
+
+    n = len(wl.arrival_s)
+    if n == 0:
+        raise UserError("workload: no requests")
+    if len(wl.prompt_tokens) != n or len(wl.output_tokens) != n:
+        raise UserError("workload: arrival_s, prompt_tokens and output_tokens differ in length")
+    if not np.all(np.diff(wl.arrival_s) >= 0) or wl.arrival_s[0] < 0 or not np.all(np.isfinite(wl.arrival_s)):
+        raise UserError("workload: arrival_s must be finite, >= 0 and non-decreasing")
+    if wl.prompt_tokens.min() < 1 or wl.output_tokens.min() < 1:
+        raise UserError("workload: prompt_tokens and output_tokens must be >= 1")
+    return wl
+
+
+def run(cfg: Config, workload: Workload | None = None) -> Result:
+    """Simulate one scenario. With `seeds`, the scenario runs once per seed and the summary
+    reports means and intervals. (`sim.run` also takes a nested dict or an OmegaConf node.)"""
+    if not isinstance(cfg, Config):
+        raise TypeError(f"sim.studies.run.run takes a Config, not {type(cfg).__name__}: use sim.run for dicts")
+    validate(cfg)
+    if cfg.seeds:
+        return replicate(cfg, workload)
+    return run_one(cfg, workload)
+
+
+# summary keys reported with a 95% interval when a run is replicated over seeds
+INTERVAL_KEYS = (
+    "total_cost",
+    "cost_per_hour",
+    "cost_per_mtok",
+    "ttft_p99",
+    "tpot_p99",
+    "slo_attainment",
+    "ttft_slo_percentile",
+    "tpot_slo_percentile",
+)
+
+
+def replicate(cfg: Config, workload: Workload | None = None) -> Result:
+    """Run each seed of `cfg.seeds`; the summary holds the mean of every number, a 95% Student-t
+    interval (`<key>_ci_low`, `<key>_ci_high`) for the figures that decide a plan, and a
+    pessimistic `slo_met`: the SLO must hold at the unfavourable end of every interval."""
+    import dataclasses
+
+    results, how = [], "seeds"
+    for s in cfg.seeds:
+        one = dataclasses.replace(cfg, seed=s, seeds=None)
+        wl = workload
+        if workload is None and has_trace(cfg.workload):
+            how = "fixed trace"
+            if cfg.workload.bootstrap_block_s is not None:
+                base = build_workload(cfg.workload, s, cfg.limits)
+                wl = block_bootstrap(
+                    base,
+                    arrival_span(cfg.workload, base.arrival_s),
+                    cfg.workload.bootstrap_block_s,
+                    stream(s, "bootstrap"),
+                )
+                how = "block bootstrap" if wl is not None else "fixed trace (shorter than two bootstrap blocks)"
+        results.append(run_one(one, wl))
+    summaries = [r.summary for r in results]
+    # counts a seed reports only when they happened (api_refusals.<reason>, the requests of a
+    # class that sent none) are 0 in the others; a missing latency or attainment stays missing
+    keys = list(dict.fromkeys(k for s in summaries for k in s))
+    for s in summaries:
+        s.update({k: 0 for k in keys if k not in s and k.split(".", 1)[0] in COUNTS})
+    per_seed = pd.DataFrame([{"seed": seed, **s} for seed, s in zip(cfg.seeds, summaries, strict=True)])
+    summary = {key: _mean([s.get(key) for s in summaries]) for key in keys}
+    for key in INTERVAL_KEYS:
+        values = per_seed[key].to_numpy(dtype=float)
+        low, high = interval(values)
+        top = 1.0 if key == "slo_attainment" else math.inf  # clip to the quantity's range
+        summary[f"{key}_ci_low"] = min(max(low, 0.0), top) if math.isfinite(low) else math.nan
+        summary[f"{key}_ci_high"] = min(max(high, 0.0), top) if math.isfinite(high) else math.nan
+    slo = cfg.slo
+    served = (per_seed["n_requests"] - per_seed["n_rejected"] > 0).all()
+    summary["slo_met"] = bool(
+        not summary["ttft_slo_percentile_ci_high"] > slo.ttft_s  # NaN (nothing measured) passes
+        and not summary["tpot_slo_percentile_ci_high"] > slo.tpot_s
+        and summary["slo_attainment_ci_low"] >= slo.attainment
+        and served
+    )
+    summary["slo_met_seeds"] = float(per_seed["slo_met"].mean())
+    if "api_cap_exceeded" in per_seed:  # pessimistic, like slo_met: any seed, or the mean, over the cap
+        cap = cfg.api.monthly_cap_usd if not cfg.api.tiers else summary.get("api_monthly_cap")
+        over_mean = cap is not None and math.isfinite(cap) and summary["api_cost_per_month"] > cap
+        summary["api_cap_exceeded"] = bool(per_seed["api_cap_exceeded"].astype(bool).any() or over_mean)
+    summary["n_seeds"] = len(results)
+    # what varies between the replications: the synthetic draws (seeds), a block bootstrap of a
+    # replayed trace, or nothing but the simulation's own randomness (a fixed trace)
+    summary["replication"] = how
+    summary["wall_time_s"] = float(per_seed["wall_time_s"].sum())
+    requests = pd.concat(
+        [r.requests.assign(seed=s) for s, r in zip(cfg.seeds, results, strict=True)], ignore_index=True
+    )
+    first = results[0]
+    return Result(
+        cfg,
+        summary,
+        requests,
+        first.timeseries,
+        first.plan,
+        first.engine_stats,
+        bills=first.bills,
+        spans=first.spans,
+        per_seed=per_seed,
+    )
+
+
+COUNTS = ("api_refusals", "n_requests", "n_gpu", "n_api", "n_rejected")
+
+
+def interval(values) -> tuple[float, float]:
+    """95% Student-t interval of the mean of `values` (NaNs, i.e. seeds that measured nothing,
+    left out); NaN bounds with fewer than two values."""
+    import numpy as np
+    from scipy import stats
+
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if len(v) < 2:
+        return math.nan, math.nan
+    m, half = float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
+    return m - half, m + half
+
+
+def _mean(values: list):
+    """The mean over seeds of one summary value: booleans all-true, numbers averaged (NaN and
+    missing left out), dicts key by key, anything else (names) the first seed's."""
+    present = [v for v in values if v is not None]
+    if not present:
+        return None
+    first = present[0]
+    if isinstance(first, bool):
+        return bool(all(present))
+    if isinstance(first, (int, float)):
+        nums = [float(v) for v in present if isinstance(v, (int, float)) and math.isfinite(v)]
+        return sum(nums) / len(nums) if nums else math.nan
+    if isinstance(first, dict):
+        keys = list(dict.fromkeys(k for v in present if isinstance(v, dict) for k in v))
+        return {k: _mean([v.get(k) for v in present if isinstance(v, dict)]) for k in keys}
+    return first
+
+
+def run_one(cfg: Config, workload: Workload | None = None) -> Result:
+    wall0 = time.perf_counter()
+    users = None
+    if workload is None and is_closed(cfg.workload):  # arrivals follow the answers: built while simulating
+        from sim.workload.closedloop import ClosedLoop
+
+        block = cfg.engine.block_size if cfg.engine.prefix_caching else 0
+        users = ClosedLoop(cfg.workload, cfg.seed, block_tokens=block, limits=cfg.limits)
+        wl = users.workload()
+    else:
+        wl = build_workload(cfg.workload, cfg.seed, cfg.limits) if workload is None else check_workload(workload)
+        check_limits(cfg, wl.arrival_s, wl.prompt_tokens, wl.output_tokens, len(wl.class_names))
+    plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)
+    perf = build_perf(cfg.model, cfg.gpu, cfg.engine)
+
+    fleet, end = simulate(cfg, wl, perf, plan, users)
+    if users is not None:
+        wl = users.workload()
+
+    df = requests_frame(wl, fleet.records)
+    if users is not None:
+        df = df.assign(**users.columns())
+    ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
+    f = cfg.fleet
+    idle = {n.uid: n.idle_s for n in fleet.all_nodes}
+    most = (f.replicas if f.autoscaler.name == "fixed" else f.max_replicas) * cfg.engine.tensor_parallel_size
+    costs, bills = fleet_costs(
+        fleet.spans,
+        f.pricing,
+        cfg.gpu.price_per_hour,
+        f.sleep.cost_fraction,
+        end,
+        idle,
+        runs_gpus=fleet.gpu_possible,
+        max_gpus=most,
+    )
+    api_cost = fleet.api.spend if fleet.api is not None else 0.0
+    span = wl.span_s if wl.span_s is not None else arrival_span(cfg.workload, wl.arrival_s)
+    alive = sum(s.end - s.start for s in fleet.spans if s.state != "stopped")
+    stats = {
+        "iterations": sum(n.engine.iterations for n in fleet.all_nodes),
+        "engine_events": sum(n.engine.timers for n in fleet.all_nodes),
+        "engine_batches": sum(n.engine.segments for n in fleet.all_nodes),
+    }
+    extra = {
+        "gpus_per_replica": cfg.engine.tensor_parallel_size,
+        "kv_tokens_per_replica": plan.kv_tokens,
+        "max_model_len": plan.max_model_len,
+        **stats,
+        **{k: v for k, v in costs.items() if k != "gpu_cost"},
+        "cold_start_s": fleet.cold_start_s,
+        "replicas_started": len(fleet.all_nodes),
+        **fleet.stats,
+    }
+    if f.sleep.enabled:
+        extra["wake_s"] = fleet.wake_s
+    if wl.shared_fraction is not None:
+        extra["prefix_shared_fraction"] = wl.shared_fraction
+    if users is not None:
+        extra.update(users=users.users, sessions=users.sessions)
+    if fleet.prefix:
+        looked = sum(n.cache.lookups for n in fleet.all_nodes if n.cache is not None)
+        hits = sum(n.cache.hits for n in fleet.all_nodes if n.cache is not None)
+        extra["prefix_block_hit_rate"] = hits / looked if looked else 0.0
+    if fleet.api is not None:
+        for reason, count in fleet.api.refusals.items():
+            extra[f"api_refusals.{reason}"] = count
+        extra.update(api_projection(cfg.api, api_cost, span))
+        extra.update(api_truncated=fleet.api.truncated, api_warmups=fleet.api.warmups, api_billed_s=fleet.api.billed_s)
+        if cfg.api.tiers:
+            extra["api_tier"] = fleet.api.tier_name
+    served = df["route"].to_numpy() == "gpu"
+    if served.any():
+        prompt = float(df["prompt_tokens"].to_numpy()[served].mean())
+        cached = float(df["cached_tokens"].to_numpy()[served].mean())
+        capacity = saturation_throughput(
+            perf,
+            plan.kv_tokens,
+            *batch_limits(cfg.engine, cfg.gpu),
+            prompt,
+            float(df["output_tokens"].to_numpy()[served].mean()),
+            prefill=prompt - cached,
+        )
+    else:
+        capacity = math.nan
+    p = f.pricing
+    egress = float(df.loc[df["route"] == "gpu", "served_output_tokens"].sum()) * p.bytes_per_token / 1e9
+    extra["egress_gb"] = egress
+    summary = summarize(
+        cfg,
+        df,
+        sim_duration_s=end,
+        busy_s=fleet.busy_seconds(),
+        occupancy_s=fleet.occupancy_seconds(),
+        replica_seconds=fleet.awake_seconds(),
+        gpu_cost=costs["gpu_cost"],
+        api_cost=api_cost,
+        ops_cost=costs["ops_cost"],
+        egress_cost=egress * p.egress_per_gb,
+        arrival_span_s=span,
+        capacity_rps=capacity,
+        mean_replicas=alive / end if end > 0 else 0.0,
+        max_replicas=fleet.max_replicas_seen,
+        class_slo=wl.class_slo,
+        extra=extra,
+    )
+    summary["wall_time_s"] = time.perf_counter() - wall0
+    return Result(cfg, summary, df, ts, plan, stats, bills=bills, spans=fleet.spans)

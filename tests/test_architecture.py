@@ -1,0 +1,147 @@
+"""The package's structure (docs/architecture.md): no import cycle between any two modules, the
+light layers load no SimPy, Hydra or matplotlib, and the closed sets of names the config checks
+against are the ones the packages register. `lint-imports` (pyproject.toml) checks the layers."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import grimp
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _cycles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.find_modules_directly_imported_by(v) & modules:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for m in sorted(modules):
+        if m not in index:
+            visit(m)
+    return out
+
+
+def test_no_module_imports_itself_through_others():
+    # every import counts: module level, inside functions (lazy) and under TYPE_CHECKING
+    graph = grimp.build_graph("sim", exclude_type_checking_imports=False)
+    modules = {m for m in graph.modules if m.startswith("sim.")}
+    assert len(modules) > 30
+    assert _cycles(graph, modules) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    graph = grimp.ImportGraph()
+    for m in ("a", "b", "c"):
+        graph.add_module(m)
+    graph.add_import(importer="a", imported="b")
+    graph.add_import(importer="b", imported="c")
+    graph.add_import(importer="c", imported="a")
+    assert _cycles(graph, {"a", "b", "c"}) == [["a", "b", "c"]]
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("sim.config.schema", ("simpy", "hydra", "omegaconf", "matplotlib", "pandas")),
+        ("sim.results.metrics", ("simpy", "hydra", "omegaconf", "matplotlib")),
+        ("sim.studies.sweep", ("simpy", "hydra", "omegaconf")),
+        ("sim.output.plots", ("simpy", "hydra", "omegaconf")),
+        ("sim.studies.run", ("hydra", "omegaconf")),
+        ("sim", ("simpy", "hydra", "omegaconf", "matplotlib", "pandas")),
+    ],
+)
+def test_light_layers_do_not_load_heavy_packages(module, absent):
+    code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert done.stdout.strip() == ""
+
+
+def test_config_names_are_the_registered_implementations():
+    from sim.config import names
+    from sim.des.autoscale import AUTOSCALERS, METRICS
+    from sim.des.router import ROUTERS
+    from sim.hardware.kvcache import PROFILERS
+    from sim.workload.arrivals import ARRIVALS
+    from sim.workload.traces import READERS
+
+    assert tuple(ARRIVALS) == names.ARRIVAL_PROCESSES
+    assert tuple(READERS) == names.TRACE_FORMATS
+    assert tuple(ROUTERS) == names.ROUTERS
+    assert tuple(AUTOSCALERS) == names.AUTOSCALERS
+    assert tuple(METRICS) == names.AUTOSCALER_METRICS
+    assert tuple(PROFILERS) == names.MEMORY_PROFILERS
+
+
+GROUPS = ("gpu", "model", "engine", "slo", "api", "fleet", "workload")
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_options_load_as_hydra_types_them(group):
+    """`load_option` builds an option's dataclass without OmegaConf; OmegaConf's typing of the
+    same file (ints as floats where floats are declared, nested dataclasses) gives the same."""
+    from sim.apps.python_api import to_config
+    from sim.config.schema import Config, load_option, options
+
+    kind = typing.get_type_hints(Config)[group]
+    for name in options(group):
+        data = yaml.safe_load((ROOT / "conf" / group / f"{name}.yaml").read_text()) or {}
+        data.pop("defaults", None)
+        ours = load_option(group, name)
+        hydra = getattr(to_config({group: data}), group)
+        assert isinstance(ours, kind)
+        assert dataclasses.asdict(ours) == dataclasses.asdict(hydra), (group, name)
+        assert repr(ours) == repr(hydra), (group, name)  # same types too (2 vs 2.0)
+
+
+def test_option_loader_refuses_unknown_keys():
+    from sim.config.errors import ConfigError
+    from sim.config.schema import GpuConfig, build
+
+    with pytest.raises(ConfigError, match=r"gpu\.mem_bw_tbs.*did you mean gpu\.mem_bw_tbps"):
+        build(GpuConfig, {"mem_bw_tbs": 3.35}, "gpu")
+
+
+def test_run_config_yaml_is_what_omegaconf_writes():
+    """config.yaml of a run is written without OmegaConf, byte for byte as OmegaConf would,
+    strings that read back as numbers or booleans quoted."""
+    from omegaconf import OmegaConf
+
+    import sim
+    from sim.studies.run import config_yaml
+
+    for overrides in ([], ["fleet=autoscaled", "workload=diurnal", "api=tiered"], ["workload=mix"]):
+        cfg = sim.compose(overrides)
+        assert config_yaml(cfg) == OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    odd = sim.compose(["model.name=1e3", "gpu.name=yes", "slo.name=nan", "api.name=Off", "workload.name='007'"])
+    assert config_yaml(odd) == OmegaConf.to_yaml(OmegaConf.structured(odd))
