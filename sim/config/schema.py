@@ -212,13 +212,13 @@ class EngineConfig:
     max_num_partial_prefills: int = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
     admission: str = "first_chunk"  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
     # performance model (roofline): eta_kv, eta_flops from scripts/calibrate.py; the rest from scripts/fit_engine.py
-    eta_weights: float = 0.7943
+    eta_weights: float = 0.7789
     eta_kv: float = 0.884
     eta_flops: float = 0.637
-    eta_moe: float = 0.831  # expert-weight reads relative to dense ones (grouped GEMM)
-    step_overhead_ms: float = 0.8241
-    step_overhead_per_seq_us: float = 4.057  # per-iteration time that grows with the batch (per sequence)
-    request_overhead_ms: float = 7.766  # client-visible time outside the engine (API server, tokenizer)
+    eta_moe: float = 0.8604  # expert-weight reads relative to dense ones (grouped GEMM)
+    step_overhead_ms: float = 0.691
+    step_overhead_per_seq_us: float = 5.008  # per-iteration time that grows with the batch (per sequence)
+    request_overhead_ms: float = 7.514  # client-visible time outside the engine (API server, tokenizer)
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.config.schema import Config, EngineConfig, load_option
+from sim.config.schema import Config, EngineConfig, GpuConfig, load_option
 from sim.hardware.kvcache import kv_bytes_per_token
 from sim.hardware.perf import Roofline
 
@@ -75,6 +75,11 @@ def _layer_params(arch: dict) -> float:
     return float(qkv + out + mlp)
 
 
+def _reference(gpu: GpuConfig) -> GpuConfig:
+    """The GPU as this fit sees it: peak figures at one shared efficiency (gpu.efficiency = 1)."""
+    return dataclasses.replace(gpu, efficiency=1.0)
+
+
 class Fit:
     """The fit points with everything each prediction needs, resolved once."""
 
@@ -85,8 +90,11 @@ class Fit:
         self._lin = []  # (gpu, params per layer per rank, tokens)
         self.slopes: list[Row] = []
         self._slope_bytes_per_s = []  # KV bytes per token / peak bandwidth, per slope row
+        # One efficiency for every generation: this fit needs H100 and B200 together to tell fixed
+        # overhead from weight reads, so it cannot also scale B200 by the generation factor that
+        # scripts/fit_engine.py derives from these same points afterwards (gpu.efficiency).
         for e in points["fit"]["itl"]:
-            model, gpu = load_option("model", e["model"]), load_option("gpu", e["gpu"])
+            model, gpu = load_option("model", e["model"]), _reference(load_option("gpu", e["gpu"]))
             self.slopes.append(
                 Row("kv_slope", e["id"], "ms per 1k context", e["slope_ms_per_token"] * 1000, stage="kv")
             )
@@ -98,7 +106,7 @@ class Fit:
                 # the measured requests decode 128 tokens: mean context is input + 64
                 self._itl.append((model, gpu, e["kv_cache_dtype"], c + 64))
         for e in points["fit"]["linear_layers"]:
-            gpu = load_option("gpu", e["gpu"])
+            gpu = _reference(load_option("gpu", e["gpu"]))
             params = _layer_params(e["arch"]) / e["tp"]
             for tok, ms in e["ms_by_tokens"].items():
                 tok = int(tok)
@@ -235,7 +243,9 @@ def report(theta, fit_rows: list[Row], slope_rows: list[Row], check_rows: list[R
         "2. `step_overhead_ms` and `eta_weights` jointly on vLLM's decode step times at batch 1 and on",
         "   GEMM kernel times at <= 64 tokens, where a layer's time is its weight read (batch-1",
         "   latencies alone cannot tell fixed overhead from weight reads: H100 and B200 together",
-        "   would need a weight-read efficiency above 1);",
+        "   would need a weight-read efficiency above 1). The fit takes one efficiency for both",
+        "   generations (`gpu.efficiency` = 1 here), so it does not lean on the generation factor",
+        "   the end-to-end fit derives from the same B200 points;",
         "3. `eta_flops` on GEMM kernel times at >= 1024 tokens, where they are compute-bound.",
         "",
         "Points marked `fitted: no` are reported with the error the fitted model makes there. Target",
