@@ -187,6 +187,7 @@ class Fleet:
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
         self._desired = f.replicas  # the autoscaler's last answer for the load
         self._gpu_cost_closed = 0.0
+        self._awake_closed = 0.0  # replica-seconds of closed active and draining spans
         self.samples: list[tuple] = []
         self._bin_start = 0.0
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
@@ -261,6 +262,8 @@ class Fleet:
         if now > node.since:
             self.spans.append(Span(node.uid, node.gpus, node.spot, node.state, node.since, now))
             self._gpu_cost_closed += self._accrued(node, node.state, now - node.since)
+            if node.state in (ACTIVE, DRAINING):
+                self._awake_closed += now - node.since
         if node.state == ACTIVE and node.idle_since is not None:
             node.idle_s += now - node.idle_since
             node.idle_since = None
@@ -434,9 +437,10 @@ class Fleet:
                     over = ahead >= a.queue_threshold
                 else:
                     ttft_slo, tpot_slo = self._slo_of(req)
-                    over = self.predict_ttft(node, req) > a.ttft_margin * ttft_slo
+                    view = node.engine.view() if node is not None else None  # type: ignore[union-attr]
+                    over = self.predict_ttft(node, req, view) > a.ttft_margin * ttft_slo
                     if a.overflow == "slo" and not over:
-                        over = self.predict_tpot(node, req) > a.ttft_margin * tpot_slo
+                        over = self.predict_tpot(node, req, view) > a.ttft_margin * tpot_slo
                 if over:
                     self._to_api(req, 0)
                     return
@@ -511,11 +515,12 @@ class Fleet:
         room = max(eng.max_tokens - view.n_dec, 1)
         return self.perf.iteration_time(view.n_dec, view.context + extra_context, [(room, 0)]), room
 
-    def predict_ttft(self, node: Node | None, req: Request) -> float:
+    def predict_ttft(self, node: Node | None, req: Request, view=None) -> float:
         """A quick estimate of the TTFT this request would get on `node` (None: no replica can take
         it now): the wait for a replica; then the prefill queued ahead plus its own, at the rate
         of steps that share the token budget with the running decoders; plus, when the batch is
-        full, the wait for the batch slots the requests ahead and this one need."""
+        full, the wait for the batch slots the requests ahead and this one need. `view`: the
+        replica's `Replica.view()` when the caller has it already."""
         now = self.env.now
         if node is None:
             pending = [n.ready_at for n in self.nodes if n.state in (PROVISIONING, WAKING)]
@@ -523,7 +528,7 @@ class Fleet:
             ahead = sum(r.prompt for r in self.router_queue)
             return max(wait, 0.0) + (ahead + req.prompt) * self._prefill_per_token
         eng: Replica = node.engine  # type: ignore[assignment]
-        view = eng.view()
+        view = eng.view() if view is None else view
         step, room = self._prefill_step(eng, view)
         t = (view.backlog + req.prompt) / room * step
         if len(eng.running) + len(eng.waiting) >= eng.max_seqs:
@@ -534,14 +539,14 @@ class Fleet:
             t += self.wake_s
         return t
 
-    def predict_tpot(self, node: Node | None, req: Request) -> float:
+    def predict_tpot(self, node: Node | None, req: Request, view=None) -> float:
         """A quick estimate of this request's time per output token on `node`: over its output,
         the steps that clear the current prefill backlog carry a budget-filling chunk, the rest
         are decode steps with its decoders plus this request."""
         if node is None:
             return 0.0  # a replica that is starting up has no backlog yet
         eng: Replica = node.engine  # type: ignore[assignment]
-        view = eng.view()
+        view = eng.view() if view is None else view
         steps = max(req.output - 1, 1)
         chunk_step, room = self._prefill_step(eng, view, req.prompt)
         heavy = min(steps, math.ceil(view.backlog / room))
@@ -814,8 +819,7 @@ class Fleet:
     def awake_seconds(self) -> float:
         """Replica-seconds spent able to run iterations (active or draining)."""
         now = self.env.now
-        closed = sum(s.end - s.start for s in self.spans if s.state in (ACTIVE, DRAINING))
-        return closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
+        return self._awake_closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
 
     def gpu_cost_so_far(self) -> float:
         now = self.env.now

@@ -3,6 +3,8 @@ the results layer reads these without loading the simulator."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from sim.pricing.cost import STATES
@@ -53,3 +55,40 @@ SAMPLE_COLUMNS = (
     "api_cost_so_far",
     "cost_so_far",
 )
+
+
+@dataclass
+class ApiOutcome:
+    """What the pay-per-token API did over a run."""
+
+    spend: float
+    refusals: dict[str, int]
+    truncated: int  # requests whose output the cap cut short
+    warmups: int
+    billed_s: float  # execution seconds billed (per-second billing)
+    tier_name: str | None  # the usage tier reached (tiered APIs)
+
+
+@dataclass
+class Outcome:
+    """What a simulation leaves for the results layer: plain data, no SimPy (`des.simulate`)."""
+
+    end_s: float  # the simulated clock when the last request ended
+    records: Records
+    samples: list[tuple]  # the time series, SAMPLE_COLUMNS per row
+    spans: list  # replica lifecycle records (sim.pricing.cost.Span)
+    idle_s: dict[int, float]  # per replica uid: seconds awake without work
+    gpu_possible: bool  # whether the fleet could ever run a replica
+    busy_s: float  # replica-seconds with work on the engine
+    occupancy_s: float  # replica-seconds weighted by the engine's occupancy
+    replica_seconds: float  # replica-seconds awake (active or draining)
+    max_replicas: int  # the most replicas alive at once
+    replicas_started: int
+    cold_start_s: float
+    wake_s: float
+    engine: dict[str, int]  # iterations, engine_events, engine_batches (all replicas)
+    stats: dict[str, int]  # cold starts, wakes, sleeps, spot preemptions, router queue maximum
+    prefix: bool  # prefix caching was on
+    prefix_lookups: int = 0
+    prefix_hits: int = 0
+    api: ApiOutcome | None = None

@@ -68,17 +68,46 @@ class RoundRobin:
 
 
 class PowerOfTwo:
-    """Two replicas at random (of the best available state), the less loaded of the two."""
+    """Two replicas at random (of the best available state), the less loaded of the two.
+
+    The pair is drawn by rejection: slots uniform over the fleet until two distinct ones of the
+    best state are found, which is uniform over that state's pairs without listing its slots;
+    after `TRIES` draws (few replicas in that state) the slots are listed and the pair drawn
+    from them: i = floor(u1 m), j = floor(u2 (m - 1)) moved past i. The uniforms come from the
+    fleet's generator in blocks of `BLOCK` (one numpy call per block, not one per arrival)."""
+
+    BLOCK = 4096
+    TRIES = 8
 
     def __init__(self, fleet: Fleet):
         self.rng = fleet.rng
+        self._u: list[float] = []
+
+    def _uniform(self) -> float:
+        if not self._u:
+            self._u = self.rng.random(self.BLOCK).tolist()[::-1]  # popped from the end: in draw order
+        return self._u.pop()
 
     def choose(self, loads: list[int], req: Request) -> int:
-        _, slots = _tier(loads)
-        if len(slots) == 1:
-            return slots[0]
-        a, b = self.rng.choice(len(slots), size=2, replace=False)
-        a, b = slots[int(a)], slots[int(b)]
+        n = len(loads)
+        tier = min(loads) >> 30
+        a = b = -1
+        for _ in range(self.TRIES):
+            k = int(self._uniform() * n)
+            if loads[k] >> 30 == tier and k != a:
+                if a < 0:
+                    a = k
+                else:
+                    b = k
+                    break
+        if b < 0:
+            _, slots = _tier(loads)
+            m = len(slots)
+            if m == 1:
+                return slots[0]
+            i = int(self._uniform() * m)
+            j = int(self._uniform() * (m - 1))
+            a, b = slots[i], slots[j + (j >= i)]
         return a if (loads[a], a) <= (loads[b], b) else b
 
 

@@ -13,7 +13,7 @@ import simpy
 
 from sim.config.schema import Config
 from sim.des.fleet import Fleet
-from sim.des.records import ROUTE_NONE
+from sim.des.records import ROUTE_NONE, ApiOutcome, Outcome
 from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import PerfModel
 from sim.workload.build import Workload
@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 def simulate(
     cfg: Config, workload: Workload, perf: PerfModel, plan: MemoryPlan, users: ClosedLoop | None = None
-) -> tuple[Fleet, float]:
-    """Run the fleet until every request has ended; the fleet and the simulated end time."""
+) -> Outcome:
+    """Run the fleet until every request has ended; what it recorded."""
     env = simpy.Environment()
     fleet = Fleet(env, cfg, workload, perf, plan, users=users)
     env.run(until=fleet.finished)
@@ -33,8 +33,42 @@ def simulate(
     end = env.now
     fleet.stop_all()
     if users is not None:
-        fleet.records.resize(len(users.workload()))
+        fleet.records.resize(users.sent)  # the requests the users sent
     lost = int((fleet.records.route == ROUTE_NONE).sum())
     if lost:
         raise RuntimeError(f"{lost} request(s) ended neither served nor rejected")
-    return fleet, end
+    return outcome(fleet, end)
+
+
+def outcome(fleet: Fleet, end: float) -> Outcome:
+    """The fleet's records and counters as plain data."""
+    nodes = fleet.all_nodes
+    caches = [n.cache for n in nodes if n.cache is not None]
+    api = fleet.api
+    return Outcome(
+        end_s=end,
+        records=fleet.records,
+        samples=fleet.samples,
+        spans=fleet.spans,
+        idle_s={n.uid: n.idle_s for n in nodes},
+        gpu_possible=fleet.gpu_possible,
+        busy_s=fleet.busy_seconds(),
+        occupancy_s=fleet.occupancy_seconds(),
+        replica_seconds=fleet.awake_seconds(),
+        max_replicas=fleet.max_replicas_seen,
+        replicas_started=len(nodes),
+        cold_start_s=fleet.cold_start_s,
+        wake_s=fleet.wake_s,
+        engine={
+            "iterations": sum(n.engine.iterations for n in nodes),
+            "engine_events": sum(n.engine.timers for n in nodes),
+            "engine_batches": sum(n.engine.segments for n in nodes),
+        },
+        stats=dict(fleet.stats),
+        prefix=bool(fleet.prefix),
+        prefix_lookups=sum(c.lookups for c in caches),
+        prefix_hits=sum(c.hits for c in caches),
+        api=None
+        if api is None
+        else ApiOutcome(api.spend, dict(api.refusals), api.truncated, api.warmups, api.billed_s, api.tier_name),
+    )

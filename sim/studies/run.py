@@ -15,14 +15,13 @@ from pathlib import Path
 import pandas as pd
 
 from sim.config.errors import UserError
-from sim.config.schema import Config, batch_limits, has_trace, is_closed
+from sim.config.schema import Config, has_trace, is_closed
 from sim.des.preflight import validate
-from sim.des.records import SAMPLE_COLUMNS
 from sim.des.simulate import simulate
 from sim.hardware.kvcache import MemoryPlan, memory_plan
-from sim.hardware.perf import build_perf, saturation_throughput
-from sim.pricing.cost import fleet_costs
-from sim.results.metrics import api_projection, arrival_span, json_ready, requests_frame, summarize
+from sim.hardware.perf import build_perf
+from sim.results.metrics import arrival_span, json_ready
+from sim.results.summary import ClosedRun, summarize_run
 from sim.workload.build import Workload, block_bootstrap, build_workload, stream
 from sim.workload.limits import check_workload as check_limits
 
@@ -287,96 +286,11 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)
     perf = build_perf(cfg.model, cfg.gpu, cfg.engine)
 
-    fleet, end = simulate(cfg, wl, perf, plan, users)
+    out = simulate(cfg, wl, perf, plan, users)
+    closed = None
     if users is not None:
         wl = users.workload()
-
-    df = requests_frame(wl, fleet.records)
-    if users is not None:
-        df = df.assign(**users.columns())
-    ts = pd.DataFrame(fleet.samples, columns=list(SAMPLE_COLUMNS))
-    f = cfg.fleet
-    idle = {n.uid: n.idle_s for n in fleet.all_nodes}
-    most = (f.replicas if f.autoscaler.name == "fixed" else f.max_replicas) * cfg.engine.tensor_parallel_size
-    costs, bills = fleet_costs(
-        fleet.spans,
-        f.pricing,
-        cfg.gpu.price_per_hour,
-        f.sleep.cost_fraction,
-        end,
-        idle,
-        runs_gpus=fleet.gpu_possible,
-        max_gpus=most,
-    )
-    api_cost = fleet.api.spend if fleet.api is not None else 0.0
-    span = wl.span_s if wl.span_s is not None else arrival_span(cfg.workload, wl.arrival_s)
-    alive = sum(s.end - s.start for s in fleet.spans if s.state != "stopped")
-    stats = {
-        "iterations": sum(n.engine.iterations for n in fleet.all_nodes),
-        "engine_events": sum(n.engine.timers for n in fleet.all_nodes),
-        "engine_batches": sum(n.engine.segments for n in fleet.all_nodes),
-    }
-    extra = {
-        "gpus_per_replica": cfg.engine.tensor_parallel_size,
-        "kv_tokens_per_replica": plan.kv_tokens,
-        "max_model_len": plan.max_model_len,
-        **stats,
-        **{k: v for k, v in costs.items() if k != "gpu_cost"},
-        "cold_start_s": fleet.cold_start_s,
-        "replicas_started": len(fleet.all_nodes),
-        **fleet.stats,
-    }
-    if f.sleep.enabled:
-        extra["wake_s"] = fleet.wake_s
-    if wl.shared_fraction is not None:
-        extra["prefix_shared_fraction"] = wl.shared_fraction
-    if users is not None:
-        extra.update(users=users.users, sessions=users.sessions)
-    if fleet.prefix:
-        looked = sum(n.cache.lookups for n in fleet.all_nodes if n.cache is not None)
-        hits = sum(n.cache.hits for n in fleet.all_nodes if n.cache is not None)
-        extra["prefix_block_hit_rate"] = hits / looked if looked else 0.0
-    if fleet.api is not None:
-        for reason, count in fleet.api.refusals.items():
-            extra[f"api_refusals.{reason}"] = count
-        extra.update(api_projection(cfg.api, api_cost, span))
-        extra.update(api_truncated=fleet.api.truncated, api_warmups=fleet.api.warmups, api_billed_s=fleet.api.billed_s)
-        if cfg.api.tiers:
-            extra["api_tier"] = fleet.api.tier_name
-    served = df["route"].to_numpy() == "gpu"
-    if served.any():
-        prompt = float(df["prompt_tokens"].to_numpy()[served].mean())
-        cached = float(df["cached_tokens"].to_numpy()[served].mean())
-        capacity = saturation_throughput(
-            perf,
-            plan.kv_tokens,
-            *batch_limits(cfg.engine, cfg.gpu),
-            prompt,
-            float(df["output_tokens"].to_numpy()[served].mean()),
-            prefill=prompt - cached,
-        )
-    else:
-        capacity = math.nan
-    p = f.pricing
-    egress = float(df.loc[df["route"] == "gpu", "served_output_tokens"].sum()) * p.bytes_per_token / 1e9
-    extra["egress_gb"] = egress
-    summary = summarize(
-        cfg,
-        df,
-        sim_duration_s=end,
-        busy_s=fleet.busy_seconds(),
-        occupancy_s=fleet.occupancy_seconds(),
-        replica_seconds=fleet.awake_seconds(),
-        gpu_cost=costs["gpu_cost"],
-        api_cost=api_cost,
-        ops_cost=costs["ops_cost"],
-        egress_cost=egress * p.egress_per_gb,
-        arrival_span_s=span,
-        capacity_rps=capacity,
-        mean_replicas=alive / end if end > 0 else 0.0,
-        max_replicas=fleet.max_replicas_seen,
-        class_slo=wl.class_slo,
-        extra=extra,
-    )
-    summary["wall_time_s"] = time.perf_counter() - wall0
-    return Result(cfg, summary, df, ts, plan, stats, bills=bills, spans=fleet.spans)
+        closed = ClosedRun(users.columns(), users.users, users.sessions)
+    run = summarize_run(cfg, wl, out, plan, perf, closed)
+    run.summary["wall_time_s"] = time.perf_counter() - wall0
+    return Result(cfg, run.summary, run.requests, run.timeseries, plan, run.engine, bills=run.bills, spans=out.spans)
