@@ -90,6 +90,7 @@ def test_light_layers_do_not_load_heavy_packages(module, absent):
 def test_config_names_are_the_registered_implementations():
     from sim.config import names
     from sim.des.autoscale import AUTOSCALERS, METRICS
+    from sim.des.overflow import OVERFLOW
     from sim.des.router import ROUTERS
     from sim.hardware.kvcache import PROFILERS
     from sim.workload.arrivals import ARRIVALS
@@ -101,6 +102,7 @@ def test_config_names_are_the_registered_implementations():
     assert tuple(AUTOSCALERS) == names.AUTOSCALERS
     assert tuple(METRICS) == names.AUTOSCALER_METRICS
     assert tuple(PROFILERS) == names.MEMORY_PROFILERS
+    assert tuple(OVERFLOW) == names.OVERFLOW
 
 
 GROUPS = ("gpu", "model", "engine", "slo", "api", "fleet", "workload")

@@ -74,3 +74,124 @@ def test_power_of_two_when_the_best_state_is_rare():
     # pairs {57,58} and {58,59} go to 58 (load 0), {57,59} to 59 (load 1): about 2:1
     assert set(picks) == {58, 59}
     assert picks[58] / 3000 == pytest.approx(2 / 3, abs=4 * (2 / 9 / 3000) ** 0.5)
+
+
+# ----------------------------------------------------------------------------- autoscalers
+
+
+def _autoscaler(name: str, **over):
+    import dataclasses
+
+    from sim.config.schema import AutoscalerConfig
+    from sim.des.autoscale import make_autoscaler
+
+    return make_autoscaler(dataclasses.replace(AutoscalerConfig(name=name), **over), replicas=1)
+
+
+def test_target_follows_the_stable_window_average():
+    a = _autoscaler("target", target=10, stable_window_s=60, panic_window_s=6, panic_threshold=100, interval_s=2)
+    # 60 s at 30 in flight: the stable average is 30, three replicas
+    for t in range(0, 60, 2):
+        want = a.decide(float(t), 30.0, ready=1, capacity=1)
+    assert want == 3
+
+
+def test_target_panics_on_the_short_window_and_never_scales_down_in_panic():
+    a = _autoscaler("target", target=10, stable_window_s=60, panic_window_s=6, panic_threshold=2.0, interval_s=2)
+    for t in range(0, 40, 2):
+        a.decide(float(t), 5.0, ready=1, capacity=1)  # a quiet half minute: one replica is enough
+    # a burst to 80 in flight: the 6-s window reaches 2 x target x 1 ready at once
+    assert a.decide(40.0, 80.0, ready=1, capacity=1) >= 3  # panic, while the stable mean is still low
+    # load falls back: during the panic (one stable window) the count does not drop below capacity
+    assert a.decide(42.0, 0.0, ready=6, capacity=6) == 6
+
+
+def test_target_holds_a_lower_count_for_the_scale_down_delay():
+    a = _autoscaler(
+        "target",
+        target=10,
+        stable_window_s=4,
+        panic_window_s=2,
+        panic_threshold=1000,
+        scale_down_delay_s=30,
+        max_scale_down_rate=1000,
+    )
+    assert a.decide(0.0, 40.0, ready=4, capacity=4) == 4
+    downs = [a.decide(float(t), 10.0, ready=4, capacity=4) for t in range(2, 40, 2)]
+    # the desired count (1) must hold for 30 s before the fleet goes down to it
+    first = 2 + 2 * next(i for i, d in enumerate(downs) if d < 4)
+    assert downs[-1] == 1 and 30 <= first <= 34
+
+
+def test_target_goes_to_zero_only_after_the_grace_period():
+    a = _autoscaler(
+        "target", target=10, stable_window_s=4, panic_window_s=2, scale_down_delay_s=0, scale_to_zero_grace_s=30
+    )
+    a.decide(0.0, 5.0, ready=1, capacity=1)
+    assert a.decide(20.0, 0.0, ready=1, capacity=1) == 1  # 20 s without load: still within the grace
+    assert a.decide(31.0, 0.0, ready=1, capacity=1) == 0
+
+
+def test_ray_acts_once_a_direction_has_held_for_its_delay():
+    a = _autoscaler("ray", target=10, upscale_delay_s=30, downscale_delay_s=600)
+    assert a.decide(0.0, 50.0, ready=1, capacity=1) == 1  # wants 5, has not held yet
+    assert a.decide(29.0, 50.0, ready=1, capacity=1) == 1
+    assert a.decide(30.0, 50.0, ready=1, capacity=1) == 5
+    assert a.decide(40.0, 10.0, ready=5, capacity=5) == 5  # down: needs 600 s
+    assert a.decide(640.0, 10.0, ready=5, capacity=5) == 1
+
+
+def test_schedule_reads_the_hour_of_day_from_its_clock():
+    import dataclasses
+
+    from sim.config.schema import AutoscalerConfig
+    from sim.des.autoscale import make_autoscaler
+
+    hours = list(range(1, 25))
+    a = make_autoscaler(dataclasses.replace(AutoscalerConfig(name="schedule"), schedule=hours), 1, clock_start_s=3600)
+    assert a.decide(0.0, 0.0, 0, 0) == 2  # the run starts at 01:00
+    assert a.decide(23 * 3600.0, 0.0, 0, 0) == 1  # 24:00 wraps to hour 0
+
+
+# ----------------------------------------------------------------------------- API limits
+
+
+def _api(**over):
+    import dataclasses
+
+    from sim.config.schema import ApiConfig
+    from sim.des.api import ApiBackend
+
+    return ApiBackend(dataclasses.replace(ApiConfig(), **over), np.random.default_rng(0))
+
+
+def test_api_requests_per_minute_slide_with_the_window():
+    from sim.des.api import REFUSE_RPM
+
+    api = _api(rpm=3, tpm=None, monthly_cap_usd=None)
+    assert [api.admit(t, 10, 10) for t in (0.0, 1.0, 2.0)] == [None, None, None]
+    assert api.admit(59.9, 10, 10) == REFUSE_RPM  # three starts within the last 60 s
+    assert api.admit(60.0, 10, 10) is None  # the start at 0 s has left the window
+    assert api.refusals == {REFUSE_RPM: 1}
+
+
+def test_api_tokens_per_minute_count_prompt_and_output():
+    from sim.des.api import REFUSE_TOO_LARGE, REFUSE_TPM
+
+    api = _api(rpm=None, tpm=1000, monthly_cap_usd=None)
+    assert api.admit(0.0, 300, 300) is None  # 600 of 1,000
+    assert api.admit(10.0, 300, 200) == REFUSE_TPM  # 1,100 would exceed the minute's allowance
+    assert api.admit(10.0, 200, 200) is None  # exactly 1,000
+    assert api.admit(61.0, 1200, 10) == REFUSE_TOO_LARGE  # more than a whole minute allows: never
+    assert api.admit(61.0, 500, 0) is None  # the first request has left the window
+
+
+def test_api_monthly_cap_resets_with_the_month():
+    from sim.des.api import MONTH_S, REFUSE_CAP
+
+    api = _api(rpm=None, tpm=None, monthly_cap_usd=1.0)
+    price = api.cost(1000, 1000)
+    fit = int(1.0 // price)
+    assert all(api.admit(float(i), 1000, 1000) is None for i in range(fit))
+    assert api.admit(100.0, 1000, 1000) == REFUSE_CAP
+    assert api.admit(MONTH_S, 1000, 1000) is None  # a new month

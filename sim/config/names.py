@@ -11,3 +11,4 @@ ROUTERS = ("least_outstanding", "round_robin", "power_of_two", "prefix_aware")  
 AUTOSCALERS = ("fixed", "target", "ray", "schedule")  # sim.des.autoscale.AUTOSCALERS
 AUTOSCALER_METRICS = ("concurrency", "running", "kv", "tokens_per_s")
 MEMORY_PROFILERS = ("v0.15", "v0.21", "v0.8", "v0.7", "v0.6")  # sim.hardware.kvcache.PROFILERS
+OVERFLOW = ("never", "always", "ttft", "slo", "queue", "share")  # sim.des.overflow.OVERFLOW

@@ -21,6 +21,7 @@ from sim.config.names import (
     AUTOSCALERS,
     CLOSED,
     MEMORY_PROFILERS,
+    OVERFLOW,
     ROUTERS,
     TIME_UNITS,
     TRACE,
@@ -963,9 +964,6 @@ def validate_fleet(f: FleetConfig) -> None:
     require(math.isfinite(p.pue) and p.pue >= 1, "fleet.pricing.pue", p.pue, "must be >= 1 (facility power / IT power)")
     if p.owned_gpus is not None:
         require(p.owned_gpus >= 0, "fleet.pricing.owned_gpus", p.owned_gpus, "must be >= 0")
-
-
-OVERFLOW = ("never", "always", "ttft", "slo", "queue", "share")
 
 
 def validate_api(a: ApiConfig, f: FleetConfig) -> None:

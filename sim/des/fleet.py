@@ -32,6 +32,7 @@ from sim.config.schema import WEIGHT_BYTES, Config, batch_limits, long_prefill_t
 from sim.des.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
 from sim.des.autoscale import make_autoscaler
 from sim.des.engine import Replica, Request
+from sim.des.overflow import OVERFLOW
 from sim.des.prefix import BlockPool
 from sim.des.records import (
     REASON_CONTEXT,
@@ -162,6 +163,7 @@ class Fleet:
                 f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
             )
         self.router = make_router(f.router, self)
+        self.overflow = OVERFLOW[cfg.api.overflow](cfg.api)
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
         clock = workload.clock_start_s or 0.0
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
@@ -419,31 +421,13 @@ class Fleet:
         return req
 
     def dispatch(self, req: Request) -> None:
-        """Decide GPU or API for a new request (the overflow policy)."""
-        api = self.api
+        """Decide GPU or API for a new request (the overflow policy, `sim.des.overflow`)."""
         k = None
-        if api is not None and api.eligible(req.output):
-            a = self.cfg.api
-            if a.overflow == "always" or (a.overflow == "share" and self.rng.uniform() < a.share):
+        if self.api is not None and self.api.eligible(req.output):
+            to_api, k = self.overflow.decide(self, req)
+            if to_api:
                 self._to_api(req, 0)
                 return
-            if a.overflow in ("ttft", "slo", "queue"):
-                k = self.router.choose(self.loads, req) if self.loads else None
-                node = self.nodes[k] if k is not None and self.loads[k] < NOT_ROUTABLE else None
-                if node is not None:
-                    node.engine.sync()  # type: ignore[union-attr]
-                if a.overflow == "queue":
-                    ahead = len(self.router_queue) if node is None else len(node.engine.waiting)  # type: ignore[union-attr]
-                    over = ahead >= a.queue_threshold
-                else:
-                    ttft_slo, tpot_slo = self._slo_of(req)
-                    view = node.engine.view() if node is not None else None  # type: ignore[union-attr]
-                    over = self.predict_ttft(node, req, view) > a.ttft_margin * ttft_slo
-                    if a.overflow == "slo" and not over:
-                        over = self.predict_tpot(node, req, view) > a.ttft_margin * tpot_slo
-                if over:
-                    self._to_api(req, 0)
-                    return
         self._to_gpu(req, k)
 
     def _to_gpu(self, req: Request, k: int | None) -> None:
@@ -499,7 +483,7 @@ class Fleet:
             return self.users.blocks(req.id)
         return wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
 
-    def _slo_of(self, req: Request) -> tuple[float, float]:
+    def slo_of(self, req: Request) -> tuple[float, float]:
         """(TTFT, TPOT) thresholds of this request's class."""
         wl = self.workload
         ttft, tpot = self.cfg.slo.ttft_s, self.cfg.slo.tpot_s

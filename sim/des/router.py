@@ -83,31 +83,41 @@ class PowerOfTwo:
         self.rng = fleet.rng
         self._u: list[float] = []
 
-    def _uniform(self) -> float:
-        if not self._u:
-            self._u = self.rng.random(self.BLOCK).tolist()[::-1]  # popped from the end: in draw order
-        return self._u.pop()
+    def _uniforms(self) -> list[float]:
+        """The block of uniforms, refilled when fewer than a choice can use remain (consumed
+        with pop() from the end, the remaining ones first)."""
+        u = self._u
+        if len(u) < 2 * self.TRIES + 2:
+            u[:0] = self.rng.random(self.BLOCK).tolist()[::-1]
+        return u
 
     def choose(self, loads: list[int], req: Request) -> int:
         n = len(loads)
         tier = min(loads) >> 30
-        a = b = -1
+        u = self._u
+        if len(u) < 2 * self.TRIES + 2:
+            u = self._uniforms()
+        a = int(u.pop() * n)
+        if loads[a] >> 30 == tier:  # the usual case: both draws land in the best state at once
+            b = int(u.pop() * n)
+            if b != a and loads[b] >> 30 == tier:
+                return a if (loads[a], a) <= (loads[b], b) else b
+        else:
+            a = -1
         for _ in range(self.TRIES):
-            k = int(self._uniform() * n)
+            k = int(u.pop() * n)
             if loads[k] >> 30 == tier and k != a:
                 if a < 0:
                     a = k
                 else:
-                    b = k
-                    break
-        if b < 0:
-            _, slots = _tier(loads)
-            m = len(slots)
-            if m == 1:
-                return slots[0]
-            i = int(self._uniform() * m)
-            j = int(self._uniform() * (m - 1))
-            a, b = slots[i], slots[j + (j >= i)]
+                    return a if (loads[a], a) <= (loads[k], k) else k
+        _, slots = _tier(loads)  # the best state is rare: draw the pair from its slots
+        m = len(slots)
+        if m == 1:
+            return slots[0]
+        i = int(u.pop() * m)
+        j = int(u.pop() * (m - 1))
+        a, b = slots[i], slots[j + (j >= i)]
         return a if (loads[a], a) <= (loads[b], b) else b
 
 

@@ -88,7 +88,7 @@ def validate_plan(p: PlanConfig) -> None:
         raise ConfigError("plan.max_replicas", p.max_replicas, "must be >= 1")
     if not p.targets or min(p.targets) <= 0:
         raise ConfigError("plan.targets", p.targets, "must list positive autoscaler targets")
-    from sim.config.schema import OVERFLOW
+    from sim.config.names import OVERFLOW
 
     if p.overflow not in OVERFLOW or p.overflow == "never":
         raise ConfigError(
