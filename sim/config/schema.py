@@ -710,28 +710,36 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
                 duration,
                 f"a synthetic source ({src.arrival}) needs a horizon",
             )
-        if src.pairs.path or src.pairs.values:
-            if src.pairs.values is not None:
-                ok = (
-                    all(len(p) == 2 and p[0] >= 1 and p[1] >= 1 for p in src.pairs.values) and len(src.pairs.values) > 0
-                )
-                require(ok, f"{key}.pairs.values", "[...]", "need [prompt, output] pairs of token counts >= 1")
-            else:
-                require(
-                    resolve_path(str(src.pairs.path)).is_file(),
-                    f"{key}.pairs.path",
-                    src.pairs.path,
-                    not_found(src.pairs.path),
-                )
-                require(
-                    src.pairs.format in TRACE_FORMATS,
-                    f"{key}.pairs.format",
-                    src.pairs.format,
-                    f"must be one of {', '.join(TRACE_FORMATS)}",
-                )
+        _validate_lengths(src, key)
+    _validate_process(src, key)
+
+
+def _validate_lengths(src: SourceConfig, key: str) -> None:
+    """Token lengths: joint pairs from a table or inline, or a model for each."""
+    if src.pairs.path or src.pairs.values:
+        if src.pairs.values is not None:
+            ok = all(len(p) == 2 and p[0] >= 1 and p[1] >= 1 for p in src.pairs.values) and len(src.pairs.values) > 0
+            require(ok, f"{key}.pairs.values", "[...]", "need [prompt, output] pairs of token counts >= 1")
         else:
-            validate_length(src.prompt_tokens, f"{key}.prompt_tokens")
-            validate_length(src.output_tokens, f"{key}.output_tokens")
+            require(
+                resolve_path(str(src.pairs.path)).is_file(),
+                f"{key}.pairs.path",
+                src.pairs.path,
+                not_found(src.pairs.path),
+            )
+            require(
+                src.pairs.format in TRACE_FORMATS,
+                f"{key}.pairs.format",
+                src.pairs.format,
+                f"must be one of {', '.join(TRACE_FORMATS)}",
+            )
+    else:
+        validate_length(src.prompt_tokens, f"{key}.prompt_tokens")
+        validate_length(src.output_tokens, f"{key}.output_tokens")
+
+
+def _validate_process(src: SourceConfig, key: str) -> None:
+    """The arrival process's own parameters, and the source's SLO."""
     if src.arrival == "mmpp":
         require(src.burst_multiplier >= 1, f"{key}.burst_multiplier", src.burst_multiplier, "must be >= 1")
         for k in ("burst_mean_s", "calm_mean_s"):
@@ -774,30 +782,14 @@ def validate_workload(w: WorkloadConfig) -> None:
             validate_source(src, f"workload.sources.{name}", w.duration_s)
     else:
         validate_source(w, "workload", w.duration_s)
-    if w.window_start_s is not None:
-        require(w.window_start_s >= 0, "workload.window_start_s", w.window_start_s, "must be >= 0")
-    if w.window_end_s is not None:
-        require(
-            w.window_end_s > (w.window_start_s or 0.0),
-            "workload.window_end_s",
-            w.window_end_s,
-            f"must be > window_start_s ({w.window_start_s or 0})",
-        )
+    _validate_window(w)
     for k in ("rate_scale", "load_scale", "prompt_scale", "output_scale"):
         _positive(getattr(w, k), f"workload.{k}")
     if w.loop:
         require(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
     if w.bootstrap_block_s is not None:
         _positive(w.bootstrap_block_s, "workload.bootstrap_block_s")
-    sp = w.shared_prefix
-    require(sp.groups >= 0, "workload.shared_prefix.groups", sp.groups, "must be >= 0 (0: no shared prefix)")
-    if sp.groups:
-        require(sp.groups <= 1_000_000, "workload.shared_prefix.groups", sp.groups, "must be at most 1,000,000")
-        _positive(sp.tokens, "workload.shared_prefix.tokens", integer=True)
-        require(sp.tokens <= 10_000_000, "workload.shared_prefix.tokens", sp.tokens, "must be at most 10,000,000")
-        require(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
-        require(math.isfinite(sp.zipf) and sp.zipf >= 0, "workload.shared_prefix.zipf", sp.zipf, "must be >= 0")
-        _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
+    _validate_shared_prefix(w)
     if is_closed(w):
         validate_closed(w)
     else:
@@ -807,6 +799,31 @@ def validate_workload(w: WorkloadConfig) -> None:
             require(
                 value is None, f"workload.{k}", value, f"applies to closed-loop users (workload=closed), not {kind}"
             )
+
+
+def _validate_window(w: WorkloadConfig) -> None:
+    """The replayed or generated time window."""
+    if w.window_start_s is not None:
+        require(w.window_start_s >= 0, "workload.window_start_s", w.window_start_s, "must be >= 0")
+    if w.window_end_s is not None:
+        require(
+            w.window_end_s > (w.window_start_s or 0.0),
+            "workload.window_end_s",
+            w.window_end_s,
+            f"must be > window_start_s ({w.window_start_s or 0})",
+        )
+
+
+def _validate_shared_prefix(w: WorkloadConfig) -> None:
+    sp = w.shared_prefix
+    require(sp.groups >= 0, "workload.shared_prefix.groups", sp.groups, "must be >= 0 (0: no shared prefix)")
+    if sp.groups:
+        require(sp.groups <= 1_000_000, "workload.shared_prefix.groups", sp.groups, "must be at most 1,000,000")
+        _positive(sp.tokens, "workload.shared_prefix.tokens", integer=True)
+        require(sp.tokens <= 10_000_000, "workload.shared_prefix.tokens", sp.tokens, "must be at most 10,000,000")
+        require(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
+        require(math.isfinite(sp.zipf) and sp.zipf >= 0, "workload.shared_prefix.zipf", sp.zipf, "must be >= 0")
+        _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
 
 
 THINK_DISTS = ("exponential", "fixed", "lognormal")
@@ -898,6 +915,12 @@ def validate_fleet(f: FleetConfig) -> None:
         )
     require(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
     _nonneg(f.prefix_slack, "fleet.prefix_slack")
+    _validate_autoscaler(a)
+    _validate_lifecycle(f)
+    _validate_pricing(f.pricing)
+
+
+def _validate_autoscaler(a: AutoscalerConfig) -> None:
     _positive(a.interval_s, "fleet.autoscaler.interval_s")
     metrics = AUTOSCALER_METRICS
     require(a.metric in metrics, "fleet.autoscaler.metric", a.metric, f"must be one of {', '.join(metrics)}")
@@ -922,6 +945,10 @@ def validate_fleet(f: FleetConfig) -> None:
             sched,
             "needs 24 replica counts >= 0, one per hour of the day",
         )
+
+
+def _validate_lifecycle(f: FleetConfig) -> None:
+    """Cold starts and sleep."""
     c = f.cold_start
     for k in ("acquire_s", "image_s", "init_s"):
         _nonneg(getattr(c, k), f"fleet.cold_start.{k}")
@@ -937,7 +964,9 @@ def validate_fleet(f: FleetConfig) -> None:
     _nonneg(s.wake_extra_s, "fleet.sleep.wake_extra_s")
     if s.wake_s is not None:
         _nonneg(s.wake_s, "fleet.sleep.wake_s")
-    p = f.pricing
+
+
+def _validate_pricing(p: PricingConfig) -> None:
     kinds = ("on_demand", "reserved", "spot", "owned")
     require(p.kind in kinds, "fleet.pricing.kind", p.kind, f"must be one of {', '.join(kinds)}")
     require(p.reserved_gpus >= 0, "fleet.pricing.reserved_gpus", p.reserved_gpus, "must be >= 0")
@@ -998,22 +1027,7 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
         _positive(a.prefill_tokens_per_s, "api.prefill_tokens_per_s")
     require(a.long_output in ("truncate", "refuse"), "api.long_output", a.long_output, "must be truncate or refuse")
     _nonneg(a.lifetime_spend_usd, "api.lifetime_spend_usd")
-    for i, t in enumerate(a.tiers or []):
-        key = f"api.tiers[{i}]"
-        _nonneg(t.min_lifetime_spend_usd, f"{key}.min_lifetime_spend_usd")
-        for k in ("rpm", "tpm", "max_output_tokens"):
-            if getattr(t, k) is not None:
-                _positive(getattr(t, k), f"{key}.{k}", integer=True)
-        if t.monthly_cap_usd is not None:
-            _nonneg(t.monthly_cap_usd, f"{key}.monthly_cap_usd")
-        if i:
-            prev = a.tiers[i - 1].min_lifetime_spend_usd  # type: ignore[index]
-            require(
-                t.min_lifetime_spend_usd > prev,
-                f"{key}.min_lifetime_spend_usd",
-                t.min_lifetime_spend_usd,
-                f"tiers must rise: above the previous tier's {prev:g}",
-            )
+    _validate_tiers(a)
     for k in ("rpm", "tpm", "max_output_tokens"):
         if getattr(a, k) is not None:
             _positive(getattr(a, k), f"api.{k}", integer=True)
@@ -1030,6 +1044,26 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
         a.on_limit,
         "with no GPUs a refused request can only back off and retry",
     )
+
+
+def _validate_tiers(a: ApiConfig) -> None:
+    """Usage tiers: each one's limits, lifetime spends rising from tier to tier."""
+    for i, t in enumerate(a.tiers or []):
+        key = f"api.tiers[{i}]"
+        _nonneg(t.min_lifetime_spend_usd, f"{key}.min_lifetime_spend_usd")
+        for k in ("rpm", "tpm", "max_output_tokens"):
+            if getattr(t, k) is not None:
+                _positive(getattr(t, k), f"{key}.{k}", integer=True)
+        if t.monthly_cap_usd is not None:
+            _nonneg(t.monthly_cap_usd, f"{key}.monthly_cap_usd")
+        if i:
+            prev = a.tiers[i - 1].min_lifetime_spend_usd  # type: ignore[index]
+            require(
+                t.min_lifetime_spend_usd > prev,
+                f"{key}.min_lifetime_spend_usd",
+                t.min_lifetime_spend_usd,
+                f"tiers must rise: above the previous tier's {prev:g}",
+            )
 
 
 def finite(node: Any, key: str) -> None:
@@ -1064,10 +1098,18 @@ def validate(cfg: Config) -> None:
             "must list at least two distinct integers >= 0 (one run with one seed: seed=N)",
         )
 
-    w = cfg.workload
-    validate_workload(w)
+    validate_workload(cfg.workload)
+    validate_model(cfg.model)
+    validate_gpu(cfg.gpu)
+    validate_engine(cfg.engine, cfg.model, cfg.gpu)
+    _plausible(cfg)
+    validate_fleet(cfg.fleet)
+    validate_api(cfg.api, cfg.fleet)
 
-    m = cfg.model
+    validate_run(cfg)
+
+
+def validate_model(m: ModelConfig) -> None:
     _positive(m.params_b, "model.params_b")
     for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "max_position"):
         _positive(getattr(m, key), f"model.{key}", integer=True)
@@ -1114,7 +1156,8 @@ def validate(cfg: Config) -> None:
             f"must not exceed model.params_b ({m.params_b})",
         )
 
-    g = cfg.gpu
+
+def validate_gpu(g: GpuConfig) -> None:
     for key in ("memory_gib", "mem_bw_tbps", "bf16_tflops", "link_gbps"):
         _positive(getattr(g, key), f"gpu.{key}")
     if g.fp8_tflops is not None:
@@ -1128,7 +1171,8 @@ def validate(cfg: Config) -> None:
     if g.visible_memory_gib is not None:
         _positive(g.visible_memory_gib, "gpu.visible_memory_gib")
 
-    e = cfg.engine
+
+def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
     require(e.usage in USAGES, "engine.usage", e.usage, f"must be one of {', '.join(USAGES)}")
     require(e.admission in ADMISSIONS, "engine.admission", e.admission, f"must be one of {', '.join(ADMISSIONS)}")
     if e.max_num_seqs is not None:
@@ -1192,6 +1236,10 @@ def validate(cfg: Config) -> None:
             f"must not exceed model.max_position ({m.max_position})",
         )
 
+
+def _plausible(cfg: Config) -> None:
+    """Beyond these bounds a value is a typo, and its arithmetic overflows."""
+    m = cfg.model
     for key, top in PLAUSIBLE.items():  # beyond these, a value is a typo, and its arithmetic overflows
         group, name = key.split(".")
         value = getattr(getattr(cfg, group), name)
@@ -1204,9 +1252,9 @@ def validate(cfg: Config) -> None:
             f"must not exceed model.params_b ({m.params_b})",
         )
 
-    validate_fleet(cfg.fleet)
-    validate_api(cfg.api, cfg.fleet)
 
+def validate_run(cfg: Config) -> None:
+    """The SLO, the outputs and the work limits."""
     s = cfg.slo
     _positive(s.ttft_s, "slo.ttft_s")
     _positive(s.tpot_s, "slo.tpot_s")
