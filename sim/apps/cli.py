@@ -54,20 +54,8 @@ def format_summary(summary: dict, cfg: Config) -> str:
     s = summary
     slo = cfg.slo
     verdict = "MET" if s["slo_met"] else "MISSED"
-    tp = round(s["gpus_per_replica"])
-    gpus = "1 GPU" if tp == 1 else f"{tp} GPUs"
-    f = cfg.fleet
-    if f.autoscaler.name == "fixed":
-        fleet = f"{f.replicas} replica{'' if f.replicas == 1 else 's'} x {gpus} {cfg.gpu.name}"
-    else:
-        fleet = (
-            f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas x {gpus} {cfg.gpu.name} "
-            f"(mean {s['mean_replicas']:.2f}, peak {_count(s['max_replicas'])})"
-        )
-    if cfg.api.enabled:
-        fleet += f" + API ({cfg.api.name}, overflow {cfg.api.overflow})"
     lines = [
-        f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), {fleet}, "
+        f"fleetsim: {cfg.model.name} ({cfg.model.weight_dtype}), {_fleet_text(s, cfg)}, "
         f"workload {cfg.workload.name}: {s['sim_duration_s']:,.0f} s simulated in {s['wall_time_s']:.2f} s",
         f"  requests   {_count(s['n_requests'])} (gpu {_count(s['n_gpu'])}, api {_count(s['n_api'])}, "
         f"rejected {_count(s['n_rejected'])})",
@@ -84,11 +72,46 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"busy {s['gpu_busy']:.1%} of the time",
     ]
     if s.get("users"):
-        w = cfg.workload
-        think = f"think {w.think_time_s:g} s {w.think_dist}" if w.think_time_s else "no think time"
-        sessions = f", {_count(s['sessions'])} sessions" if s["sessions"] != s["n_requests"] else ""
-        rate = s["n_requests"] / s["arrival_span_s"] if s["arrival_span_s"] else math.nan
-        lines.insert(2, f"  users      {_count(s['users'])} closed-loop ({think}){sessions}, {_fmt(rate)} req/s sent")
+        lines.insert(2, _users_line(s, cfg))
+    lines += _api_lines(s, cfg)
+    if s.get("n_seeds"):
+        lines += _seed_lines(s, cfg, verdict)
+    lines += _notes(s, cfg)
+    classes = sorted({k.split(".", 1)[1] for k in s if k.startswith("slo_attainment.")})
+    lines.extend(
+        f"  class {name:<10s} {_count(s[f'n_requests.{name}'])} requests, "
+        f"attainment {s[f'slo_attainment.{name}']:.1%}, TTFT p99 {_fmt(s[f'ttft_p99.{name}'], ' s')}"
+        for name in classes
+    )
+    return "\n".join(lines)
+
+
+def _fleet_text(s: dict, cfg: Config) -> str:
+    tp = round(s["gpus_per_replica"])
+    gpus = "1 GPU" if tp == 1 else f"{tp} GPUs"
+    f = cfg.fleet
+    if f.autoscaler.name == "fixed":
+        fleet = f"{f.replicas} replica{'' if f.replicas == 1 else 's'} x {gpus} {cfg.gpu.name}"
+    else:
+        fleet = (
+            f"{f.autoscaler.name}-autoscaled {f.min_replicas}-{f.max_replicas} replicas x {gpus} {cfg.gpu.name} "
+            f"(mean {s['mean_replicas']:.2f}, peak {_count(s['max_replicas'])})"
+        )
+    if cfg.api.enabled:
+        fleet += f" + API ({cfg.api.name}, overflow {cfg.api.overflow})"
+    return fleet
+
+
+def _users_line(s: dict, cfg: Config) -> str:
+    w = cfg.workload
+    think = f"think {w.think_time_s:g} s {w.think_dist}" if w.think_time_s else "no think time"
+    sessions = f", {_count(s['sessions'])} sessions" if s["sessions"] != s["n_requests"] else ""
+    rate = s["n_requests"] / s["arrival_span_s"] if s["arrival_span_s"] else math.nan
+    return f"  users      {_count(s['users'])} closed-loop ({think}){sessions}, {_fmt(rate)} req/s sent"
+
+
+def _api_lines(s: dict, cfg: Config) -> list[str]:
+    lines = []
     if cfg.api.enabled and s.get("n_api"):
         notes = []
         if s.get("api_tier"):
@@ -113,52 +136,52 @@ def format_summary(summary: dict, cfg: Config) -> str:
             f"tier's ${s['api_monthly_cap']:,.0f}/month cap (api.monthly_cap_usd): the API would refuse requests "
             "once the month's cap is spent"
         )
-    if s.get("n_seeds"):
+    return lines
 
-        def ci(key: str, fmt) -> str:
-            low, high = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
-            ok = all(v is not None and math.isfinite(v) for v in (low, high))
-            return f"[{fmt(low)}, {fmt(high)}]" if ok else "n/a"
 
-        ttft = ci("ttft_p99", lambda v: _fmt(v, " s"))
-        att = ci("slo_attainment", lambda v: f"{v:.1%}")
-        cost = ci("total_cost", lambda v: f"${v:.2f}")
-        lines += [
-            f"  seeds      {s['n_seeds']}: means above; 95% intervals: TTFT p99 {ttft}, attainment {att}, cost {cost}",
-            f"             SLO {verdict} at the intervals' pessimistic end; "
-            f"met by {s['slo_met_seeds']:.0%} of the seeds alone",
-        ]
-        how = s.get("replication", "seeds")
-        if how == "block bootstrap":
-            lines.append(
-                f"             replications resample the trace in blocks of {cfg.workload.bootstrap_block_s:g} s "
-                "(block bootstrap): the intervals show how much the answer depends on which stretches of traffic come"
-            )
-        elif how.startswith("fixed trace"):
-            lines.append(
-                "             the trace is replayed as it is in every replication: the intervals show only the "
-                "simulator's own randomness, not the traffic's (set workload.bootstrap_block_s to resample it)"
-            )
-    queue = s.get("queue_mean")
-    waited = not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > slo.ttft_s
-    if waited and s.get("cold_starts") and s.get("gpu_utilization", 1.0) < 0.7:
+def _seed_lines(s: dict, cfg: Config, verdict: str) -> list[str]:
+    def ci(key: str, fmt) -> str:
+        low, high = s.get(f"{key}_ci_low"), s.get(f"{key}_ci_high")
+        ok = all(v is not None and math.isfinite(v) for v in (low, high))
+        return f"[{fmt(low)}, {fmt(high)}]" if ok else "n/a"
+
+    ttft = ci("ttft_p99", lambda v: _fmt(v, " s"))
+    att = ci("slo_attainment", lambda v: f"{v:.1%}")
+    cost = ci("total_cost", lambda v: f"${v:.2f}")
+    lines = [
+        f"  seeds      {s['n_seeds']}: means above; 95% intervals: TTFT p99 {ttft}, attainment {att}, cost {cost}",
+        f"             SLO {verdict} at the intervals' pessimistic end; "
+        f"met by {s['slo_met_seeds']:.0%} of the seeds alone",
+    ]
+    how = s.get("replication", "seeds")
+    if how == "block bootstrap":
         lines.append(
+            f"             replications resample the trace in blocks of {cfg.workload.bootstrap_block_s:g} s "
+            "(block bootstrap): the intervals show how much the answer depends on which stretches of traffic come"
+        )
+    elif how.startswith("fixed trace"):
+        lines.append(
+            "             the trace is replayed as it is in every replication: the intervals show only the "
+            "simulator's own randomness, not the traffic's (set workload.bootstrap_block_s to resample it)"
+        )
+    return lines
+
+
+def _notes(s: dict, cfg: Config) -> list[str]:
+    queue = s.get("queue_mean")
+    waited = not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > cfg.slo.ttft_s
+    if waited and s.get("cold_starts") and s.get("gpu_utilization", 1.0) < 0.7:
+        return [
             f"  note       requests waited for replicas to start ({_count(s['cold_starts'])} cold starts of "
             f"{_fmt(s.get('cold_start_s'), ' s')}) while the load stayed low: keep a replica warm "
             "(fleet.min_replicas) or let an API take the first requests (api=default)"
-        )
-    elif waited:
-        lines.append(
+        ]
+    if waited:
+        return [
             "  note       requests queue longer than the TTFT SLO on average: the fleet is overloaded; add replicas "
             "(fleet.replicas), lower the load or let an API take the overflow (api=default)"
-        )
-    classes = sorted({k.split(".", 1)[1] for k in s if k.startswith("slo_attainment.")})
-    lines.extend(
-        f"  class {name:<10s} {_count(s[f'n_requests.{name}'])} requests, "
-        f"attainment {s[f'slo_attainment.{name}']:.1%}, TTFT p99 {_fmt(s[f'ttft_p99.{name}'], ' s')}"
-        for name in classes
-    )
-    return "\n".join(lines)
+        ]
+    return []
 
 
 FAILED_OBJECTIVES = (1e12, 1.0)  # what a failed job returns to an optimising sweeper
