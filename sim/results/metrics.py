@@ -117,72 +117,67 @@ def summarize(
 ) -> dict:
     route = df["route"].to_numpy()
     served = route != "rejected"
-    ttft = df["ttft_s"].to_numpy()
-    tpot = df["tpot_s"].to_numpy()
-    e2e = df["e2e_s"].to_numpy()
-    queue = df["queue_s"].to_numpy()
-    slo = cfg.slo
+    ttft, tpot, e2e = df["ttft_s"].to_numpy(), df["tpot_s"].to_numpy(), df["e2e_s"].to_numpy()
     ok = slo_mask(df, *slo_thresholds(df, cfg, class_slo or {}))
-    n = len(df)
-    attainment = float(ok.mean()) if n else math.nan
-    ttft_q = _pct(ttft, slo.percentile)
-    tpot_q = _pct(tpot, slo.percentile)
-    slo_met = bool(
-        (math.isnan(ttft_q) or ttft_q <= slo.ttft_s)
-        and (math.isnan(tpot_q) or tpot_q <= slo.tpot_s)
-        and attainment >= slo.attainment
-        and served.any()
-    )
-    in_tok = int(df["prompt_tokens"].to_numpy()[served].sum())
-    out_tok = int(df["served_output_tokens"].to_numpy()[served].sum())
+    attainment, ttft_q, tpot_q, slo_met = _slo(cfg.slo, ok, ttft, tpot, served)
+    in_tok, out_tok = (int(df[c].to_numpy()[served].sum()) for c in ("prompt_tokens", "served_output_tokens"))
     total_cost = gpu_cost + api_cost + ops_cost + egress_cost
     tokens = in_tok + out_tok
     span = arrival_span_s if arrival_span_s and arrival_span_s > 0 else sim_duration_s
     # egress is paid per token served, like the API: a rate over the arrival window
     per_hour = cost_rate(gpu_cost + ops_cost, sim_duration_s, api_cost + egress_cost, span)
-    n_gpu = int((route == "gpu").sum())
     gpu_rows = route == "gpu"
-    # load against capacity: the GPU-served requests over the arrival window against what the
-    # replicas (mean_replicas: every replica that exists) carry flat out at this token mix; an
-    # overloaded fleet reads above 1 (the drain after the last arrival does not dilute it)
-    replica_s = mean_replicas * span
-    if n_gpu and replica_s > 0 and capacity_rps > 0:
-        load = n_gpu / (replica_s * capacity_rps)
-    else:
-        load = 0.0
+    n_gpu = int(gpu_rows.sum())
     summary = {
-        "n_requests": n,
-        "n_gpu": n_gpu,
-        "n_api": int((route == "api").sum()),
+        **{"n_requests": len(df), "n_gpu": n_gpu, "n_api": int((route == "api").sum())},
         "n_rejected": int((route == "rejected").sum()),
-        "ttft_p50": _pct(ttft, 50),
-        "ttft_p90": _pct(ttft, 90),
-        "ttft_p99": _pct(ttft, 99),
-        "tpot_p50": _pct(tpot, 50),
-        "tpot_p90": _pct(tpot, 90),
-        "tpot_p99": _pct(tpot, 99),
-        "e2e_p50": _pct(e2e, 50),
-        "e2e_p99": _pct(e2e, 99),
+        **{f"ttft_p{q}": _pct(ttft, q) for q in (50, 90, 99)},
+        **{f"tpot_p{q}": _pct(tpot, q) for q in (50, 90, 99)},
+        **{f"e2e_p{q}": _pct(e2e, q) for q in (50, 99)},
         "slo_attainment": attainment,
         "slo_met": slo_met,
-        "gpu_cost": gpu_cost,
-        "api_cost": api_cost,
-        "ops_cost": ops_cost,
-        "egress_cost": egress_cost,
+        **{"gpu_cost": gpu_cost, "api_cost": api_cost, "ops_cost": ops_cost, "egress_cost": egress_cost},
         "total_cost": total_cost,
         "cost_per_mtok": total_cost / tokens * 1e6 if tokens else math.nan,
         "input_tokens": in_tok,
         "output_tokens": out_tok,
-        "gpu_utilization": load,
+        "gpu_utilization": _load(n_gpu, mean_replicas * span, capacity_rps),
         "mean_replicas": mean_replicas,
         "max_replicas": max_replicas,
         "preemptions": int(df["preemptions"].sum()),
         "sim_duration_s": sim_duration_s,
         "wall_time_s": 0.0,  # set by the caller once everything is built
-        # more than the contract asks
-        "ttft_mean": _mean(ttft),
-        "tpot_mean": _mean(tpot),
-        "e2e_mean": _mean(e2e),
+    }
+    summary.update(
+        _more_figures(df, ttft_q, tpot_q, tokens, span, per_hour, sim_duration_s, busy_s, occupancy_s, replica_seconds)
+    )
+    summary["replica_capacity_rps"] = capacity_rps
+    summary.update(_gpu_figures(df, busy_s, replica_seconds))
+    summary.update(extra or {})
+    summary.update(_per_class(df, ok, route, ttft, tpot, e2e))
+    return summary
+
+
+def _more_figures(
+    df: pd.DataFrame,
+    ttft_q: float,
+    tpot_q: float,
+    tokens: int,
+    span: float,
+    per_hour: float,
+    sim_duration_s: float,
+    busy_s: float,
+    occupancy_s: float,
+    replica_seconds: float,
+) -> dict:
+    """The summary's keys beyond the contract's, up to the capacity: means, the SLO percentiles,
+    throughputs and cost rates."""
+    served = df["route"].to_numpy() != "rejected"
+    queue = df["queue_s"].to_numpy()
+    return {
+        "ttft_mean": _mean(df["ttft_s"].to_numpy()),
+        "tpot_mean": _mean(df["tpot_s"].to_numpy()),
+        "e2e_mean": _mean(df["e2e_s"].to_numpy()),
         "queue_mean": _mean(queue),
         "queue_p99": _pct(queue, 99),
         "ttft_slo_percentile": ttft_q,
@@ -194,26 +189,61 @@ def summarize(
         "cost_per_mtok_rate": per_hour / (tokens / span * 3600) * 1e6 if tokens and span else math.nan,
         "arrival_span_s": span,
         "engine_occupancy": occupancy_s / replica_seconds if replica_seconds else 0.0,
-        "replica_capacity_rps": capacity_rps,
+    }
+
+
+def _gpu_figures(df: pd.DataFrame, busy_s: float, replica_seconds: float) -> dict:
+    """What the GPUs served and how busy they were; the API's share."""
+    route = df["route"].to_numpy()
+    gpu_rows = route == "gpu"
+    n_gpu = int(gpu_rows.sum())
+    return {
         "gpu_mean_prompt_tokens": float(df["prompt_tokens"].to_numpy()[gpu_rows].mean()) if n_gpu else math.nan,
         "gpu_mean_output_tokens": float(df["output_tokens"].to_numpy()[gpu_rows].mean()) if n_gpu else math.nan,
         "gpu_busy": busy_s / replica_seconds if replica_seconds else 0.0,
-        "api_share": float((route == "api").mean()) if n else 0.0,
+        "api_share": float((route == "api").mean()) if len(df) else 0.0,
     }
-    summary.update(extra or {})
+
+
+def _slo(slo, ok: np.ndarray, ttft: np.ndarray, tpot: np.ndarray, served: np.ndarray):
+    """(attainment, TTFT and TPOT at the SLO's percentile, whether the SLO is met)."""
+    attainment = float(ok.mean()) if len(ok) else math.nan
+    ttft_q = _pct(ttft, slo.percentile)
+    tpot_q = _pct(tpot, slo.percentile)
+    met = bool(
+        (math.isnan(ttft_q) or ttft_q <= slo.ttft_s)
+        and (math.isnan(tpot_q) or tpot_q <= slo.tpot_s)
+        and attainment >= slo.attainment
+        and served.any()
+    )
+    return attainment, ttft_q, tpot_q, met
+
+
+def _load(n_gpu: int, replica_s: float, capacity_rps: float) -> float:
+    """Load against capacity: the GPU-served requests over the arrival window against what the
+    replicas (mean_replicas: every replica that exists) carry flat out at this token mix; an
+    overloaded fleet reads above 1 (the drain after the last arrival does not dilute it)."""
+    if n_gpu and replica_s > 0 and capacity_rps > 0:
+        return n_gpu / (replica_s * capacity_rps)
+    return 0.0
+
+
+def _per_class(df: pd.DataFrame, ok: np.ndarray, route, ttft, tpot, e2e) -> dict:
+    """A mix's main figures per class, as flat keys "<key>.<class>" (nothing for one class)."""
+    out: dict = {}
     classes = df["class"].to_numpy()
     names = list(dict.fromkeys(classes.tolist()))
-    if len(names) > 1:  # a mix: the main figures per class, as flat keys "<key>.<class>"
+    if len(names) > 1:
         for name in names:
             mine = classes == name
-            summary[f"n_requests.{name}"] = int(mine.sum())
-            summary[f"slo_attainment.{name}"] = float(ok[mine].mean())
-            summary[f"ttft_p99.{name}"] = _pct(ttft[mine], 99)
-            summary[f"tpot_p99.{name}"] = _pct(tpot[mine], 99)
-            summary[f"e2e_p50.{name}"] = _pct(e2e[mine], 50)
-            summary[f"n_rejected.{name}"] = int((route[mine] == "rejected").sum())
-            summary[f"n_api.{name}"] = int((route[mine] == "api").sum())
-    return summary
+            out[f"n_requests.{name}"] = int(mine.sum())
+            out[f"slo_attainment.{name}"] = float(ok[mine].mean())
+            out[f"ttft_p99.{name}"] = _pct(ttft[mine], 99)
+            out[f"tpot_p99.{name}"] = _pct(tpot[mine], 99)
+            out[f"e2e_p50.{name}"] = _pct(e2e[mine], 50)
+            out[f"n_rejected.{name}"] = int((route[mine] == "rejected").sum())
+            out[f"n_api.{name}"] = int((route[mine] == "api").sum())
+    return out
 
 
 def cost_rate(fleet_cost, sim_duration_s, api_cost, arrival_span_s):
