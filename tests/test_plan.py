@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from sim.config.errors import ConfigError
+from sim.results import replication
 from sim.studies import plan as planner
 from sim.studies import run as runner
 from tests.conftest import cfg
@@ -144,7 +145,7 @@ def test_replicated_plans_report_intervals_and_decide_on_the_pessimistic_end():
     ]
     per_hour = [x["api_cost"] / 120 * 3600 for x in one]  # no GPUs: API cost over the 120-s window
     assert api["cost_per_hour"] == pytest.approx(sum(per_hour) / 3)
-    low, high = runner.interval(per_hour)
+    low, high = replication.interval(per_hour)
     assert (api["cost_per_hour_ci_low"], api["cost_per_hour_ci_high"]) == pytest.approx((low, high))
     s = c.slo
     pessimistic = (

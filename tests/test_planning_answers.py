@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 import sim
+from sim.apps.cli import format_summary
 from sim.config.errors import ConfigError
 from sim.pricing.cost import HOURS_PER_MONTH
 from sim.results.metrics import cost_rate
@@ -163,7 +164,7 @@ def test_a_run_projects_api_spend_to_a_month_against_the_tiers_cap():
     month = s["api_cost"] / s["arrival_span_s"] * 3600 * HOURS_PER_MONTH
     assert s["api_cost_per_month"] == pytest.approx(month)
     assert month > 500 and s["api_cap_exceeded"]  # ~$2,700/month of traffic on a $500/month tier
-    text = sim.apps.cli.format_summary(s, cfg(*SMALL, "api=tier2", "api.overflow=always", "fleet.replicas=0"))
+    text = format_summary(s, cfg(*SMALL, "api=tier2", "api.overflow=always", "fleet.replicas=0"))
     assert "API cap    EXCEEDED" in text
 
 
@@ -265,7 +266,7 @@ def test_replications_of_a_trace_resample_it_and_say_so():
     assert s["ttft_p99_ci_high"] > s["ttft_p99_ci_low"]  # zero-width on a fixed trace before
     fixed = sim.run(cfg("workload=trace", "seeds=[0,1]", "workload.bootstrap_block_s=null")).summary
     assert fixed["replication"] == "fixed trace"
-    text = sim.apps.cli.format_summary(fixed, cfg("workload=trace", "seeds=[0,1]", "workload.bootstrap_block_s=null"))
+    text = format_summary(fixed, cfg("workload=trace", "seeds=[0,1]", "workload.bootstrap_block_s=null"))
     assert "replayed as it is" in text
 
 

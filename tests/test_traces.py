@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import sim
+from sim.apps.python_api import to_config
 from sim.apps.trace_tool import characterise, fit
 from sim.apps.trace_tool import main as trace_main
 from sim.config.errors import TraceError
@@ -278,7 +279,7 @@ def test_fitted_workload_reproduces_rate_and_burstiness(tmp_path, fmt, kind):
     tr = read_trace(EXAMPLES[fmt], fmt)
     want = characterise(tr.arrival_s, tr.prompt_tokens, tr.output_tokens)
     # ten times the trace's span, so sampling noise (count SD ~ cv / sqrt(n)) is far below 5 %
-    cfg_ = sim.apps.python_api.to_config({"workload": {**data, "duration_s": 10 * data["duration_s"]}}).workload
+    cfg_ = to_config({"workload": {**data, "duration_s": 10 * data["duration_s"]}}).workload
     wl = build_workload(cfg_, 0)
     got = characterise(wl.arrival_s, wl.prompt_tokens, wl.output_tokens)
     se = want["iat_cv"] / math.sqrt(got["requests"])

@@ -9,13 +9,14 @@ import math
 
 from sim.config.schema import (
     Config,
+    WorkloadConfig,
     batch_limits,
     length_lower_bound,
     length_upper_bound,
     require,
 )
 from sim.config.schema import validate as validate_values
-from sim.hardware.kvcache import memory_plan
+from sim.hardware.kvcache import MemoryPlan, memory_plan
 from sim.hardware.perf import build_perf
 from sim.workload.limits import check_config
 
@@ -60,6 +61,21 @@ def fits(cfg: Config) -> None:
             f"without chunked prefill must be >= max_model_len ({plan.max_model_len}); "
             "set engine.max_model_len lower or enable chunked prefill",
         )
+    _requests_fit(w, plan)
+
+    if e.perf_table is None:  # the slowest iteration the engine can run must be a number of seconds
+        worst = build_perf(m, g, e).iteration_time(seqs, plan.kv_tokens, [(tokens, 0)])
+        require(
+            math.isfinite(worst) and worst <= 3600,
+            "engine.max_num_batched_tokens",
+            tokens,
+            f"a full engine iteration of {m.name} on {g.name} would take {worst:.3g} s: check the model, GPU and "
+            "engine figures (parameters, FLOPS, bandwidth, efficiency factors, step overhead)",
+        )
+
+
+def _requests_fit(w: WorkloadConfig, plan: MemoryPlan) -> None:
+    """A synthetic source whose shortest request exceeds the context would reject everything."""
     for name, src in (w.sources or {"": w}).items():
         if src.arrival == "trace" or src.pairs.path or src.pairs.values:
             continue  # lengths come from data: over-long requests are rejected one by one
@@ -78,14 +94,4 @@ def fits(cfg: Config) -> None:
             value,
             f"every request would exceed the context limit: at most {plan.max_model_len} prompt + output tokens fit "
             f"(max_model_len {plan.max_model_len}, KV cache {plan.kv_tokens} tokens)",
-        )
-
-    if e.perf_table is None:  # the slowest iteration the engine can run must be a number of seconds
-        worst = build_perf(m, g, e).iteration_time(seqs, plan.kv_tokens, [(tokens, 0)])
-        require(
-            math.isfinite(worst) and worst <= 3600,
-            "engine.max_num_batched_tokens",
-            tokens,
-            f"a full engine iteration of {m.name} on {g.name} would take {worst:.3g} s: check the model, GPU and "
-            "engine figures (parameters, FLOPS, bandwidth, efficiency factors, step overhead)",
         )

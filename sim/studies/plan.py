@@ -496,7 +496,7 @@ def _finish(cfg: Config, df: pd.DataFrame, tie_tolerance: float = 0.02) -> pd.Da
         )
     df["cost_per_mtok"] = per_mtok(df["cost_per_hour"], df["tokens"], span)
     if "_seed_cost_per_hour" in df:  # replications: the mean of the per-seed $/M and its 95% interval
-        from sim.studies.run import interval
+        from sim.results.replication import interval
 
         for i, r in df[df["_seed_cost_per_hour"].map(lambda v: isinstance(v, list))].iterrows():
             s = {k: np.asarray(r[f"_seed_{k}"], dtype=float) for k in SEED_COLUMNS}

@@ -7,7 +7,6 @@ summary. The command line (`sim.apps.cli`) and the tests both call this.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from sim.des.simulate import simulate
 from sim.hardware.kvcache import MemoryPlan, memory_plan
 from sim.hardware.perf import build_perf
 from sim.results.metrics import arrival_span, json_ready
+from sim.results.replication import combine
 from sim.results.summary import ClosedRun, summarize_run
 from sim.workload.build import Workload, block_bootstrap, build_workload, stream
 from sim.workload.limits import check_workload as check_limits
@@ -152,73 +152,18 @@ def run(cfg: Config, workload: Workload | None = None) -> Result:
     return run_one(cfg, workload)
 
 
-# summary keys reported with a 95% interval when a run is replicated over seeds
-INTERVAL_KEYS = (
-    "total_cost",
-    "cost_per_hour",
-    "cost_per_mtok",
-    "ttft_p99",
-    "tpot_p99",
-    "slo_attainment",
-    "ttft_slo_percentile",
-    "tpot_slo_percentile",
-)
-
-
 def replicate(cfg: Config, workload: Workload | None = None) -> Result:
     """Run each seed of `cfg.seeds`; the summary holds the mean of every number, a 95% Student-t
     interval (`<key>_ci_low`, `<key>_ci_high`) for the figures that decide a plan, and a
-    pessimistic `slo_met`: the SLO must hold at the unfavourable end of every interval."""
+    pessimistic `slo_met`: the SLO must hold at the unfavourable end of every interval
+    (`sim.results.replication.combine`)."""
     import dataclasses
 
     results, how = [], "seeds"
     for s in cfg.seeds:
-        one = dataclasses.replace(cfg, seed=s, seeds=None)
-        wl = workload
-        if workload is None and has_trace(cfg.workload):
-            how = "fixed trace"
-            if cfg.workload.bootstrap_block_s is not None:
-                base = build_workload(cfg.workload, s, cfg.limits)
-                wl = block_bootstrap(
-                    base,
-                    arrival_span(cfg.workload, base.arrival_s),
-                    cfg.workload.bootstrap_block_s,
-                    stream(s, "bootstrap"),
-                )
-                how = "block bootstrap" if wl is not None else "fixed trace (shorter than two bootstrap blocks)"
-        results.append(run_one(one, wl))
-    summaries = [r.summary for r in results]
-    # counts a seed reports only when they happened (api_refusals.<reason>, the requests of a
-    # class that sent none) are 0 in the others; a missing latency or attainment stays missing
-    keys = list(dict.fromkeys(k for s in summaries for k in s))
-    for s in summaries:
-        s.update({k: 0 for k in keys if k not in s and k.split(".", 1)[0] in COUNTS})
-    per_seed = pd.DataFrame([{"seed": seed, **s} for seed, s in zip(cfg.seeds, summaries, strict=True)])
-    summary = {key: _mean([s.get(key) for s in summaries]) for key in keys}
-    for key in INTERVAL_KEYS:
-        values = per_seed[key].to_numpy(dtype=float)
-        low, high = interval(values)
-        top = 1.0 if key == "slo_attainment" else math.inf  # clip to the quantity's range
-        summary[f"{key}_ci_low"] = min(max(low, 0.0), top) if math.isfinite(low) else math.nan
-        summary[f"{key}_ci_high"] = min(max(high, 0.0), top) if math.isfinite(high) else math.nan
-    slo = cfg.slo
-    served = (per_seed["n_requests"] - per_seed["n_rejected"] > 0).all()
-    summary["slo_met"] = bool(
-        not summary["ttft_slo_percentile_ci_high"] > slo.ttft_s  # NaN (nothing measured) passes
-        and not summary["tpot_slo_percentile_ci_high"] > slo.tpot_s
-        and summary["slo_attainment_ci_low"] >= slo.attainment
-        and served
-    )
-    summary["slo_met_seeds"] = float(per_seed["slo_met"].mean())
-    if "api_cap_exceeded" in per_seed:  # pessimistic, like slo_met: any seed, or the mean, over the cap
-        cap = cfg.api.monthly_cap_usd if not cfg.api.tiers else summary.get("api_monthly_cap")
-        over_mean = cap is not None and math.isfinite(cap) and summary["api_cost_per_month"] > cap
-        summary["api_cap_exceeded"] = bool(per_seed["api_cap_exceeded"].astype(bool).any() or over_mean)
-    summary["n_seeds"] = len(results)
-    # what varies between the replications: the synthetic draws (seeds), a block bootstrap of a
-    # replayed trace, or nothing but the simulation's own randomness (a fixed trace)
-    summary["replication"] = how
-    summary["wall_time_s"] = float(per_seed["wall_time_s"].sum())
+        wl, how = _seed_workload(cfg, workload, s, how)
+        results.append(run_one(dataclasses.replace(cfg, seed=s, seeds=None), wl))
+    summary, per_seed = combine(cfg, [r.summary for r in results], how)
     requests = pd.concat(
         [r.requests.assign(seed=s) for s, r in zip(cfg.seeds, results, strict=True)], ignore_index=True
     )
@@ -236,39 +181,21 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
     )
 
 
-COUNTS = ("api_refusals", "n_requests", "n_gpu", "n_api", "n_rejected")
-
-
-def interval(values) -> tuple[float, float]:
-    """95% Student-t interval of the mean of `values` (NaNs, i.e. seeds that measured nothing,
-    left out); NaN bounds with fewer than two values."""
-    import numpy as np
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if len(v) < 2:
-        return math.nan, math.nan
-    m, half = float(v.mean()), float(stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)))
-    return m - half, m + half
-
-
-def _mean(values: list):
-    """The mean over seeds of one summary value: booleans all-true, numbers averaged (NaN and
-    missing left out), dicts key by key, anything else (names) the first seed's."""
-    present = [v for v in values if v is not None]
-    if not present:
-        return None
-    first = present[0]
-    if isinstance(first, bool):
-        return bool(all(present))
-    if isinstance(first, (int, float)):
-        nums = [float(v) for v in present if isinstance(v, (int, float)) and math.isfinite(v)]
-        return sum(nums) / len(nums) if nums else math.nan
-    if isinstance(first, dict):
-        keys = list(dict.fromkeys(k for v in present if isinstance(v, dict) for k in v))
-        return {k: _mean([v.get(k) for v in present if isinstance(v, dict)]) for k in keys}
-    return first
+def _seed_workload(cfg: Config, workload: Workload | None, seed: int, how: str) -> tuple[Workload | None, str]:
+    """One replication's workload (None: generated from its seed) and what varies between them:
+    the synthetic draws, a block bootstrap of a replayed trace, or nothing (a fixed trace)."""
+    if workload is not None or not has_trace(cfg.workload):
+        return workload, how
+    if cfg.workload.bootstrap_block_s is None:
+        return None, "fixed trace"
+    base = build_workload(cfg.workload, seed, cfg.limits)
+    wl = block_bootstrap(
+        base,
+        arrival_span(cfg.workload, base.arrival_s),
+        cfg.workload.bootstrap_block_s,
+        stream(seed, "bootstrap"),
+    )
+    return wl, "block bootstrap" if wl is not None else "fixed trace (shorter than two bootstrap blocks)"
 
 
 def run_one(cfg: Config, workload: Workload | None = None) -> Result:
