@@ -169,10 +169,16 @@ class Fleet:
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
         self._prefill_per_token = perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
 
+        self._init_accounting(workload, users)
+        self._start(users)
+
+    def _init_accounting(self, workload: Workload, users: ClosedLoop | None) -> None:
+        """Counters, the time series' live integrals and the records of replica states."""
+        f = self.cfg.fleet
         self.n_total: float = len(workload) if users is None else math.inf  # closed loop: known when all stop
         self.n_closed = 0
         self._users_left = 0
-        self.finished = env.event()
+        self.finished = self.env.event()
         self._arrivals_done = False
         # counters and live accounting for the time series
         self._in_system = 0
@@ -196,6 +202,10 @@ class Fleet:
         self.max_replicas_seen = 0
         self._poked = False
 
+    def _start(self, users: ClosedLoop | None) -> None:
+        """The replicas at t = 0 and the fleet's processes: arrivals (or users), sampling, and
+        the autoscaler when anything can change the fleet's size."""
+        f, env = self.cfg.fleet, self.env
         for _ in range(f.replicas):
             node = self._new_node()
             if f.start_warm:
@@ -207,7 +217,7 @@ class Fleet:
             env.process(self.arrive())
         else:
             self._start_users()
-        env.process(self.sample(cfg.output.timeseries_interval_s))
+        env.process(self.sample(self.cfg.output.timeseries_interval_s))
         if not self.fixed or f.pricing.kind == "spot" or f.pricing.burst == "spot" or not f.start_warm:
             env.process(self.autoscale())
 
