@@ -17,10 +17,14 @@ def __dir__() -> list[str]:
 
 
 def __getattr__(name: str):  # keep `import sim` light: SimPy, pandas and Hydra load on use
-    if name in ("run", "Result"):
-        from sim.apps import python_api as api
+    if name == "run":
+        from sim.apps.python_api import run
 
-        return getattr(api, name)
+        return run
+    if name == "Result":
+        from sim.studies.run import Result
+
+        return Result
     if name == "closed_workload":
         from sim.workload.closedloop import closed_workload
 

@@ -89,7 +89,7 @@ def test_light_layers_do_not_load_heavy_packages(module, absent):
 
 def test_config_names_are_the_registered_implementations():
     from sim.config import names
-    from sim.des.autoscale import AUTOSCALERS, METRICS
+    from sim.des.autoscale import AUTOSCALERS
     from sim.des.overflow import OVERFLOW
     from sim.des.router import ROUTERS
     from sim.hardware.kvcache import PROFILERS
@@ -100,7 +100,6 @@ def test_config_names_are_the_registered_implementations():
     assert tuple(READERS) == names.TRACE_FORMATS
     assert tuple(ROUTERS) == names.ROUTERS
     assert tuple(AUTOSCALERS) == names.AUTOSCALERS
-    assert tuple(METRICS) == names.AUTOSCALER_METRICS
     assert tuple(PROFILERS) == names.MEMORY_PROFILERS
     assert tuple(OVERFLOW) == names.OVERFLOW
 
@@ -147,3 +146,49 @@ def test_run_config_yaml_is_what_omegaconf_writes():
         assert config_yaml(cfg) == OmegaConf.to_yaml(OmegaConf.structured(cfg))
     odd = sim.compose(["model.name=1e3", "gpu.name=yes", "slo.name=nan", "api.name=Off", "workload.name='007'"])
     assert config_yaml(odd) == OmegaConf.to_yaml(OmegaConf.structured(odd))
+
+
+def test_option_loader_types_values_as_declared():
+    """A user's option file goes through the same typing as Hydra's: numbers written as text are
+    numbers, yes/no are booleans, and a value of the wrong kind names its key."""
+    from sim.config.errors import ConfigError
+    from sim.config.schema import ApiConfig, EngineConfig, GpuConfig, build
+
+    gpu = build(GpuConfig, {"bf16_tflops": "1.5e3", "max_tp": "8", "price_per_hour": 2}, "gpu")
+    assert gpu.bf16_tflops == 1500.0 and gpu.max_tp == 8 and isinstance(gpu.price_per_hour, float)
+    assert build(EngineConfig, {"prefix_caching": "no"}, "engine").prefix_caching is False
+    assert build(ApiConfig, {"rpm": None}, "api").rpm is None  # optional: null allowed
+    for cls, data, key in (
+        (GpuConfig, {"memory_gib": None}, "gpu.memory_gib"),  # not optional
+        (GpuConfig, {"max_tp": 8.5}, "gpu.max_tp"),
+        (GpuConfig, {"mem_bw_tbps": "fast"}, "gpu.mem_bw_tbps"),
+        (EngineConfig, {"prefix_caching": "maybe"}, "engine.prefix_caching"),
+        (GpuConfig, {"bf16_tflops": True}, "gpu.bf16_tflops"),
+    ):
+        with pytest.raises(ConfigError, match=rf"^{key}="):
+            build(cls, data, key.split(".")[0])
+
+
+def test_config_yaml_of_a_config_built_in_python():
+    """Values set in Python with looser types (an int for a float, 1 for a bool, a number for a
+    name, a Path for a file) are written as OmegaConf would write them."""
+    import dataclasses
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    import sim
+    from sim.studies.run import config_yaml
+
+    cfg = sim.compose(["workload=trace"])
+    cfg.workload = dataclasses.replace(cfg.workload, rate=5, path=Path("traces/synthetic_azure.csv"))
+    cfg.fleet.sleep.enabled = 1
+    cfg.model.name = 7
+    text = config_yaml(cfg)
+    assert "path: traces/synthetic_azure.csv" in text and "name: '7'" in text
+    expected = OmegaConf.to_yaml(
+        OmegaConf.structured(
+            dataclasses.replace(cfg, workload=dataclasses.replace(cfg.workload, path="traces/synthetic_azure.csv"))
+        )
+    )
+    assert text == expected

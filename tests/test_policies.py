@@ -29,25 +29,25 @@ def test_round_robin_cycles_over_the_best_state_only():
     assert [r.choose(loads, None) for _ in range(6)] == [0, 2, 4, 0, 2, 4]
 
 
-def test_power_of_two_picks_the_less_loaded_of_a_uniform_pair():
-    """Over many arrivals each unordered pair of active replicas is drawn equally often (chi-square
-    at the 0.1% level, fixed seed), the chosen one is the less loaded of its pair, and replicas
-    in a worse state are never drawn while an active one exists."""
+def test_power_of_two_draws_pairs_uniformly_from_the_best_state():
+    """Every unordered pair of active replicas is drawn equally often (chi-square at the 0.1%
+    level, fixed seed); replicas in a worse state never are while an active one exists."""
     loads = [4, 1, NOT_ROUTABLE, 3, WAKE_PENALTY, 2, 0]
     active = [k for k, v in enumerate(loads) if v < WAKE_PENALTY]
     r = PowerOfTwo(_fleet(7))
     n = 30_000
-    picks = Counter(r.choose(loads, None) for _ in range(n))
-    assert set(picks) <= set(active)
-    # with loads all distinct, a slot is chosen when drawn with a more loaded partner: the slot of
-    # rank q (0 = least loaded) among m wins (m - 1 - q) of the m(m-1)/2 pairs
-    m = len(active)
-    order = sorted(active, key=lambda k: loads[k])
-    expected = np.array([(m - 1 - q) / (m * (m - 1) / 2) * n for q in range(m)])
-    observed = np.array([picks.get(k, 0) for k in order])
-    keep = expected > 0  # the most loaded never wins a pair
-    assert observed[~keep].sum() == 0
-    assert stats.chisquare(observed[keep], expected[keep]).pvalue > 1e-3
+    pairs = Counter(tuple(sorted(r.pair(loads))) for _ in range(n))
+    expected_pairs = {(a, b) for a in active for b in active if a < b}
+    assert set(pairs) == expected_pairs
+    assert stats.chisquare(list(pairs.values())).pvalue > 1e-3
+
+
+def test_power_of_two_picks_the_less_loaded_of_its_pair():
+    loads = [4, 1, NOT_ROUTABLE, 3, WAKE_PENALTY, 2, 4]
+    twin, r = PowerOfTwo(_fleet(11)), PowerOfTwo(_fleet(11))  # same seed: the same pairs
+    for _ in range(2000):
+        a, b = twin.pair(loads)
+        assert r.choose(loads, None) == min((loads[a], a), (loads[b], b))[1]  # ties: the lower slot
 
 
 def test_power_of_two_with_one_replica_in_the_best_state():
@@ -195,3 +195,65 @@ def test_api_monthly_cap_resets_with_the_month():
     assert all(api.admit(float(i), 1000, 1000) is None for i in range(fit))
     assert api.admit(100.0, 1000, 1000) == REFUSE_CAP
     assert api.admit(MONTH_S, 1000, 1000) is None  # a new month
+
+
+# ----------------------------------------------------------------------------- prefix-aware routing
+
+
+def test_prefix_aware_takes_the_longest_cached_prefix_within_the_slack():
+    from sim.des.router import PrefixAware
+
+    hits = {0: 0, 1: 5, 2: 9, 3: 2}
+    nodes = [SimpleNamespace(cache=SimpleNamespace(peek=lambda blocks, k=k: hits[k])) for k in range(4)]
+    fleet = SimpleNamespace(
+        cfg=SimpleNamespace(fleet=SimpleNamespace(prefix_slack=2)), nodes=nodes, blocks_of=lambda req: [1, 2, 3]
+    )
+    r = PrefixAware(fleet)
+    assert r.choose([1, 2, 3, 1], None) == 2  # 9 blocks cached, within 2 of the least loaded
+    assert r.choose([1, 2, 4, 1], None) == 1  # slot 2 is too busy: the next longest
+    fleet.blocks_of = lambda req: None
+    assert r.choose([1, 2, 3, 0], None) == 3  # no prefix ids: the least loaded
+
+
+# ----------------------------------------------------------------------------- overflow policies
+
+
+def _api_cfg(**over):
+    import dataclasses
+
+    from sim.config.schema import ApiConfig
+
+    return dataclasses.replace(ApiConfig(), **over)
+
+
+def test_overflow_never_and_always():
+    from sim.des.overflow import OVERFLOW
+
+    fleet = _fleet()
+    assert OVERFLOW["never"](_api_cfg()).decide(fleet, None) == (False, None)
+    assert OVERFLOW["always"](_api_cfg()).decide(fleet, None) == (True, None)
+    assert not OVERFLOW["never"].serves_too_long and OVERFLOW["always"].serves_too_long
+
+
+def test_overflow_share_sends_its_share():
+    from sim.des.overflow import OVERFLOW
+
+    policy, fleet, n = OVERFLOW["share"](_api_cfg(share=0.3)), _fleet(5), 20_000
+    sent = sum(policy.decide(fleet, None)[0] for _ in range(n))
+    assert sent / n == pytest.approx(0.3, abs=4 * (0.3 * 0.7 / n) ** 0.5)
+
+
+def test_overflow_queue_counts_who_waits_at_the_chosen_replica():
+    from sim.des.overflow import OVERFLOW
+
+    policy = OVERFLOW["queue"](_api_cfg(queue_threshold=3))
+    engine = SimpleNamespace(waiting=[1, 2], sync=lambda: None)
+    fleet = SimpleNamespace(
+        loads=[5, 0], nodes=[None, SimpleNamespace(engine=engine)], router=LeastOutstanding(), router_queue=[]
+    )
+    assert policy.decide(fleet, None) == (False, 1)  # two wait at slot 1: under the threshold
+    engine.waiting.append(3)
+    assert policy.decide(fleet, None) == (True, 1)
+    fleet.loads = [NOT_ROUTABLE]  # no replica can take it: the router's queue counts
+    fleet.router_queue = [1, 2, 3, 4]
+    assert policy.decide(fleet, None) == (True, 0)

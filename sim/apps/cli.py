@@ -15,7 +15,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sim.apps.python_api import register_configs, split_config
 from sim.config.errors import UserError
 from sim.config.schema import Config, conf_dir
 
@@ -345,6 +344,8 @@ def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> No
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    from sim.apps.python_api import register_configs
+
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     kept = _existing_dirs(sys.argv[1:])
@@ -414,6 +415,7 @@ def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task f
 
     from hydra.core.hydra_config import HydraConfig
 
+    from sim.apps.python_api import split_config
     from sim.studies import plan as planner
 
     hc = HydraConfig.get()
@@ -458,6 +460,7 @@ def _gpu_loader(overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra.errors import HydraException
 
+    from sim.apps.python_api import split_config
     from sim.config.errors import ConfigError
 
     keep = [o for o in overrides if not o.lstrip("+~").startswith(("gpu=", "plan.", "plan=", "hydra"))]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.config.errors import ConfigError
 from sim.config.schema import Config, _did_you_mean, conf_dir, unknown_keys
-from sim.studies.plan import PlanAppConfig, PlanConfig
-from sim.studies.run import Result
-from sim.studies.run import run as run_config
-from sim.workload.build import Workload
+
+if TYPE_CHECKING:  # the simulator and the planner load on use: `sim.compose` and --help stay light
+    from sim.studies.plan import PlanConfig
+    from sim.studies.run import Result
+    from sim.workload.build import Workload
 
 
 def to_config(obj: Any) -> Config:
@@ -41,11 +42,15 @@ def to_config(obj: Any) -> Config:
 def run(config: Any, workload: Workload | None = None) -> Result:
     """Simulate one scenario (`sim.studies.run.run`) from a Config, a nested dict or an
     OmegaConf node. With `seeds`, once per seed, the summary reporting means and intervals."""
+    from sim.studies.run import run as run_config
+
     return run_config(to_config(config), workload)
 
 
 def register_configs() -> None:
     from hydra.core.config_store import ConfigStore
+
+    from sim.studies.plan import PlanAppConfig
 
     ConfigStore.instance().store(name="base_config", node=Config)
     ConfigStore.instance().store(name="base_plan", node=PlanAppConfig)
@@ -66,6 +71,8 @@ def split_config(node) -> tuple[Config, PlanConfig]:
     """The scenario and the plan section of a composed `fleetsim-plan` config (type-checked)."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
+
+    from sim.studies.plan import PlanAppConfig
 
     if isinstance(node, PlanAppConfig):
         app = node

@@ -463,10 +463,9 @@ def load_option(group: str, name: str) -> Any:
 
 
 def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
-    """The dataclass `cls` from a mapping of its fields, typed as Hydra types it: merged onto
-    `base` (default: the class's defaults; a nested dataclass onto its field's default), unknown
-    keys refused with the nearest known one, integers taken as floats where a float is declared
-    (alone, optional or in a list), lists and dicts of dataclasses built element by element."""
+    """The dataclass `cls` from a mapping of its fields, each value checked against its declared
+    type (`typed`): merged onto `base` (default: the class's defaults; a nested dataclass onto its
+    field's default), unknown keys refused with the nearest known one."""
     import dataclasses
     import difflib
 
@@ -479,26 +478,96 @@ def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
             near = difflib.get_close_matches(name, list(hints), n=1)
             raise ConfigError(where, value, "unknown key" + (f"; did you mean {key}.{near[0]}?" if near else ""))
         kind = hints[name]
-        if type(None) in typing.get_args(kind):  # X | None: X, when a value is given
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        args = typing.get_args(kind)
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             current = getattr(base, name)
-            value = build(kind, value, where, current if isinstance(current, kind) else None)
-        elif typing.get_origin(kind) is list and args and dataclasses.is_dataclass(args[0]) and isinstance(value, list):
-            value = [build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-        elif typing.get_origin(kind) is dict and dataclasses.is_dataclass(args[-1]) and isinstance(value, dict):
-            value = {k: build(args[-1], v, f"{where}.{k}") for k, v in value.items()}
-        elif kind is float and _is_int(value):
-            value = float(value)
-        elif typing.get_origin(kind) is list and args == (float,) and isinstance(value, list):
-            value = [float(v) if _is_int(v) else v for v in value]
-        kwargs[name] = value
+            kwargs[name] = build(kind, value, where, current if isinstance(current, kind) else None)
+        else:
+            kwargs[name] = typed(value, kind, where)
     return dataclasses.replace(base, **kwargs)
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+def typed(value: Any, kind: Any, key: str) -> Any:
+    """`value` as the declared type `kind`, converted as OmegaConf converts (an integer or a
+    number's text for a float, a whole number's text for an int, true/yes/on or false/no/off
+    for a bool, a number for a text); ConfigError naming `key` when it cannot be."""
+    import dataclasses
+
+    args = typing.get_args(kind)
+    if type(None) in args:  # X | None
+        if value is None:
+            return None
+        kind = next(a for a in args if a is not type(None))
+        args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    if value is None:
+        raise ConfigError(key, value, "must be given (it cannot be null)")
+    if dataclasses.is_dataclass(kind):
+        return build(kind, value, key) if isinstance(value, dict) else _refuse(key, value, kind.__name__)
+    if origin is list:
+        if not isinstance(value, list):
+            _refuse(key, value, "a list")
+        return [typed(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            _refuse(key, value, "a mapping")
+        return {k: typed(v, args[-1], f"{key}.{k}") for k, v in value.items()} if args else value
+    if kind is bool:
+        text = str(value).lower()
+        if isinstance(value, bool) or text in _TRUE + _FALSE:
+            return value if isinstance(value, bool) else text in _TRUE
+        _refuse(key, value, "a boolean")
+    if kind is int:
+        if _is_int(value) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+            return int(value)
+        _refuse(key, value, "an integer")
+    if kind is float:
+        if not isinstance(value, bool):
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                pass
+        _refuse(key, value, "a number")
+    if kind is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        _refuse(key, value, "a text")
+    return value
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _refuse(key: str, value: Any, what: str) -> Any:
+    raise ConfigError(key, value, f"must be {what}")
+
+
+def plain(obj: Any) -> Any:
+    """A config as plain data typed as declared (nested dicts and lists of numbers, booleans and
+    texts; a path as its text), for writing: what OmegaConf would write for it."""
+    import contextlib
+    import dataclasses
+    from pathlib import PurePath
+
+    if dataclasses.is_dataclass(obj):
+        hints = typing.get_type_hints(type(obj))
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            value = str(value) if isinstance(value, PurePath) else value
+            if not dataclasses.is_dataclass(value):
+                with contextlib.suppress(ConfigError):  # written as it is; validation reports it
+                    value = typed(value, hints[f.name], f.name)
+            out[f.name] = plain(value)
+        return out
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    return str(obj) if isinstance(obj, PurePath) else obj
 
 
 WEIGHT_BYTES = {"bf16": 2.0, "fp8": 1.0, "int4": 0.5}
@@ -1087,7 +1156,14 @@ def finite(node: Any, key: str) -> None:
 def validate(cfg: Config) -> None:
     """Check every value on its own and against the others; raise ConfigError on the first bad
     one. What needs the hardware or workload models (memory, iteration time, work limits) is
-    checked above this layer: `sim.des.preflight.validate` runs both."""
+    checked above this layer: `sim.des.preflight.validate` runs both, in this order: the
+    replica's values, whether it fits its GPU, then the fleet's, the API's and the run's."""
+    validate_replica(cfg)
+    validate_service(cfg)
+
+
+def validate_replica(cfg: Config) -> None:
+    """Every value is finite; the seeds, the workload, the model, the GPU and the engine."""
     finite(cfg, "")
     require(isinstance(cfg.seed, int) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
     if cfg.seeds is not None:
@@ -1097,15 +1173,17 @@ def validate(cfg: Config) -> None:
             cfg.seeds,
             "must list at least two distinct integers >= 0 (one run with one seed: seed=N)",
         )
-
     validate_workload(cfg.workload)
     validate_model(cfg.model)
     validate_gpu(cfg.gpu)
     validate_engine(cfg.engine, cfg.model, cfg.gpu)
     _plausible(cfg)
+
+
+def validate_service(cfg: Config) -> None:
+    """The fleet, the API, the SLO, the outputs and the work limits."""
     validate_fleet(cfg.fleet)
     validate_api(cfg.api, cfg.fleet)
-
     validate_run(cfg)
 
 

@@ -163,7 +163,7 @@ class Fleet:
                 f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
             )
         self.router = make_router(f.router, self)
-        self.overflow = OVERFLOW[cfg.api.overflow](cfg.api)
+        self.overflow = OVERFLOW[cfg.api.overflow](cfg.api) if cfg.api.enabled else None
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
         clock = workload.clock_start_s or 0.0
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
@@ -417,7 +417,7 @@ class Fleet:
         not take it, sent to the API if only the API can serve it, else returned for routing."""
         self._arrivals += 1
         too_long = p + o > self.plan.max_model_len  # no replica can hold it; the API may serve it
-        if too_long and (self.api is None or self.cfg.api.overflow == "never" or not self.api.eligible(o)):
+        if too_long and (self.api is None or not self.overflow.serves_too_long or not self.api.eligible(o)):  # type: ignore[union-attr]
             self._reject(i, REASON_CONTEXT)
             return None
         now = self.env.now
@@ -434,7 +434,7 @@ class Fleet:
         """Decide GPU or API for a new request (the overflow policy, `sim.des.overflow`)."""
         k = None
         if self.api is not None and self.api.eligible(req.output):
-            to_api, k = self.overflow.decide(self, req)
+            to_api, k = self.overflow.decide(self, req)  # type: ignore[union-attr]
             if to_api:
                 self._to_api(req, 0)
                 return

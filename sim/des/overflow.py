@@ -5,6 +5,8 @@ One class per policy, registered in `OVERFLOW` under the names of `config/names.
 `decide(fleet, req)` returns (to the API?, slot): the slot is the router's choice when the policy
 had to look at a replica to decide, so a request kept on the GPUs is not routed twice. A policy
 that looks brings the replica up to date first (`Replica.sync`), then reads its state once.
+`serves_too_long`: whether a request longer than any replica's context goes to the API (every
+policy but `never`) or is rejected.
 """
 
 from __future__ import annotations
@@ -38,7 +40,9 @@ class Fleet(Protocol):
 
 
 class Never:
-    """The API serves only what no replica could hold (longer than the context)."""
+    """Nothing goes to the API: a request longer than the context is rejected as without one."""
+
+    serves_too_long = False
 
     def __init__(self, cfg: ApiConfig):
         pass
@@ -50,6 +54,8 @@ class Never:
 class Always:
     """Everything the API accepts goes there (a pure-API deployment)."""
 
+    serves_too_long = True
+
     def __init__(self, cfg: ApiConfig):
         pass
 
@@ -59,6 +65,8 @@ class Always:
 
 class Share:
     """A fixed share of the requests, drawn one by one from the fleet's generator."""
+
+    serves_too_long = True
 
     def __init__(self, cfg: ApiConfig):
         self.share = cfg.share
@@ -81,6 +89,8 @@ class Queue:
     """When `queue_threshold` requests already wait at the chosen replica (or at the router,
     with no replica up)."""
 
+    serves_too_long = True
+
     def __init__(self, cfg: ApiConfig):
         self.threshold = cfg.queue_threshold
 
@@ -93,6 +103,8 @@ class Queue:
 class Ttft:
     """When the predicted TTFT on the chosen replica exceeds `ttft_margin` x the request's TTFT
     threshold (`Fleet.predict_ttft`)."""
+
+    serves_too_long = True
 
     def __init__(self, cfg: ApiConfig):
         self.margin = cfg.ttft_margin

@@ -1,7 +1,8 @@
-"""Whether a scenario can run, checked before anything is allocated: every value in range
-(`sim.config.schema.validate`), then what needs the hardware and workload models: the weights
-fit and leave room for KV, requests fit the context, a full iteration takes a finite time, and
-the run's work stays within `limits`. Raises `ConfigError` naming the key, on the first problem."""
+"""Whether a scenario can run, checked before anything is allocated: the replica's values
+(`sim.config.schema.validate_replica`), then what needs the hardware model (the weights fit and
+leave room for KV, requests fit the context, a full iteration takes a finite time), then the
+fleet's, the API's and the run's values, then whether the run's work stays within `limits`.
+Raises `ConfigError` naming the key, on the first problem."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ from sim.config.schema import (
     length_lower_bound,
     length_upper_bound,
     require,
+    validate_replica,
+    validate_service,
 )
-from sim.config.schema import validate as validate_values
 from sim.hardware.kvcache import MemoryPlan, memory_plan
 from sim.hardware.perf import build_perf
 from sim.workload.limits import check_config
@@ -23,8 +25,9 @@ from sim.workload.limits import check_config
 
 def validate(cfg: Config) -> None:
     """Check every value of `cfg`, then that the scenario fits its hardware and limits."""
-    validate_values(cfg)
+    validate_replica(cfg)
     fits(cfg)
+    validate_service(cfg)
     check_config(cfg)
 
 

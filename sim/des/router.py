@@ -92,6 +92,12 @@ class PowerOfTwo:
         return u
 
     def choose(self, loads: list[int], req: Request) -> int:
+        a, b = self.pair(loads)
+        return a if (loads[a], a) <= (loads[b], b) else b
+
+    def pair(self, loads: list[int]) -> tuple[int, int]:
+        """Two distinct slots of the best state, uniform over its pairs (the same slot twice when
+        it is alone in that state)."""
         n = len(loads)
         tier = min(loads) >> 30
         u = self._u
@@ -101,7 +107,7 @@ class PowerOfTwo:
         if loads[a] >> 30 == tier:  # the usual case: both draws land in the best state at once
             b = int(u.pop() * n)
             if b != a and loads[b] >> 30 == tier:
-                return a if (loads[a], a) <= (loads[b], b) else b
+                return a, b
         else:
             a = -1
         for _ in range(self.TRIES):
@@ -110,15 +116,14 @@ class PowerOfTwo:
                 if a < 0:
                     a = k
                 else:
-                    return a if (loads[a], a) <= (loads[k], k) else k
+                    return a, k
         _, slots = _tier(loads)  # the best state is rare: draw the pair from its slots
         m = len(slots)
         if m == 1:
-            return slots[0]
+            return slots[0], slots[0]
         i = int(u.pop() * m)
         j = int(u.pop() * (m - 1))
-        a, b = slots[i], slots[j + (j >= i)]
-        return a if (loads[a], a) <= (loads[b], b) else b
+        return slots[i], slots[j + (j >= i)]
 
 
 class PrefixAware:

@@ -1,1 +1,2 @@
-"""Files and pictures: the only matplotlib user."""
+"""Pictures of runs, sweeps and plans: the only matplotlib user. (A run's files are written by
+`sim.studies.run.Result.save`.)"""

@@ -1,7 +1,9 @@
-"""`sim.run(config) -> Result`: one scenario from config to results, without Hydra.
+"""`run(cfg) -> Result`: one scenario from its `Config` to results, without Hydra (`sim.run`
+also takes a nested dict or an OmegaConf node: `sim.apps.python_api`).
 
-config -> workload -> fleet (router, replicas) -> records -> requests table, time series,
-summary. The command line (`sim.apps.cli`) and the tests both call this.
+config -> checks (`des.preflight`) -> workload -> simulation (`des.simulate`) -> tables and
+summary (`results.summary`; over seeds, `results.replication`) -> `Result`, which `save`s a run
+directory. The command line (`sim.apps.cli`), the planner and the tests call this.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sim.config.errors import UserError
-from sim.config.schema import Config, has_trace, is_closed
+from sim.config.schema import Config, has_trace, is_closed, plain
 from sim.des.preflight import validate
 from sim.des.simulate import simulate
 from sim.hardware.kvcache import MemoryPlan, memory_plan
@@ -30,8 +32,6 @@ def config_yaml(cfg: Config) -> str:
     """The fully resolved config of a run, as YAML (the Python API's counterpart of .hydra/),
     written as OmegaConf writes it: keys in schema order, block style, and a string that would
     read back as a number or a boolean quoted."""
-    import dataclasses
-
     import yaml
 
     class Dumper(yaml.SafeDumper):
@@ -42,9 +42,7 @@ def config_yaml(cfg: Config) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'" if quoted else None)
 
     Dumper.add_representer(str, text)
-    return yaml.dump(
-        dataclasses.asdict(cfg), Dumper=Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False
-    )
+    return yaml.dump(plain(cfg), Dumper=Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 _YAML_BOOLS = {v for b in ("y", "yes", "n", "no", "true", "false", "on", "off") for v in (b, b.title(), b.upper())}
