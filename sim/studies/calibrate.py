@@ -229,6 +229,45 @@ def _table(rows: list[Row], unit: str) -> list[str]:
     return out
 
 
+def _check_section(check_rows: list[Row]) -> list[str]:
+    lines: list[str] = []
+    if check_rows:
+        thr = [r for r in check_rows if r.group == "throughput"]
+        lat = [r for r in check_rows if r.group == "batch_latency"]
+        lines += [
+            "Maximum output throughput, all requests at t=0, fixed lengths (TensorRT-LLM's published",
+            "numbers: a different, faster engine; fleetsim models vLLM, so it is expected to be lower):",
+            "",
+            *_table(thr, "tok/s"),
+            "",
+            "Mean end-to-end latency of one fixed batch (an older vLLM release with more CPU overhead):",
+            "",
+            *_table(lat, "ms"),
+            "",
+        ]
+    else:
+        lines += ["(skipped: run without --no-check)", ""]
+    return lines
+
+
+MISSES = [
+    "## Where the model misses",
+    "",
+    "- **Prefill-heavy shapes are optimistic** (2048/128 and 5000/500 above): `eta_flops` comes from",
+    "  GEMM kernels, while an engine's prefill also spends time in norms, activations, sampling and",
+    "  launch gaps that the roofline does not count. End to end, prefill reaches roughly 45-50% of",
+    "  peak FLOPS against the GEMMs' ~64%, so TTFT of long prompts can be 15-30% low. For TTFT-bound",
+    "  plans, lower `engine.eta_flops` (0.45-0.5) as a sensitivity check.",
+    "- **Long contexts under an unbounded queue** (20000/2000): with a deep queue, vLLM-style chunked",
+    "  prefill puts a full token-budget chunk into every iteration, so the KV-limited decode batch",
+    "  advances one token per long iteration. TensorRT-LLM's scheduler does better there; fleetsim",
+    "  reports what the vLLM policy does.",
+    "- **H100 vs B200 batch-1 decode**: one set of factors is +7-16% on H100 and -1-7% on B200; the",
+    "  two engines' published intercepts imply more fixed overhead per step on B200.",
+    "",
+]
+
+
 def report(theta, fit_rows: list[Row], slope_rows: list[Row], check_rows: list[Row], sources: dict) -> str:
     lines = [
         "# Calibration of the performance model",
@@ -283,38 +322,7 @@ def report(theta, fit_rows: list[Row], slope_rows: list[Row], check_rows: list[R
         "## Check points (simulated end to end, not fitted)",
         "",
     ]
-    if check_rows:
-        thr = [r for r in check_rows if r.group == "throughput"]
-        lat = [r for r in check_rows if r.group == "batch_latency"]
-        lines += [
-            "Maximum output throughput, all requests at t=0, fixed lengths (TensorRT-LLM's published",
-            "numbers: a different, faster engine; fleetsim models vLLM, so it is expected to be lower):",
-            "",
-            *_table(thr, "tok/s"),
-            "",
-            "Mean end-to-end latency of one fixed batch (an older vLLM release with more CPU overhead):",
-            "",
-            *_table(lat, "ms"),
-            "",
-        ]
-    else:
-        lines += ["(skipped: run without --no-check)", ""]
-    lines += [
-        "## Where the model misses",
-        "",
-        "- **Prefill-heavy shapes are optimistic** (2048/128 and 5000/500 above): `eta_flops` comes from",
-        "  GEMM kernels, while an engine's prefill also spends time in norms, activations, sampling and",
-        "  launch gaps that the roofline does not count. End to end, prefill reaches roughly 45-50% of",
-        "  peak FLOPS against the GEMMs' ~64%, so TTFT of long prompts can be 15-30% low. For TTFT-bound",
-        "  plans, lower `engine.eta_flops` (0.45-0.5) as a sensitivity check.",
-        "- **Long contexts under an unbounded queue** (20000/2000): with a deep queue, vLLM-style chunked",
-        "  prefill puts a full token-budget chunk into every iteration, so the KV-limited decode batch",
-        "  advances one token per long iteration. TensorRT-LLM's scheduler does better there; fleetsim",
-        "  reports what the vLLM policy does.",
-        "- **H100 vs B200 batch-1 decode**: one set of factors is +7-16% on H100 and -1-7% on B200; the",
-        "  two engines' published intercepts imply more fixed overhead per step on B200.",
-        "",
-    ]
+    lines += _check_section(check_rows) + MISSES
     lines += ["## Sources", ""]
     lines += [f"- `{k}`: {v}" for k, v in sources.items()]
     return "\n".join(lines) + "\n"

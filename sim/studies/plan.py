@@ -632,6 +632,16 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
         _prices_line(cfg, df),
         "",
     ]
+    lines += _recommendation(best, df, cfg)
+    lines += _excluded(df)
+    lines += _cautions(df, cfg)
+    lines += ["", run_count_line(df, p, wall_s) + " Every run is in plan.csv."]
+    return "\n".join(lines) + "\n"
+
+
+def _recommendation(best: pd.DataFrame, df: pd.DataFrame, cfg: Config) -> list[str]:
+    """The recommendation and runners-up, or the closest misses."""
+    lines: list[str] = []
     if best.empty:
         lines += ["**No candidate meets the SLO.** The closest:", ""]
         ran = df[df["strategy"].isin(RANKED) & df["total_cost"].notna() & ~idle_baseline(df)]
@@ -661,6 +671,12 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
             "",
             *_table(best.head(8)),
         ]
+    return lines
+
+
+def _excluded(df: pd.DataFrame) -> list[str]:
+    """Options over the API cap, that do not fit, or that could not run."""
+    lines: list[str] = []
     capped = df[df["api_cap_exceeded"]]
     if len(capped):
         lines += [
@@ -680,6 +696,12 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
     if len(failed):
         lines += ["", "Candidates that could not run:", ""]
         lines += [f"- {describe(r)}: {r['note']}" for _, r in failed.iterrows()]
+    return lines
+
+
+def _cautions(df: pd.DataFrame, cfg: Config) -> list[str]:
+    """Warnings on too few requests per run and on a window short against the billing minimum."""
+    lines: list[str] = []
     if "n_requests" in df and df["n_requests"].notna().any():
         n = int(df["n_requests"].median())
         if n < 1000:
@@ -695,8 +717,7 @@ def report(cfg: Config, p: PlanConfig, df: pd.DataFrame, wall_s: float) -> str:
             f"**Caution:** the arrival window ({span:g} s) is short against the minimum billed time of a "
             f"replica ({least:g} s, `fleet.pricing.min_billed_s`), which weighs on GPU options' cost per hour.",
         ]
-    lines += ["", run_count_line(df, p, wall_s) + " Every run is in plan.csv."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _replication_note(cfg: Config) -> str:
