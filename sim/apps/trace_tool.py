@@ -224,41 +224,49 @@ def write_fitted(cfg: dict, path: Path) -> None:
 
 def _load(args) -> tuple[str, dict]:
     """(title, arrays for characterise) of a trace file or a workload config."""
-    if args.workload:
-        import yaml
+    return _load_workload(args) if args.workload else _load_trace(args)
 
-        from sim.apps.python_api import to_config
-        from sim.config.schema import conf_dir, validate_workload
-        from sim.workload.build import build_workload
 
-        p = Path(args.workload)
-        if not p.suffix:
-            p = Path(conf_dir()) / "workload" / f"{args.workload}.yaml"
-        if not p.is_file():
-            raise UserError(f"--workload {args.workload}: no such file or config option")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserError(f"{p}: a workload config must be a mapping of keys")
-        data.pop("defaults", None)
-        wc = to_config({"workload": data}).workload
-        validate_workload(wc)
-        wl = build_workload(wc, args.seed)
-        return f"workload {p} (seed {args.seed})", {
-            "t": wl.arrival_s,
-            "prompt": wl.prompt_tokens,
-            "output": wl.output_tokens,
-            "clock_start_s": wl.clock_start_s,
-            "offsets": wl.hash_offsets,
-            "ids": wl.hash_ids,
-            "block_tokens": wl.block_tokens,
-            "start_weekday": wl.start_weekday,
-        }
-    from sim.config.schema import resolve_path
-    from sim.workload.traces import read_trace
+def _load_workload(args) -> tuple[str, dict]:
+    import yaml
 
+    from sim.apps.python_api import to_config
+    from sim.config.schema import conf_dir, validate_workload
+    from sim.workload.build import build_workload
+
+    p = Path(args.workload)
+    if not p.suffix:
+        p = Path(conf_dir()) / "workload" / f"{args.workload}.yaml"
+    if not p.is_file():
+        raise UserError(f"--workload {args.workload}: no such file or config option")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: a workload config must be a mapping of keys")
+    data.pop("defaults", None)
+    wc = to_config({"workload": data}).workload
+    validate_workload(wc)
+    wl = build_workload(wc, args.seed)
+    return f"workload {p} (seed {args.seed})", _arrays(wl)
+
+
+def _arrays(src) -> dict:
+    """What characterise reads of a workload or a trace."""
+    return {
+        "t": src.arrival_s,
+        "prompt": src.prompt_tokens,
+        "output": src.output_tokens,
+        "clock_start_s": src.clock_start_s,
+        "offsets": src.hash_offsets,
+        "ids": src.hash_ids,
+        "block_tokens": src.block_tokens,
+        "start_weekday": src.start_weekday,
+    }
+
+
+def _trace_options(args) -> dict:
     opts = {"keep_failed": args.keep_failed, "sort": args.sort, "time_unit": args.time_unit}
     if args.columns:
         bad = [kv for kv in args.columns if "=" not in kv or not kv.split("=", 1)[1]]
@@ -269,8 +277,15 @@ def _load(args) -> tuple[str, dict]:
         unknown = [k for k in opts["columns"] if k not in known]
         if unknown:
             raise UserError(f"--columns {unknown[0]}=...: unknown key; known: {', '.join(known)}")
-    from sim.config.errors import TraceError
+    return opts
 
+
+def _load_trace(args) -> tuple[str, dict]:
+    from sim.config.errors import TraceError
+    from sim.config.schema import resolve_path
+    from sim.workload.traces import read_trace
+
+    opts = _trace_options(args)
     try:
         tr = read_trace(resolve_path(args.path), args.format, **opts)
     except TraceError as exc:
@@ -278,16 +293,7 @@ def _load(args) -> tuple[str, dict]:
             raise UserError(f"{exc} (a trace in a known format? --format azure|burstgpt|mooncake)") from None
         raise
     note = f", {tr.dropped_failed} failed requests dropped" if tr.dropped_failed else ""
-    return f"trace {args.path} ({args.format}{note})", {
-        "t": tr.arrival_s,
-        "prompt": tr.prompt_tokens,
-        "output": tr.output_tokens,
-        "clock_start_s": tr.clock_start_s,
-        "offsets": tr.hash_offsets,
-        "ids": tr.hash_ids,
-        "block_tokens": tr.block_tokens,
-        "start_weekday": tr.start_weekday,
-    }
+    return f"trace {args.path} ({args.format}{note})", _arrays(tr)
 
 
 def _check_writable(path: Path) -> None:
@@ -309,7 +315,7 @@ def _check_writable(path: Path) -> None:
         raise UserError(f"-o {path}: {parent} is not writable")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="fleetsim-trace", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -334,39 +340,47 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("-o", "--output", required=True, type=Path, help="workload YAML to write")
             p.add_argument("--kind", default="auto", help="auto | diurnal | gamma | poisson")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _command(args) -> int:
+    if not args.workload and not args.path:
+        raise UserError("give a trace PATH (or --workload for stats)")
+    if args.seed < 0:
+        raise UserError(f"--seed {args.seed}: must be an integer >= 0")
+    if args.command == "fit":
+        _check_writable(args.output)
+    title, data = _load(args)
+    weekday = data.pop("start_weekday", None)
+    if args.command == "stats":
+        s = characterise(**data)
+        print(json.dumps(s, indent=2) if args.json else format_stats(title, s))
+        return 0
+    cfg = fit(
+        data["t"],
+        data["prompt"],
+        data["output"],
+        name=args.output.stem,
+        kind=args.kind,
+        clock_start_s=data["clock_start_s"],
+        start_weekday=weekday,
+        source=str(args.path),
+        seed=args.seed,
+    )
+    try:
+        write_fitted(cfg, args.output)
+    except OSError as exc:
+        raise UserError(f"-o {args.output}: cannot write ({exc.strerror or exc})") from None
+    print(f"wrote {args.output} ({cfg['arrival']} arrivals, {cfg['rate']:.3f} req/s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     if args.command == "fit":
         args.workload = None
     try:
-        if not args.workload and not args.path:
-            raise UserError("give a trace PATH (or --workload for stats)")
-        if args.seed < 0:
-            raise UserError(f"--seed {args.seed}: must be an integer >= 0")
-        if args.command == "fit":
-            _check_writable(args.output)
-        title, data = _load(args)
-        weekday = data.pop("start_weekday", None)
-        if args.command == "stats":
-            s = characterise(**data)
-            print(json.dumps(s, indent=2) if args.json else format_stats(title, s))
-            return 0
-        cfg = fit(
-            data["t"],
-            data["prompt"],
-            data["output"],
-            name=args.output.stem,
-            kind=args.kind,
-            clock_start_s=data["clock_start_s"],
-            start_weekday=weekday,
-            source=str(args.path),
-            seed=args.seed,
-        )
-        try:
-            write_fitted(cfg, args.output)
-        except OSError as exc:
-            raise UserError(f"-o {args.output}: cannot write ({exc.strerror or exc})") from None
-        print(f"wrote {args.output} ({cfg['arrival']} arrivals, {cfg['rate']:.3f} req/s)")
-        return 0
+        return _command(args)
     except UserError as exc:
         print(f"fleetsim-trace: error: {exc}", file=sys.stderr)
         return 2
