@@ -501,9 +501,9 @@ def typed(value: Any, kind: Any, key: str) -> Any:
             return None
         kind = next(a for a in args if a is not type(None))
         args = typing.get_args(kind)
-    origin = typing.get_origin(kind)
     if value is None:
         raise ConfigError(key, value, "must be given (it cannot be null)")
+    origin = typing.get_origin(kind)
     if dataclasses.is_dataclass(kind):
         return build(kind, value, key) if isinstance(value, dict) else _refuse(key, value, kind.__name__)
     if origin is list:
@@ -514,27 +514,39 @@ def typed(value: Any, kind: Any, key: str) -> Any:
         if not isinstance(value, dict):
             _refuse(key, value, "a mapping")
         return {k: typed(v, args[-1], f"{key}.{k}") for k, v in value.items()} if args else value
-    if kind is bool:
-        text = str(value).lower()
-        if isinstance(value, bool) or text in _TRUE + _FALSE:
-            return value if isinstance(value, bool) else text in _TRUE
-        _refuse(key, value, "a boolean")
-    if kind is int:
-        if _is_int(value) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
-            return int(value)
-        _refuse(key, value, "an integer")
-    if kind is float:
-        if not isinstance(value, bool):
-            try:
-                return float(value)
-            except (TypeError, ValueError):
-                pass
-        _refuse(key, value, "a number")
-    if kind is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        _refuse(key, value, "a text")
-    return value
+    convert = _SCALARS.get(kind)
+    return convert(value, key) if convert else value
+
+
+def _as_bool(value: Any, key: str) -> bool:
+    text = str(value).lower()
+    if isinstance(value, bool) or text in _TRUE + _FALSE:
+        return value if isinstance(value, bool) else text in _TRUE
+    return _refuse(key, value, "a boolean")
+
+
+def _as_int(value: Any, key: str) -> int:
+    if _is_int(value) or (isinstance(value, str) and value.strip().lstrip("+-").isdigit()):
+        return int(value)
+    return _refuse(key, value, "an integer")
+
+
+def _as_float(value: Any, key: str) -> float:
+    if not isinstance(value, bool):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            pass
+    return _refuse(key, value, "a number")
+
+
+def _as_str(value: Any, key: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    return _refuse(key, value, "a text")
+
+
+_SCALARS = {bool: _as_bool, int: _as_int, float: _as_float, str: _as_str}
 
 
 def _is_int(value: Any) -> bool:
@@ -1290,6 +1302,11 @@ def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
         e.kv_cache_dtype,
         f"must be one of {', '.join(KV_BYTES)}",
     )
+    _validate_engine_model(e, m)
+
+
+def _validate_engine_model(e: EngineConfig, m: ModelConfig) -> None:
+    """The performance factors, the scheduler's prefill caps, the KV size and context."""
     for key in ("eta_weights", "eta_kv", "eta_flops", "eta_moe"):
         _fraction(getattr(e, key), f"engine.{key}")
     require(

@@ -109,23 +109,13 @@ class ApiBackend:
             starts.popleft()
         while tokens and tokens[0][0] <= now - WINDOW_S:
             self._window_tokens -= tokens.popleft()[1]
-        reason = None
         price = self.cost(prompt, output, seconds)
         month = int(now // MONTH_S)
         if month != self._month:
             self._month, self._month_spend = month, 0.0
         served = self.served_output(output)
         used = prompt + served
-        if not self.eligible(output):
-            reason = REFUSE_LENGTH
-        elif self.tpm is not None and used > self.tpm:
-            reason = REFUSE_TOO_LARGE
-        elif self.rpm is not None and len(starts) >= self.rpm:
-            reason = REFUSE_RPM
-        elif self.tpm is not None and self._window_tokens + used > self.tpm:
-            reason = REFUSE_TPM
-        elif self.cap is not None and self._month_spend + price > self.cap:
-            reason = REFUSE_CAP
+        reason = self._refusal(output, used, price)
         if reason is not None:
             self.refusals[reason] = self.refusals.get(reason, 0) + 1
             return reason
@@ -138,6 +128,20 @@ class ApiBackend:
         self.truncated += served < output
         if self.cfg.tiers:
             self._upgrade()
+        return None
+
+    def _refusal(self, output: int, used: int, price: float) -> str | None:
+        """The first limit that refuses a request of `used` tokens costing `price`, or None."""
+        if not self.eligible(output):
+            return REFUSE_LENGTH
+        if self.tpm is not None and used > self.tpm:
+            return REFUSE_TOO_LARGE
+        if self.rpm is not None and len(self._starts) >= self.rpm:
+            return REFUSE_RPM
+        if self.tpm is not None and self._window_tokens + used > self.tpm:
+            return REFUSE_TPM
+        if self.cap is not None and self._month_spend + price > self.cap:
+            return REFUSE_CAP
         return None
 
     def latency(self, prompt: int = 0) -> tuple[float, float]:

@@ -74,36 +74,35 @@ MODES = ("plan", "breakeven")
 
 
 def validate_plan(p: PlanConfig) -> None:
-
-    if p.mode not in MODES:
-        raise ConfigError("plan.mode", p.mode, f"must be one of {', '.join(MODES)}")
-    if not p.gpus:
-        raise ConfigError("plan.gpus", p.gpus, "name at least one GPU option")
-    if not p.tp or any(t < 1 or t & (t - 1) for t in p.tp):
-        raise ConfigError("plan.tp", p.tp, "must list powers of two >= 1")
-    bad = [s for s in p.strategies if s not in STRATEGIES]
-    if bad or not p.strategies:
-        raise ConfigError("plan.strategies", p.strategies, f"must list some of {', '.join(STRATEGIES)}")
-    if p.max_replicas < 1:
-        raise ConfigError("plan.max_replicas", p.max_replicas, "must be >= 1")
-    if not p.targets or min(p.targets) <= 0:
-        raise ConfigError("plan.targets", p.targets, "must list positive autoscaler targets")
+    """Each plan.* value in its range, in the order of the rules below; then the prices."""
     from sim.config.names import OVERFLOW
 
-    if p.overflow not in OVERFLOW or p.overflow == "never":
-        raise ConfigError(
-            "plan.overflow", p.overflow, f"must be one of {', '.join(o for o in OVERFLOW if o != 'never')}"
-        )
-    if not p.margins or min(p.margins) <= 0:
-        raise ConfigError("plan.margins", p.margins, "must list positive overflow margins")
-    if p.hybrid_sizes < 1:
-        raise ConfigError("plan.hybrid_sizes", p.hybrid_sizes, "must be >= 1")
-    if p.min_requests < 0:
-        raise ConfigError("plan.min_requests", p.min_requests, "must be >= 0")
-    if p.workers < 1:
-        raise ConfigError("plan.workers", p.workers, "must be >= 1")
-    if not p.volumes or not all(math.isfinite(v) and v > 0 for v in p.volumes):
-        raise ConfigError("plan.volumes", p.volumes, "must list positive, finite volume multipliers")
+    overflows = [o for o in OVERFLOW if o != "never"]
+    rules = (  # (key, holds, what is allowed)
+        ("mode", lambda: p.mode in MODES, f"must be one of {', '.join(MODES)}"),
+        ("gpus", lambda: bool(p.gpus), "name at least one GPU option"),
+        ("tp", lambda: p.tp and not any(t < 1 or t & (t - 1) for t in p.tp), "must list powers of two >= 1"),
+        (
+            "strategies",
+            lambda: p.strategies and all(s in STRATEGIES for s in p.strategies),
+            f"must list some of {', '.join(STRATEGIES)}",
+        ),
+        ("max_replicas", lambda: p.max_replicas >= 1, "must be >= 1"),
+        ("targets", lambda: p.targets and min(p.targets) > 0, "must list positive autoscaler targets"),
+        ("overflow", lambda: p.overflow in overflows, f"must be one of {', '.join(overflows)}"),
+        ("margins", lambda: p.margins and min(p.margins) > 0, "must list positive overflow margins"),
+        ("hybrid_sizes", lambda: p.hybrid_sizes >= 1, "must be >= 1"),
+        ("min_requests", lambda: p.min_requests >= 0, "must be >= 0"),
+        ("workers", lambda: p.workers >= 1, "must be >= 1"),
+        (
+            "volumes",
+            lambda: p.volumes and all(math.isfinite(v) and v > 0 for v in p.volumes),
+            "must list positive, finite volume multipliers",
+        ),
+    )
+    for key, holds, allowed in rules:
+        if not holds():
+            raise ConfigError(f"plan.{key}", getattr(p, key), allowed)
     for gpu, price in (p.prices or {}).items():
         if gpu not in p.gpus:
             raise ConfigError(f"plan.prices.{gpu}", price, f"names no GPU option of plan.gpus ({', '.join(p.gpus)})")

@@ -621,18 +621,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seed < 0:
             raise UserError(f"--seed {args.seed}: must be an integer >= 0")
-        frames, points, offload = [], [], []
         want = set(args.runs.split(",")) if args.runs else None
-        for path in args.files:
-            data = load_file(path)
-            models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
-            runs = [r for r in data.get("runs") or [] if want is None or str(r.get("id")) in want]
-            frames += [simulate(run, models, inflation, args.seed) for run in runs]
-            offload += [str(r.get("id")) for r in runs if r.get("cpu_offload")]
-            chosen = [p for p in data.get("performance_points") or [] if want is None or str(p.get("id")) in want]
-            if chosen:
-                models = models or catalog_models(path)
-                points += [simulate_point(p, models) for p in chosen]
+        frames, points, offload = _replay_files(args.files, want, args.seed)
         if not frames and not points:
             raise UserError("no run to validate (check --runs)")
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
@@ -655,6 +645,24 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"fleetsim-validate: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _replay_files(files: list[Path], want: set | None, seed: int) -> tuple[list, list, list[str]]:
+    """Each file's runs (frames) and published points replayed, and the runs with CPU offload."""
+    frames: list = []
+    points: list = []
+    offload: list[str] = []
+    for path in files:
+        data = load_file(path)
+        models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
+        runs = [r for r in data.get("runs") or [] if want is None or str(r.get("id")) in want]
+        frames += [simulate(run, models, inflation, seed) for run in runs]
+        offload += [str(r.get("id")) for r in runs if r.get("cpu_offload")]
+        chosen = [p for p in data.get("performance_points") or [] if want is None or str(p.get("id")) in want]
+        if chosen:
+            models = models or catalog_models(path)
+            points += [simulate_point(p, models) for p in chosen]
+    return frames, points, offload
 
 
 def entry() -> None:

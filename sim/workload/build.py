@@ -152,19 +152,9 @@ def _empty(key: str, value: object, what: str) -> ConfigError:
 
 
 def _transform(part: _Part, wc: WorkloadConfig, seed: int, limits: LimitsConfig | None = None) -> _Part:
+    """The what-if transforms in order: window, rate scale, loop, horizon, load scale, lengths."""
     if wc.window_start_s is not None or wc.window_end_s is not None:
-        start = wc.window_start_s or 0.0
-        end = wc.window_end_s if wc.window_end_s is not None else math.inf
-        span = float(part.t[-1]) if len(part.t) else 0.0
-        keep = np.flatnonzero((part.t >= start) & (part.t < end))
-        if not len(keep):
-            raise ConfigError(
-                "workload.window_start_s",
-                start,
-                f"the window [{start:g}, {end:g}) s holds no request (arrivals span 0 to {span:.0f} s)",
-            )
-        part = part.take(keep)
-        part.t = part.t - start
+        part = _window(part, wc)
     if wc.rate_scale != 1.0:
         part.t = part.t / wc.rate_scale
     if wc.loop and wc.duration_s is not None and len(part.t):
@@ -174,11 +164,7 @@ def _transform(part: _Part, wc: WorkloadConfig, seed: int, limits: LimitsConfig 
             check_loop(wc, limits, len(part.t), _loop_period(part, wc))
         part = _loop(part, wc)
     if wc.duration_s is not None:
-        keep = np.flatnonzero(part.t < wc.duration_s)
-        if not len(keep):
-            raise _empty("workload.duration_s", wc.duration_s, "truncating at duration_s")
-        if len(keep) < len(part.t):
-            part = part.take(keep)
+        part = _until(part, wc.duration_s)
     if wc.load_scale != 1.0:
         if limits is not None:
             from sim.workload.limits import check_trace_size
@@ -187,10 +173,39 @@ def _transform(part: _Part, wc: WorkloadConfig, seed: int, limits: LimitsConfig 
         part = _load_scale(part, wc.load_scale, stream(seed, "load_scale"))
         if not len(part.t):
             raise _empty("workload.load_scale", wc.load_scale, "thinning")
+    return _scale_lengths(part, wc)
+
+
+def _until(part: _Part, duration_s: float) -> _Part:
+    """The requests that arrive before the horizon."""
+    keep = np.flatnonzero(part.t < duration_s)
+    if not len(keep):
+        raise _empty("workload.duration_s", duration_s, "truncating at duration_s")
+    return part.take(keep) if len(keep) < len(part.t) else part
+
+
+def _scale_lengths(part: _Part, wc: WorkloadConfig) -> _Part:
     if wc.prompt_scale != 1.0:
         part.prompt = np.maximum(1, np.rint(part.prompt * wc.prompt_scale)).astype(np.int64)
     if wc.output_scale != 1.0:
         part.output = np.maximum(1, np.rint(part.output * wc.output_scale)).astype(np.int64)
+    return part
+
+
+def _window(part: _Part, wc: WorkloadConfig) -> _Part:
+    """The requests of [window_start_s, window_end_s), their times from the window's start."""
+    start = wc.window_start_s or 0.0
+    end = wc.window_end_s if wc.window_end_s is not None else math.inf
+    span = float(part.t[-1]) if len(part.t) else 0.0
+    keep = np.flatnonzero((part.t >= start) & (part.t < end))
+    if not len(keep):
+        raise ConfigError(
+            "workload.window_start_s",
+            start,
+            f"the window [{start:g}, {end:g}) s holds no request (arrivals span 0 to {span:.0f} s)",
+        )
+    part = part.take(keep)
+    part.t = part.t - start
     return part
 
 
