@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sim
-from sim.des.fleet import cold_start_s, wake_s
+from sim.des.predict import cold_start_s, wake_s
 from sim.workload.build import Workload
 from tests.conftest import ROOT, cfg
 

@@ -167,7 +167,7 @@ class Plan(NamedTuple):
 
 
 class Replica:
-    """A continuous-batching engine with a paged KV cache, run as a SimPy process (`serve`)."""
+    """A continuous-batching engine with a paged KV cache, run on its own SimPy timers (`_next`)."""
 
     __slots__ = (
         "_chunks",
@@ -178,7 +178,6 @@ class Replica:
         "_heap",
         "_occ",
         "_pending",
-        "_resume",
         "_run",
         "_seg_iters",
         "_seg_start",
@@ -210,7 +209,6 @@ class Replica:
         "pool",
         "preemptions",
         "prefilling",
-        "proc",
         "q_sum",
         "running",
         "s_off",
@@ -304,8 +302,7 @@ class Replica:
         self.segments = 0  # segments completed (or cut)
         self.timers = 0  # SimPy events the replica scheduled (cut segments included)
         self.preemptions = 0
-        self.proc = env.process(self.serve())
-        self._resume = self.proc._resume  # see _retarget
+        BoundaryTimer(env, 0.0).callbacks.append(lambda _e: self._next())  # starts now, before other events
 
     # ------------------------------------------------------------------ public
 
@@ -377,8 +374,8 @@ class Replica:
             req.preemptions += 1  # its work so far is recomputed elsewhere
             out.append(req)
         callbacks = self._timer.callbacks if self._timer is not None else None
-        if callbacks and self._resume in callbacks:  # (None once the timer has fired)
-            callbacks.remove(self._resume)
+        if callbacks and self._at_boundary in callbacks:  # (None once the timer has fired)
+            callbacks.remove(self._at_boundary)
         if self._seg_iters:  # the partial segment's time and iterations
             self.busy_s += now - self._seg_start
             self.occ_s += self._occupied(now - self._seg_start)
@@ -453,33 +450,45 @@ class Replica:
             x += min(self._iterations_done(self.env.now), self._seg_iters - 1)
         return self.held_other + (_blocks(x, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
 
-    # ------------------------------------------------------------------ process
+    # ------------------------------------------------------------------ timers
 
-    def serve(self):
-        env = self.env
-        while True:
-            while self.paused or (not self.running and not self.waiting):
-                if self.on_idle is not None and not self.paused and not self.running and not self.waiting:
-                    self.on_idle(self)
-                if self.stopped:
-                    return
-                self._wake = env.event()
-                yield self._wake
-                self._wake = None
-                self._cutoff = math.inf  # nothing was in flight: whoever waits is seen
-            cutoff = self._cutoff
-            duration = self._schedule()
-            waiting = self.waiting
-            if waiting and waiting[0].seen >= cutoff and self._run is not None and self._seg_iters > 1:
-                end = self._plan_cut(1, retarget=False)  # seen during the last iteration: joins next
-                if end is not None:
-                    duration = end - env.now
-            self._timer = BoundaryTimer(env, duration)
-            self.timers += 1
-            yield self._timer  # may be moved by _plan_cut
-            if self._pending is not None:
-                self._materialize()
-            self._advance(env.now)
+    def _next(self) -> None:
+        """What the replica does next: wait to be woken when it has nothing to run (or is
+        paused), else form the next iteration and set a timer for its end. The replica runs on
+        its own timers and wake events, each with one callback of its own (no SimPy process)."""
+        if self.paused or (not self.running and not self.waiting):
+            if self.on_idle is not None and not self.paused and not self.running and not self.waiting:
+                self.on_idle(self)
+            if self.stopped:
+                return
+            self._wake = self.env.event()
+            self._wake.callbacks.append(self._woken)
+            return
+        cutoff = self._cutoff
+        duration = self._schedule()
+        waiting = self.waiting
+        if waiting and waiting[0].seen >= cutoff and self._run is not None and self._seg_iters > 1:
+            end = self._plan_cut(1, retarget=False)  # seen during the last iteration: joins next
+            if end is not None:
+                duration = end - self.env.now
+        self._set_timer(duration)
+
+    def _woken(self, _event: simpy.Event) -> None:
+        self._wake = None
+        self._cutoff = math.inf  # nothing was in flight: whoever waits is seen
+        self._next()
+
+    def _set_timer(self, duration: float) -> None:
+        self._timer = BoundaryTimer(self.env, duration)
+        self._timer.callbacks.append(self._at_boundary)
+        self.timers += 1
+
+    def _at_boundary(self, _event: simpy.Event) -> None:
+        """The timer of the current segment's end (or of a planned cut) has fired."""
+        if self._pending is not None:
+            self._materialize()
+        self._advance(self.env.now)
+        self._next()
 
     # ------------------------------------------------------------------ segments
 
@@ -828,19 +837,10 @@ class Replica:
         return end
 
     def _retarget(self, end: float) -> None:
-        """Make `serve` resume at `end` instead of at its current timer.
-
-        Equivalent to interrupting it and having it wait again, without the interrupt's extra
-        event and exception (a measurable share of the engine's time): the process is moved
-        from the old timer to a new one, as SimPy's own interrupt does internally.
-        """
-        env = self.env
-        self._timer.callbacks.remove(self._resume)  # type: ignore[union-attr]
-        timer = BoundaryTimer(env, max(0.0, end - env.now))
-        timer.callbacks.append(self._resume)  # type: ignore[union-attr]
-        self.proc._target = timer
-        self._timer = timer
-        self.timers += 1
+        """Move the replica's next boundary to `end`: the current timer loses its callback (it
+        still fires, doing nothing) and a new one is set."""
+        self._timer.callbacks.remove(self._at_boundary)  # type: ignore[union-attr]
+        self._set_timer(max(0.0, end - self.env.now))
 
     def _materialize(self) -> None:
         """The planned boundary has passed: finish the cut segment there, admit the planned

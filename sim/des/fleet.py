@@ -28,18 +28,25 @@ import numpy as np
 import simpy
 
 from sim.config.errors import ConfigError
-from sim.config.schema import WEIGHT_BYTES, Config, batch_limits, long_prefill_threshold
+from sim.config.schema import Config, batch_limits, long_prefill_threshold
 from sim.des.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
 from sim.des.autoscale import make_autoscaler
 from sim.des.engine import Replica, Request
 from sim.des.overflow import OVERFLOW
+from sim.des.predict import Predictor, cold_start_s, wake_s
 from sim.des.prefix import BlockPool
 from sim.des.records import (
+    ACTIVE,
+    DRAINING,
+    PROVISIONING,
     REASON_CONTEXT,
     REASON_NO_GPU,
     ROUTE_API,
     ROUTE_GPU,
     ROUTE_REJECTED,
+    SLEEPING,
+    STOPPED,
+    WAKING,
     Records,
 )
 from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY, make_router
@@ -51,14 +58,6 @@ from sim.workload.build import Workload, stream
 if TYPE_CHECKING:
     from sim.workload.closedloop import ClosedLoop
 
-PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING, STOPPED = (
-    "provisioning",
-    "active",
-    "sleeping",
-    "waking",
-    "draining",
-    "stopped",
-)
 PENALTY = {ACTIVE: 0, WAKING: WAKE_PENALTY, SLEEPING: SLEEP_PENALTY}
 
 
@@ -95,23 +94,6 @@ class Node:
         self.idle_epoch = 0
         self.ready_at = now  # when provisioning or waking ends
         self.cache: BlockPool | None = None  # its replica's prefix cache
-
-
-def cold_start_s(cfg: Config) -> float:
-    c = cfg.fleet.cold_start
-    if c.fixed_s is not None:
-        return c.fixed_s
-    per_gpu = cfg.model.params_b * WEIGHT_BYTES[cfg.model.weight_dtype] / cfg.engine.tensor_parallel_size  # GB
-    return c.acquire_s + c.image_s + per_gpu / c.load_gbps + c.init_s
-
-
-def wake_s(cfg: Config) -> float:
-    s = cfg.fleet.sleep
-    if s.wake_s is not None:
-        return s.wake_s
-    per_gpu = cfg.model.params_b * WEIGHT_BYTES[cfg.model.weight_dtype] / cfg.engine.tensor_parallel_size
-    gbps = s.l1_gbps if s.level == 1 else cfg.fleet.cold_start.load_gbps
-    return per_gpu / gbps + s.wake_extra_s
 
 
 class Fleet:
@@ -167,7 +149,7 @@ class Fleet:
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
         clock = workload.clock_start_s or 0.0
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
-        self._prefill_per_token = perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
+        self.predict = Predictor(env, cfg, workload, perf, self.nodes, self.router_queue, self.max_tokens)
 
         self._init_accounting(workload, users)
         self._start(users)
@@ -492,60 +474,6 @@ class Fleet:
         if self.users is not None:
             return self.users.blocks(req.id)
         return wl.hash_ids[wl.hash_offsets[req.id] : wl.hash_offsets[req.id + 1]]  # type: ignore[index]
-
-    def slo_of(self, req: Request) -> tuple[float, float]:
-        """(TTFT, TPOT) thresholds of this request's class."""
-        wl = self.workload
-        ttft, tpot = self.cfg.slo.ttft_s, self.cfg.slo.tpot_s
-        if wl.class_slo and wl.classes is not None:
-            own = wl.class_slo.get(wl.class_names[int(wl.classes[req.id])])
-            if own is not None:
-                ttft = own[0] if own[0] is not None else ttft
-                tpot = own[1] if own[1] is not None else tpot
-        return ttft, tpot
-
-    def _prefill_step(self, eng: Replica, view, extra_context: int = 0) -> tuple[float, int]:
-        """(duration, prefill tokens) of a step that fills the token budget next to the decoders."""
-        room = max(eng.max_tokens - view.n_dec, 1)
-        return self.perf.iteration_time(view.n_dec, view.context + extra_context, [(room, 0)]), room
-
-    def predict_ttft(self, node: Node | None, req: Request, view=None) -> float:
-        """A quick estimate of the TTFT this request would get on `node` (None: no replica can take
-        it now): the wait for a replica; then the prefill queued ahead plus its own, at the rate
-        of steps that share the token budget with the running decoders; plus, when the batch is
-        full, the wait for the batch slots the requests ahead and this one need. `view`: the
-        replica's `Replica.view()` when the caller has it already."""
-        now = self.env.now
-        if node is None:
-            pending = [n.ready_at for n in self.nodes if n.state in (PROVISIONING, WAKING)]
-            wait = (min(pending) - now) if pending else self.cold_start_s
-            ahead = sum(r.prompt for r in self.router_queue)
-            return max(wait, 0.0) + (ahead + req.prompt) * self._prefill_per_token
-        eng: Replica = node.engine  # type: ignore[assignment]
-        view = eng.view() if view is None else view
-        step, room = self._prefill_step(eng, view)
-        t = (view.backlog + req.prompt) / room * step
-        if len(eng.running) + len(eng.waiting) >= eng.max_seqs:
-            t += eng.seat_wait(len(eng.running) + len(eng.waiting) - eng.max_seqs + 1, view)
-        if node.state == WAKING:
-            t += max(node.ready_at - now, 0.0)
-        elif node.state == SLEEPING:
-            t += self.wake_s
-        return t
-
-    def predict_tpot(self, node: Node | None, req: Request, view=None) -> float:
-        """A quick estimate of this request's time per output token on `node`: over its output,
-        the steps that clear the current prefill backlog carry a budget-filling chunk, the rest
-        are decode steps with its decoders plus this request."""
-        if node is None:
-            return 0.0  # a replica that is starting up has no backlog yet
-        eng: Replica = node.engine  # type: ignore[assignment]
-        view = eng.view() if view is None else view
-        steps = max(req.output - 1, 1)
-        chunk_step, room = self._prefill_step(eng, view, req.prompt)
-        heavy = min(steps, math.ceil(view.backlog / room))
-        decode = self.perf.iteration_time(view.n_dec + 1, view.context + req.prompt, [])
-        return (heavy * chunk_step + (steps - heavy) * decode) / steps
 
     # ------------------------------------------------------------------ API
 

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from sim.des.engine import Request
+    from sim.des.predict import Predictor
     from sim.des.router import Router
 
 Node = Any  # a replica slot of the fleet (`sim.des.fleet.Node`): .engine, .state
@@ -34,9 +35,7 @@ class Fleet(Protocol):
     router_queue: Any  # requests waiting at the router for a replica
     rng: np.random.Generator
 
-    def slo_of(self, req: Request) -> tuple[float, float]: ...
-    def predict_ttft(self, node: Node | None, req: Request, view: Any = None) -> float: ...
-    def predict_tpot(self, node: Node | None, req: Request, view: Any = None) -> float: ...
+    predict: Predictor
 
 
 class Never:
@@ -102,7 +101,7 @@ class Queue:
 
 class Ttft:
     """When the predicted TTFT on the chosen replica exceeds `ttft_margin` x the request's TTFT
-    threshold (`Fleet.predict_ttft`)."""
+    threshold (`Predictor.ttft`)."""
 
     serves_too_long = True
 
@@ -115,8 +114,8 @@ class Ttft:
         return self.over(fleet, node, req, view), k
 
     def over(self, fleet: Fleet, node: Node | None, req: Request, view) -> bool:
-        ttft_slo, _ = fleet.slo_of(req)
-        return fleet.predict_ttft(node, req, view) > self.margin * ttft_slo
+        ttft_slo, _ = fleet.predict.slo_of(req)
+        return fleet.predict.ttft(node, req, view) > self.margin * ttft_slo
 
 
 class Slo(Ttft):
@@ -125,8 +124,8 @@ class Slo(Ttft):
     def over(self, fleet: Fleet, node: Node | None, req: Request, view) -> bool:
         if super().over(fleet, node, req, view):
             return True
-        _, tpot_slo = fleet.slo_of(req)
-        return fleet.predict_tpot(node, req, view) > self.margin * tpot_slo
+        _, tpot_slo = fleet.predict.slo_of(req)
+        return fleet.predict.tpot(node, req, view) > self.margin * tpot_slo
 
 
 OVERFLOW: dict[str, type] = {"never": Never, "always": Always, "ttft": Ttft, "slo": Slo, "queue": Queue, "share": Share}

@@ -9,6 +9,16 @@ import numpy as np
 
 from sim.pricing.cost import STATES
 
+# a replica's lifecycle states (the spans record them)
+PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING, STOPPED = (
+    "provisioning",
+    "active",
+    "sleeping",
+    "waking",
+    "draining",
+    "stopped",
+)
+
 ROUTE_NONE, ROUTE_GPU, ROUTE_API, ROUTE_REJECTED = -1, 0, 1, 2
 ROUTE_NAMES = {ROUTE_GPU: "gpu", ROUTE_API: "api", ROUTE_REJECTED: "rejected"}
 REASON_NONE, REASON_CONTEXT, REASON_NO_GPU = 0, 1, 2
