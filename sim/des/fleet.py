@@ -35,6 +35,7 @@ from sim.des.engine import Replica, Request
 from sim.des.overflow import OVERFLOW
 from sim.des.predict import Predictor, cold_start_s, wake_s
 from sim.des.prefix import BlockPool
+from sim.des.recorder import Recorder
 from sim.des.records import (
     ACTIVE,
     DRAINING,
@@ -163,23 +164,10 @@ class Fleet:
         self.finished = self.env.event()
         self._arrivals_done = False
         # counters and live accounting for the time series
-        self._in_system = 0
-        self._area = 0.0
-        self._last = 0.0
-        self._arrivals = 0
-        self._completions = 0
-        self._api_started = 0
-        self._busy_prev = 0.0
-        self._occ_prev = 0.0
-        self._awake_prev = 0.0
-        self._tokens_done = 0
+        self.rec = Recorder()  # the time series and its live integrals
         self._tokens_prev = 0
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
         self._desired = f.replicas  # the autoscaler's last answer for the load
-        self._gpu_cost_closed = 0.0
-        self._awake_closed = 0.0  # replica-seconds of closed active and draining spans
-        self.samples: list[tuple] = []
-        self._bin_start = 0.0
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
         self.max_replicas_seen = 0
         self._poked = False
@@ -255,9 +243,8 @@ class Fleet:
         now = self.env.now
         if now > node.since:
             self.spans.append(Span(node.uid, node.gpus, node.spot, node.state, node.since, now))
-            self._gpu_cost_closed += self._accrued(node, node.state, now - node.since)
-            if node.state in (ACTIVE, DRAINING):
-                self._awake_closed += now - node.since
+            awake = now - node.since if node.state in (ACTIVE, DRAINING) else 0.0
+            self.rec.span_closed(self._accrued(node, node.state, now - node.since), awake)
         if node.state == ACTIVE and node.idle_since is not None:
             node.idle_s += now - node.idle_since
             node.idle_since = None
@@ -397,15 +384,12 @@ class Fleet:
     def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
         """Request i arrives: rejected at once if no replica could ever hold it and the API will
         not take it, sent to the API if only the API can serve it, else returned for routing."""
-        self._arrivals += 1
+        self.rec.arrived()
         too_long = p + o > self.plan.max_model_len  # no replica can hold it; the API may serve it
         if too_long and (self.api is None or not self.overflow.serves_too_long or not self.api.eligible(o)):  # type: ignore[union-attr]
             self._reject(i, REASON_CONTEXT)
             return None
-        now = self.env.now
-        self._area += self._in_system * (now - self._last)
-        self._last = now
-        self._in_system += 1
+        self.rec.entered(self.env.now)
         req = Request(i, t, p, o)
         if too_long:
             self._to_api(req, 0)
@@ -504,7 +488,7 @@ class Fleet:
             if n_out != req.output:
                 rec.served_output[i] = n_out
             api.running_until(rec.finish[i])  # type: ignore[union-attr]
-            self._api_started += 1
+            self.rec.api_started()
             t = self.env.timeout(rec.finish[i] - now)
             t.callbacks.append(lambda _e, r=req: self._api_done(r))
         elif reason in (REFUSE_LENGTH, REFUSE_CAP, REFUSE_TOO_LARGE) or self.cfg.api.on_limit == "gpu":
@@ -514,12 +498,7 @@ class Fleet:
             t.callbacks.append(lambda _e, r=req, a=attempt + 1: self._to_api(r, a))
 
     def _api_done(self, req: Request) -> None:
-        now = self.env.now
-        self._area += self._in_system * (now - self._last)
-        self._last = now
-        self._in_system -= 1
-        self._completions += 1
-        self._tokens_done += req.prompt + req.output
+        self.rec.served(self.env.now, req.prompt + req.output)
         self._close()
         if self.users is not None:
             out = int(self.records.served_output[req.id])
@@ -583,8 +562,8 @@ class Fleet:
                 )
             yield self.env.timeout(interval)
             # tokens_per_s is measured over whole intervals (a poke between ticks reuses it)
-            self._tokens_rate = (self._tokens_done - self._tokens_prev) / interval
-            self._tokens_prev = self._tokens_done
+            self._tokens_rate = (self.rec.tokens_done - self._tokens_prev) / interval
+            self._tokens_prev = self.rec.tokens_done
             self._autoscale_now()
 
     def load(self) -> float:
@@ -656,11 +635,7 @@ class Fleet:
             rec.preemptions[i] = req.preemptions
         if req.cached:
             rec.cached[i] = req.cached
-        self._area += self._in_system * (now - self._last)  # live time-series accounting
-        self._last = now
-        self._in_system -= 1
-        self._completions += 1
-        self._tokens_done += req.prompt + req.output
+        self.rec.served(now, req.prompt + req.output)
         self.n_closed += 1
         if self.n_closed == self.n_total:
             self.finished.succeed()
@@ -675,10 +650,7 @@ class Fleet:
         self.records.reason[i] = reason
         self.records.finish[i] = self.env.now
         if not served:
-            now = self.env.now
-            self._area += self._in_system * (now - self._last)
-            self._last = now
-            self._in_system -= 1
+            self.rec.dropped(self.env.now)
         self._close()
         if self.users is not None:
             self._answered(i, None)
@@ -728,7 +700,7 @@ class Fleet:
                 )
 
     def _api_in_flight(self) -> bool:
-        return self.api is not None and self._in_system > sum(n.out for n in self.nodes) + len(self.router_queue)
+        return self.api is not None and self.rec.in_system > sum(n.out for n in self.nodes) + len(self.router_queue)
 
     def busy_seconds(self) -> float:
         now = self.env.now
@@ -741,28 +713,20 @@ class Fleet:
     def awake_seconds(self) -> float:
         """Replica-seconds spent able to run iterations (active or draining)."""
         now = self.env.now
-        return self._awake_closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
+        return self.rec.awake_closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
 
     def gpu_cost_so_far(self) -> float:
         now = self.env.now
-        return self._gpu_cost_closed + sum(
+        return self.rec.gpu_cost_closed + sum(
             self._accrued(n, n.state, now - n.since) for n in self.nodes if n.state != STOPPED
         )
 
     def take_sample(self) -> None:
-        """Close the current time-series bin at env.now."""
+        """Close the current time-series bin at env.now (`Recorder.close_bin`)."""
         now = self.env.now
         for n in self.nodes:
             if n.state != STOPPED:
                 n.engine.sync()  # type: ignore[union-attr]
-        self._area += self._in_system * (now - self._last)
-        self._last = now
-        span = now - self._bin_start
-        if span <= 0:
-            return
-        busy = self.busy_seconds()
-        occ = self.occupancy_seconds()
-        awake = self.awake_seconds()
         counts = dict.fromkeys(STATES, 0)
         used = blocks = queued = running = 0
         for n in self.nodes:
@@ -776,30 +740,6 @@ class Fleet:
             if n.state in (ACTIVE, DRAINING):
                 used += eng.kv_blocks_used()  # type: ignore[union-attr]
                 blocks += self.plan.kv_blocks
-        d_awake = awake - self._awake_prev
-        gpu_cost = self.gpu_cost_so_far()
-        api_cost = self.api.spend if self.api is not None else 0.0
-        self.samples.append(
-            (
-                self._bin_start,
-                span,
-                self._arrivals,
-                self._completions,
-                self._area / span,
-                len(self.router_queue),
-                queued,
-                running,
-                used / blocks if blocks else 0.0,
-                (occ - self._occ_prev) / d_awake if d_awake > 0 else 0.0,
-                (busy - self._busy_prev) / d_awake if d_awake > 0 else 0.0,
-                *(counts[s] for s in STATES),
-                self._api_started,
-                gpu_cost,
-                api_cost,
-                gpu_cost + api_cost,
-            )
-        )
-        self._busy_prev, self._occ_prev, self._awake_prev = busy, occ, awake
-        self._arrivals = self._completions = self._api_started = 0
-        self._area = 0.0
-        self._bin_start = now
+        state = (len(self.router_queue), queued, running, used / blocks if blocks else 0.0, [counts[s] for s in STATES])
+        costs = (self.gpu_cost_so_far(), self.api.spend if self.api is not None else 0.0)
+        self.rec.close_bin(now, self.busy_seconds(), self.occupancy_seconds(), self.awake_seconds(), state, costs)

@@ -48,7 +48,7 @@ def outcome(fleet: Fleet, end: float) -> Outcome:
     return Outcome(
         end_s=end,
         records=fleet.records,
-        samples=fleet.samples,
+        samples=fleet.rec.samples,
         spans=fleet.spans,
         idle_s={n.uid: n.idle_s for n in nodes},
         gpu_possible=fleet.gpu_possible,
