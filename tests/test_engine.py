@@ -402,6 +402,7 @@ def test_littles_law_on_the_time_series():
     assert mean_in_system == pytest.approx(10.0 * held, rel=0.03)
 
 
+@pytest.mark.slow
 def test_md1_mean_queue_wait():
     """One replica, one sequence at a time, fixed lengths, Poisson arrivals at rho = 0.7."""
     c = cfg(*FIXED, "engine.max_num_seqs=1")

@@ -116,6 +116,7 @@ def test_ops_cost_is_prorated():
 # ----------------------------------------------------------------------------- API limits
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("on_limit", ["backoff", "gpu"])
 def test_no_minute_starts_more_api_requests_than_the_rpm_limit(on_limit):
     r = sim.run(

@@ -136,6 +136,7 @@ def outcome(args: list[str]) -> str:
     return "ran"
 
 
+@pytest.mark.slow
 @settings(
     max_examples=400,
     deadline=None,
@@ -178,6 +179,7 @@ def corrupted(draw) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(corrupted(), st.sampled_from(["azure", "csv", "mooncake", "burstgpt"]))
 def test_corrupted_traces_are_refused_or_run_and_conserve(tmp_path_factory, data, fmt):

@@ -260,6 +260,7 @@ def test_gpu_utilization_is_load_over_capacity():
 # ----------------------------------------------------------------------------- 6. confidence
 
 
+@pytest.mark.slow
 def test_replications_of_a_trace_resample_it_and_say_so():
     s = sim.run(cfg("workload=trace", "seeds=[0,1,2,3]")).summary
     assert s["replication"] == "block bootstrap"
