@@ -520,7 +520,7 @@ class Fleet:
             self._user_stopped()
             return
         i, p, o = got
-        if i >= len(self.records.route):
+        if i >= len(self.records):
             self.records.resize(2 * (i + 1))
         req = self._enter(i, now, p, o)
         if req is not None:

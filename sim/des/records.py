@@ -25,25 +25,58 @@ REASON_NONE, REASON_CONTEXT, REASON_NO_GPU = 0, 1, 2
 REASON_NAMES = {REASON_NONE: "", REASON_CONTEXT: "exceeds_max_model_len", REASON_NO_GPU: "api_refused_and_no_gpu"}
 
 
+# (column, dtype, value of an empty slot)
+RECORD_COLUMNS = (
+    ("route", np.int8, ROUTE_NONE),
+    ("reason", np.int8, REASON_NONE),
+    ("replica", np.int32, -1),
+    ("start", np.float64, float("nan")),
+    ("first_token", np.float64, float("nan")),
+    ("finish", np.float64, float("nan")),
+    ("preemptions", np.int32, 0),
+    ("cached", np.int64, 0),
+    ("served_output", np.int64, -1),  # >= 0: the API cut the output to this many tokens
+)
+
+
 class Records:
-    """One slot per request; filled when the request is served or rejected."""
+    """One slot per request; filled when the request is served or rejected. The columns are
+    Python lists while the simulation writes them one slot at a time (a list's item assignment
+    costs a third of a numpy array's); `arrays` hands them on as numpy arrays."""
 
     def __init__(self, n: int):
-        self.route = np.full(n, ROUTE_NONE, np.int8)
-        self.reason = np.zeros(n, np.int8)
-        self.replica = np.full(n, -1, np.int32)
-        self.start = np.full(n, np.nan)
-        self.first_token = np.full(n, np.nan)
-        self.finish = np.full(n, np.nan)
-        self.preemptions = np.zeros(n, np.int32)
-        self.cached = np.zeros(n, np.int64)
-        self.served_output = np.full(n, -1, np.int64)  # >= 0: the API cut the output to this many tokens
+        for name, _, empty in RECORD_COLUMNS:
+            setattr(self, name, [empty] * n)
+
+    def __len__(self) -> int:
+        return len(self.route)  # type: ignore[attr-defined]
 
     def resize(self, n: int) -> None:
         """Keep the first n slots, or add empty ones up to n (closed-loop users send as they go)."""
-        empty = Records(max(n - len(self.route), 0))
-        for name, column in vars(self).items():
-            setattr(self, name, np.concatenate([column[:n], getattr(empty, name)]))
+        for name, _, empty in RECORD_COLUMNS:
+            column = getattr(self, name)
+            if n <= len(column):
+                del column[n:]
+            else:
+                column.extend([empty] * (n - len(column)))
+
+    def arrays(self) -> RecordArrays:
+        return RecordArrays(**{name: np.array(getattr(self, name), dtype) for name, dtype, _ in RECORD_COLUMNS})
+
+
+@dataclass
+class RecordArrays:
+    """The records as numpy arrays, one element per request (what the results layer reads)."""
+
+    route: np.ndarray
+    reason: np.ndarray
+    replica: np.ndarray
+    start: np.ndarray
+    first_token: np.ndarray
+    finish: np.ndarray
+    preemptions: np.ndarray
+    cached: np.ndarray
+    served_output: np.ndarray
 
 
 # the time series: one row per output.timeseries_interval_s (Fleet.take_sample)
@@ -84,7 +117,7 @@ class Outcome:
     """What a simulation leaves for the results layer: plain data, no SimPy (`des.simulate`)."""
 
     end_s: float  # the simulated clock when the last request ended
-    records: Records
+    records: RecordArrays
     samples: list[tuple]  # the time series, SAMPLE_COLUMNS per row
     spans: list  # replica lifecycle records (sim.pricing.cost.Span)
     idle_s: dict[int, float]  # per replica uid: seconds awake without work

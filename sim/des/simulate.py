@@ -13,7 +13,7 @@ import simpy
 
 from sim.config.schema import Config
 from sim.des.fleet import Fleet
-from sim.des.records import ROUTE_NONE, ApiOutcome, Outcome
+from sim.des.records import ROUTE_NONE, ApiOutcome, Outcome, RecordArrays
 from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import PerfModel
 from sim.workload.build import Workload
@@ -34,20 +34,21 @@ def simulate(
     fleet.stop_all()
     if users is not None:
         fleet.records.resize(users.sent)  # the requests the users sent
-    lost = int((fleet.records.route == ROUTE_NONE).sum())
+    records = fleet.records.arrays()
+    lost = int((records.route == ROUTE_NONE).sum())
     if lost:
         raise RuntimeError(f"{lost} request(s) ended neither served nor rejected")
-    return outcome(fleet, end)
+    return outcome(fleet, end, records)
 
 
-def outcome(fleet: Fleet, end: float) -> Outcome:
+def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
     """The fleet's records and counters as plain data."""
     nodes = fleet.all_nodes
     caches = [n.cache for n in nodes if n.cache is not None]
     api = fleet.api
     return Outcome(
         end_s=end,
-        records=fleet.records,
+        records=records,
         samples=fleet.rec.samples,
         spans=fleet.spans,
         idle_s={n.uid: n.idle_s for n in nodes},

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from sim.config.schema import Config, has_trace
-from sim.des.records import REASON_NAMES, ROUTE_API, ROUTE_GPU, ROUTE_NAMES, ROUTE_REJECTED, Records
+from sim.des.records import REASON_NAMES, ROUTE_API, ROUTE_GPU, ROUTE_NAMES, ROUTE_REJECTED, RecordArrays
 from sim.pricing.cost import HOURS_PER_MONTH
 from sim.workload.build import Workload
 
@@ -35,7 +35,7 @@ REQUEST_COLUMNS = (
 )
 
 
-def requests_frame(workload: Workload, rec: Records) -> pd.DataFrame:
+def requests_frame(workload: Workload, rec: RecordArrays) -> pd.DataFrame:
     arrival = workload.arrival_s
     out = np.where(rec.served_output >= 0, rec.served_output, workload.output_tokens)  # an API cap may cut it
     served = (rec.route == ROUTE_GPU) | (rec.route == ROUTE_API)
