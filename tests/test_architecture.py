@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grimp
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,18 +103,17 @@ GROUPS = ("gpu", "model", "engine", "slo", "api", "fleet", "workload")
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_options_load_as_hydra_types_them(group):
-    """`load_option` builds an option's dataclass without OmegaConf; OmegaConf's typing of the
-    same file (ints as floats where floats are declared, nested dataclasses) gives the same."""
-    from sim.apps.python_api import to_config
+def test_options_load_as_hydra_composes_them(group):
+    """`load_option` builds an option's dataclass without Hydra; Hydra's composition of the same
+    option (`fleetsim <group>=<name>`) gives the same values of the same types, the options its
+    `defaults:` list extends included (api=tier1 is an enabled API, as api/default makes it)."""
+    import sim
     from sim.config.schema import Config, load_option, options
 
     kind = typing.get_type_hints(Config)[group]
     for name in options(group):
-        data = yaml.safe_load((ROOT / "conf" / group / f"{name}.yaml").read_text()) or {}
-        data.pop("defaults", None)
         ours = load_option(group, name)
-        hydra = getattr(to_config({group: data}), group)
+        hydra = getattr(sim.compose([f"{group}={name}"]), group)
         assert isinstance(ours, kind)
         assert dataclasses.asdict(ours) == dataclasses.asdict(hydra), (group, name)
         assert repr(ours) == repr(hydra), (group, name)  # same types too (2 vs 2.0)

@@ -451,15 +451,43 @@ def options(group: str) -> list[str]:
 
 
 def load_option(group: str, name: str) -> Any:
-    """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`)."""
+    """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`), with
+    the options it extends through its `defaults:` list merged first, as Hydra composes it."""
+    return build(typing.get_type_hints(Config)[group], _option_data(group, name, ()), group)
+
+
+def _option_data(group: str, name: str, seen: tuple[str, ...]) -> dict:
+    """An option file's values over those of the options of the same group its `defaults:` list
+    names (in the list's order, `_self_` where it stands, else last)."""
     import yaml
 
     path = Path(conf_dir()) / group / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(group, name, f"unknown option; known: {', '.join(options(group))}")
+    if name in seen:
+        raise ConfigError(group, name, f"its defaults list includes itself ({' -> '.join([*seen, name])})")
     data = yaml.safe_load(path.read_text()) or {}
-    data.pop("defaults", None)
-    return build(typing.get_type_hints(Config)[group], data, group)
+    parents = data.pop("defaults", None) or []
+    if "_self_" not in parents:
+        parents = [*parents, "_self_"]
+    merged: dict = {}
+    for entry in parents:
+        if entry == "_self_":
+            _merge(merged, data)
+        elif isinstance(entry, str):
+            _merge(merged, _option_data(group, entry.removeprefix(f"/{group}/"), (*seen, name)))
+        else:
+            raise ConfigError(f"{group}/{name}.yaml", entry, "defaults: only other options of the same group")
+    return merged
+
+
+def _merge(into: dict, values: dict) -> None:
+    """Merge `values` into `into`, mappings key by key, anything else replaced."""
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
