@@ -150,7 +150,9 @@ class Fleet:
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
         clock = workload.clock_start_s or 0.0
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
-        self.predict = Predictor(env, cfg, workload, perf, self.nodes, self.router_queue, self.max_tokens)
+        self.predict = Predictor(
+            env, cfg, workload, perf, self.nodes, self.router_queue, self.max_tokens, self.cold_start_s, self.wake_s
+        )
 
         self._init_accounting(workload, users)
         self._start(users)
@@ -271,12 +273,16 @@ class Fleet:
         t.callbacks.append(lambda _e, n=node: self._ready(n))
 
     def _ready(self, node: Node) -> None:
-        if node.state != PROVISIONING:
-            return  # cancelled while starting
+        if node.state == PROVISIONING:  # (else cancelled while starting)
+            self._activate(node)
+
+    def _activate(self, node: Node) -> None:
+        """A started or woken replica serves: the router's queue drains into the fleet; with
+        nothing to do it is idle from now (and may sleep)."""
         self._set_state(node, ACTIVE)
         node.engine.resume()  # type: ignore[union-attr]
         self._release_queue()
-        if node.out == 0:  # ready with nothing to do: idle from now (and may sleep)
+        if node.out == 0:
             self._idle(node)
 
     def _idle(self, node: Node) -> None:
@@ -314,13 +320,8 @@ class Fleet:
         t.callbacks.append(lambda _e, n=node: self._woken(n))
 
     def _woken(self, node: Node) -> None:
-        if node.state != WAKING:
-            return
-        self._set_state(node, ACTIVE)
-        node.engine.resume()  # type: ignore[union-attr]
-        self._release_queue()
-        if node.out == 0:
-            self._idle(node)
+        if node.state == WAKING:
+            self._activate(node)
 
     def _drain(self, node: Node) -> None:
         if node.state in (PROVISIONING, SLEEPING) or (node.state == ACTIVE and node.out == 0):

@@ -56,6 +56,8 @@ class Predictor:
         nodes: list[Any],
         router_queue: deque,
         max_tokens: int,
+        cold_start: float,
+        wake: float,
     ):
         self.env = env
         self.cfg = cfg
@@ -63,8 +65,8 @@ class Predictor:
         self.perf = perf
         self.nodes = nodes
         self.router_queue = router_queue
-        self.cold_start_s = cold_start_s(cfg)
-        self.wake_s = wake_s(cfg)
+        self.cold_start_s = cold_start  # the fleet's (`cold_start_s`, `wake_s` below)
+        self.wake_s = wake
         self.prefill_per_token = perf.iteration_time(0, 0, [(max_tokens, 0)]) / max_tokens
 
     def slo_of(self, req: Request) -> tuple[float, float]:
