@@ -99,7 +99,7 @@ def test_config_names_are_the_registered_implementations():
     assert tuple(OVERFLOW) == names.OVERFLOW
 
 
-GROUPS = ("gpu", "model", "engine", "slo", "api", "fleet", "workload")
+GROUPS = ("gpu", "model", "engine", "slo", "api", "fleet", "workload", "fleet/autoscaler")
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -110,10 +110,14 @@ def test_options_load_as_hydra_composes_them(group):
     import sim
     from sim.config.schema import Config, load_option, options
 
-    kind = typing.get_type_hints(Config)[group]
+    from sim.config.schema import AUTOSCALER_CONFIGS
+
     for name in options(group):
         ours = load_option(group, name)
-        hydra = getattr(sim.compose([f"{group}={name}"]), group)
+        if group == "fleet/autoscaler":
+            kind, hydra = AUTOSCALER_CONFIGS[name], sim.compose([f"{group}={name}"]).fleet.autoscaler
+        else:
+            kind, hydra = typing.get_type_hints(Config)[group], getattr(sim.compose([f"{group}={name}"]), group)
         assert isinstance(ours, kind)
         assert dataclasses.asdict(ours) == dataclasses.asdict(hydra), (group, name)
         assert repr(ours) == repr(hydra), (group, name)  # same types too (2 vs 2.0)

@@ -35,6 +35,33 @@ def test_every_option_composes_and_validates(group):
         validate(c)
 
 
+@pytest.mark.parametrize("name", options("fleet/autoscaler"))
+def test_each_autoscaler_is_one_dataclass_and_one_yaml(name):
+    from sim.config.schema import AUTOSCALER_CONFIGS
+
+    extra = [f"fleet.autoscaler.schedule={[1] * 24}"] if name == "schedule" else []
+    c = cfg("fleet=autoscaled", f"fleet/autoscaler={name}", *extra)
+    assert type(c.fleet.autoscaler) is AUTOSCALER_CONFIGS[name]
+    assert c.fleet.autoscaler.name == name, f"conf/fleet/autoscaler/{name}.yaml must set name: {name}"
+    validate(c)
+    # a key of another autoscaler is refused, naming the autoscaler that has it
+    foreign = "upscale_delay_s" if name != "ray" else "stable_window_s"
+    owner = "ray" if name != "ray" else "target"
+    with pytest.raises(ConfigError, match=rf"fleet\.autoscaler\.{foreign}.*fleet/autoscaler={owner}"):
+        cfg("fleet=autoscaled", f"fleet/autoscaler={name}", f"fleet.autoscaler.{foreign}=5")
+
+
+def test_an_autoscaler_given_as_a_mapping_becomes_its_class():
+    from sim.config.schema import FleetConfig, RayAutoscaler, TargetAutoscaler
+
+    f = FleetConfig(autoscaler={"name": "ray", "target": 4})
+    assert f.autoscaler == RayAutoscaler(target=4.0)
+    c = to_config({"fleet": {"autoscaler": {"name": "target", "scale_down_delay_s": 5}}})
+    assert c.fleet.autoscaler == TargetAutoscaler(scale_down_delay_s=5.0)
+    with pytest.raises(ConfigError, match=r"fleet\.autoscaler\.name.*must be one of fixed, target, ray, schedule"):
+        FleetConfig(autoscaler={"name": "kpa"})
+
+
 def test_design_option_names_ship():
     assert {"llama3-8b", "llama3-70b", "qwen3-30b-a3b"} <= set(options("model"))
     assert {"h100", "h200", "a100-80gb", "l40s", "b200"} <= set(options("gpu"))

@@ -76,7 +76,7 @@ def test_a_schedule_of_zeros_still_serves_what_arrives():
         "workload.duration_s=30",
         "workload.rate=1",
         "fleet=autoscaled",
-        "fleet.autoscaler.name=schedule",
+        "fleet/autoscaler=schedule",
         "fleet.replicas=0",
         "fleet.min_replicas=0",
         "fleet.max_replicas=2",

@@ -80,12 +80,10 @@ def test_power_of_two_when_the_best_state_is_rare():
 
 
 def _autoscaler(name: str, **over):
-    import dataclasses
-
-    from sim.config.schema import AutoscalerConfig
+    from sim.config.schema import AUTOSCALER_CONFIGS
     from sim.des.autoscale import make_autoscaler
 
-    return make_autoscaler(dataclasses.replace(AutoscalerConfig(name=name), **over), replicas=1)
+    return make_autoscaler(AUTOSCALER_CONFIGS[name](**over), replicas=1)
 
 
 def test_target_follows_the_stable_window_average():
@@ -142,13 +140,11 @@ def test_ray_acts_once_a_direction_has_held_for_its_delay():
 
 
 def test_schedule_reads_the_hour_of_day_from_its_clock():
-    import dataclasses
-
-    from sim.config.schema import AutoscalerConfig
+    from sim.config.schema import ScheduleAutoscaler
     from sim.des.autoscale import make_autoscaler
 
     hours = list(range(1, 25))
-    a = make_autoscaler(dataclasses.replace(AutoscalerConfig(name="schedule"), schedule=hours), 1, clock_start_s=3600)
+    a = make_autoscaler(ScheduleAutoscaler(schedule=hours), 1, clock_start_s=3600)
     assert a.decide(0.0, 0.0, 0, 0) == 2  # the run starts at 01:00
     assert a.decide(23 * 3600.0, 0.0, 0, 0) == 1  # 24:00 wraps to hour 0
 

@@ -21,6 +21,22 @@ if TYPE_CHECKING:  # the simulator and the planner load on use: `sim.compose` an
     from sim.workload.build import Workload
 
 
+def schema(cls: type = Config) -> Any:
+    """The OmegaConf schema of `cls` (Config, or the planner's config that holds one): the
+    dataclasses' structure and types, with `fleet.autoscaler` an open mapping, since each
+    autoscaler of the `fleet/autoscaler` group has keys of its own (FleetConfig turns the mapping
+    into that autoscaler's dataclass, refusing keys it does not have)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from sim.config.schema import FixedAutoscaler, plain
+
+    node = OmegaConf.structured(cls)
+    with open_dict(node.fleet):
+        node.fleet.autoscaler = OmegaConf.create(plain(FixedAutoscaler()))
+    OmegaConf.set_struct(node.fleet.autoscaler, False)
+    return node
+
+
 def to_config(obj: Any) -> Config:
     """Return a `Config` from a Config, a nested dict or an OmegaConf node (type-checked)."""
     if isinstance(obj, Config):
@@ -29,7 +45,7 @@ def to_config(obj: Any) -> Config:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(Config), obj)
+        merged = OmegaConf.merge(schema(Config), obj)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
@@ -52,8 +68,8 @@ def register_configs() -> None:
 
     from sim.studies.plan import PlanAppConfig
 
-    ConfigStore.instance().store(name="base_config", node=Config)
-    ConfigStore.instance().store(name="base_plan", node=PlanAppConfig)
+    ConfigStore.instance().store(name="base_config", node=schema(Config))
+    ConfigStore.instance().store(name="base_plan", node=schema(PlanAppConfig))
 
 
 def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Config:
@@ -78,7 +94,7 @@ def split_config(node) -> tuple[Config, PlanConfig]:
         app = node
     else:
         try:
-            app = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(PlanAppConfig), node))
+            app = OmegaConf.to_object(OmegaConf.merge(schema(PlanAppConfig), node))
         except OmegaConfBaseException as exc:
             key = getattr(exc, "full_key", None) or "config"
             raise ConfigError(key, getattr(exc, "value", None) or "?", str(exc).splitlines()[0]) from None

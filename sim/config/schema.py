@@ -18,7 +18,6 @@ from sim.config.errors import ConfigError
 from sim.config.names import (
     ARRIVAL_PROCESSES,
     AUTOSCALER_METRICS,
-    AUTOSCALERS,
     CLOSED,
     MEMORY_PROFILERS,
     OVERFLOW,
@@ -225,11 +224,26 @@ class EngineConfig:
 
 @dataclass
 class AutoscalerConfig:
-    """How the fleet's size follows load (fleet.autoscaler)."""
+    """How the fleet's size follows load (the `fleet/autoscaler` group): what every autoscaler
+    has. Each autoscaler adds its own keys in a subclass, registered in `AUTOSCALER_CONFIGS`
+    under its name, with one YAML file in conf/fleet/autoscaler/."""
 
     name: str = "fixed"  # fixed | target | ray | schedule
     interval_s: float = 2.0  # how often load is sampled and a decision taken
-    # target (Knative KPA): desired = ceil(load / target), load averaged over a window
+
+
+@dataclass
+class FixedAutoscaler(AutoscalerConfig):
+    """The configured size; the fleet replaces replicas it loses."""
+
+    name: str = "fixed"
+
+
+@dataclass
+class TargetAutoscaler(AutoscalerConfig):
+    """Knative's KPA: desired = ceil(load / target), load averaged over a window."""
+
+    name: str = "target"
     metric: str = "concurrency"  # concurrency | running | kv | tokens_per_s
     target: float = 32.0  # load per replica to aim for, in the metric's unit
     stable_window_s: float = 60.0
@@ -239,11 +253,56 @@ class AutoscalerConfig:
     max_scale_up_rate: float = 1000.0  # at most x current replicas per decision
     max_scale_down_rate: float = 2.0  # at least current / rate replicas after a decision
     scale_to_zero_grace_s: float = 30.0  # with min_replicas = 0: idle this long before zero
-    # ray (Ray Serve): target ongoing requests per replica, acted on after a delay
+
+
+@dataclass
+class RayAutoscaler(AutoscalerConfig):
+    """Ray Serve's: a target of ongoing requests per replica, acted on after a delay."""
+
+    name: str = "ray"
+    metric: str = "concurrency"  # concurrency | running | kv | tokens_per_s
+    target: float = 32.0
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 600.0
-    # schedule: replicas for each hour of the day (24 values), on the workload's clock
+
+
+@dataclass
+class ScheduleAutoscaler(AutoscalerConfig):
+    """Replicas for each hour of the day (24 values), on the workload's clock."""
+
+    name: str = "schedule"
     schedule: list[int] | None = None
+
+
+AUTOSCALER_CONFIGS: dict[str, type[AutoscalerConfig]] = {
+    "fixed": FixedAutoscaler,
+    "target": TargetAutoscaler,
+    "ray": RayAutoscaler,
+    "schedule": ScheduleAutoscaler,
+}
+
+
+def autoscaler_config(value: Any, key: str = "fleet.autoscaler") -> AutoscalerConfig:
+    """The autoscaler's own dataclass from a mapping (its `name` picks the class) or a config
+    already typed; a key another autoscaler has is refused with the way to choose that one."""
+    if isinstance(value, AutoscalerConfig) and type(value) is not AutoscalerConfig:
+        return value
+    data = dict(vars(value)) if isinstance(value, AutoscalerConfig) else dict(value)
+    name = data.get("name", "fixed")
+    cls = AUTOSCALER_CONFIGS.get(name)
+    if cls is None:
+        raise ConfigError(f"{key}.name", name, f"must be one of {', '.join(AUTOSCALER_CONFIGS)}")
+    hints = typing.get_type_hints(cls)
+    for k in data:
+        if k not in hints:
+            import difflib
+
+            owners = [n for n, c in AUTOSCALER_CONFIGS.items() if k in typing.get_type_hints(c)]
+            near = difflib.get_close_matches(k, list(hints), n=1)
+            hint = f"; it is a key of fleet/autoscaler={' or '.join(owners)}" if owners else ""
+            hint = hint or (f"; did you mean {key}.{near[0]}?" if near else "")
+            raise ConfigError(f"{key}.{k}", data[k], f"unknown key of the {name} autoscaler{hint}")
+    return build(cls, data, key)
 
 
 @dataclass
@@ -308,10 +367,14 @@ class FleetConfig:
     router: str = "least_outstanding"  # least_outstanding | round_robin | power_of_two | prefix_aware
     prefix_slack: int = 8  # prefix_aware: extra load accepted for a cache hit
     start_warm: bool = True  # replicas present at t = 0 are ready (no cold start)
-    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    # one of AUTOSCALER_CONFIGS (a mapping is turned into its class by its name)
+    autoscaler: Any = field(default_factory=FixedAutoscaler)
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+
+    def __post_init__(self) -> None:
+        self.autoscaler = autoscaler_config(self.autoscaler)
 
 
 @dataclass
@@ -451,9 +514,13 @@ def options(group: str) -> list[str]:
 
 
 def load_option(group: str, name: str) -> Any:
-    """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`), with
-    the options it extends through its `defaults:` list merged first, as Hydra composes it."""
-    return build(typing.get_type_hints(Config)[group], _option_data(group, name, ()), group)
+    """One option of a config group as its dataclass (e.g. `load_option("gpu", "h100")`,
+    `load_option("fleet/autoscaler", "target")`), with the options its `defaults:` list names
+    merged first, as Hydra composes it."""
+    data = _option_data(group, name, ())
+    if group == "fleet/autoscaler":
+        return autoscaler_config(data)
+    return build(typing.get_type_hints(Config)[group], data, group)
 
 
 def _option_data(group: str, name: str, seen: tuple[str, ...]) -> dict:
@@ -476,8 +543,12 @@ def _option_data(group: str, name: str, seen: tuple[str, ...]) -> dict:
             _merge(merged, data)
         elif isinstance(entry, str):
             _merge(merged, _option_data(group, entry.removeprefix(f"/{group}/"), (*seen, name)))
+        elif isinstance(entry, dict) and len(entry) == 1:  # a nested group: {autoscaler: target}
+            [(sub, option)] = entry.items()
+            _merge(merged, {sub: _option_data(f"{group}/{sub}", option, ())})
         else:
-            raise ConfigError(f"{group}/{name}.yaml", entry, "defaults: only other options of the same group")
+            where = f"{group}/{name}.yaml"
+            raise ConfigError(where, entry, "defaults: other options of the group, or {subgroup: option}")
     return merged
 
 
@@ -506,9 +577,14 @@ def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
             near = difflib.get_close_matches(name, list(hints), n=1)
             raise ConfigError(where, value, "unknown key" + (f"; did you mean {key}.{near[0]}?" if near else ""))
         kind = hints[name]
+        current = getattr(base, name)
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
-            current = getattr(base, name)
             kwargs[name] = build(kind, value, where, current if isinstance(current, kind) else None)
+        elif kind is Any and isinstance(value, dict) and dataclasses.is_dataclass(current):
+            # a field whose class the mapping's name picks (fleet.autoscaler): merged onto the
+            # current one when it names the same class, else taken as it is
+            same = value.get("name", getattr(current, "name", None)) == getattr(current, "name", None)
+            kwargs[name] = {**vars(current), **value} if same else value
         else:
             kwargs[name] = typed(value, kind, where)
     return dataclasses.replace(base, **kwargs)
@@ -1004,8 +1080,7 @@ def _nonneg(value: float | None, key: str) -> None:
 
 
 def validate_fleet(f: FleetConfig) -> None:
-    a = f.autoscaler
-    require(a.name in AUTOSCALERS, "fleet.autoscaler.name", a.name, f"must be one of {', '.join(AUTOSCALERS)}")
+    a = f.autoscaler = autoscaler_config(f.autoscaler)  # a config edited in Python after it was built
     fixed = a.name == "fixed"
     require(f.replicas >= 0, "fleet.replicas", f.replicas, "must be >= 0 (0: no GPUs, the API serves everything)")
     require(f.min_replicas >= 0, "fleet.min_replicas", f.min_replicas, "must be >= 0")
@@ -1031,9 +1106,26 @@ def validate_fleet(f: FleetConfig) -> None:
 
 def _validate_autoscaler(a: AutoscalerConfig) -> None:
     _positive(a.interval_s, "fleet.autoscaler.interval_s")
-    metrics = AUTOSCALER_METRICS
-    require(a.metric in metrics, "fleet.autoscaler.metric", a.metric, f"must be one of {', '.join(metrics)}")
-    _positive(a.target, "fleet.autoscaler.target")
+    if isinstance(a, (TargetAutoscaler, RayAutoscaler)):
+        metrics = AUTOSCALER_METRICS
+        require(a.metric in metrics, "fleet.autoscaler.metric", a.metric, f"must be one of {', '.join(metrics)}")
+        _positive(a.target, "fleet.autoscaler.target")
+    if isinstance(a, TargetAutoscaler):
+        _validate_target(a)
+    if isinstance(a, RayAutoscaler):
+        for k in ("upscale_delay_s", "downscale_delay_s"):
+            _nonneg(getattr(a, k), f"fleet.autoscaler.{k}")
+    if isinstance(a, ScheduleAutoscaler):
+        sched = a.schedule
+        require(
+            sched is not None and len(sched) == 24 and min(sched) >= 0,
+            "fleet.autoscaler.schedule",
+            sched,
+            "needs 24 replica counts >= 0, one per hour of the day",
+        )
+
+
+def _validate_target(a: TargetAutoscaler) -> None:
     _positive(a.stable_window_s, "fleet.autoscaler.stable_window_s")
     require(
         0 < a.panic_window_s <= a.stable_window_s,
@@ -1042,18 +1134,10 @@ def _validate_autoscaler(a: AutoscalerConfig) -> None:
         f"must be in (0, stable_window_s={a.stable_window_s}]",
     )
     require(a.panic_threshold >= 1, "fleet.autoscaler.panic_threshold", a.panic_threshold, "must be >= 1")
-    for k in ("scale_down_delay_s", "scale_to_zero_grace_s", "upscale_delay_s", "downscale_delay_s"):
+    for k in ("scale_down_delay_s", "scale_to_zero_grace_s"):
         _nonneg(getattr(a, k), f"fleet.autoscaler.{k}")
     for k in ("max_scale_up_rate", "max_scale_down_rate"):
         require(getattr(a, k) >= 1, f"fleet.autoscaler.{k}", getattr(a, k), "must be >= 1")
-    if a.name == "schedule":
-        sched = a.schedule
-        require(
-            sched is not None and len(sched) == 24 and min(sched) >= 0,
-            "fleet.autoscaler.schedule",
-            sched,
-            "needs 24 replica counts >= 0, one per hour of the day",
-        )
 
 
 def _validate_lifecycle(f: FleetConfig) -> None:

@@ -1,7 +1,8 @@
 """Autoscalers: how many replicas the fleet wants, decided every `interval_s` from its load.
 
 Each policy is a small class with `decide(now, load, ready, capacity) -> desired`, looked up by
-name in `AUTOSCALERS`:
+name in `AUTOSCALERS`, configured by its own dataclass (sim.config.schema.AUTOSCALER_CONFIGS) and
+YAML file (conf/fleet/autoscaler/NAME.yaml, chosen with `fleet/autoscaler=NAME`):
 - `fixed`: the configured size (the fleet replaces replicas it loses);
 - `target`: Knative's KPA. desired = ceil(load / target) on a stable-window average; when the
   short panic-window average reaches `panic_threshold` x target x ready replicas it scales on
@@ -21,13 +22,19 @@ import math
 from collections import deque
 
 from sim.config.names import AUTOSCALER_METRICS
-from sim.config.schema import AutoscalerConfig
+from sim.config.schema import (
+    AutoscalerConfig,
+    FixedAutoscaler,
+    RayAutoscaler,
+    ScheduleAutoscaler,
+    TargetAutoscaler,
+)
 
 METRICS = AUTOSCALER_METRICS
 
 
 class Fixed:
-    def __init__(self, cfg: AutoscalerConfig, replicas: int, clock_start_s: float = 0.0):
+    def __init__(self, cfg: FixedAutoscaler, replicas: int, clock_start_s: float = 0.0):
         self.replicas = replicas
 
     def decide(self, now: float, load: float, ready: int, capacity: int) -> int:
@@ -35,7 +42,7 @@ class Fixed:
 
 
 class Target:
-    def __init__(self, cfg: AutoscalerConfig, replicas: int, clock_start_s: float = 0.0):
+    def __init__(self, cfg: TargetAutoscaler, replicas: int, clock_start_s: float = 0.0):
         self.cfg = cfg
         self._loads: deque[tuple[float, float]] = deque()
         self._wanted: deque[tuple[float, int]] = deque()  # recent desired counts (scale-down delay)
@@ -79,7 +86,7 @@ class Target:
 
 
 class Ray:
-    def __init__(self, cfg: AutoscalerConfig, replicas: int, clock_start_s: float = 0.0):
+    def __init__(self, cfg: RayAutoscaler, replicas: int, clock_start_s: float = 0.0):
         self.cfg = cfg
         self._direction = 0
         self._since = 0.0
@@ -98,7 +105,7 @@ class Ray:
 
 
 class Schedule:
-    def __init__(self, cfg: AutoscalerConfig, replicas: int, clock_start_s: float = 0.0):
+    def __init__(self, cfg: ScheduleAutoscaler, replicas: int, clock_start_s: float = 0.0):
         self.hours = list(cfg.schedule or [replicas] * 24)
         self.clock = clock_start_s
 

@@ -568,7 +568,7 @@ class Fleet:
             self._autoscale_now()
 
     def load(self) -> float:
-        metric = self.cfg.fleet.autoscaler.metric
+        metric = getattr(self.cfg.fleet.autoscaler, "metric", "concurrency")
         if metric == "concurrency":
             return float(sum(n.out for n in self.nodes if n.state != STOPPED) + len(self.router_queue))
         if metric in ("running", "kv"):

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from sim.config.errors import ConfigError, UserError
-from sim.config.schema import Config, GpuConfig, is_closed, load_option, options
+from sim.config.schema import Config, FixedAutoscaler, GpuConfig, TargetAutoscaler, is_closed, load_option, options
 from sim.des.preflight import validate
 from sim.pricing.cost import HOURS_PER_MONTH
 
@@ -194,7 +194,7 @@ def with_gpu(cfg: Config, gpu: GpuConfig | str, tp: int) -> Config:
 
 def fixed_fleet(cfg: Config, n: int) -> Config:
     c = copy.deepcopy(cfg)
-    c.fleet.autoscaler = dataclasses.replace(c.fleet.autoscaler, name="fixed")
+    c.fleet.autoscaler = FixedAutoscaler(interval_s=c.fleet.autoscaler.interval_s)
     c.fleet.replicas = n
     c.api = dataclasses.replace(c.api, enabled=False, name="none")
     return c
@@ -202,7 +202,9 @@ def fixed_fleet(cfg: Config, n: int) -> Config:
 
 def autoscaled_fleet(cfg: Config, lo: int, hi: int, target: float) -> Config:
     c = copy.deepcopy(cfg)
-    c.fleet.autoscaler = dataclasses.replace(c.fleet.autoscaler, name="target", target=target)
+    a = c.fleet.autoscaler  # the scenario's target autoscaler, else TargetAutoscaler's defaults
+    base = a if isinstance(a, TargetAutoscaler) else TargetAutoscaler(interval_s=a.interval_s)
+    c.fleet.autoscaler = dataclasses.replace(base, target=target)
     c.fleet.min_replicas, c.fleet.max_replicas, c.fleet.replicas = lo, hi, lo
     c.api = dataclasses.replace(c.api, enabled=False, name="none")
     return c
@@ -210,7 +212,7 @@ def autoscaled_fleet(cfg: Config, lo: int, hi: int, target: float) -> Config:
 
 def hybrid_fleet(cfg: Config, baseline: int, overflow: str, margin: float = 1.0) -> Config:
     c = copy.deepcopy(cfg)
-    c.fleet.autoscaler = dataclasses.replace(c.fleet.autoscaler, name="fixed")
+    c.fleet.autoscaler = FixedAutoscaler(interval_s=c.fleet.autoscaler.interval_s)
     c.fleet.replicas = baseline
     c.api = dataclasses.replace(
         c.api, enabled=True, overflow="always" if baseline == 0 else overflow, ttft_margin=margin
