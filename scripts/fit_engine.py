@@ -4,7 +4,7 @@ one model out, and write the result into docs/calibration.md (between its `e2e-f
 
 python scripts/fit_engine.py ../shared/calibration/vllm_runs.yaml \
     --points ../shared/calibration/published_points.yaml             # fit, CV, report
-... --write      # also store the factors in conf/engine/vllm.yaml and sim/config/schema.py
+... --write      # also store the factors in conf/engine/vllm.yaml (their only home)
 
 About 25 minutes on 2 cores (9 fits of ~40-100 replays of the 13 runs and 4 points each).
 """
@@ -126,10 +126,10 @@ def generation_factors(theta) -> tuple[dict, list[tuple]]:
 
     from scipy.optimize import minimize_scalar
 
-    from sim.config.schema import EngineConfig, load_option
+    from sim.config.schema import load_option
     from sim.hardware.perf import Roofline
 
-    engine = dataclasses.replace(EngineConfig(), **engine_of(theta))
+    engine = dataclasses.replace(load_option("engine", "vllm"), **engine_of(theta))
     points = yaml.safe_load(POINTS.read_text())["fit"]["itl"]
     factors: dict[str, float] = {}
     rows = []
@@ -173,7 +173,8 @@ def write_section(path: Path, text: str) -> None:
 
 
 def write_defaults(theta) -> None:
-    """The fitted factors become the defaults: conf/engine/vllm.yaml and EngineConfig."""
+    """The fitted factors become the defaults: conf/engine/vllm.yaml (EngineConfig has no default
+    for them, so the YAML is their only source)."""
     values = dict(zip(PARAMS, theta, strict=True))
     conf = ROOT / "conf" / "engine" / "vllm.yaml"
     out = []
@@ -184,12 +185,6 @@ def write_defaults(theta) -> None:
             line = f"{key}: {values[key]:.4g}".ljust(32) + comment if comment else f"{key}: {values[key]:.4g}"
         out.append(line)
     conf.write_text("\n".join(out) + "\n")
-    src = ROOT / "sim" / "config" / "schema.py"
-    code = src.read_text()
-    for key, v in values.items():
-        code, n = re.subn(rf"(\n    {key}: float = )[0-9.e+-]+", lambda m, v=v: f"{m.group(1)}{v:.4g}", code)
-        assert n == 1, key
-    src.write_text(code)
 
 
 def write_gpu_efficiency(gpu: str, f: float) -> None:
@@ -232,7 +227,7 @@ def main() -> None:
         for g, f in gens[0].items():
             if g != "h100":
                 write_gpu_efficiency(g, f)
-        print("stored the factors in conf/engine/vllm.yaml, sim/config/schema.py and conf/gpu/")
+        print("stored the factors in conf/engine/vllm.yaml and conf/gpu/")
 
 
 if __name__ == "__main__":

@@ -108,9 +108,7 @@ def test_options_load_as_hydra_composes_them(group):
     option (`fleetsim <group>=<name>`) gives the same values of the same types, the options its
     `defaults:` list extends included (api=tier1 is an enabled API, as api/default makes it)."""
     import sim
-    from sim.config.schema import Config, load_option, options
-
-    from sim.config.schema import AUTOSCALER_CONFIGS
+    from sim.config.schema import AUTOSCALER_CONFIGS, Config, load_option, options
 
     for name in options(group):
         ours = load_option(group, name)
@@ -129,6 +127,26 @@ def test_option_loader_refuses_unknown_keys():
 
     with pytest.raises(ConfigError, match=r"gpu\.mem_bw_tbs.*did you mean gpu\.mem_bw_tbps"):
         build(GpuConfig, {"mem_bw_tbs": 3.35}, "gpu")
+
+
+def test_catalogue_values_come_from_yaml_only():
+    """A GPU's specs, a model's architecture and the engine's fitted factors have no default in
+    the dataclasses (an option file must give them), and `Config()` is the command line's default
+    scenario (it lacked the model's flop_params_b and intermediate and the GPU's visible memory)."""
+    import sim
+    from sim.config.errors import ConfigError
+    from sim.config.schema import Config, GpuConfig, build
+
+    with pytest.raises(ConfigError, match=r"^gpu\.memory_gib='\(missing\)': must be given"):
+        build(GpuConfig, {"name": "mi300x"}, "gpu")
+    for cls, catalogue in (
+        (GpuConfig, {"memory_gib", "mem_bw_tbps", "bf16_tflops", "price_per_hour"}),
+        (typing.get_type_hints(Config)["model"], {"params_b", "layers", "hidden", "vocab"}),
+        (typing.get_type_hints(Config)["engine"], {"eta_weights", "eta_kv", "step_overhead_ms"}),
+    ):
+        defaults = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        assert not catalogue & defaults, cls
+    assert dataclasses.asdict(Config()) == dataclasses.asdict(sim.compose([]))
 
 
 def test_run_config_yaml_is_what_omegaconf_writes():
@@ -150,11 +168,12 @@ def test_option_loader_types_values_as_declared():
     """A user's option file goes through the same typing as Hydra's: numbers written as text are
     numbers, yes/no are booleans, and a value of the wrong kind names its key."""
     from sim.config.errors import ConfigError
-    from sim.config.schema import ApiConfig, EngineConfig, GpuConfig, build
+    from sim.config.schema import ApiConfig, EngineConfig, GpuConfig, build, load_option
 
-    gpu = build(GpuConfig, {"bf16_tflops": "1.5e3", "max_tp": "8", "price_per_hour": 2}, "gpu")
+    h100, vllm = load_option("gpu", "h100"), load_option("engine", "vllm")
+    gpu = build(GpuConfig, {"bf16_tflops": "1.5e3", "max_tp": "8", "price_per_hour": 2}, "gpu", h100)
     assert gpu.bf16_tflops == 1500.0 and gpu.max_tp == 8 and isinstance(gpu.price_per_hour, float)
-    assert build(EngineConfig, {"prefix_caching": "no"}, "engine").prefix_caching is False
+    assert build(EngineConfig, {"prefix_caching": "no"}, "engine", vllm).prefix_caching is False
     assert build(ApiConfig, {"rpm": None}, "api").rpm is None  # optional: null allowed
     for cls, data, key in (
         (GpuConfig, {"memory_gib": None}, "gpu.memory_gib"),  # not optional

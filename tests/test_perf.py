@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim.config.schema import EngineConfig
+from sim.config.schema import EngineConfig, load_option
 from sim.hardware.perf import LinearDecodeRun, Roofline, TablePerf
 from tests.conftest import cfg
 
@@ -151,8 +151,8 @@ def test_table_model_rejects_a_partial_grid(tmp_path):
 
 
 def test_engine_config_is_plain_dataclass():
-    e = EngineConfig()
-    assert e.fast_forward and e.block_size == 16
+    e = load_option("engine", "vllm")
+    assert isinstance(e, EngineConfig) and e.fast_forward and e.block_size == 16
 
 
 def test_a_measured_table_replaces_the_formula_end_to_end(tmp_path):

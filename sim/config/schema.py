@@ -145,23 +145,26 @@ class WorkloadConfig(SourceConfig):
     turn_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=200.0, p99=1000.0))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ModelConfig:
-    name: str = "llama3-8b"
-    params_b: float = 8.03  # total parameters, billions
+    """A model's architecture (the model group). Catalogue values have no default here: they come
+    from conf/model/*.yaml only (`load_option("model", name)`)."""
+
+    name: str
+    params_b: float  # total parameters, billions
     active_params_b: float | None = None  # parameters used per token (MoE); default: params_b
     flop_params_b: float | None = None  # parameters in per-token matmuls; default: active
-    layers: int = 32
-    hidden: int = 4096
-    heads: int = 32
-    kv_heads: int = 8
-    head_dim: int = 128
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
     experts: int = 0  # routed experts per MoE layer (0: dense model)
     experts_per_token: int = 0
-    max_position: int = 131072  # longest context the model supports
+    max_position: int  # longest context the model supports
     weight_dtype: str = "bf16"  # bf16 | fp8 | int4
     # what vLLM's start-up memory profile depends on (sim/hardware/kvcache.py, docs/model.md)
-    vocab: int = 128256  # vocabulary: logits the sampler holds, embedding and lm_head rows
+    vocab: int  # vocabulary: logits the sampler holds, embedding and lm_head rows
     intermediate: int | None = None  # MLP width per token per layer (MoE: experts_per_token x expert width
     # + shared expert width); null: derived from the active parameters
     tied_embeddings: bool = False  # lm_head shares the embedding matrix
@@ -169,25 +172,32 @@ class ModelConfig:
     # config's ignore list); null: the embedding and lm_head. Unused for bf16 weights
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GpuConfig:
-    name: str = "h100"
-    memory_gib: float = 80.0
-    mem_bw_tbps: float = 3.35  # HBM bandwidth, 1e12 B/s
-    bf16_tflops: float = 989.0  # dense
-    fp8_tflops: float | None = 1979.0  # dense; None where the GPU has no FP8 tensor cores
-    link_gbps: float = 450.0  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
-    allreduce_latency_us: float = 10.0  # per all-reduce, small messages
-    max_tp: int = 8  # GPUs per node that can form one TP group
+    """A GPU's specs and price (the gpu group). Catalogue values have no default here: they come
+    from conf/gpu/*.yaml only (`load_option("gpu", name)`)."""
+
+    name: str
+    memory_gib: float
+    mem_bw_tbps: float  # HBM bandwidth, 1e12 B/s
+    bf16_tflops: float  # dense
+    fp8_tflops: float | None  # dense; None where the GPU has no FP8 tensor cores
+    link_gbps: float  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
+    allreduce_latency_us: float  # per all-reduce, small messages
+    max_tp: int  # GPUs per node that can form one TP group
     efficiency: float = 1.0  # achieved bandwidth and FLOPS relative to the H100 fit (scripts/fit_engine.py)
-    price_per_hour: float = 2.69  # $ per GPU-hour
+    price_per_hour: float  # $ per GPU-hour
     # total memory as the CUDA driver reports it (torch.cuda.mem_get_info), which vLLM multiplies by
     # gpu_memory_utilization; null: memory_gib
     visible_memory_gib: float | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EngineConfig:
+    """The serving engine's settings and fitted performance factors (the engine group). The fitted
+    factors have no default here: they come from conf/engine/vllm.yaml only, which
+    scripts/calibrate.py and scripts/fit_engine.py write."""
+
     name: str = "vllm"
     # null: vLLM's defaults for the GPU and usage (`batch_limits`)
     max_num_seqs: int | None = None
@@ -212,13 +222,13 @@ class EngineConfig:
     max_num_partial_prefills: int = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
     admission: str = "first_chunk"  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
     # performance model (roofline): eta_kv, eta_flops from scripts/calibrate.py; the rest from scripts/fit_engine.py
-    eta_weights: float = 0.7789
-    eta_kv: float = 0.884
-    eta_flops: float = 0.637
-    eta_moe: float = 0.8604  # expert-weight reads relative to dense ones (grouped GEMM)
-    step_overhead_ms: float = 0.691
-    step_overhead_per_seq_us: float = 5.008  # per-iteration time that grows with the batch (per sequence)
-    request_overhead_ms: float = 7.514  # client-visible time outside the engine (API server, tokenizer)
+    eta_weights: float
+    eta_kv: float
+    eta_flops: float
+    eta_moe: float  # expert-weight reads relative to dense ones (grouped GEMM)
+    step_overhead_ms: float
+    step_overhead_per_seq_us: float  # per-iteration time that grows with the batch (per sequence)
+    request_overhead_ms: float  # client-visible time outside the engine (API server, tokenizer)
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
 
 
@@ -465,13 +475,14 @@ class LimitsConfig:
 class Config:
     seed: int = 0
     seeds: list[int] | None = None  # replications: run once per seed, report means and 95% intervals
-    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    gpu: GpuConfig = field(default_factory=GpuConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    fleet: FleetConfig = field(default_factory=FleetConfig)
-    api: ApiConfig = field(default_factory=ApiConfig)
-    slo: SloConfig = field(default_factory=SloConfig)
+    # each group's default: the option conf/config.yaml's defaults list picks, read from its YAML
+    workload: WorkloadConfig = field(default_factory=lambda: default_option("workload"))
+    model: ModelConfig = field(default_factory=lambda: default_option("model"))
+    gpu: GpuConfig = field(default_factory=lambda: default_option("gpu"))
+    engine: EngineConfig = field(default_factory=lambda: default_option("engine"))
+    fleet: FleetConfig = field(default_factory=lambda: default_option("fleet"))
+    api: ApiConfig = field(default_factory=lambda: default_option("api"))
+    slo: SloConfig = field(default_factory=lambda: default_option("slo"))
     output: OutputConfig = field(default_factory=OutputConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
 
@@ -523,6 +534,17 @@ def load_option(group: str, name: str) -> Any:
     return build(typing.get_type_hints(Config)[group], data, group)
 
 
+def default_option(group: str) -> Any:
+    """The option of `group` that conf/config.yaml's defaults list picks, as its dataclass."""
+    import yaml
+
+    data = yaml.safe_load((Path(conf_dir()) / "config.yaml").read_text())
+    for entry in data.get("defaults", []):
+        if isinstance(entry, dict) and group in entry:
+            return load_option(group, entry[group])
+    raise RuntimeError(f"conf/config.yaml names no default for the {group} group")
+
+
 def _option_data(group: str, name: str, seen: tuple[str, ...]) -> dict:
     """An option file's values over those of the options of the same group its `defaults:` list
     names (in the list's order, `_self_` where it stands, else last)."""
@@ -564,11 +586,11 @@ def _merge(into: dict, values: dict) -> None:
 def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
     """The dataclass `cls` from a mapping of its fields, each value checked against its declared
     type (`typed`): merged onto `base` (default: the class's defaults; a nested dataclass onto its
-    field's default), unknown keys refused with the nearest known one."""
+    field's default), unknown keys refused with the nearest known one; a field without a default
+    (a catalogue value) must be in `data` unless there is a base."""
     import dataclasses
     import difflib
 
-    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
@@ -577,7 +599,7 @@ def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
             near = difflib.get_close_matches(name, list(hints), n=1)
             raise ConfigError(where, value, "unknown key" + (f"; did you mean {key}.{near[0]}?" if near else ""))
         kind = hints[name]
-        current = getattr(base, name)
+        current = _field_default(cls, name) if base is None else getattr(base, name)
         if dataclasses.is_dataclass(kind) and isinstance(value, dict):
             kwargs[name] = build(kind, value, where, current if isinstance(current, kind) else None)
         elif kind is Any and isinstance(value, dict) and dataclasses.is_dataclass(current):
@@ -587,7 +609,29 @@ def build(cls: Any, data: dict, key: str, base: Any = None) -> Any:
             kwargs[name] = {**vars(current), **value} if same else value
         else:
             kwargs[name] = typed(value, kind, where)
-    return dataclasses.replace(base, **kwargs)
+    if base is not None:
+        return dataclasses.replace(base, **kwargs)
+    required = (f.name for f in dataclasses.fields(cls) if f.init and _required(f))
+    missing = next((name for name in required if name not in kwargs), None)
+    if missing:
+        raise ConfigError(f"{key}.{missing}", "(missing)", "must be given: it has no default")
+    return cls(**kwargs)
+
+
+def _required(f: Any) -> bool:
+    import dataclasses
+
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+def _field_default(cls: Any, name: str) -> Any:
+    """The default of a dataclass field (its factory's product), or None if it has none."""
+    import dataclasses
+
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")

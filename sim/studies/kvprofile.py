@@ -115,7 +115,8 @@ def run_points_from(data: dict, scout_vision: bool = False) -> list[Point]:
             points[key].id += f",{run['id']}"
             assert points[key].logged_blocks == int(run["vllm_gpu_kv_blocks"]), run["id"]
             continue
-        engine = EngineConfig(
+        engine = dataclasses.replace(
+            load_option("engine", "vllm"),
             max_num_seqs=seqs,
             max_num_batched_tokens=n,
             gpu_memory_utilization=float(run["gpu_memory_utilization"]),
@@ -136,16 +137,21 @@ def published_points(calibration: Path) -> list[Point]:
 
     data = yaml.safe_load((calibration / "published_points.yaml").read_text())
     found = {p["id"]: p for p in data["kv_capacity_points"]}
-    l8 = ModelConfig()  # Llama 3.1 8B: fleetsim's default model
+    l8 = load_option("model", "llama3-8b")  # Llama 3.1 8B
+    vllm = load_option("engine", "vllm")
     l70 = load_option("model", "llama3-70b")
     out = []
     if "mem-l8b-rtx3090" in found:
         p = found["mem-l8b-rtx3090"]["measured"]
-        gpu = GpuConfig(name="rtx3090", memory_gib=23.58, visible_memory_gib=None, fp8_tflops=None)  # as reported
+        # memory as reported; the rest of the specs do not enter the memory plan
+        gpu = dataclasses.replace(
+            load_option("gpu", "h100"), name="rtx3090", memory_gib=23.58, visible_memory_gib=None, fp8_tflops=None
+        )
         # vLLM V0 (v0.6.x): chunked prefill off below 32K context, so max_num_batched_tokens =
         # max(max_model_len, 2048) and max_num_seqs 256 (vllm/engine/arg_utils.py, vllm/config.py)
         n = max(int(p["max_model_len"]), 2048)
-        engine = EngineConfig(
+        engine = dataclasses.replace(
+            vllm,
             max_num_seqs=256,
             max_num_batched_tokens=n,
             enable_chunked_prefill=False,
@@ -161,7 +167,8 @@ def published_points(calibration: Path) -> list[Point]:
         # int8 weights, 1 byte a parameter like fp8 (embedding and lm_head bf16); an 80 GB H100 and
         # `vllm serve`'s V1 defaults of January 2025 there: max_num_batched_tokens 8192, 256 sequences
         model = dataclasses.replace(l70, weight_dtype="fp8", vocab=128256, intermediate=28672)
-        engine = EngineConfig(
+        engine = dataclasses.replace(
+            vllm,
             max_num_seqs=256,
             max_num_batched_tokens=8192,
             gpu_memory_utilization=float(p["gpu_memory_utilization"]),

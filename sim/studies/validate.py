@@ -25,6 +25,7 @@ itl_mean = (mean E2E - mean TTFT) / (mean client-counted output - 1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from sim.config.errors import UserError
-from sim.config.schema import Config, EngineConfig, GpuConfig, load_option
+from sim.config.schema import Config, GpuConfig, load_option
 from sim.hardware.architecture import model_config
 
 METRICS = ("ttft_mean", "ttft_p90", "ttft_p99", "e2e_mean", "e2e_p90", "e2e_p99", "itl_mean")
@@ -58,7 +59,8 @@ def run_config(run: dict, models: dict, engine: dict | None = None) -> Config:
     if str(run.get("precision", "")).upper() == "FP8":
         m.weight_dtype = "fp8"
     gpu: GpuConfig = load_option("gpu", str(run.get("gpu", "h100")).lower())
-    e = EngineConfig(
+    e = dataclasses.replace(
+        load_option("engine", "vllm"),
         max_num_seqs=int(run["max_num_seqs"]) if run.get("max_num_seqs") else None,  # None: vLLM's default
         max_num_batched_tokens=int(run["max_num_batched_tokens"]) if run.get("max_num_batched_tokens") else None,
         gpu_memory_utilization=float(run.get("gpu_memory_utilization", 0.9)),
@@ -274,7 +276,7 @@ def point_config(point: dict, models: dict, usage: str, engine: dict | None = No
     if str(point.get("weights_dtype", "")).lower() in ("fp8", "int8", "w8a8"):
         m.weight_dtype = "fp8"
     gpu: GpuConfig = load_option("gpu", str(point.get("gpu", "h100")).lower())
-    e = EngineConfig(tensor_parallel_size=int(point.get("tp", 1)), usage=usage)
+    e = dataclasses.replace(load_option("engine", "vllm"), tensor_parallel_size=int(point.get("tp", 1)), usage=usage)
     if str(point.get("kv_cache_dtype", "")).lower().startswith("fp8"):
         e.kv_cache_dtype = "fp8"
     for name, value in (engine or {}).items():
