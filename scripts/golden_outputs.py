@@ -11,7 +11,8 @@ on PYTHONPATH), so two worktrees can be compared without reinstalling.
 The scenarios: the default run, a trace replay, an autoscaled day with API overflow, a sweep and
 a plan, each shortened so that all five take under a minute on two cores. Logs, Hydra's own
 records (.hydra/, *.log, multirun.yaml) and the sweep marker are left out; wall-clock columns
-(`wall_time_s`, `run_s`) and the output folder's path are blanked before hashing.
+(`wall_time_s`, `run_s`, the plan's wall time) and the output folder's path are blanked before
+hashing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +70,8 @@ def normalised(f: Path, out: Path) -> bytes:
         buf = io.StringIO()
         df.to_csv(buf, index=False)
         return buf.getvalue().replace(str(out), "<OUT>").encode()
+    if f.name == "plan.md":  # the planner's wall time: "N simulations in T s"
+        return re.sub(r"(simulations? in )[0-9.,]+ s", r"\1<T> s", f.read_text()).encode()
     return f.read_bytes()
 
 

@@ -335,7 +335,16 @@ def _one_line(exc: BaseException) -> str:
         if ln.startswith(("provider=", "pkg://", "file://")):
             continue
         keep.append(ln)
-    return " ".join(keep)[:400]
+    return _closed_set(" ".join(keep))[:400]
+
+
+def _closed_set(text: str) -> str:
+    """OmegaConf's refusal of a name outside an Enum's closed set, in fleetsim's words:
+    `fleet.router='x': must be one of a, b`."""
+    import re
+
+    m = re.search(r"override (\S+?)=(\S*): Invalid value '([^']*)', expected one of \[([^\]]*)\]", text)
+    return f"{m.group(1)}={m.group(3)!r}: must be one of {m.group(4)}" if m else text
 
 
 def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> None:

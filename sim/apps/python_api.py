@@ -49,10 +49,18 @@ def to_config(obj: Any) -> Config:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or "config"
-        first = str(exc).splitlines()[0] + _did_you_mean(key)
+        first = _closed_set(str(exc).splitlines()[0]) + _did_you_mean(key)
         raise ConfigError(key, getattr(exc, "value", None) or "?", first) from None
     unknown_keys(cfg, "")
     return cfg  # type: ignore[return-value]
+
+
+def _closed_set(text: str) -> str:
+    """OmegaConf's refusal of a name outside an Enum's closed set, in fleetsim's words."""
+    import re
+
+    m = re.match(r"Invalid value '[^']*', expected one of \[([^\]]*)\]", text)
+    return f"must be one of {m.group(1)}" if m else text
 
 
 def run(config: Any, workload: Workload | None = None) -> Result:
@@ -76,11 +84,26 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Confi
     """The validated-type Config the command line would build from these overrides."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.errors import ConfigCompositionException
 
     register_configs()
     with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
-        node = hydra_compose(config_name=config_name, overrides=list(overrides))
+        try:
+            node = hydra_compose(config_name=config_name, overrides=list(overrides))
+        except ConfigCompositionException as exc:
+            raise _refused_choice(exc) or exc from None
     return to_config(node)
+
+
+def _refused_choice(exc: Exception) -> ConfigError | None:
+    """An override outside a closed set (`fleet.router=x`) as the ConfigError validation gives."""
+    import re
+
+    m = re.search(r"override (\S+?)=(\S*)", str(exc))
+    allowed = _closed_set(str(exc.__cause__ or "").splitlines()[0] if exc.__cause__ else "")
+    if m and allowed.startswith("must be one of"):
+        return ConfigError(m.group(1), m.group(2), allowed)
+    return None
 
 
 def split_config(node) -> tuple[Config, PlanConfig]:

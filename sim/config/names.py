@@ -1,14 +1,128 @@
-"""The closed sets of names a config may use. The packages that implement them register one
-class or function per name under the same keys (tests/test_architecture.py keeps the two in
-step), so a config can be checked without importing the simulator."""
+"""The closed sets of names a config may use, as Enums (`sim.config.bounds.Choice`: each member
+compares, hashes and writes as its text, so code and YAML use the plain names). The packages that
+implement them register one class or function per name under the same keys
+(tests/test_architecture.py keeps the two in step), so a config can be checked without importing
+the simulator."""
 
+from sim.config.bounds import Choice
+
+
+class Arrival(Choice):
+    """How a source's requests arrive: a process (sim.workload.arrivals.ARRIVALS), a replayed
+    trace (sim.workload.traces) or closed-loop users (sim.workload.closedloop)."""
+
+    poisson = "poisson"
+    uniform = "uniform"
+    gamma = "gamma"
+    mmpp = "mmpp"
+    diurnal = "diurnal"
+    trace = "trace"
+    closed = "closed"
+
+
+class TimeUnit(Choice):
+    s = "s"
+    ms = "ms"
+    us = "us"
+
+
+class LengthDist(Choice):
+    fixed = "fixed"
+    uniform = "uniform"
+    lognormal = "lognormal"
+    empirical = "empirical"
+
+
+class ThinkDist(Choice):
+    exponential = "exponential"
+    fixed = "fixed"
+    lognormal = "lognormal"
+
+
+class WeightDtype(Choice):
+    bf16 = "bf16"
+    fp8 = "fp8"
+    int4 = "int4"
+
+
+class KvDtype(Choice):
+    auto = "auto"
+    bf16 = "bf16"
+    fp8 = "fp8"
+
+
+class Usage(Choice):
+    api_server = "api_server"  # vllm serve
+    offline = "offline"  # the LLM class
+
+
+class Admission(Choice):
+    first_chunk = "first_chunk"
+    full_prompt = "full_prompt"
+
+
+class Router(Choice):  # sim.des.router.ROUTERS
+    least_outstanding = "least_outstanding"
+    round_robin = "round_robin"
+    power_of_two = "power_of_two"
+    prefix_aware = "prefix_aware"
+
+
+class Metric(Choice):
+    concurrency = "concurrency"
+    running = "running"
+    kv = "kv"
+    tokens_per_s = "tokens_per_s"
+
+
+class PricingKind(Choice):
+    on_demand = "on_demand"
+    reserved = "reserved"
+    spot = "spot"
+    owned = "owned"
+
+
+class Burst(Choice):
+    on_demand = "on_demand"
+    spot = "spot"
+
+
+class GpuBilling(Choice):
+    per_second = "per_second"
+    per_hour = "per_hour"
+
+
+class Overflow(Choice):  # sim.des.overflow.OVERFLOW
+    never = "never"
+    always = "always"
+    ttft = "ttft"
+    slo = "slo"
+    queue = "queue"
+    share = "share"
+
+
+class ApiBilling(Choice):
+    per_token = "per_token"
+    per_second = "per_second"
+
+
+class LongOutput(Choice):
+    truncate = "truncate"
+    refuse = "refuse"
+
+
+class OnLimit(Choice):
+    gpu = "gpu"
+    backoff = "backoff"
+
+
+TRACE = Arrival.trace.value  # arrivals replayed from a file (sim.workload.traces)
+CLOSED = Arrival.closed.value  # users that wait for each answer before sending again
 ARRIVAL_PROCESSES = ("poisson", "uniform", "gamma", "mmpp", "diurnal")  # sim.workload.arrivals.ARRIVALS
-TRACE = "trace"  # arrivals replayed from a file (sim.workload.traces)
-CLOSED = "closed"  # users that wait for each answer before sending again (sim.workload.closedloop)
 TRACE_FORMATS = ("azure", "burstgpt", "mooncake", "csv", "parquet")  # sim.workload.traces.READERS
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # a trace's time column, in seconds per unit
-ROUTERS = ("least_outstanding", "round_robin", "power_of_two", "prefix_aware")  # sim.des.router.ROUTERS
+ROUTERS = Router.names()
 AUTOSCALERS = ("fixed", "target", "ray", "schedule")  # sim.des.autoscale.AUTOSCALERS
-AUTOSCALER_METRICS = ("concurrency", "running", "kv", "tokens_per_s")
+AUTOSCALER_METRICS = Metric.names()
 MEMORY_PROFILERS = ("v0.15", "v0.21", "v0.8", "v0.7", "v0.6")  # sim.hardware.kvcache.PROFILERS
-OVERFLOW = ("never", "always", "ttft", "slo", "queue", "share")  # sim.des.overflow.OVERFLOW
+OVERFLOW = Overflow.names()

@@ -8,23 +8,38 @@ Nothing here changes a config after it has been validated.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from sim.config.bounds import Bound, Fraction, NonNeg, OneOf, Positive, Share, at_least, at_most, check
 from sim.config.errors import ConfigError
 from sim.config.names import (
-    ARRIVAL_PROCESSES,
-    AUTOSCALER_METRICS,
     CLOSED,
     MEMORY_PROFILERS,
-    OVERFLOW,
-    ROUTERS,
-    TIME_UNITS,
     TRACE,
     TRACE_FORMATS,
+    Admission,
+    ApiBilling,
+    Arrival,
+    Burst,
+    GpuBilling,
+    KvDtype,
+    LengthDist,
+    LongOutput,
+    Metric,
+    OnLimit,
+    Overflow,
+    PricingKind,
+    Router,
+    ThinkDist,
+    TimeUnit,
+    Usage,
+    WeightDtype,
 )
 
 # ----------------------------------------------------------------------------- schema
@@ -34,7 +49,7 @@ from sim.config.names import (
 class LengthConfig:
     """A token-length model: `dist` plus the parameters that distribution uses."""
 
-    dist: str = "fixed"  # fixed | uniform | lognormal | empirical
+    dist: LengthDist = LengthDist.fixed  # fixed | uniform | lognormal | empirical
     mean: float | None = None  # fixed: the value; lognormal: the mean
     p99: float | None = None  # lognormal: 99th percentile
     low: int | None = None  # uniform: inclusive bounds
@@ -69,7 +84,7 @@ class ColumnMap:
 class SourceConfig:
     """One stream of requests: an arrival process and its token lengths."""
 
-    arrival: str = "poisson"  # poisson | uniform | mmpp | gamma | diurnal | trace
+    arrival: Arrival = Arrival.poisson  # poisson | uniform | mmpp | gamma | diurnal | trace
     rate: float = 10.0  # mean arrivals per second (diurnal: mean over a weekday)
     # mmpp: two-state Markov-modulated Poisson (calm and burst)
     burst_multiplier: float = 4.0  # burst rate / calm rate
@@ -87,16 +102,20 @@ class SourceConfig:
     path: str | None = None
     format: str = "csv"  # azure | burstgpt | mooncake | csv | parquet
     columns: ColumnMap = field(default_factory=ColumnMap)  # csv/parquet (and burstgpt's label)
-    time_unit: str = "s"  # csv/parquet arrival column unit: s | ms | us
+    time_unit: TimeUnit = TimeUnit.s  # csv/parquet arrival column unit: s | ms | us
     keep_failed: bool = False  # burstgpt: keep zero-response (failed) rows as 1-token outputs
     sort: bool = False  # timestamps out of order: error (false) or sort with a warning (true)
     # token lengths (trace replay takes them from the trace)
-    prompt_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=1000.0, p99=4000.0))
-    output_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=250.0, p99=1000.0))
+    prompt_tokens: LengthConfig = field(
+        default_factory=lambda: LengthConfig(dist=LengthDist.lognormal, mean=1000.0, p99=4000.0)
+    )
+    output_tokens: LengthConfig = field(
+        default_factory=lambda: LengthConfig(dist=LengthDist.lognormal, mean=250.0, p99=1000.0)
+    )
     pairs: PairsConfig = field(default_factory=PairsConfig)  # when set, replaces both length models
     # this class's own SLO thresholds (default: the slo group's)
-    slo_ttft_s: float | None = None
-    slo_tpot_s: float | None = None
+    slo_ttft_s: Positive[float] | None = None
+    slo_tpot_s: Positive[float] | None = None
 
 
 @dataclass
@@ -105,7 +124,8 @@ class SharedPrefixConfig:
     traffic reuses a few long prefixes, which prefix caching on the GPUs skips and APIs bill at
     the cached price."""
 
-    groups: int = 0  # number of distinct system prompts (0: no shared prefix)
+    # number of distinct system prompts (0: no shared prefix)
+    groups: Annotated[int, at_least(0, "0: no shared prefix"), at_most(1_000_000)] = 0
     tokens: int = 0  # tokens of each system prompt; part of the prompt length, not added to it
     share: float = 1.0  # fraction of requests that carry one
     zipf: float = 0.0  # popularity of the groups: P(group k) ~ 1 / k^zipf (0: uniform)
@@ -118,31 +138,33 @@ class WorkloadConfig(SourceConfig):
     transforms applied to the whole."""
 
     name: str = "steady"
-    duration_s: float | None = 600.0  # horizon of arrivals; null: the whole trace
+    duration_s: Positive[float] | None = 600.0  # horizon of arrivals; null: the whole trace
     sources: dict[str, SourceConfig] = field(default_factory=dict)  # a mix: class name -> source
     # what-if transforms, in this order
-    window_start_s: float | None = None  # keep arrivals in [start, end) (from the first), re-zeroed
+    window_start_s: NonNeg[float] | None = None  # keep arrivals in [start, end) (from the first), re-zeroed
     window_end_s: float | None = None
-    rate_scale: float = 1.0  # time compressed by this factor: 2 = the same traffic twice as fast
+    rate_scale: Positive[float] = 1.0  # time compressed by this factor: 2 = the same traffic twice as fast
     loop: bool = False  # repeat the arrivals to fill duration_s
-    load_scale: float = 1.0  # requests thinned (<1) or replicated (>1), time shape kept
-    prompt_scale: float = 1.0  # multiply every prompt length
-    output_scale: float = 1.0  # multiply every output length
+    load_scale: Positive[float] = 1.0  # requests thinned (<1) or replicated (>1), time shape kept
+    prompt_scale: Positive[float] = 1.0  # multiply every prompt length
+    output_scale: Positive[float] = 1.0  # multiply every output length
     # replications (seeds) of a trace replay: each seed replays a block bootstrap of the trace,
     # blocks of this many seconds drawn with replacement (null: replay the trace as it is)
-    bootstrap_block_s: float | None = 300.0
+    bootstrap_block_s: Positive[float] | None = 300.0
     shared_prefix: SharedPrefixConfig = field(default_factory=SharedPrefixConfig)
     # closed loop (arrival: closed): users that send a request, wait for its answer, think, send
     # again, until `requests` have been sent in all or `duration_s` has passed (sim.workload.closedloop)
     users: int | None = None  # concurrent users
     think_time_s: float = 0.0  # mean pause between an answer and the user's next request
-    think_dist: str = "exponential"  # exponential | fixed | lognormal
+    think_dist: ThinkDist = ThinkDist.exponential  # exponential | fixed | lognormal
     think_cv: float = 1.0  # lognormal: coefficient of variation of the think time
     requests: int | None = None  # stop after this many requests in all (null: at duration_s)
     ramp_s: float = 0.0  # user k of n starts at k / n x ramp_s
     # multi-turn sessions: turn i+1's prompt = turn i's prompt + its answer + turn_tokens
-    turns: LengthConfig = field(default_factory=lambda: LengthConfig(dist="fixed", mean=1.0))
-    turn_tokens: LengthConfig = field(default_factory=lambda: LengthConfig(dist="lognormal", mean=200.0, p99=1000.0))
+    turns: LengthConfig = field(default_factory=lambda: LengthConfig(dist=LengthDist.fixed, mean=1.0))
+    turn_tokens: LengthConfig = field(
+        default_factory=lambda: LengthConfig(dist=LengthDist.lognormal, mean=200.0, p99=1000.0)
+    )
 
 
 @dataclass(kw_only=True)
@@ -151,24 +173,24 @@ class ModelConfig:
     from conf/model/*.yaml only (`load_option("model", name)`)."""
 
     name: str
-    params_b: float  # total parameters, billions
-    active_params_b: float | None = None  # parameters used per token (MoE); default: params_b
-    flop_params_b: float | None = None  # parameters in per-token matmuls; default: active
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    experts: int = 0  # routed experts per MoE layer (0: dense model)
+    params_b: Positive[float]  # total parameters, billions
+    active_params_b: Positive[float] | None = None  # parameters used per token (MoE); default: params_b
+    flop_params_b: Positive[float] | None = None  # parameters in per-token matmuls; default: active
+    layers: Positive[int]
+    hidden: Positive[int]
+    heads: Positive[int]
+    kv_heads: Positive[int]
+    head_dim: Positive[int]
+    experts: Annotated[int, at_least(0, "0 for a dense model")] = 0  # routed experts per MoE layer (0: dense model)
     experts_per_token: int = 0
-    max_position: int  # longest context the model supports
-    weight_dtype: str = "bf16"  # bf16 | fp8 | int4
+    max_position: Positive[int]  # longest context the model supports
+    weight_dtype: WeightDtype = WeightDtype.bf16  # bf16 | fp8 | int4
     # what vLLM's start-up memory profile depends on (sim/hardware/kvcache.py, docs/model.md)
-    vocab: int  # vocabulary: logits the sampler holds, embedding and lm_head rows
-    intermediate: int | None = None  # MLP width per token per layer (MoE: experts_per_token x expert width
+    vocab: Positive[int]  # vocabulary: logits the sampler holds, embedding and lm_head rows
+    intermediate: Positive[int] | None = None  # MLP width per token per layer (MoE: experts_per_token x expert width
     # + shared expert width); null: derived from the active parameters
     tied_embeddings: bool = False  # lm_head shares the embedding matrix
-    bf16_params_b: float | None = None  # parameters a quantized checkpoint keeps in bf16 (its quantization
+    bf16_params_b: NonNeg[float] | None = None  # parameters a quantized checkpoint keeps in bf16 (its quantization
     # config's ignore list); null: the embedding and lm_head. Unused for bf16 weights
 
 
@@ -178,18 +200,20 @@ class GpuConfig:
     from conf/gpu/*.yaml only (`load_option("gpu", name)`)."""
 
     name: str
-    memory_gib: float
-    mem_bw_tbps: float  # HBM bandwidth, 1e12 B/s
-    bf16_tflops: float  # dense
-    fp8_tflops: float | None  # dense; None where the GPU has no FP8 tensor cores
-    link_gbps: float  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
-    allreduce_latency_us: float  # per all-reduce, small messages
-    max_tp: int  # GPUs per node that can form one TP group
-    efficiency: float = 1.0  # achieved bandwidth and FLOPS relative to the H100 fit (scripts/fit_engine.py)
-    price_per_hour: float  # $ per GPU-hour
+    memory_gib: Positive[float]
+    mem_bw_tbps: Positive[float]  # HBM bandwidth, 1e12 B/s
+    bf16_tflops: Positive[float]  # dense
+    fp8_tflops: Positive[float] | None  # dense; None where the GPU has no FP8 tensor cores
+    link_gbps: Positive[float]  # GPU-to-GPU bandwidth per direction, GB/s (TP all-reduce)
+    allreduce_latency_us: NonNeg[float]  # per all-reduce, small messages
+    max_tp: Positive[int]  # GPUs per node that can form one TP group
+    efficiency: Annotated[float, Bound(0, 2, lo_open=True, why="1: as efficient as the H100 fit")] = (
+        1.0  # achieved bandwidth and FLOPS relative to the H100 fit (scripts/fit_engine.py)
+    )
+    price_per_hour: Annotated[float, at_least(0, "$ per GPU-hour")]  # $ per GPU-hour
     # total memory as the CUDA driver reports it (torch.cuda.mem_get_info), which vLLM multiplies by
     # gpu_memory_utilization; null: memory_gib
-    visible_memory_gib: float | None = None
+    visible_memory_gib: Positive[float] | None = None
 
 
 @dataclass(kw_only=True)
@@ -200,35 +224,39 @@ class EngineConfig:
 
     name: str = "vllm"
     # null: vLLM's defaults for the GPU and usage (`batch_limits`)
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    usage: str = "api_server"  # api_server (vllm serve) | offline (the LLM class): vLLM's defaults differ
+    max_num_seqs: Positive[int] | None = None
+    max_num_batched_tokens: Positive[int] | None = None
+    usage: Usage = Usage.api_server  # api_server (vllm serve) | offline (the LLM class): vLLM's defaults differ
     enable_chunked_prefill: bool = True
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
+    block_size: Annotated[int, OneOf(BLOCK_SIZES)] = 16
+    gpu_memory_utilization: Fraction[float] = 0.9
     # KV-cache sizing. null: as vLLM profiles it at start-up (sim/hardware/kvcache.py, docs/model.md); a number:
     # a fixed non-KV reserve per GPU (activations, CUDA graphs, NCCL) taken from gpu.memory_gib (the old rule)
-    reserve_gib: float | None = None
-    memory_profiler: str = "v0.15"  # whose profiling to follow: v0.15 (v0.9.2-v0.20) | v0.21 | v0.8 | v0.7 | v0.6
-    cudagraph_gib: float | None = None  # CUDA-graph memory counted before sizing; null: the profiler's rule
+    reserve_gib: NonNeg[float] | None = None
+    memory_profiler: Annotated[str, OneOf(MEMORY_PROFILERS)] = (
+        "v0.15"  # whose profiling to follow: v0.15 (v0.9.2-v0.20) | v0.21 | v0.8 | v0.7 | v0.6
+    )
+    cudagraph_gib: NonNeg[float] | None = None  # CUDA-graph memory counted before sizing; null: the profiler's rule
     tensor_parallel_size: int = 1
-    kv_cache_dtype: str = "auto"  # auto (= bf16) | bf16 | fp8
-    max_model_len: int | None = None  # default: min(model.max_position, KV capacity)
-    kv_blocks: int | None = None  # pin the KV cache to the blocks vLLM reported at start-up (its log)
+    kv_cache_dtype: KvDtype = KvDtype.auto  # auto (= bf16) | bf16 | fp8
+    max_model_len: Positive[int] | None = None  # default: min(model.max_position, KV capacity)
+    kv_blocks: Positive[int] | None = None  # pin the KV cache to the blocks vLLM reported at start-up (its log)
     fast_forward: bool = True
     prefix_caching: bool = True  # vLLM V1's default; acts on workloads with prefix ids (sim.des.prefix)
     async_scheduling: bool = True  # vLLM's default since v0.13: a request joins one iteration later
-    long_prefill_token_threshold: int = 0  # > 0: no request prefills more tokens than this per iteration
-    max_num_partial_prefills: int = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
-    admission: str = "first_chunk"  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
+    long_prefill_token_threshold: Annotated[int, at_least(0, "0: no cap")] = (
+        0  # > 0: no request prefills more tokens than this per iteration
+    )
+    max_num_partial_prefills: Positive[int] = 1  # > 1 with no threshold: the threshold is 4% of max_model_len
+    admission: Admission = Admission.first_chunk  # first_chunk (vLLM v0.15) | full_prompt: KV for the whole prompt free
     # performance model (roofline): eta_kv, eta_flops from scripts/calibrate.py; the rest from scripts/fit_engine.py
-    eta_weights: float
-    eta_kv: float
-    eta_flops: float
-    eta_moe: float  # expert-weight reads relative to dense ones (grouped GEMM)
-    step_overhead_ms: float
-    step_overhead_per_seq_us: float  # per-iteration time that grows with the batch (per sequence)
-    request_overhead_ms: float  # client-visible time outside the engine (API server, tokenizer)
+    eta_weights: Fraction[float]
+    eta_kv: Fraction[float]
+    eta_flops: Fraction[float]
+    eta_moe: Fraction[float]  # expert-weight reads relative to dense ones (grouped GEMM)
+    step_overhead_ms: NonNeg[float]
+    step_overhead_per_seq_us: NonNeg[float]  # per-iteration time that grows with the batch (per sequence)
+    request_overhead_ms: NonNeg[float]  # client-visible time outside the engine (API server, tokenizer)
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
 
 
@@ -239,7 +267,7 @@ class AutoscalerConfig:
     under its name, with one YAML file in conf/fleet/autoscaler/."""
 
     name: str = "fixed"  # fixed | target | ray | schedule
-    interval_s: float = 2.0  # how often load is sampled and a decision taken
+    interval_s: Positive[float] = 2.0  # how often load is sampled and a decision taken
 
 
 @dataclass
@@ -254,15 +282,17 @@ class TargetAutoscaler(AutoscalerConfig):
     """Knative's KPA: desired = ceil(load / target), load averaged over a window."""
 
     name: str = "target"
-    metric: str = "concurrency"  # concurrency | running | kv | tokens_per_s
-    target: float = 32.0  # load per replica to aim for, in the metric's unit
-    stable_window_s: float = 60.0
+    metric: Metric = Metric.concurrency  # concurrency | running | kv | tokens_per_s
+    target: Positive[float] = 32.0  # load per replica to aim for, in the metric's unit
+    stable_window_s: Positive[float] = 60.0
     panic_window_s: float = 6.0
-    panic_threshold: float = 2.0  # panic (scale on the short window, never down) at this x target
-    scale_down_delay_s: float = 60.0  # a lower desired count must hold this long before acting
-    max_scale_up_rate: float = 1000.0  # at most x current replicas per decision
-    max_scale_down_rate: float = 2.0  # at least current / rate replicas after a decision
-    scale_to_zero_grace_s: float = 30.0  # with min_replicas = 0: idle this long before zero
+    panic_threshold: Annotated[float, at_least(1)] = (
+        2.0  # panic (scale on the short window, never down) at this x target
+    )
+    scale_down_delay_s: NonNeg[float] = 60.0  # a lower desired count must hold this long before acting
+    max_scale_up_rate: Annotated[float, at_least(1)] = 1000.0  # at most x current replicas per decision
+    max_scale_down_rate: Annotated[float, at_least(1)] = 2.0  # at least current / rate replicas after a decision
+    scale_to_zero_grace_s: NonNeg[float] = 30.0  # with min_replicas = 0: idle this long before zero
 
 
 @dataclass
@@ -270,10 +300,10 @@ class RayAutoscaler(AutoscalerConfig):
     """Ray Serve's: a target of ongoing requests per replica, acted on after a delay."""
 
     name: str = "ray"
-    metric: str = "concurrency"  # concurrency | running | kv | tokens_per_s
-    target: float = 32.0
-    upscale_delay_s: float = 30.0
-    downscale_delay_s: float = 600.0
+    metric: Metric = Metric.concurrency  # concurrency | running | kv | tokens_per_s
+    target: Positive[float] = 32.0
+    upscale_delay_s: NonNeg[float] = 30.0
+    downscale_delay_s: NonNeg[float] = 600.0
 
 
 @dataclass
@@ -319,11 +349,11 @@ def autoscaler_config(value: Any, key: str = "fleet.autoscaler") -> AutoscalerCo
 class ColdStartConfig:
     """Provisioning time of a new replica: acquire + image + weight load + engine start."""
 
-    acquire_s: float = 0.0  # waiting for a GPU node (0: capacity on hand)
-    image_s: float = 10.0  # container start with a cached image
-    load_gbps: float = 2.0  # weight loading from local disk, GB/s per GPU
-    init_s: float = 15.0  # engine start: CUDA graphs, compilation, KV profiling
-    fixed_s: float | None = None  # a measured cold start replaces the sum
+    acquire_s: NonNeg[float] = 0.0  # waiting for a GPU node (0: capacity on hand)
+    image_s: NonNeg[float] = 10.0  # container start with a cached image
+    load_gbps: Positive[float] = 2.0  # weight loading from local disk, GB/s per GPU
+    init_s: NonNeg[float] = 15.0  # engine start: CUDA graphs, compilation, KV profiling
+    fixed_s: NonNeg[float] | None = None  # a measured cold start replaces the sum
 
 
 @dataclass
@@ -331,51 +361,57 @@ class SleepConfig:
     """vLLM-style sleep of idle replicas (fleet.sleep)."""
 
     enabled: bool = False
-    level: int = 1  # 1: weights to host RAM; 2: weights dropped (wake reloads them)
-    idle_s: float = 60.0  # idle this long before sleeping
-    min_awake: int = 1  # never fewer awake replicas than this
-    cost_fraction: float = 1.0  # billed share of the rate while asleep (0: GPU released)
-    l1_gbps: float = 15.0  # host-to-GPU weight copy on a level-1 wake, GB/s per GPU
-    wake_extra_s: float = 0.5  # first step after a wake is slower (warm-up)
-    wake_s: float | None = None  # a measured wake time replaces the derivation
+    level: Annotated[int, OneOf((1, 2), "1: weights to host RAM, 2: weights dropped")] = (
+        1  # 1: weights to host RAM; 2: weights dropped (wake reloads them)
+    )
+    idle_s: NonNeg[float] = 60.0  # idle this long before sleeping
+    min_awake: NonNeg[int] = 1  # never fewer awake replicas than this
+    cost_fraction: Share[float] = 1.0  # billed share of the rate while asleep (0: GPU released)
+    l1_gbps: Positive[float] = 15.0  # host-to-GPU weight copy on a level-1 wake, GB/s per GPU
+    wake_extra_s: NonNeg[float] = 0.5  # first step after a wake is slower (warm-up)
+    wake_s: NonNeg[float] | None = None  # a measured wake time replaces the derivation
 
 
 @dataclass
 class PricingConfig:
     """How GPU time is priced and billed (fleet.pricing)."""
 
-    kind: str = "on_demand"  # on_demand | reserved | spot | owned
-    reserved_gpus: int = 0  # reserved: GPUs committed for the whole horizon
-    reserved_fraction: float = 0.6  # reserved price / on-demand price (30-50% cuts are typical)
-    burst: str = "on_demand"  # reserved: replicas beyond the reservation run on_demand or spot
-    spot_fraction: float = 0.4  # spot price / on-demand price
-    spot_preemptions_per_hour: float = 0.1  # per spot replica
-    billing: str = "per_second"  # per_second | per_hour (each replica's lifetime rounded up)
-    min_billed_s: float = 60.0  # minimum billed lifetime of a replica
-    ops_cost_per_month: float = 0.0  # fixed operations cost, prorated over the horizon (GPU fleets only)
+    kind: PricingKind = PricingKind.on_demand  # on_demand | reserved | spot | owned
+    reserved_gpus: NonNeg[int] = 0  # reserved: GPUs committed for the whole horizon
+    reserved_fraction: Share[float] = 0.6  # reserved price / on-demand price (30-50% cuts are typical)
+    burst: Burst = Burst.on_demand  # reserved: replicas beyond the reservation run on_demand or spot
+    spot_fraction: Share[float] = 0.4  # spot price / on-demand price
+    spot_preemptions_per_hour: NonNeg[float] = 0.1  # per spot replica
+    billing: GpuBilling = GpuBilling.per_second  # per_second | per_hour (each replica's lifetime rounded up)
+    min_billed_s: NonNeg[float] = 60.0  # minimum billed lifetime of a replica
+    ops_cost_per_month: NonNeg[float] = 0.0  # fixed operations cost, prorated over the horizon (GPU fleets only)
     # instances rented whole: GPUs per instance (an 8-GPU node bills all 8 even if replicas use 2)
-    instance_gpus: int = 1
+    instance_gpus: Positive[int] = 1
     # egress: $ per GB of generated output leaving the cloud, at bytes_per_token (streamed text)
-    egress_per_gb: float = 0.0
-    bytes_per_token: float = 4.0
+    egress_per_gb: NonNeg[float] = 0.0
+    bytes_per_token: NonNeg[float] = 4.0
     # owned hardware (kind=owned): an effective $/GPU-hour from purchase, power and hosting
-    purchase_per_gpu: float = 30000.0  # $ per GPU, its share of the server included
-    amortization_years: float = 3.0
-    power_kw_per_gpu: float = 0.7  # draw at load, its share of the server included
-    price_per_kwh: float = 0.10
-    pue: float = 1.3  # data-centre power usage effectiveness (>= 1)
-    hosting_per_gpu_month: float = 0.0  # rack space, network, support
-    owned_gpus: int | None = None  # GPUs bought (default: the most the fleet can use)
+    purchase_per_gpu: NonNeg[float] = 30000.0  # $ per GPU, its share of the server included
+    amortization_years: Positive[float] = 3.0
+    power_kw_per_gpu: NonNeg[float] = 0.7  # draw at load, its share of the server included
+    price_per_kwh: NonNeg[float] = 0.10
+    pue: Annotated[float, at_least(1, "facility power / IT power")] = (
+        1.3  # data-centre power usage effectiveness (>= 1)
+    )
+    hosting_per_gpu_month: NonNeg[float] = 0.0  # rack space, network, support
+    owned_gpus: NonNeg[int] | None = None  # GPUs bought (default: the most the fleet can use)
 
 
 @dataclass
 class FleetConfig:
     name: str = "fixed"
-    replicas: int = 1  # fixed: the fleet size; autoscaled: replicas at t = 0
-    min_replicas: int = 1
+    replicas: Annotated[int, at_least(0, "0: no GPUs, the API serves everything")] = (
+        1  # fixed: the fleet size; autoscaled: replicas at t = 0
+    )
+    min_replicas: NonNeg[int] = 1
     max_replicas: int = 8
-    router: str = "least_outstanding"  # least_outstanding | round_robin | power_of_two | prefix_aware
-    prefix_slack: int = 8  # prefix_aware: extra load accepted for a cache hit
+    router: Router = Router.least_outstanding  # least_outstanding | round_robin | power_of_two | prefix_aware
+    prefix_slack: NonNeg[int] = 8  # prefix_aware: extra load accepted for a cache hit
     start_warm: bool = True  # replicas present at t = 0 are ready (no cold start)
     # one of AUTOSCALER_CONFIGS (a mapping is turned into its class by its name)
     autoscaler: Any = field(default_factory=FixedAutoscaler)
@@ -390,11 +426,11 @@ class FleetConfig:
 @dataclass
 class ApiTier:
     name: str = "tier"
-    min_lifetime_spend_usd: float = 0.0
-    rpm: int | None = None
-    tpm: int | None = None
-    max_output_tokens: int | None = None
-    monthly_cap_usd: float | None = None
+    min_lifetime_spend_usd: NonNeg[float] = 0.0
+    rpm: Positive[int] | None = None
+    tpm: Positive[int] | None = None
+    max_output_tokens: Positive[int] | None = None
+    monthly_cap_usd: NonNeg[float] | None = None
 
 
 @dataclass
@@ -403,55 +439,55 @@ class ApiConfig:
 
     name: str = "none"
     enabled: bool = False
-    overflow: str = "never"  # never | always | ttft | slo | queue | share
-    ttft_margin: float = 1.0  # ttft/slo: overflow when a prediction exceeds margin x the SLO threshold
-    queue_threshold: int = 16  # queue: overflow when this many requests wait ahead
-    share: float = 0.0  # share: this fraction of requests, at random
+    overflow: Overflow = Overflow.never  # never | always | ttft | slo | queue | share
+    ttft_margin: Positive[float] = 1.0  # ttft/slo: overflow when a prediction exceeds margin x the SLO threshold
+    queue_threshold: NonNeg[int] = 16  # queue: overflow when this many requests wait ahead
+    share: Share[float] = 0.0  # share: this fraction of requests, at random
     # latency: TTFT lognormal (mean, p99); output speed lognormal (mean, cv) tokens/s per request
-    ttft_mean_s: float = 0.35
+    ttft_mean_s: Positive[float] = 0.35
     ttft_p99_s: float = 1.5
-    tokens_per_s_mean: float = 80.0
-    tokens_per_s_cv: float = 0.3
+    tokens_per_s_mean: Positive[float] = 80.0
+    tokens_per_s_cv: NonNeg[float] = 0.3
     # prices, $ per million tokens
-    price_input_per_m: float = 0.10
-    price_cached_input_per_m: float = 0.05
-    price_output_per_m: float = 0.10
-    cache_hit_rate: float = 0.5  # share of input tokens billed at the cached price
+    price_input_per_m: NonNeg[float] = 0.10
+    price_cached_input_per_m: NonNeg[float] = 0.05
+    price_output_per_m: NonNeg[float] = 0.10
+    cache_hit_rate: Share[float] = 0.5  # share of input tokens billed at the cached price
     # time-based billing (seed 002): $ per second of a request's execution (not queueing or warm-up)
-    billing: str = "per_token"  # per_token | per_second
-    price_per_second: float = 0.0
+    billing: ApiBilling = ApiBilling.per_token  # per_token | per_second
+    price_per_second: NonNeg[float] = 0.0
     # warm and cold endpoint: idle this long, it goes cold; the next request waits warmup_s (unbilled)
-    cold_after_s: float | None = None  # null: always warm
-    warmup_s: float = 15.0
-    prefill_tokens_per_s: float | None = None  # TTFT grows with the prompt: + prompt / this rate
+    cold_after_s: NonNeg[float] | None = None  # null: always warm
+    warmup_s: NonNeg[float] = 15.0
+    prefill_tokens_per_s: Positive[float] | None = None  # TTFT grows with the prompt: + prompt / this rate
     # limits
-    rpm: int | None = None  # requests started per minute (sliding 60 s window)
-    tpm: int | None = None  # prompt + output tokens of requests started per minute
-    monthly_cap_usd: float | None = None  # spend per 30-day month
-    max_output_tokens: int | None = None  # the API's output cap ...
-    long_output: str = "truncate"  # ... truncates the output (and its bill), or refuses the request
+    rpm: Positive[int] | None = None  # requests started per minute (sliding 60 s window)
+    tpm: Positive[int] | None = None  # prompt + output tokens of requests started per minute
+    monthly_cap_usd: NonNeg[float] | None = None  # spend per 30-day month
+    max_output_tokens: Positive[int] | None = None  # the API's output cap ...
+    long_output: LongOutput = LongOutput.truncate  # ... truncates the output (and its bill), or refuses the request
     # usage tiers that rise with lifetime spend (seed 002); a tier's limits replace rpm, tpm,
     # max_output_tokens and monthly_cap_usd once lifetime spend reaches its threshold
     tiers: list[ApiTier] | None = None
-    lifetime_spend_usd: float = 0.0  # spend before t = 0 (it decides the starting tier)
-    on_limit: str = "gpu"  # gpu: back to the GPU queue | backoff: retry later (counts in TTFT)
-    backoff_base_s: float = 1.0
-    backoff_factor: float = 2.0
+    lifetime_spend_usd: NonNeg[float] = 0.0  # spend before t = 0 (it decides the starting tier)
+    on_limit: OnLimit = OnLimit.gpu  # gpu: back to the GPU queue | backoff: retry later (counts in TTFT)
+    backoff_base_s: Positive[float] = 1.0
+    backoff_factor: Annotated[float, at_least(1)] = 2.0
     backoff_max_s: float = 60.0
 
 
 @dataclass
 class SloConfig:
     name: str = "chat"
-    ttft_s: float = 1.0
-    tpot_s: float = 0.05
-    percentile: float = 95.0
-    attainment: float = 0.95
+    ttft_s: Positive[float] = 1.0
+    tpot_s: Positive[float] = 0.05
+    percentile: Annotated[float, Bound(0, 100, lo_open=True)] = 95.0
+    attainment: Share[float] = 0.95
 
 
 @dataclass
 class OutputConfig:
-    timeseries_interval_s: float = 60.0
+    timeseries_interval_s: Positive[float] = 60.0
     plots: bool = True
     requests: bool = True  # write requests.parquet
 
@@ -461,14 +497,14 @@ class LimitsConfig:
     """What one run may cost before anything is allocated (limits): a run over a limit stops with
     one line naming the key that drives it. Generous defaults; raise them for a bigger machine."""
 
-    max_requests: int = 30_000_000  # requests in the workload (a 10M-request replay needs ~4 GB)
-    max_memory_gib: float = 16.0  # estimated memory of the run's records (~420 bytes a request)
-    max_replicas: int = 10_000  # replicas a fleet may have at once
-    max_samples: int = 2_000_000  # time-series rows (simulated horizon / output.timeseries_interval_s)
-    max_ticks: int = 50_000_000  # autoscaler decisions (horizon / fleet.autoscaler.interval_s)
-    max_spot_preemptions: int = 10_000_000  # expected spot preemptions over the horizon
-    max_tokens: int = 100_000_000  # tokens of one request (prompt or output)
-    max_classes: int = 1_000  # distinct request classes (trace labels, mix sources)
+    max_requests: Positive[int] = 30_000_000  # requests in the workload (a 10M-request replay needs ~4 GB)
+    max_memory_gib: Positive[float] = 16.0  # estimated memory of the run's records (~420 bytes a request)
+    max_replicas: Positive[int] = 10_000  # replicas a fleet may have at once
+    max_samples: Positive[int] = 2_000_000  # time-series rows (simulated horizon / output.timeseries_interval_s)
+    max_ticks: Positive[int] = 50_000_000  # autoscaler decisions (horizon / fleet.autoscaler.interval_s)
+    max_spot_preemptions: Positive[int] = 10_000_000  # expected spot preemptions over the horizon
+    max_tokens: Positive[int] = 100_000_000  # tokens of one request (prompt or output)
+    max_classes: Positive[int] = 1_000  # distinct request classes (trace labels, mix sources)
 
 
 @dataclass
@@ -662,8 +698,16 @@ def typed(value: Any, kind: Any, key: str) -> Any:
         if not isinstance(value, dict):
             _refuse(key, value, "a mapping")
         return {k: typed(v, args[-1], f"{key}.{k}") for k, v in value.items()} if args else value
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return _as_choice(value, kind, key)
     convert = _SCALARS.get(kind)
     return convert(value, key) if convert else value
+
+
+def _as_choice(value: Any, kind: Any, key: str) -> Any:
+    if value not in kind.names():
+        _refuse(key, value, f"one of {', '.join(kind.names())}")
+    return kind(value)
 
 
 def _as_bool(value: Any, key: str) -> bool:
@@ -712,6 +756,8 @@ def plain(obj: Any) -> Any:
     import dataclasses
     from pathlib import PurePath
 
+    if isinstance(obj, Enum):
+        return obj.value
     if dataclasses.is_dataclass(obj):
         hints = typing.get_type_hints(type(obj))
         out = {}
@@ -763,10 +809,7 @@ PLAUSIBLE = {
     "engine.max_model_len": 1e9,
 }
 KV_BYTES = {"auto": 2, "bf16": 2, "fp8": 1}
-LENGTH_DISTS = ("fixed", "uniform", "lognormal", "empirical")
 BLOCK_SIZES = (1, 8, 16, 32, 64, 128)
-USAGES = ("api_server", "offline")
-ADMISSIONS = ("first_chunk", "full_prompt")
 
 
 def long_prefill_threshold(e: EngineConfig, max_model_len: int) -> int:
@@ -848,12 +891,8 @@ def _positive(value: float | None, key: str, *, integer: bool = False) -> None:
     require(value is not None and math.isfinite(value) and value > 0, key, value, f"must be {kind}")
 
 
-def _fraction(value: float, key: str) -> None:
-    require(0 < value <= 1, key, value, "must be in (0, 1]")
-
-
 def validate_length(lc: LengthConfig, key: str) -> None:
-    require(lc.dist in LENGTH_DISTS, f"{key}.dist", lc.dist, f"must be one of {', '.join(LENGTH_DISTS)}")
+    check(lc, key)
     if lc.dist == "fixed":
         require(lc.mean is not None and lc.mean >= 1, f"{key}.mean", lc.mean, "fixed lengths need mean >= 1")
     elif lc.dist == "uniform":
@@ -903,8 +942,7 @@ def length_lower_bound(lc: LengthConfig) -> float:
 
 
 def validate_source(src: SourceConfig, key: str, duration: float | None) -> None:
-    known = (*ARRIVAL_PROCESSES, TRACE, CLOSED)
-    require(src.arrival in known, f"{key}.arrival", src.arrival, f"must be one of {', '.join(known)}")
+    check(src, key, skip=_WORKLOAD_ONLY if isinstance(src, WorkloadConfig) else ())
     if src.arrival == TRACE:
         require(bool(src.path), f"{key}.path", src.path, "trace replay needs a file")
         require(resolve_path(str(src.path)).is_file(), f"{key}.path", src.path, not_found(src.path))
@@ -913,9 +951,6 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
             f"{key}.format",
             src.format,
             f"must be one of {', '.join(TRACE_FORMATS)} (for {src.path})",
-        )
-        require(
-            src.time_unit in TIME_UNITS, f"{key}.time_unit", src.time_unit, f"must be one of {', '.join(TIME_UNITS)}"
         )
     else:
         require(
@@ -995,14 +1030,15 @@ def _validate_process(src: SourceConfig, key: str) -> None:
             )
         require(src.weekend_factor >= 0, f"{key}.weekend_factor", src.weekend_factor, "must be >= 0")
         require(src.start_weekday in range(7), f"{key}.start_weekday", src.start_weekday, "must be 0 (Monday) .. 6")
-    for k in ("slo_ttft_s", "slo_tpot_s"):
-        if getattr(src, k) is not None:
-            _positive(getattr(src, k), f"{key}.{k}")
+
+
+# the workload's fields are a source's (its own traffic, unless it is a mix) and its own
+_SOURCE_FIELDS = tuple(f.name for f in dataclasses.fields(SourceConfig))
+_WORKLOAD_ONLY = tuple(f.name for f in dataclasses.fields(WorkloadConfig) if f.name not in _SOURCE_FIELDS)
 
 
 def validate_workload(w: WorkloadConfig) -> None:
-    if w.duration_s is not None:
-        _positive(w.duration_s, "workload.duration_s")
+    check(w, "workload", skip=_SOURCE_FIELDS)
     if w.sources:
         for name, src in w.sources.items():
             require(
@@ -1012,12 +1048,8 @@ def validate_workload(w: WorkloadConfig) -> None:
     else:
         validate_source(w, "workload", w.duration_s)
     _validate_window(w)
-    for k in ("rate_scale", "load_scale", "prompt_scale", "output_scale"):
-        _positive(getattr(w, k), f"workload.{k}")
     if w.loop:
         require(w.duration_s is not None, "workload.loop", w.loop, "looping needs workload.duration_s")
-    if w.bootstrap_block_s is not None:
-        _positive(w.bootstrap_block_s, "workload.bootstrap_block_s")
     _validate_shared_prefix(w)
     if is_closed(w):
         validate_closed(w)
@@ -1032,8 +1064,6 @@ def validate_workload(w: WorkloadConfig) -> None:
 
 def _validate_window(w: WorkloadConfig) -> None:
     """The replayed or generated time window."""
-    if w.window_start_s is not None:
-        require(w.window_start_s >= 0, "workload.window_start_s", w.window_start_s, "must be >= 0")
     if w.window_end_s is not None:
         require(
             w.window_end_s > (w.window_start_s or 0.0),
@@ -1045,9 +1075,8 @@ def _validate_window(w: WorkloadConfig) -> None:
 
 def _validate_shared_prefix(w: WorkloadConfig) -> None:
     sp = w.shared_prefix
-    require(sp.groups >= 0, "workload.shared_prefix.groups", sp.groups, "must be >= 0 (0: no shared prefix)")
+    check(sp, "workload.shared_prefix")
     if sp.groups:
-        require(sp.groups <= 1_000_000, "workload.shared_prefix.groups", sp.groups, "must be at most 1,000,000")
         _positive(sp.tokens, "workload.shared_prefix.tokens", integer=True)
         require(sp.tokens <= 10_000_000, "workload.shared_prefix.tokens", sp.tokens, "must be at most 10,000,000")
         require(0 < sp.share <= 1, "workload.shared_prefix.share", sp.share, "must be in (0, 1]")
@@ -1055,7 +1084,6 @@ def _validate_shared_prefix(w: WorkloadConfig) -> None:
         _positive(sp.block_tokens, "workload.shared_prefix.block_tokens", integer=True)
 
 
-THINK_DISTS = ("exponential", "fixed", "lognormal")
 LONGEST_S = 1e8  # about three years: a longer think time or ramp is a typo
 
 
@@ -1088,9 +1116,6 @@ def validate_closed(w: WorkloadConfig) -> None:
     _positive(w.users, "workload.users", integer=True)
     _nonneg(w.think_time_s, "workload.think_time_s")
     require(w.think_time_s <= LONGEST_S, "workload.think_time_s", w.think_time_s, f"must be at most {LONGEST_S:g} s")
-    require(
-        w.think_dist in THINK_DISTS, "workload.think_dist", w.think_dist, f"must be one of {', '.join(THINK_DISTS)}"
-    )
     if w.think_dist == "lognormal":
         _positive(w.think_cv, "workload.think_cv")
         require(w.think_cv <= 100, "workload.think_cv", w.think_cv, "must be at most 100")
@@ -1125,10 +1150,8 @@ def _nonneg(value: float | None, key: str) -> None:
 
 def validate_fleet(f: FleetConfig) -> None:
     a = f.autoscaler = autoscaler_config(f.autoscaler)  # a config edited in Python after it was built
-    fixed = a.name == "fixed"
-    require(f.replicas >= 0, "fleet.replicas", f.replicas, "must be >= 0 (0: no GPUs, the API serves everything)")
-    require(f.min_replicas >= 0, "fleet.min_replicas", f.min_replicas, "must be >= 0")
-    if not fixed:
+    check(f, "fleet")
+    if a.name != "fixed":
         require(
             f.max_replicas >= max(1, f.min_replicas),
             "fleet.max_replicas",
@@ -1141,24 +1164,20 @@ def validate_fleet(f: FleetConfig) -> None:
             f.replicas,
             f"replicas at t=0 must be within [min_replicas, max_replicas] = [{f.min_replicas}, {f.max_replicas}]",
         )
-    require(f.router in ROUTERS, "fleet.router", f.router, f"must be one of {', '.join(ROUTERS)}")
-    _nonneg(f.prefix_slack, "fleet.prefix_slack")
     _validate_autoscaler(a)
     _validate_lifecycle(f)
     _validate_pricing(f.pricing)
 
 
 def _validate_autoscaler(a: AutoscalerConfig) -> None:
-    _positive(a.interval_s, "fleet.autoscaler.interval_s")
-    if isinstance(a, (TargetAutoscaler, RayAutoscaler)):
-        metrics = AUTOSCALER_METRICS
-        require(a.metric in metrics, "fleet.autoscaler.metric", a.metric, f"must be one of {', '.join(metrics)}")
-        _positive(a.target, "fleet.autoscaler.target")
+    check(a, "fleet.autoscaler")
     if isinstance(a, TargetAutoscaler):
-        _validate_target(a)
-    if isinstance(a, RayAutoscaler):
-        for k in ("upscale_delay_s", "downscale_delay_s"):
-            _nonneg(getattr(a, k), f"fleet.autoscaler.{k}")
+        require(
+            a.panic_window_s > 0 and a.panic_window_s <= a.stable_window_s,
+            "fleet.autoscaler.panic_window_s",
+            a.panic_window_s,
+            f"must be in (0, stable_window_s={a.stable_window_s}]",
+        )
     if isinstance(a, ScheduleAutoscaler):
         sched = a.schedule
         require(
@@ -1169,67 +1188,20 @@ def _validate_autoscaler(a: AutoscalerConfig) -> None:
         )
 
 
-def _validate_target(a: TargetAutoscaler) -> None:
-    _positive(a.stable_window_s, "fleet.autoscaler.stable_window_s")
-    require(
-        0 < a.panic_window_s <= a.stable_window_s,
-        "fleet.autoscaler.panic_window_s",
-        a.panic_window_s,
-        f"must be in (0, stable_window_s={a.stable_window_s}]",
-    )
-    require(a.panic_threshold >= 1, "fleet.autoscaler.panic_threshold", a.panic_threshold, "must be >= 1")
-    for k in ("scale_down_delay_s", "scale_to_zero_grace_s"):
-        _nonneg(getattr(a, k), f"fleet.autoscaler.{k}")
-    for k in ("max_scale_up_rate", "max_scale_down_rate"):
-        require(getattr(a, k) >= 1, f"fleet.autoscaler.{k}", getattr(a, k), "must be >= 1")
-
-
 def _validate_lifecycle(f: FleetConfig) -> None:
     """Cold starts and sleep."""
-    c = f.cold_start
-    for k in ("acquire_s", "image_s", "init_s"):
-        _nonneg(getattr(c, k), f"fleet.cold_start.{k}")
-    _positive(c.load_gbps, "fleet.cold_start.load_gbps")
-    if c.fixed_s is not None:
-        _nonneg(c.fixed_s, "fleet.cold_start.fixed_s")
-    s = f.sleep
-    require(s.level in (1, 2), "fleet.sleep.level", s.level, "must be 1 (weights to host RAM) or 2 (weights dropped)")
-    _nonneg(s.idle_s, "fleet.sleep.idle_s")
-    require(s.min_awake >= 0, "fleet.sleep.min_awake", s.min_awake, "must be >= 0")
-    require(0 <= s.cost_fraction <= 1, "fleet.sleep.cost_fraction", s.cost_fraction, "must be in [0, 1]")
-    _positive(s.l1_gbps, "fleet.sleep.l1_gbps")
-    _nonneg(s.wake_extra_s, "fleet.sleep.wake_extra_s")
-    if s.wake_s is not None:
-        _nonneg(s.wake_s, "fleet.sleep.wake_s")
+    check(f.cold_start, "fleet.cold_start")
+    check(f.sleep, "fleet.sleep")
 
 
 def _validate_pricing(p: PricingConfig) -> None:
-    kinds = ("on_demand", "reserved", "spot", "owned")
-    require(p.kind in kinds, "fleet.pricing.kind", p.kind, f"must be one of {', '.join(kinds)}")
-    require(p.reserved_gpus >= 0, "fleet.pricing.reserved_gpus", p.reserved_gpus, "must be >= 0")
-    for k in ("reserved_fraction", "spot_fraction"):
-        require(0 <= getattr(p, k) <= 1, f"fleet.pricing.{k}", getattr(p, k), "must be in [0, 1]")
-    _nonneg(p.spot_preemptions_per_hour, "fleet.pricing.spot_preemptions_per_hour")
-    require(
-        p.billing in ("per_second", "per_hour"), "fleet.pricing.billing", p.billing, "must be per_second or per_hour"
-    )
-    _nonneg(p.min_billed_s, "fleet.pricing.min_billed_s")
-    _nonneg(p.ops_cost_per_month, "fleet.pricing.ops_cost_per_month")
-    require(p.burst in ("on_demand", "spot"), "fleet.pricing.burst", p.burst, "must be on_demand or spot")
-    _positive(p.instance_gpus, "fleet.pricing.instance_gpus", integer=True)
+    check(p, "fleet.pricing")
     require(
         p.instance_gpus == 1 or p.kind == "on_demand",
         "fleet.pricing.instance_gpus",
         p.instance_gpus,
         f"whole-instance rental applies to on_demand pricing (fleet.pricing.kind={p.kind})",
     )
-    for k in ("egress_per_gb", "bytes_per_token", "purchase_per_gpu", "power_kw_per_gpu", "price_per_kwh"):
-        _nonneg(getattr(p, k), f"fleet.pricing.{k}")
-    _nonneg(p.hosting_per_gpu_month, "fleet.pricing.hosting_per_gpu_month")
-    _positive(p.amortization_years, "fleet.pricing.amortization_years")
-    require(math.isfinite(p.pue) and p.pue >= 1, "fleet.pricing.pue", p.pue, "must be >= 1 (facility power / IT power)")
-    if p.owned_gpus is not None:
-        require(p.owned_gpus >= 0, "fleet.pricing.owned_gpus", p.owned_gpus, "must be >= 0")
 
 
 def validate_api(a: ApiConfig, f: FleetConfig) -> None:
@@ -1239,40 +1211,14 @@ def validate_api(a: ApiConfig, f: FleetConfig) -> None:
             gpu, "fleet.replicas", f.replicas, "no GPUs and no API: nothing can serve (enable an api or add replicas)"
         )
         return
-    require(a.overflow in OVERFLOW, "api.overflow", a.overflow, f"must be one of {', '.join(OVERFLOW)}")
+    check(a, "api")
     require(
         gpu or a.overflow == "always", "api.overflow", a.overflow, "with no GPUs (fleet.replicas=0) it must be 'always'"
     )
-    _positive(a.ttft_margin, "api.ttft_margin")
-    require(a.queue_threshold >= 0, "api.queue_threshold", a.queue_threshold, "must be >= 0")
-    require(0 <= a.share <= 1, "api.share", a.share, "must be in [0, 1]")
-    _positive(a.ttft_mean_s, "api.ttft_mean_s")
     require(
         a.ttft_p99_s > a.ttft_mean_s, "api.ttft_p99_s", a.ttft_p99_s, f"must be > api.ttft_mean_s ({a.ttft_mean_s})"
     )
-    _positive(a.tokens_per_s_mean, "api.tokens_per_s_mean")
-    _nonneg(a.tokens_per_s_cv, "api.tokens_per_s_cv")
-    for k in ("price_input_per_m", "price_cached_input_per_m", "price_output_per_m"):
-        _nonneg(getattr(a, k), f"api.{k}")
-    require(0 <= a.cache_hit_rate <= 1, "api.cache_hit_rate", a.cache_hit_rate, "must be in [0, 1]")
-    require(a.billing in ("per_token", "per_second"), "api.billing", a.billing, "must be per_token or per_second")
-    _nonneg(a.price_per_second, "api.price_per_second")
-    if a.cold_after_s is not None:
-        _nonneg(a.cold_after_s, "api.cold_after_s")
-    _nonneg(a.warmup_s, "api.warmup_s")
-    if a.prefill_tokens_per_s is not None:
-        _positive(a.prefill_tokens_per_s, "api.prefill_tokens_per_s")
-    require(a.long_output in ("truncate", "refuse"), "api.long_output", a.long_output, "must be truncate or refuse")
-    _nonneg(a.lifetime_spend_usd, "api.lifetime_spend_usd")
     _validate_tiers(a)
-    for k in ("rpm", "tpm", "max_output_tokens"):
-        if getattr(a, k) is not None:
-            _positive(getattr(a, k), f"api.{k}", integer=True)
-    if a.monthly_cap_usd is not None:
-        _nonneg(a.monthly_cap_usd, "api.monthly_cap_usd")
-    require(a.on_limit in ("backoff", "gpu"), "api.on_limit", a.on_limit, "must be backoff or gpu")
-    _positive(a.backoff_base_s, "api.backoff_base_s")
-    require(a.backoff_factor >= 1, "api.backoff_factor", a.backoff_factor, "must be >= 1")
     require(a.backoff_max_s >= a.backoff_base_s, "api.backoff_max_s", a.backoff_max_s, "must be >= api.backoff_base_s")
     limited = a.rpm is not None or any(t.rpm is not None for t in a.tiers or [])
     require(
@@ -1287,12 +1233,7 @@ def _validate_tiers(a: ApiConfig) -> None:
     """Usage tiers: each one's limits, lifetime spends rising from tier to tier."""
     for i, t in enumerate(a.tiers or []):
         key = f"api.tiers[{i}]"
-        _nonneg(t.min_lifetime_spend_usd, f"{key}.min_lifetime_spend_usd")
-        for k in ("rpm", "tpm", "max_output_tokens"):
-            if getattr(t, k) is not None:
-                _positive(getattr(t, k), f"{key}.{k}", integer=True)
-        if t.monthly_cap_usd is not None:
-            _nonneg(t.monthly_cap_usd, f"{key}.monthly_cap_usd")
+        check(t, key)
         if i:
             prev = a.tiers[i - 1].min_lifetime_spend_usd  # type: ignore[index]
             require(
@@ -1356,21 +1297,13 @@ def validate_service(cfg: Config) -> None:
 
 
 def validate_model(m: ModelConfig) -> None:
-    _positive(m.params_b, "model.params_b")
-    for key in ("layers", "hidden", "heads", "kv_heads", "head_dim", "max_position"):
-        _positive(getattr(m, key), f"model.{key}", integer=True)
+    check(m, "model")
     require(m.heads % m.kv_heads == 0, "model.kv_heads", m.kv_heads, f"must divide model.heads ({m.heads})")
-    if m.active_params_b is not None:
-        _positive(m.active_params_b, "model.active_params_b")
+    for k in ("active_params_b", "bf16_params_b"):
+        value = getattr(m, k)
         require(
-            m.active_params_b <= m.params_b,
-            "model.active_params_b",
-            m.active_params_b,
-            f"must not exceed model.params_b ({m.params_b})",
+            value is None or value <= m.params_b, f"model.{k}", value, f"must not exceed model.params_b ({m.params_b})"
         )
-    if m.flop_params_b is not None:
-        _positive(m.flop_params_b, "model.flop_params_b")
-    require(m.experts >= 0, "model.experts", m.experts, "must be >= 0 (0 for a dense model)")
     if m.experts:
         require(
             1 <= m.experts_per_token < m.experts,
@@ -1384,47 +1317,14 @@ def validate_model(m: ModelConfig) -> None:
             m.active_params_b,
             "an MoE model (experts > 0) needs active_params_b < params_b",
         )
-    require(
-        m.weight_dtype in WEIGHT_BYTES,
-        "model.weight_dtype",
-        m.weight_dtype,
-        f"must be one of {', '.join(WEIGHT_BYTES)}",
-    )
-    _positive(m.vocab, "model.vocab", integer=True)
-    if m.intermediate is not None:
-        _positive(m.intermediate, "model.intermediate", integer=True)
-    if m.bf16_params_b is not None:
-        _nonneg(m.bf16_params_b, "model.bf16_params_b")
-        require(
-            m.bf16_params_b <= m.params_b,
-            "model.bf16_params_b",
-            m.bf16_params_b,
-            f"must not exceed model.params_b ({m.params_b})",
-        )
 
 
 def validate_gpu(g: GpuConfig) -> None:
-    for key in ("memory_gib", "mem_bw_tbps", "bf16_tflops", "link_gbps"):
-        _positive(getattr(g, key), f"gpu.{key}")
-    if g.fp8_tflops is not None:
-        _positive(g.fp8_tflops, "gpu.fp8_tflops")
-    require(g.allreduce_latency_us >= 0, "gpu.allreduce_latency_us", g.allreduce_latency_us, "must be >= 0")
-    _positive(g.max_tp, "gpu.max_tp", integer=True)
-    require(
-        0 < g.efficiency <= 2, "gpu.efficiency", g.efficiency, "must be in (0, 2] (1: as efficient as the H100 fit)"
-    )
-    require(g.price_per_hour >= 0, "gpu.price_per_hour", g.price_per_hour, "must be >= 0 ($ per GPU-hour)")
-    if g.visible_memory_gib is not None:
-        _positive(g.visible_memory_gib, "gpu.visible_memory_gib")
+    check(g, "gpu")
 
 
 def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
-    require(e.usage in USAGES, "engine.usage", e.usage, f"must be one of {', '.join(USAGES)}")
-    require(e.admission in ADMISSIONS, "engine.admission", e.admission, f"must be one of {', '.join(ADMISSIONS)}")
-    if e.max_num_seqs is not None:
-        _positive(e.max_num_seqs, "engine.max_num_seqs", integer=True)
-    if e.max_num_batched_tokens is not None:
-        _positive(e.max_num_batched_tokens, "engine.max_num_batched_tokens", integer=True)
+    check(e, "engine")
     seqs, tokens = batch_limits(e, g)
     require(
         tokens >= seqs,
@@ -1432,18 +1332,6 @@ def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
         tokens,
         f"must be >= engine.max_num_seqs ({seqs})",
     )
-    require(e.block_size in BLOCK_SIZES, "engine.block_size", e.block_size, f"must be one of {BLOCK_SIZES}")
-    _fraction(e.gpu_memory_utilization, "engine.gpu_memory_utilization")
-    if e.reserve_gib is not None:
-        _nonneg(e.reserve_gib, "engine.reserve_gib")
-    require(
-        e.memory_profiler in MEMORY_PROFILERS,
-        "engine.memory_profiler",
-        e.memory_profiler,
-        f"must be one of {', '.join(MEMORY_PROFILERS)}",
-    )
-    if e.cudagraph_gib is not None:
-        _nonneg(e.cudagraph_gib, "engine.cudagraph_gib")
     tp = e.tensor_parallel_size
     require(
         tp >= 1 and tp & (tp - 1) == 0 and tp <= g.max_tp,
@@ -1452,34 +1340,9 @@ def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
         f"must be a power of two from 1 to gpu.max_tp={g.max_tp} ({g.name})",
     )
     require(m.heads % tp == 0, "engine.tensor_parallel_size", tp, f"must divide model.heads ({m.heads})")
-    require(
-        e.kv_cache_dtype in KV_BYTES,
-        "engine.kv_cache_dtype",
-        e.kv_cache_dtype,
-        f"must be one of {', '.join(KV_BYTES)}",
-    )
-    _validate_engine_model(e, m)
-
-
-def _validate_engine_model(e: EngineConfig, m: ModelConfig) -> None:
-    """The performance factors, the scheduler's prefill caps, the KV size and context."""
-    for key in ("eta_weights", "eta_kv", "eta_flops", "eta_moe"):
-        _fraction(getattr(e, key), f"engine.{key}")
-    require(
-        isinstance(e.long_prefill_token_threshold, int) and e.long_prefill_token_threshold >= 0,
-        "engine.long_prefill_token_threshold",
-        e.long_prefill_token_threshold,
-        "must be an integer >= 0 (0: no cap)",
-    )
-    _positive(e.max_num_partial_prefills, "engine.max_num_partial_prefills", integer=True)
-    for key in ("step_overhead_ms", "step_overhead_per_seq_us", "request_overhead_ms"):
-        require(getattr(e, key) >= 0, f"engine.{key}", getattr(e, key), "must be >= 0")
     if e.perf_table is not None:
         require(Path(e.perf_table).is_file(), "engine.perf_table", e.perf_table, "file not found")
-    if e.kv_blocks is not None:
-        _positive(e.kv_blocks, "engine.kv_blocks", integer=True)
     if e.max_model_len is not None:
-        _positive(e.max_model_len, "engine.max_model_len", integer=True)
         require(
             e.max_model_len <= m.max_position,
             "engine.max_model_len",
@@ -1506,15 +1369,6 @@ def _plausible(cfg: Config) -> None:
 
 def validate_run(cfg: Config) -> None:
     """The SLO, the outputs and the work limits."""
-    s = cfg.slo
-    _positive(s.ttft_s, "slo.ttft_s")
-    _positive(s.tpot_s, "slo.tpot_s")
-    require(0 < s.percentile <= 100, "slo.percentile", s.percentile, "must be in (0, 100]")
-    require(0 <= s.attainment <= 1, "slo.attainment", s.attainment, "must be in [0, 1]")
-
-    _positive(cfg.output.timeseries_interval_s, "output.timeseries_interval_s")
-    lim = cfg.limits
-    for k in ("max_requests", "max_replicas", "max_samples", "max_ticks", "max_spot_preemptions", "max_tokens"):
-        _positive(getattr(lim, k), f"limits.{k}", integer=True)
-    _positive(lim.max_memory_gib, "limits.max_memory_gib")
-    _positive(lim.max_classes, "limits.max_classes", integer=True)
+    check(cfg.slo, "slo")
+    check(cfg.output, "output")
+    check(cfg.limits, "limits")
