@@ -28,35 +28,44 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 
+from sim.config.bounds import Choice, NonNeg, at_least, check
 from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, FixedAutoscaler, GpuConfig, TargetAutoscaler, is_closed, load_option, options
 from sim.des.preflight import validate
 from sim.pricing.cost import HOURS_PER_MONTH
 
 
+class PlanMode(Choice):
+    plan = "plan"  # the cheapest setup that meets the SLO
+    breakeven = "breakeven"  # API against GPUs over a range of volumes
+
+
 @dataclass
 class PlanConfig:
-    mode: str = "plan"  # plan | breakeven
+    mode: PlanMode = PlanMode.plan  # plan | breakeven
     gpus: list[str] = field(default_factory=lambda: ["h100", "a100-80gb", "l40s"])
     tp: list[int] = field(default_factory=lambda: [1])
     strategies: list[str] = field(default_factory=lambda: ["fixed", "autoscaled", "hybrid", "api"])
-    max_replicas: int = 32
+    max_replicas: Annotated[int, at_least(1)] = 32
     targets: list[float] = field(default_factory=lambda: [16.0, 32.0, 64.0])
     overflow: str = "slo"  # the hybrid's API overflow policy (slo: predicted TTFT or TPOT over the SLO)
     # the hybrid's overflow margins to try: overflow when a prediction exceeds margin x the SLO
     # (predictions see the queue now, not the arrivals to come: margins < 1 leave room for them)
     margins: list[float] = field(default_factory=lambda: [1.0, 0.7, 0.5, 0.35])
-    hybrid_sizes: int = 8  # at most this many baseline sizes between 1 and N-1 (N: the fixed answer)
-    workers: int = 2
+    hybrid_sizes: Annotated[int, at_least(1)] = (
+        8  # at most this many baseline sizes between 1 and N-1 (N: the fixed answer)
+    )
+    workers: Annotated[int, at_least(1)] = 2
     # breakeven: the workload's volume times each of these (rates of synthetic sources, or
     # load_scale of a trace)
     volumes: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
     # breakeven: lengthen a synthetic workload's horizon at low volumes to about this many requests
-    min_requests: int = 2000
+    min_requests: NonNeg[int] = 2000
     # $ per GPU-hour per GPU option (e.g. {h100: 2.49, a100-80gb: 1.10}); unlisted options keep
     # their file's price (or gpu.price_per_hour when given on the command line)
     prices: dict[str, float] = field(default_factory=dict)
@@ -70,16 +79,16 @@ class PlanAppConfig(Config):
 
 
 STRATEGIES = ("fixed", "autoscaled", "hybrid", "api")
-MODES = ("plan", "breakeven")
 
 
 def validate_plan(p: PlanConfig) -> None:
-    """Each plan.* value in its range, in the order of the rules below; then the prices."""
+    """Each plan.* value within its declared bounds, then the rules below in order, then the
+    prices."""
     from sim.config.names import OVERFLOW
 
+    check(p, "plan")
     overflows = [o for o in OVERFLOW if o != "never"]
     rules = (  # (key, holds, what is allowed)
-        ("mode", lambda: p.mode in MODES, f"must be one of {', '.join(MODES)}"),
         ("gpus", lambda: bool(p.gpus), "name at least one GPU option"),
         ("tp", lambda: p.tp and not any(t < 1 or t & (t - 1) for t in p.tp), "must list powers of two >= 1"),
         (
@@ -87,13 +96,9 @@ def validate_plan(p: PlanConfig) -> None:
             lambda: p.strategies and all(s in STRATEGIES for s in p.strategies),
             f"must list some of {', '.join(STRATEGIES)}",
         ),
-        ("max_replicas", lambda: p.max_replicas >= 1, "must be >= 1"),
         ("targets", lambda: p.targets and min(p.targets) > 0, "must list positive autoscaler targets"),
         ("overflow", lambda: p.overflow in overflows, f"must be one of {', '.join(overflows)}"),
         ("margins", lambda: p.margins and min(p.margins) > 0, "must list positive overflow margins"),
-        ("hybrid_sizes", lambda: p.hybrid_sizes >= 1, "must be >= 1"),
-        ("min_requests", lambda: p.min_requests >= 0, "must be >= 0"),
-        ("workers", lambda: p.workers >= 1, "must be >= 1"),
         (
             "volumes",
             lambda: p.volumes and all(math.isfinite(v) and v > 0 for v in p.volumes),
