@@ -47,6 +47,12 @@ class StubEngine:
     def kv_blocks_used(self) -> int:
         return 0
 
+    def busy_time(self, now: float) -> float:
+        return now / 2  # busy half the time
+
+    def occupancy_time(self, now: float) -> float:
+        return now / 4
+
     def idle(self) -> None:
         """The engine ran out of work (as `Replica._next` reports it)."""
         self.on_idle(self)
@@ -173,3 +179,4 @@ def test_census_counts_states_and_accrues_cost_per_state():
     assert awake == pytest.approx(10 + 3610)
     assert cost == pytest.approx(price * (10 + 3600 * 0.25 + 3610) / 3600)
     assert life.max_replicas_seen == 2
+    assert life.engine_seconds() == (2 * 3610 / 2, 2 * 3610 / 4)  # over every replica started

@@ -95,20 +95,7 @@ class Fleet:
 
         self.router_queue: deque[Request] = deque()
         self._init_accounting(workload, users)
-        self.life = Lifecycle(
-            env,
-            cfg,
-            self.rng,
-            self.rec,
-            self.stats,
-            (self.cold_start_s, self.wake_s),
-            make_engine=self._engine,
-            on_ready=self._release_queue,
-            on_evacuated=self._evacuated,
-        )
-        # the lifecycle's slot lists (the same objects), which routing reads and updates
-        self.nodes: list[Node] = self.life.nodes
-        self.loads: list[int] = self.life.loads
+        self._init_lifecycle()
         # only whole KV blocks are cached: prefix ids finer than a block leave nothing to share
         prefix = (
             cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
@@ -143,6 +130,23 @@ class Fleet:
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
         self._poked = False
+
+    def _init_lifecycle(self) -> None:
+        """The replicas' lifecycle, with the fleet's hooks, and its slot lists (the same objects),
+        which routing reads and updates."""
+        self.life = Lifecycle(
+            self.env,
+            self.cfg,
+            self.rng,
+            self.rec,
+            self.stats,
+            (self.cold_start_s, self.wake_s),
+            make_engine=self._engine,
+            on_ready=self._release_queue,
+            on_evacuated=self._evacuated,
+        )
+        self.nodes: list[Node] = self.life.nodes
+        self.loads: list[int] = self.life.loads
 
     def _start(self, users: ClosedLoop | None) -> None:
         """The replicas at t = 0 and the fleet's processes: arrivals (or users), sampling, and
@@ -543,4 +547,5 @@ class Fleet:
         counts, queued, running, kv, awake, gpu_cost = life.census(self.plan.kv_blocks)
         state = (len(self.router_queue), queued, running, kv, counts)
         costs = (gpu_cost, self.api.spend if self.api is not None else 0.0)
-        self.rec.close_bin(self.env.now, life.busy_seconds(), life.occupancy_seconds(), awake, state, costs)
+        busy, occupancy = life.engine_seconds()
+        self.rec.close_bin(self.env.now, busy, occupancy, awake, state, costs)

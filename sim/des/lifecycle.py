@@ -273,7 +273,9 @@ class Lifecycle:
         """The replicas alive now, in one pass over the slots: counts by state (`STATES`; an
         active replica with nothing to do counts as idle), requests queued and running on them,
         the KV use of the awake ones (of `kv_blocks` each), replica-seconds awake so far
-        (`awake_seconds`) and the GPU cost so far (`gpu_cost_so_far`). Engines synced first."""
+        (as `awake_seconds`) and the GPU cost so far (closed spans plus the open ones' accrual).
+        Engines synced first. The open spans are summed afresh in slot order: a running total
+        (closed + awake count x now - the sum of their starts) would round differently."""
         now = self.env.now
         for n in self.nodes:
             if n.state != STOPPED:
@@ -298,13 +300,18 @@ class Lifecycle:
         awake_s, cost_so_far = self.rec.awake_closed + awake, self.rec.gpu_cost_closed + cost
         return [counts[s] for s in STATES], queued, running, kv, awake_s, cost_so_far
 
-    def busy_seconds(self) -> float:
+    def engine_seconds(self) -> tuple[float, float]:
+        """(busy, occupancy): seconds every replica so far spent running iterations, and the
+        integral of its occupancy (`Replica.busy_time`, `Replica.occupancy_time`), in one pass.
+        Summed over all replicas in start order each time: a running total kept apart for the
+        stopped ones would add the same terms in another order, and change the sums' last bits."""
         now = self.env.now
-        return sum(n.engine.busy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
-
-    def occupancy_seconds(self) -> float:
-        now = self.env.now
-        return sum(n.engine.occupancy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
+        busy = occupancy = 0
+        for n in self.all_nodes:
+            eng = n.engine
+            busy += eng.busy_time(now)  # type: ignore[union-attr]
+            occupancy += eng.occupancy_time(now)  # type: ignore[union-attr]
+        return busy, occupancy
 
     def awake_seconds(self) -> float:
         """Replica-seconds spent able to run iterations (active or draining)."""

@@ -45,6 +45,7 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
     """The fleet's records and counters as plain data."""
     life = fleet.life
     nodes = life.all_nodes
+    busy, occupancy = life.engine_seconds()
     caches = [n.cache for n in nodes if n.cache is not None]
     api = fleet.api
     return Outcome(
@@ -54,8 +55,8 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
         spans=life.spans,
         idle_s={n.uid: n.idle_s for n in nodes},
         gpu_possible=fleet.gpu_possible,
-        busy_s=life.busy_seconds(),
-        occupancy_s=life.occupancy_seconds(),
+        busy_s=busy,
+        occupancy_s=occupancy,
         replica_seconds=life.awake_seconds(),
         max_replicas=life.max_replicas_seen,
         replicas_started=len(nodes),
