@@ -82,7 +82,6 @@ class Fleet:
         self.users = users
         self.records = Records(len(workload) if users is None else users.capacity())
         f = cfg.fleet
-        self.tp = cfg.engine.tensor_parallel_size
         self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
         self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)
         # client-visible time outside the engine, on every GPU-served stream (an API server's)
@@ -129,7 +128,6 @@ class Fleet:
         self._tokens_prev = 0
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
-        self._poked = False
 
     def _init_lifecycle(self) -> None:
         """The replicas' lifecycle, with the fleet's hooks, and its slot lists (the same objects),
