@@ -1,14 +1,16 @@
-"""Fleet: replicas with a lifecycle, the router, the autoscaler and the API fallback, in one
-SimPy environment.
+"""Fleet: the wiring of one run's replicas, router, autoscaler and API fallback, in one SimPy
+environment.
 
-A replica (a `Node` around an engine `Replica`) moves through
-    provisioning -> active <-> sleeping/waking -> draining -> stopped
-and every move is a record (`spans`) that billing (`sim.pricing.cost`) and the time series read. The
-router sends each arrival to an active replica (a waking one if none is active, a sleeping one,
-which it wakes, as a last resort); with none it waits in the router queue until a replica is
-ready. The overflow policy may send it to the pay-per-token API instead; a request the API
-refuses backs off and retries, or comes back to the GPU queue. Every request ends served by a
-replica, served by the API, or rejected with a reason.
+The replicas' lifecycle (provisioning, active, sleeping/waking, draining, stopped; spot
+preemption; the spans billing reads) is `sim.des.lifecycle`; the fleet builds each replica's
+engine for it and answers its hooks: a replica became ready (the router queue drains into the
+fleet) and a preempted replica's requests (routed again). The router sends each arrival to an
+active replica (a waking one if none is active, a sleeping one, which it wakes, as a last
+resort); with none it waits in the router queue until a replica is ready. The overflow policy
+may send it to the pay-per-token API instead; a request the API refuses backs off and retries,
+or comes back to the GPU queue. Every request ends served by a replica, served by the API, or
+rejected with a reason. The autoscaler's decisions start, wake and drain replicas through the
+lifecycle.
 
 With closed-loop users (`sim.workload.closedloop`) the arrivals are not known ahead: each request that
 ends (any route) hands its user back to the loop, whose next request arrives after the user's
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,13 +35,13 @@ from sim.config.schema import Config, batch_limits, long_prefill_threshold
 from sim.des.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
 from sim.des.autoscale import make_autoscaler
 from sim.des.engine import Replica, Request
+from sim.des.lifecycle import Lifecycle, Node
 from sim.des.overflow import OVERFLOW
 from sim.des.predict import Predictor, cold_start_s, wake_s
 from sim.des.prefix import BlockPool
 from sim.des.recorder import Recorder
 from sim.des.records import (
     ACTIVE,
-    DRAINING,
     PROVISIONING,
     REASON_CONTEXT,
     REASON_NO_GPU,
@@ -50,51 +53,13 @@ from sim.des.records import (
     WAKING,
     Records,
 )
-from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY, make_router
+from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, make_router
 from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import PerfModel
-from sim.pricing.cost import STATES, Span, state_weight
 from sim.workload.build import Workload, stream
 
 if TYPE_CHECKING:
     from sim.workload.closedloop import ClosedLoop
-
-PENALTY = {ACTIVE: 0, WAKING: WAKE_PENALTY, SLEEPING: SLEEP_PENALTY}
-
-
-class Node:
-    """One replica's lifecycle around its engine."""
-
-    __slots__ = (
-        "cache",
-        "engine",
-        "gpus",
-        "idle_epoch",
-        "idle_s",
-        "idle_since",
-        "out",
-        "ready_at",
-        "since",
-        "slot",
-        "spot",
-        "state",
-        "uid",
-    )
-
-    def __init__(self, uid: int, slot: int, gpus: int, spot: bool, now: float):
-        self.uid = uid
-        self.slot = slot
-        self.gpus = gpus
-        self.spot = spot
-        self.state = PROVISIONING
-        self.since = now
-        self.engine: Replica | None = None
-        self.out = 0  # requests waiting or running on it
-        self.idle_since: float | None = None
-        self.idle_s = 0.0
-        self.idle_epoch = 0
-        self.ready_at = now  # when provisioning or waking ends
-        self.cache: BlockPool | None = None  # its replica's prefix cache
 
 
 class Fleet:
@@ -117,7 +82,6 @@ class Fleet:
         self.users = users
         self.records = Records(len(workload) if users is None else users.capacity())
         f = cfg.fleet
-        self.tp = cfg.engine.tensor_parallel_size
         self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
         self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)
         # client-visible time outside the engine, on every GPU-served stream (an API server's)
@@ -128,12 +92,9 @@ class Fleet:
         self.wake_s = wake_s(cfg)
         self.rng = stream(cfg.seed, "fleet")
 
-        self.nodes: list[Node] = []  # by slot (slots of stopped replicas are reused)
-        self.all_nodes: list[Node] = []  # by uid
-        self.loads: list[int] = []  # per slot: requests on it + a penalty for its state
-        self.free_slots: list[int] = []
-        self.spans: list[Span] = []
         self.router_queue: deque[Request] = deque()
+        self._init_accounting(workload, users)
+        self._init_lifecycle()
         # only whole KV blocks are cached: prefix ids finer than a block leave nothing to share
         prefix = (
             cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
@@ -153,13 +114,10 @@ class Fleet:
         self.predict = Predictor(
             env, cfg, workload, perf, self.nodes, self.router_queue, self.max_tokens, self.cold_start_s, self.wake_s
         )
-
-        self._init_accounting(workload, users)
         self._start(users)
 
     def _init_accounting(self, workload: Workload, users: ClosedLoop | None) -> None:
-        """Counters, the time series' live integrals and the records of replica states."""
-        f = self.cfg.fleet
+        """Counters and the time series' live integrals."""
         self.n_total: float = len(workload) if users is None else math.inf  # closed loop: known when all stop
         self.n_closed = 0
         self._users_left = 0
@@ -169,22 +127,30 @@ class Fleet:
         self.rec = Recorder()  # the time series and its live integrals
         self._tokens_prev = 0
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
-        self._desired = f.replicas  # the autoscaler's last answer for the load
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
-        self.max_replicas_seen = 0
-        self._poked = False
+
+    def _init_lifecycle(self) -> None:
+        """The replicas' lifecycle, with the fleet's hooks, and its slot lists (the same objects),
+        which routing reads and updates."""
+        self.life = Lifecycle(
+            self.env,
+            self.cfg,
+            self.rng,
+            self.rec,
+            self.stats,
+            (self.cold_start_s, self.wake_s),
+            make_engine=self._engine,
+            on_ready=self._release_queue,
+            on_evacuated=self._evacuated,
+        )
+        self.nodes: list[Node] = self.life.nodes
+        self.loads: list[int] = self.life.loads
 
     def _start(self, users: ClosedLoop | None) -> None:
         """The replicas at t = 0 and the fleet's processes: arrivals (or users), sampling, and
         the autoscaler when anything can change the fleet's size."""
         f, env = self.cfg.fleet, self.env
-        for _ in range(f.replicas):
-            node = self._new_node()
-            if f.start_warm:
-                self._set_state(node, ACTIVE)
-                node.engine.resume()  # type: ignore[union-attr]
-            else:
-                self._provision_timer(node)
+        self.life.launch(f.replicas, f.start_warm)
         if users is None:
             env.process(self.arrive())
         else:
@@ -193,20 +159,14 @@ class Fleet:
         if not self.fixed or f.pricing.kind == "spot" or f.pricing.burst == "spot" or not f.start_warm:
             env.process(self.autoscale())
 
-    # ------------------------------------------------------------------ replicas
+    # ------------------------------------------------------------------ replicas (the lifecycle's hooks)
 
-    def _new_node(self) -> Node:
-        f = self.cfg.fleet
+    def _engine(self, uid: int, on_idle: Callable[[Replica], None]) -> Replica:
+        """A new replica's engine, paused until the lifecycle resumes it."""
         e = self.cfg.engine
-        spot = f.pricing.kind == "spot"
-        if f.pricing.kind == "reserved" and f.pricing.burst == "spot":  # beyond the reservation: spot
-            held = sum(n.gpus for n in self.nodes if n.state != STOPPED and not n.spot)
-            spot = held + self.tp > f.pricing.reserved_gpus
-        slot = self.free_slots.pop() if self.free_slots else len(self.nodes)
-        node = Node(len(self.all_nodes), slot, self.tp, spot, self.env.now)
-        node.engine = Replica(
+        return Replica(
             self.env,
-            node.uid,
+            uid,
             self.perf,
             self.plan,
             max_num_seqs=self.max_seqs,
@@ -219,130 +179,12 @@ class Fleet:
             long_prefill_token_threshold=self.long_prefill,
             full_prompt_admission=e.admission == "full_prompt",
             on_done=self._done,
-            on_idle=lambda _eng, n=node: self._idle(n),
+            on_idle=on_idle,
             paused=True,
         )
-        node.cache = node.engine.pool
-        if slot == len(self.nodes):
-            self.nodes.append(node)
-            self.loads.append(NOT_ROUTABLE)
-        else:
-            self.nodes[slot] = node
-            self.loads[slot] = NOT_ROUTABLE
-        self.all_nodes.append(node)
-        if spot and f.pricing.spot_preemptions_per_hour > 0:
-            t = self.env.timeout(self.rng.exponential(3600.0 / f.pricing.spot_preemptions_per_hour))
-            t.callbacks.append(lambda _e, n=node: self._spot_preempt(n))
-        self.max_replicas_seen = max(
-            self.max_replicas_seen, self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING, DRAINING)
-        )
-        return node
 
-    def _count(self, *states: str) -> int:
-        return sum(1 for n in self.nodes if n.state in states)
-
-    def _set_state(self, node: Node, state: str) -> None:
-        now = self.env.now
-        if now > node.since:
-            self.spans.append(Span(node.uid, node.gpus, node.spot, node.state, node.since, now))
-            awake = now - node.since if node.state in (ACTIVE, DRAINING) else 0.0
-            self.rec.span_closed(self._accrued(node, node.state, now - node.since), awake)
-        if node.state == ACTIVE and node.idle_since is not None:
-            node.idle_s += now - node.idle_since
-            node.idle_since = None
-        node.state = state
-        node.since = now
-        if state == ACTIVE and node.out == 0:
-            node.idle_since = now
-        self.loads[node.slot] = node.out + PENALTY.get(state, NOT_ROUTABLE)
-
-    def _accrued(self, node: Node, state: str, seconds: float) -> float:
-        p = self.cfg.fleet.pricing
-        rate = self.cfg.gpu.price_per_hour * (p.spot_fraction if node.spot else 1.0)
-        return seconds / 3600.0 * rate * node.gpus * state_weight(state, self.cfg.fleet.sleep.cost_fraction)
-
-    def _provision(self) -> Node:
-        node = self._new_node()
-        self._provision_timer(node)
-        return node
-
-    def _provision_timer(self, node: Node) -> None:
-        self.stats["cold_starts"] += 1
-        node.ready_at = self.env.now + self.cold_start_s
-        t = self.env.timeout(self.cold_start_s)
-        t.callbacks.append(lambda _e, n=node: self._ready(n))
-
-    def _ready(self, node: Node) -> None:
-        if node.state == PROVISIONING:  # (else cancelled while starting)
-            self._activate(node)
-
-    def _activate(self, node: Node) -> None:
-        """A started or woken replica serves: the router's queue drains into the fleet; with
-        nothing to do it is idle from now (and may sleep)."""
-        self._set_state(node, ACTIVE)
-        node.engine.resume()  # type: ignore[union-attr]
-        self._release_queue()
-        if node.out == 0:
-            self._idle(node)
-
-    def _idle(self, node: Node) -> None:
-        if node.state == DRAINING:
-            self._stop(node)
-            return
-        if node.state != ACTIVE:
-            return
-        if node.idle_since is None:
-            node.idle_since = self.env.now
-        s = self.cfg.fleet.sleep
-        if s.enabled:
-            epoch = node.idle_epoch
-            t = self.env.timeout(s.idle_s)
-            t.callbacks.append(lambda _e, n=node, ep=epoch: self._maybe_sleep(n, ep))
-
-    def _maybe_sleep(self, node: Node, epoch: int) -> None:
-        if node.state != ACTIVE or node.out or node.idle_epoch != epoch:
-            return
-        if self._count(ACTIVE, WAKING) <= self.cfg.fleet.sleep.min_awake:
-            return
-        if not self.fixed and self._count(PROVISIONING, ACTIVE, WAKING) - 1 < self._desired:
-            return  # the autoscaler wants it awake (it would wake it at its next decision)
-        node.engine.pause()  # type: ignore[union-attr]
-        if node.cache is not None:
-            node.cache.clear()
-        self._set_state(node, SLEEPING)
-        self.stats["sleeps"] += 1
-
-    def _wake(self, node: Node) -> None:
-        self._set_state(node, WAKING)
-        self.stats["wakes"] += 1
-        node.ready_at = self.env.now + self.wake_s
-        t = self.env.timeout(self.wake_s)
-        t.callbacks.append(lambda _e, n=node: self._woken(n))
-
-    def _woken(self, node: Node) -> None:
-        if node.state == WAKING:
-            self._activate(node)
-
-    def _drain(self, node: Node) -> None:
-        if node.state in (PROVISIONING, SLEEPING) or (node.state == ACTIVE and node.out == 0):
-            self._stop(node)
-        else:
-            self._set_state(node, DRAINING)
-
-    def _stop(self, node: Node) -> None:
-        self._set_state(node, STOPPED)
-        node.engine.stopped = True  # type: ignore[union-attr]
-        self.loads[node.slot] = NOT_ROUTABLE
-        self.free_slots.append(node.slot)
-
-    def _spot_preempt(self, node: Node) -> None:
-        """The provider takes the GPU back: the replica's requests go elsewhere, none is lost."""
-        if node.state == STOPPED:
-            return
-        self.stats["spot_preemptions"] += 1
-        requests = node.engine.evacuate()  # type: ignore[union-attr]
-        node.out = 0
-        self._stop(node)
+    def _evacuated(self, requests: list[Request]) -> None:
+        """A spot preemption handed back these requests: none is lost, each is routed again."""
         for req in requests:
             req.replica = -1
             self._to_gpu(req, None)
@@ -423,7 +265,7 @@ class Fleet:
             return
         node = self.nodes[k]
         if node.state == SLEEPING:
-            self._wake(node)
+            self.life.wake(node)
         self._submit(node, req)
 
     def _submit(self, node: Node, req: Request) -> None:
@@ -449,7 +291,7 @@ class Fleet:
             q.popleft()
             node = self.nodes[k]
             if node.state == SLEEPING:
-                self._wake(node)
+                self.life.wake(node)
             self._submit(node, req)
 
     def blocks_of(self, req: Request) -> np.ndarray | None:
@@ -582,23 +424,23 @@ class Fleet:
 
     def _autoscale_now(self) -> None:
         f = self.cfg.fleet
-        total = self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING)
+        total = self.life.count(PROVISIONING, ACTIVE, SLEEPING, WAKING)
         if self.fixed:  # keep the fleet at its size (replace what spot preemption takes)
             for _ in range(max(0, f.replicas - total)):
-                self._provision()
+                self.life.provision()
             return
-        capacity = self._count(PROVISIONING, ACTIVE, WAKING)  # awake or about to be
-        ready = self._count(ACTIVE)
+        capacity = self.life.count(PROVISIONING, ACTIVE, WAKING)  # awake or about to be
+        ready = self.life.count(ACTIVE)
         desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity))
         if self.router_queue:
             desired = max(desired, 1)  # requests wait for a replica: never down to zero (scale from zero)
         if desired > capacity:  # wake parked replicas first, then start new ones
             need = desired - capacity
             for node in [n for n in self.nodes if n.state == SLEEPING][:need]:
-                self._wake(node)
+                self.life.wake(node)
                 need -= 1
             for _ in range(min(need, f.max_replicas - total)):
-                self._provision()
+                self.life.provision()
         elif desired < total:  # shed down to desired, sleepers first; min_replicas bounds the fleet
             shed = max(0, min(total - desired, total - f.min_replicas))
             asleep = sorted((n for n in self.nodes if n.state == SLEEPING), key=lambda n: -n.uid)
@@ -607,21 +449,21 @@ class Fleet:
             victims = asleep[:shed]
             victims += (starting + active)[: min(shed - len(victims), max(capacity - desired, 0))]
             for node in victims:
-                self._drain(node)
-        self._desired = desired  # what the load asks for (min_replicas may keep more, asleep)
-        total = self._count(PROVISIONING, ACTIVE, SLEEPING, WAKING)  # after this decision
+                self.life.drain(node)
+        self.life.desired = desired  # what the load asks for (min_replicas may keep more, asleep)
+        total = self.life.count(PROVISIONING, ACTIVE, SLEEPING, WAKING)  # after this decision
         for _ in range(max(0, f.min_replicas - total)):
-            self._provision()
+            self.life.provision()
 
     def _poke(self) -> None:
         """A request waits with no replica able to take it: decide now, as Knative's activator does."""
-        if not self.fixed and not self._count(PROVISIONING, WAKING):
+        if not self.fixed and not self.life.count(PROVISIONING, WAKING):
             self._autoscale_now()
 
     # ------------------------------------------------------------------ records
 
     def _done(self, req: Request, now: float) -> None:
-        node = self.all_nodes[req.replica]
+        node = self.life.all_nodes[req.replica]
         self.loads[node.slot] -= 1
         node.out -= 1
         i = req.id
@@ -661,12 +503,6 @@ class Fleet:
         if self.n_closed == self.n_total:
             self.finished.succeed()
 
-    def stop_all(self) -> None:
-        """End of the simulation: every replica still alive stops (billing ends now)."""
-        for node in self.nodes:
-            if node.state != STOPPED:
-                self._set_state(node, STOPPED)
-
     # ------------------------------------------------------------------ time series
 
     def sample(self, interval: float):
@@ -703,44 +539,11 @@ class Fleet:
     def _api_in_flight(self) -> bool:
         return self.api is not None and self.rec.in_system > sum(n.out for n in self.nodes) + len(self.router_queue)
 
-    def busy_seconds(self) -> float:
-        now = self.env.now
-        return sum(n.engine.busy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
-
-    def occupancy_seconds(self) -> float:
-        now = self.env.now
-        return sum(n.engine.occupancy_time(now) for n in self.all_nodes)  # type: ignore[union-attr]
-
-    def awake_seconds(self) -> float:
-        """Replica-seconds spent able to run iterations (active or draining)."""
-        now = self.env.now
-        return self.rec.awake_closed + sum(now - n.since for n in self.nodes if n.state in (ACTIVE, DRAINING))
-
-    def gpu_cost_so_far(self) -> float:
-        now = self.env.now
-        return self.rec.gpu_cost_closed + sum(
-            self._accrued(n, n.state, now - n.since) for n in self.nodes if n.state != STOPPED
-        )
-
     def take_sample(self) -> None:
         """Close the current time-series bin at env.now (`Recorder.close_bin`)."""
-        now = self.env.now
-        for n in self.nodes:
-            if n.state != STOPPED:
-                n.engine.sync()  # type: ignore[union-attr]
-        counts = dict.fromkeys(STATES, 0)
-        used = blocks = queued = running = 0
-        for n in self.nodes:
-            if n.state == STOPPED:
-                continue
-            state = "idle" if n.state == ACTIVE and n.out == 0 else n.state
-            counts[state] += 1
-            eng = n.engine
-            queued += len(eng.waiting)  # type: ignore[union-attr]
-            running += len(eng.running)  # type: ignore[union-attr]
-            if n.state in (ACTIVE, DRAINING):
-                used += eng.kv_blocks_used()  # type: ignore[union-attr]
-                blocks += self.plan.kv_blocks
-        state = (len(self.router_queue), queued, running, used / blocks if blocks else 0.0, [counts[s] for s in STATES])
-        costs = (self.gpu_cost_so_far(), self.api.spend if self.api is not None else 0.0)
-        self.rec.close_bin(now, self.busy_seconds(), self.occupancy_seconds(), self.awake_seconds(), state, costs)
+        life = self.life
+        counts, queued, running, kv, awake, gpu_cost = life.census(self.plan.kv_blocks)
+        state = (len(self.router_queue), queued, running, kv, counts)
+        costs = (gpu_cost, self.api.spend if self.api is not None else 0.0)
+        busy, occupancy = life.engine_seconds()
+        self.rec.close_bin(self.env.now, busy, occupancy, awake, state, costs)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from sim.des.predict import Predictor
     from sim.des.router import Router
 
-Node = Any  # a replica slot of the fleet (`sim.des.fleet.Node`): .engine, .state
+Node = Any  # a replica slot of the fleet (`sim.des.lifecycle.Node`): .engine, .state
 
 
 class Fleet(Protocol):

@@ -1,6 +1,7 @@
 """The fleet's time series, kept live: hooks the fleet calls as requests enter and leave the
-system and as replica spans close, and `close_bin`, which turns one interval into a row of
-`SAMPLE_COLUMNS` (`des.records`). No SimPy: the fleet passes the clock."""
+system and the lifecycle (`sim.des.lifecycle`) as replica spans close, and `close_bin`, which
+turns one interval into a row of `SAMPLE_COLUMNS` (`des.records`). No SimPy: the fleet passes the
+clock."""
 
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ def simulate(
     env.run(until=fleet.finished)
     fleet.take_sample()
     end = env.now
-    fleet.stop_all()
+    fleet.life.stop_all()
     if users is not None:
         fleet.records.resize(users.sent)  # the requests the users sent
     records = fleet.records.arrays()
@@ -43,20 +43,22 @@ def simulate(
 
 def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
     """The fleet's records and counters as plain data."""
-    nodes = fleet.all_nodes
+    life = fleet.life
+    nodes = life.all_nodes
+    busy, occupancy = life.engine_seconds()
     caches = [n.cache for n in nodes if n.cache is not None]
     api = fleet.api
     return Outcome(
         end_s=end,
         records=records,
         samples=fleet.rec.samples,
-        spans=fleet.spans,
+        spans=life.spans,
         idle_s={n.uid: n.idle_s for n in nodes},
         gpu_possible=fleet.gpu_possible,
-        busy_s=fleet.busy_seconds(),
-        occupancy_s=fleet.occupancy_seconds(),
-        replica_seconds=fleet.awake_seconds(),
-        max_replicas=fleet.max_replicas_seen,
+        busy_s=busy,
+        occupancy_s=occupancy,
+        replica_seconds=life.awake_seconds(),
+        max_replicas=life.max_replicas_seen,
         replicas_started=len(nodes),
         cold_start_s=fleet.cold_start_s,
         wake_s=fleet.wake_s,
