@@ -162,3 +162,32 @@ def test_printed_summary_says_when_the_fleet_is_overloaded():
     s = runner.run(c).summary
     assert not s["slo_met"] and s["ttft_p50"] > c.slo.ttft_s
     assert "the fleet is overloaded" in format_summary(s, c)
+
+
+def test_printed_summary_judges_at_the_slo_percentile_and_says_what_missed():
+    """The SLO is judged at its percentile (p95 by default): the console shows that percentile
+    next to p50 and p99, says which of TTFT and TPOT missed, and lists the events that moved
+    latency (cold starts, KV preemptions, API refusals)."""
+    from sim.apps.cli import _s, format_summary
+    from sim.studies import run as runner
+    from tests.conftest import cfg
+
+    c = cfg("workload.duration_s=60", "workload.rate=80")
+    s = runner.run(c).summary
+    text = format_summary(s, c)
+    assert f"p95 {_s(s['ttft_slo_percentile'])}   p99" in text and "(SLO 1 s at p95)" in text
+    assert f"missed: TTFT p95 {_s(s['ttft_slo_percentile'])} > 1 s" in text
+    assert ("TPOT p95" in text.split("missed:")[1]) == (s["tpot_slo_percentile"] > c.slo.tpot_s)
+    if s["preemptions"]:
+        assert f"{s['preemptions']:,} KV-cache preemptions" in text
+
+    c = cfg("workload.duration_s=60", "slo.percentile=99")
+    text = format_summary(runner.run(c).summary, c)
+    assert "p95" not in text and "missed" not in text  # p99 shown once; a met SLO misses nothing
+
+    # a pure-API run on tier 1: the refusals of its rate limit are counted and explained
+    c = cfg("workload.duration_s=60", "api=tier1", "fleet.replicas=0", "api.overflow=always", "api.on_limit=backoff")
+    s = runner.run(c).summary
+    text = format_summary(s, c)
+    assert s["api_refusals.rpm"] > 0 and f"{s['api_refusals.rpm']:,} API refusals (rpm)" in text
+    assert "the API's limits refused requests" in text and "  GPUs " not in text

@@ -58,11 +58,10 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"workload {cfg.workload.name}: {s['sim_duration_s']:,.0f} s simulated in {s['wall_time_s']:.2f} s",
         f"  requests   {_count(s['n_requests'])} (gpu {_count(s['n_gpu'])}, api {_count(s['n_api'])}, "
         f"rejected {_count(s['n_rejected'])})",
-        f"  TTFT       p50 {_fmt(s['ttft_p50'], ' s')}   p99 {_fmt(s['ttft_p99'], ' s')}   (SLO {slo.ttft_s:g} s)",
-        f"  TPOT       p50 {_fmt(s['tpot_p50'] and s['tpot_p50'] * 1e3, ' ms')}   "
-        f"p99 {_fmt(s['tpot_p99'] and s['tpot_p99'] * 1e3, ' ms')}   (SLO {slo.tpot_s * 1e3:g} ms)",
-        f"  SLO        {verdict}: attainment {s['slo_attainment']:.1%} (target {slo.attainment:.0%}, "
-        f"p{slo.percentile:g})",
+        f"  TTFT       {_quantiles(s, 'ttft', slo.percentile, _s)}   (SLO {slo.ttft_s:g} s at p{slo.percentile:g})",
+        f"  TPOT       {_quantiles(s, 'tpot', slo.percentile, _ms)}   "
+        f"(SLO {slo.tpot_s * 1e3:g} ms at p{slo.percentile:g})",
+        f"  SLO        {verdict}: attainment {s['slo_attainment']:.1%} (target {slo.attainment:.0%}){_missed(s, cfg)}",
         f"  cost       ${s['total_cost']:.2f} (gpu ${s['gpu_cost']:.2f}, api ${s['api_cost']:.2f}{_other_costs(s)}), "
         f"${_fmt(s['cost_per_mtok'], '', 4)}/M tokens, ${_fmt(s['cost_per_hour'], '', 4)}/hour "
         f"(${s['cost_per_month']:,.0f}/month)",
@@ -70,8 +69,11 @@ def format_summary(summary: dict, cfg: Config) -> str:
         f"replica saturated, this token mix); engine occupancy {s['engine_occupancy']:.1%}, "
         f"busy {s['gpu_busy']:.1%} of the time",
     ]
+    if not s["n_gpu"] and not s.get("mean_replicas"):
+        lines.pop()  # no GPUs in this run: no GPU line
     if s.get("users"):
         lines.insert(2, _users_line(s, cfg))
+    lines += _event_lines(s, cfg)
     lines += _api_lines(s, cfg)
     if s.get("n_seeds"):
         lines += _seed_lines(s, cfg, verdict)
@@ -83,6 +85,59 @@ def format_summary(summary: dict, cfg: Config) -> str:
         for name in classes
     )
     return "\n".join(lines)
+
+
+def _s(value: float | None) -> str:
+    return _fmt(value, " s")
+
+
+def _ms(value: float | None) -> str:
+    return _fmt(value if value is None else value * 1e3, " ms")
+
+
+def _quantiles(s: dict, metric: str, percentile: float, show) -> str:
+    """p50, the SLO's percentile (what the verdict is judged on) and p99."""
+    parts = [f"p50 {show(s[f'{metric}_p50'])}"]
+    if percentile not in (50, 99):
+        parts.append(f"p{percentile:g} {show(s.get(f'{metric}_slo_percentile'))}")
+    parts.append(f"p99 {show(s[f'{metric}_p99'])}")
+    return "   ".join(parts)
+
+
+def _missed(s: dict, cfg: Config) -> str:
+    """What missed the SLO: TTFT or TPOT at its percentile over the threshold, attainment under
+    its target, or nothing served."""
+    slo = cfg.slo
+    if s["slo_met"]:
+        return ""
+    why = []
+    ttft, tpot = s.get("ttft_slo_percentile"), s.get("tpot_slo_percentile")
+    if ttft is not None and not math.isnan(ttft) and ttft > slo.ttft_s:
+        why.append(f"TTFT p{slo.percentile:g} {_s(ttft)} > {slo.ttft_s:g} s")
+    if tpot is not None and not math.isnan(tpot) and tpot > slo.tpot_s:
+        why.append(f"TPOT p{slo.percentile:g} {_ms(tpot)} > {slo.tpot_s * 1e3:g} ms")
+    if s["slo_attainment"] < slo.attainment:
+        why.append(f"attainment under {slo.attainment:.0%}")
+    if not s["n_gpu"] and not s["n_api"]:
+        why.append("nothing was served")
+    return f"; missed: {', '.join(why)}" if why else ""
+
+
+def _event_lines(s: dict, cfg: Config) -> list[str]:
+    """Events that move latency or cost: cold starts, wake-ups, spot and KV preemptions, API
+    refusals by limit, requests that waited at the router with no replica to take them."""
+    events = [
+        (s.get("cold_starts"), f"cold starts ({_s(s.get('cold_start_s'))} each)"),
+        (s.get("wakes"), "wake-ups from sleep"),
+        (s.get("spot_preemptions"), "spot preemptions"),
+        (s.get("preemptions"), "KV-cache preemptions (requests recomputed)"),
+    ]
+    refusals = {k.split(".", 1)[1]: v for k, v in s.items() if k.startswith("api_refusals.") and v}
+    events += [(n, f"API refusals ({reason})") for reason, n in sorted(refusals.items())]
+    shown = [f"{_count(n)} {what}" for n, what in events if n]
+    if s.get("router_queue_max"):
+        shown.append(f"up to {_count(s['router_queue_max'])} requests waiting at the router for a replica")
+    return [f"  events     {'; '.join(shown)}"] if shown else []
 
 
 def _fleet_text(s: dict, cfg: Config) -> str:
@@ -167,6 +222,13 @@ def _seed_lines(s: dict, cfg: Config, verdict: str) -> list[str]:
 
 
 def _notes(s: dict, cfg: Config) -> list[str]:
+    refused = sum(v for k, v in s.items() if k.startswith("api_refusals.") and v)
+    if not s["slo_met"] and refused > s.get("n_api", 0):
+        return [
+            f"  note       the API's limits refused requests {_count(refused)} times ({cfg.api.name}): they "
+            f"{'waited to retry' if cfg.api.on_limit == 'backoff' else 'went back to the GPU queue'}; "
+            "a higher tier (api=tier2 ... tier4, api=tiered) or GPUs for the overflow (fleet.replicas) lift that"
+        ]
     queue = s.get("queue_mean")
     waited = not s["slo_met"] and s["n_gpu"] > 0 and queue is not None and queue > cfg.slo.ttft_s
     if waited and s.get("cold_starts") and s.get("gpu_utilization", 1.0) < 0.7:

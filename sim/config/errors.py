@@ -64,5 +64,5 @@ def _trace_error(path, problem, line, row, column) -> TraceError:
 
 
 def _show(value: object) -> str:
-    text = repr(value) if isinstance(value, str) else str(value)
+    text = repr(str.__str__(value)) if isinstance(value, str) else str(value)  # a closed set's name as text
     return text if len(text) <= 80 else text[:77] + "..."
