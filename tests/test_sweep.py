@@ -160,6 +160,56 @@ def test_no_feasible_job_names_the_closest_miss(tmp_path):
     assert (tmp_path / "plots" / "pareto.png").is_file()
 
 
+@pytest.mark.parametrize("key", ["workload.rate", "workload.users"])
+def test_a_load_sweep_answers_with_the_highest_load_meeting_the_slo(tmp_path, key, capsys):
+    """Over the load alone the cheapest job is only the lightest load: the answer is the highest
+    load that meets the SLO, and the first that misses it."""
+    from omegaconf import OmegaConf
+
+    from sim.apps.sweep_callback import SweepCallback
+
+    for job, (load, met) in enumerate([(10, True), (40, False), (20, True), (30, True), (80, False)]):
+        _fake_job(tmp_path, job, [f"{key}={load}"], {**_summary(1.0, met, 0.99 if met else 0.5), "cost_per_hour": 1.0})
+    df = aggregate(tmp_path, plots=False)
+    load = json.loads((tmp_path / "sweep_best.json").read_text())["highest_load_meeting_slo"]
+    assert load["key"] == key and load["value"] == 30 and load["job"] == 3 and load["first_miss"] == 40
+    assert load["tried"] == [10, 20, 30, 40, 80] and len(df) == 5
+    SweepCallback(plots=False).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert (
+        f"highest load meeting the SLO: {key}=30 (job 3, attainment 99.0%); {key}=40 misses it"
+        in capsys.readouterr().out
+    )
+
+
+def test_a_sweep_over_the_fleet_has_no_load_answer(tmp_path):
+    _fake_job(tmp_path, 0, ["fleet.replicas=1", "workload.rate=10"], _summary(1.0, True, 0.99))
+    _fake_job(tmp_path, 1, ["fleet.replicas=2", "workload.rate=20"], _summary(2.0, True, 0.99))
+    aggregate(tmp_path, plots=False)
+    assert "highest_load_meeting_slo" not in json.loads((tmp_path / "sweep_best.json").read_text())
+
+
+def test_a_sweep_that_finds_no_job_results_fails_loudly(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from sim.apps.sweep_callback import SweepCallback
+
+    for where in (tmp_path, tmp_path / "never-made"):
+        with pytest.raises(SystemExit) as e:
+            SweepCallback().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(where)}}}))
+        assert e.value.code == 2
+        assert "no job results in" in capsys.readouterr().err
+
+
+def test_the_default_sweep_directory_is_absolute(tmp_path, monkeypatch):
+    import datetime
+
+    from sim.apps.cli import absolute_sweep_dir
+
+    monkeypatch.chdir(tmp_path)
+    got = Path(absolute_sweep_dir(datetime.datetime(2026, 12, 3, 7, 8, 9, 123456)))
+    assert got == tmp_path / "outputs" / "multirun" / "2026-12-03" / "07-08-09-123456" and got.is_absolute()
+
+
 def test_every_job_failed(tmp_path):
     _fake_job(tmp_path, 0, ["gpu=h100"], None, "bad")
     _fake_job(tmp_path, 1, ["gpu=l40s"], None, "worse")

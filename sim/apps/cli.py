@@ -9,6 +9,7 @@ places that import Hydra.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import sys
@@ -397,7 +398,35 @@ def _one_line(exc: BaseException) -> str:
         if ln.startswith(("provider=", "pkg://", "file://")):
             continue
         keep.append(ln)
-    return _closed_set(" ".join(keep))[:400]
+    return _list_wanted(_unknown_override(_closed_set(" ".join(keep))))[:400]
+
+
+def _unknown_override(text: str) -> str:
+    """Hydra's refusal of a key the schema lacks (it suggests appending it with +) as the nearest
+    known key: `workload.rat: unknown key; did you mean workload.rate?`."""
+    import re
+
+    from sim.config.schema import _did_you_mean
+
+    m = re.search(r"Could not override '([^']+)'", text)
+    if not m:
+        return text
+    key = m.group(1)
+    if key.startswith("plan."):
+        from sim.studies.plan import PlanAppConfig
+
+        hint = _did_you_mean(key, PlanAppConfig)
+    else:
+        hint = _did_you_mean(key)
+    return f"{key}: unknown key{hint}" if hint else text
+
+
+def _list_wanted(text: str) -> str:
+    """A single value given where a list is wanted (`plan.gpus=h100`)."""
+    import re
+
+    m = re.search(r"override (\S+?)=(\S+): Invalid value assigned: \w+ is not a ListConfig", text)
+    return f"{m.group(1)}={m.group(2)!r}: must be a list, e.g. {m.group(1)}=[{m.group(2)}]" if m else text
 
 
 def _closed_set(text: str) -> str:
@@ -409,6 +438,27 @@ def _closed_set(text: str) -> str:
     return f"{m.group(1)}={m.group(3)!r}: must be one of {m.group(4)}" if m else text
 
 
+def absolute_sweep_dir(now: datetime.datetime | None = None) -> str:
+    """The default sweep directory, outputs/multirun/DATE/TIME, made absolute here, in the
+    submitting process: launchers whose jobs start in another working directory (a Ray cluster's
+    workers, SLURM nodes) write where the sweep callback reads."""
+    now = now or datetime.datetime.now()
+    return str(Path.cwd() / "outputs" / "multirun" / now.strftime("%Y-%m-%d") / now.strftime("%H-%M-%S-%f"))
+
+
+def _prepare_argv(argv: Sequence[str] | None, prog: str) -> frozenset:
+    """sys.argv for Hydra: a single run refuses a directory an earlier run used; a sweep gets an
+    absolute directory unless one is given. The directories that existed before are returned."""
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    kept = _existing_dirs(sys.argv[1:])
+    if not {"-m", "--multirun"} & set(sys.argv[1:]):
+        _refuse_earlier_run(prog, sys.argv[1:])
+    elif not any(a.startswith("hydra.sweep.dir=") for a in sys.argv[1:]):
+        sys.argv.append(f"hydra.sweep.dir={absolute_sweep_dir()}")
+    return kept
+
+
 def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> None:
     """Run a Hydra app; composition errors and bad values become one line and exit code 2."""
     import hydra
@@ -417,11 +467,7 @@ def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> No
 
     from sim.apps.python_api import register_configs
 
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    kept = _existing_dirs(sys.argv[1:])
-    if not {"-m", "--multirun"} & set(sys.argv[1:]):
-        _refuse_earlier_run(prog, sys.argv[1:])
+    kept = _prepare_argv(argv, prog)
     register_configs()
     user_wants_trace = bool(os.environ.get("HYDRA_FULL_ERROR"))
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let composition errors reach us instead of exit(1)

@@ -26,11 +26,15 @@ class SweepCallback(Callback):  # type: ignore[misc]
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir():
-            return
-        df = aggregate(sweep_dir, plots=self.plots, mark=self.mark)
-        if df.empty:
-            return
+        df = aggregate(sweep_dir, plots=self.plots, mark=self.mark) if sweep_dir.is_dir() else None
+        if df is None or df.empty:
+            print(
+                f"fleetsim sweep: error: no job results in {sweep_dir.resolve()}: the jobs wrote their outputs "
+                "somewhere else (a launcher whose jobs run in another working directory needs an absolute "
+                "hydra.sweep.dir) or none ran",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         best = json.loads((sweep_dir / "sweep_best.json").read_text())
         jobs = f"{len(df)} job" + ("s" if len(df) != 1 else "")
         print(f"fleetsim sweep: {jobs} ({int((df.status == 'ok').sum())} ok) in {sweep_dir}")
@@ -38,7 +42,10 @@ class SweepCallback(Callback):  # type: ignore[misc]
         if old:
             print(f"  ({old} job directories left there by an earlier sweep are not counted)")
         print(format_table(df))
-        if best.get("feasible"):
+        load = best.get("highest_load_meeting_slo")
+        if load is not None:
+            print(_load_line(load))
+        elif best.get("feasible"):
             chosen = " ".join(f"{k}={best['overrides'][k]}" for k in varying(df))
             print(
                 f"  cheapest meeting the SLO: job {best['job']} ({chosen}) at ${best['cost_per_hour']:,.2f}/hour "
@@ -57,3 +64,16 @@ class SweepCallback(Callback):  # type: ignore[misc]
         if not (df["status"] == "ok").any():  # nothing to compare: the command failed
             print(f"fleetsim sweep: error: every job failed ({len(df)}); see sweep.csv in {sweep_dir}", file=sys.stderr)
             sys.exit(2)
+
+
+def _load_line(load: dict) -> str:
+    """The answer of a sweep over the load: the highest load that meets the SLO."""
+    key = load["key"]
+    if load.get("value") is None:
+        return f"  no {key} tried meets the SLO (tried {', '.join(f'{v:g}' for v in load['tried'])})"
+    miss = load.get("first_miss")
+    beyond = f"; {key}={miss:g} misses it" if miss is not None else " (the highest tried)"
+    return (
+        f"  highest load meeting the SLO: {key}={load['value']:g} (job {load['job']}, attainment "
+        f"{load['slo_attainment']:.1%}){beyond}"
+    )

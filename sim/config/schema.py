@@ -838,13 +838,13 @@ def batch_limits(e: EngineConfig, g: GpuConfig) -> tuple[int, int]:
     return (min(seqs, tokens) if e.max_num_seqs is None else e.max_num_seqs), tokens
 
 
-def _did_you_mean(key: str) -> str:
-    """For an unknown dotted key of the schema, the nearest known one."""
+def _did_you_mean(key: str, root: Any = None) -> str:
+    """For an unknown dotted key of the schema (of `root`, default Config), the nearest known one."""
     import dataclasses
     import difflib
     import typing
 
-    cls: Any = Config
+    cls: Any = root or Config
     *parents, last = key.split(".")
     for part in parents:
         hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}

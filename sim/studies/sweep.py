@@ -164,6 +164,28 @@ def best_job(df: pd.DataFrame) -> dict:
     return out
 
 
+LOAD_KEYS = ("workload.rate", "workload.load_scale", "workload.rate_scale", "workload.users")
+
+
+def highest_load(df: pd.DataFrame) -> dict | None:
+    """For a sweep over the load alone (workload.rate, load_scale, rate_scale or users: the
+    fleet fixed), the highest load whose job meets the SLO, or None for any other sweep. The
+    cheapest job of such a sweep is only the lightest load, not an answer."""
+    keys = varying(df)
+    if len(keys) != 1 or keys[0] not in LOAD_KEYS:
+        return None
+    key = keys[0]
+    ok = df[feasible(df)]
+    loads = pd.to_numeric(df[key], errors="coerce")
+    out: dict = {"key": key, "tried": [_plain(v) for v in sorted(loads.dropna().unique())]}
+    if len(ok):
+        row = ok.loc[pd.to_numeric(ok[key], errors="coerce").idxmax()]
+        out.update(value=_plain(row[key]), job=_plain(row["job"]), slo_attainment=_plain(row["slo_attainment"]))
+        higher = df[(loads > row[key]) & (df["status"] == "ok")]
+        out["first_miss"] = _plain(pd.to_numeric(higher[key]).min()) if len(higher) else None
+    return out
+
+
 def _plain(value):
     if isinstance(value, np.generic):
         value = value.item()
@@ -179,6 +201,9 @@ def aggregate(sweep_dir: str | Path, *, plots: bool = True, mark: str | None = N
         return df
     df.to_csv(sweep_dir / "sweep.csv", index=False)
     best = best_job(df)
+    load = highest_load(df)
+    if load is not None:
+        best["highest_load_meeting_slo"] = load
     (sweep_dir / "sweep_best.json").write_text(json.dumps(json_ready(best), indent=2) + "\n")
     if plots:
         from sim.output.plots import pareto_plot, sweep_cost_plot
