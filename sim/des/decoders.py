@@ -1,0 +1,156 @@
+"""A replica's running decode set, kept as aggregates so that a run of decode iterations has a
+closed form (the replica scheduler, `sim.des.engine`, uses it; nothing here knows SimPy or requests).
+
+Iterations are counted by a global counter g. A decoder that joins at boundary g with c tokens of
+KV gets the offset o = c - g: at boundary g' it holds o + g' tokens, one more per iteration. The
+set is kept as four aggregates over its members' offsets,
+
+    n         how many decode
+    s_off     sum_i o_i                       so their context at boundary g is s_off + n g
+    q_sum     sum_i o_i // block_size
+    cnt[r]    how many have o_i % block_size == r
+
+from which the KV blocks they hold after x tokens,
+
+    blocks(x) = sum_i ceil((o_i + x) / block_size),
+
+takes O(block_size) whatever n is (`blocks_after`), and so does the number of iterations whose
+blocks fit a capacity (`steps_fitting`). A heap keyed by the boundary at which each member emits
+its last token gives the next finish (`next_finish`, `pop_due`).
+
+A member is whatever object the caller passes to `join` (the engine passes its request); `join`
+returns a handle, and `leave` takes it back. Entries of members that left stay in the heap until
+they reach its top (lazy deletion).
+"""
+
+from __future__ import annotations
+
+import heapq
+
+
+class Decoders:
+    """The decode set of one replica: aggregates over the members' KV offsets, and their finishes."""
+
+    __slots__ = ("_heap", "_live", "_seq", "bs", "cnt", "n", "q_sum", "s_off")
+
+    def __init__(self, block_size: int):
+        self.bs = block_size
+        self.n = 0  # members
+        self.s_off = 0  # sum of o_i
+        self.q_sum = 0  # sum of o_i // block_size
+        self.cnt = [0] * block_size  # histogram of o_i % block_size
+        self._heap: list[tuple[int, int, object]] = []  # (finish, handle, member)
+        self._live: dict[int, int] = {}  # handle -> offset, for members still decoding
+        self._seq = 0  # the last handle given out (handles also break ties between equal finishes)
+
+    def join(self, o: int, finish: int, member: object) -> int:
+        """Add a member with KV offset `o` whose last token is out at boundary `finish`; return
+        its handle."""
+        q, r = divmod(o, self.bs)
+        self.q_sum += q
+        self.cnt[r] += 1
+        self.s_off += o
+        self.n += 1
+        self._seq += 1
+        handle = self._seq
+        self._live[handle] = o
+        heapq.heappush(self._heap, (finish, handle, member))
+        return handle
+
+    def leave(self, handle: int) -> None:
+        """Remove the member `join` gave `handle` to (preempted, or finished)."""
+        o = self._live.pop(handle)
+        q, r = divmod(o, self.bs)
+        self.q_sum -= q
+        self.cnt[r] -= 1
+        self.s_off -= o
+        self.n -= 1
+
+    def pop_due(self, g: int) -> object | None:
+        """A member whose last token is out by boundary g, removed from the set; None when there
+        is none. Members due at the same boundary come in the order they joined."""
+        heap = self._heap
+        live = self._live
+        while heap and heap[0][0] <= g:
+            _, handle, member = heapq.heappop(heap)
+            if handle in live:
+                self.leave(handle)
+                return member
+        return None
+
+    def next_finish(self) -> int:
+        """The earliest boundary at which a member emits its last token (the set must not be
+        empty)."""
+        heap = self._heap
+        live = self._live
+        while heap[0][1] not in live:  # drop entries of members that left
+            heapq.heappop(heap)
+        return heap[0][0]
+
+    def members(self) -> list[tuple[int, object]]:
+        """(finish, member) for every member, in no particular order."""
+        live = self._live
+        return [(f, m) for f, h, m in self._heap if h in live]
+
+    def context(self, g: int) -> int:
+        """The members' KV tokens at boundary g."""
+        return self.s_off + self.n * g
+
+    def blocks_after(self, x: int) -> int:
+        """KV blocks the members hold after x more tokens each: sum_i ceil((o_i + x) / block_size)."""
+        bs = self.bs
+        n = self.n
+        cycles, h = divmod(x, bs)
+        total = self.q_sum + n * cycles + n
+        if h == 0:
+            total -= self.cnt[0]
+        elif h >= 2:
+            total += sum(self.cnt[bs + 1 - h :])
+        return total
+
+    def steps_fitting(self, g: int, capacity: int, limit: int) -> int:
+        """How many decode iterations from boundary g on (at most `limit`) get their KV blocks
+        within `capacity`: iteration g + j needs blocks_after(g + 1 + j). The set must not be
+        empty."""
+        slack = capacity - self.blocks_after(g + 1)
+        if slack < 0:
+            return 0
+        n, bs, cnt = self.n, self.bs, self.cnt
+        cycles = slack // n  # every block_size iterations the members need exactly n new blocks
+        if cycles * bs >= limit:
+            return limit
+        x = g + 1 + cycles * bs
+        slack -= cycles * n
+        while True:
+            x += 1
+            slack -= cnt[(1 - x) % bs]  # members whose KV fills a block at boundary x - 1
+            if slack < 0:
+                return min(x - 1 - g, limit)
+
+    def plus(self, offsets: list[int]) -> Decoders:
+        """The aggregates with more members of these offsets, for a what-if (the copy has no
+        finishes: its `next_finish` and `pop_due` know nothing)."""
+        other = Decoders.__new__(Decoders)
+        bs = self.bs
+        cnt = self.cnt.copy()
+        q_sum = self.q_sum
+        for o in offsets:
+            q, r = divmod(o, bs)
+            q_sum += q
+            cnt[r] += 1
+        other.bs = bs
+        other.n = self.n + len(offsets)
+        other.s_off = self.s_off + sum(offsets)
+        other.q_sum = q_sum
+        other.cnt = cnt
+        other._heap = []
+        other._live = {}
+        other._seq = 0
+        return other
+
+    def clear(self) -> None:
+        """Remove every member."""
+        self.n = self.s_off = self.q_sum = 0
+        self.cnt = [0] * self.bs
+        self._heap.clear()
+        self._live.clear()
