@@ -18,20 +18,24 @@ takes O(block_size) whatever n is (`blocks_after`), and so does the number of it
 blocks fit a capacity (`steps_fitting`). A heap keyed by the boundary at which each member emits
 its last token gives the next finish (`next_finish`, `pop_due`).
 
-A member is whatever object the caller passes to `join` (the engine passes its request); `join`
-returns a handle, and `leave` takes it back. Entries of members that left stay in the heap until
-they reach its top (lazy deletion).
+A member is whatever object the caller passes to `join` (the engine passes its request; None is
+not a member); `join` returns a handle, and `leave` takes it back. A handle is the member's heap
+entry, [finish, join order, offset, member]: `leave` blanks its member and the entry stays in the
+heap until it reaches the top (the heapq documentation's lazy deletion), so joining and leaving
+cost no look-up.
 """
 
 from __future__ import annotations
 
 import heapq
 
+NEVER = 1 << 62  # `first_due` of an empty heap
+
 
 class Decoders:
     """The decode set of one replica: aggregates over the members' KV offsets, and their finishes."""
 
-    __slots__ = ("_heap", "_live", "_seq", "bs", "cnt", "n", "q_sum", "s_off")
+    __slots__ = ("_heap", "_scratch", "_seq", "bs", "cnt", "first_due", "n", "q_sum", "s_off")
 
     def __init__(self, block_size: int):
         self.bs = block_size
@@ -39,11 +43,14 @@ class Decoders:
         self.s_off = 0  # sum of o_i
         self.q_sum = 0  # sum of o_i // block_size
         self.cnt = [0] * block_size  # histogram of o_i % block_size
-        self._heap: list[tuple[int, int, object]] = []  # (finish, handle, member)
-        self._live: dict[int, int] = {}  # handle -> offset, for members still decoding
-        self._seq = 0  # the last handle given out (handles also break ties between equal finishes)
+        self._heap: list[list] = []  # [finish, join order, offset, member (None once it left)]
+        # no member is due before it (the heap's earliest entry, of a member that left or not):
+        # the engine looks here before it calls `pop_due`
+        self.first_due = NEVER
+        self._seq = 0  # members that ever joined (their order breaks ties between equal finishes)
+        self._scratch: Decoders | None = None  # what `plus` returns
 
-    def join(self, o: int, finish: int, member: object) -> int:
+    def join(self, o: int, finish: int, member: object) -> list:
         """Add a member with KV offset `o` whose last token is out at boundary `finish`; return
         its handle."""
         q, r = divmod(o, self.bs)
@@ -52,14 +59,16 @@ class Decoders:
         self.s_off += o
         self.n += 1
         self._seq += 1
-        handle = self._seq
-        self._live[handle] = o
-        heapq.heappush(self._heap, (finish, handle, member))
+        handle = [finish, self._seq, o, member]
+        heap = self._heap
+        heapq.heappush(heap, handle)
+        self.first_due = heap[0][0]
         return handle
 
-    def leave(self, handle: int) -> None:
+    def leave(self, handle: list) -> None:
         """Remove the member `join` gave `handle` to (preempted, or finished)."""
-        o = self._live.pop(handle)
+        handle[3] = None
+        o = handle[2]
         q, r = divmod(o, self.bs)
         self.q_sum -= q
         self.cnt[r] -= 1
@@ -70,27 +79,34 @@ class Decoders:
         """A member whose last token is out by boundary g, removed from the set; None when there
         is none. Members due at the same boundary come in the order they joined."""
         heap = self._heap
-        live = self._live
         while heap and heap[0][0] <= g:
-            _, handle, member = heapq.heappop(heap)
-            if handle in live:
-                self.leave(handle)
+            handle = heapq.heappop(heap)
+            member = handle[3]
+            if member is not None:  # (leave, without a call: the engine pops at every segment's end)
+                handle[3] = None
+                o = handle[2]
+                q, r = divmod(o, self.bs)
+                self.q_sum -= q
+                self.cnt[r] -= 1
+                self.s_off -= o
+                self.n -= 1
+                self.first_due = heap[0][0] if heap else NEVER
                 return member
+        self.first_due = heap[0][0] if heap else NEVER
         return None
 
     def next_finish(self) -> int:
         """The earliest boundary at which a member emits its last token (the set must not be
         empty)."""
         heap = self._heap
-        live = self._live
-        while heap[0][1] not in live:  # drop entries of members that left
+        while heap[0][3] is None:  # drop entries of members that left
             heapq.heappop(heap)
-        return heap[0][0]
+        self.first_due = due = heap[0][0]
+        return due
 
     def members(self) -> list[tuple[int, object]]:
         """(finish, member) for every member, in no particular order."""
-        live = self._live
-        return [(f, m) for f, h, m in self._heap if h in live]
+        return [(e[0], e[3]) for e in self._heap if e[3] is not None]
 
     def context(self, g: int) -> int:
         """The members' KV tokens at boundary g."""
@@ -128,29 +144,30 @@ class Decoders:
                 return min(x - 1 - g, limit)
 
     def plus(self, offsets: list[int]) -> Decoders:
-        """The aggregates with more members of these offsets, for a what-if (the copy has no
-        finishes: its `next_finish` and `pop_due` know nothing)."""
-        other = Decoders.__new__(Decoders)
+        """The aggregates with more members of these offsets, for a what-if: a scratch set with
+        no finishes (its `next_finish` and `pop_due` know nothing), overwritten by the next call."""
+        other = self._scratch
+        if other is None:
+            other = self._scratch = Decoders(self.bs)
         bs = self.bs
-        cnt = self.cnt.copy()
+        cnt = other.cnt = self.cnt.copy()
         q_sum = self.q_sum
+        s_off = self.s_off
         for o in offsets:
             q, r = divmod(o, bs)
             q_sum += q
             cnt[r] += 1
-        other.bs = bs
+            s_off += o
         other.n = self.n + len(offsets)
-        other.s_off = self.s_off + sum(offsets)
+        other.s_off = s_off
         other.q_sum = q_sum
-        other.cnt = cnt
-        other._heap = []
-        other._live = {}
-        other._seq = 0
         return other
 
     def clear(self) -> None:
         """Remove every member."""
         self.n = self.s_off = self.q_sum = 0
         self.cnt = [0] * self.bs
+        for handle in self._heap:  # (handles held elsewhere are left, too)
+            handle[3] = None
         self._heap.clear()
-        self._live.clear()
+        self.first_due = NEVER

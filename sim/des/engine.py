@@ -86,7 +86,7 @@ class Request:
         self.state = WAITING
         self.o = 0  # decode: KV tokens at boundary g are o + g
         self.finish_g = 0  # decode: iteration counter value at which the last token is out
-        self.dec_id = 0  # decode: its handle in the replica's decode set
+        self.dec_id: list | None = None  # decode: its handle in the replica's decode set
         self.replica = -1
         self.cached = 0
         self.seen = arrival  # when the replica it waits at got it (async scheduling's cutoff)
@@ -539,7 +539,8 @@ class Replica:
         if not chunks and not decoders.n:
             raise RuntimeError(f"replica {self.index}: empty iteration at t={now}")
         occ = self._occupancy(len(running), budget, free)
-        context = decoders.context(g)
+        n_dec = decoders.n
+        context = decoders.s_off + n_dec * g  # (decoders.context(g), without a call on the hot path)
         if not chunks and self.fast_forward and not preempted:  # a pure decode run
             n = self._run_length(g)
             run = self.perf.decode_run(decoders.n, context, n)
@@ -549,7 +550,8 @@ class Replica:
         if self.fast_forward and not preempted and self._mergeable(chunks):
             self._apply_head(chunks, now + head, g + 1)
             n = self._run_length(g + 1)
-            run = self.perf.decode_run(decoders.n, decoders.context(g + 1), n) if n else None
+            n_dec = decoders.n
+            run = self.perf.decode_run(n_dec, decoders.s_off + n_dec * (g + 1), n) if n else None
             run_occ = self._run_occupancy()
             self._set_segment(now, head, occ, [], run, n, run_occ, merged=chunks)
             return head + (run.time(n) if run is not None else 0.0)
@@ -568,6 +570,7 @@ class Replica:
 
     def _apply_head(self, chunks, end: float, g_next: int) -> None:
         """Apply a head iteration's outcome: prefills complete, first tokens at `end`."""
+        decoders = self.decoders
         for req, c in chunks:
             req.computed += c
             if self.pool is not None:
@@ -577,7 +580,12 @@ class Replica:
             if req.generated == 0:
                 req.first_token = end
             req.generated += 1
-            self._join_decode(req, g_next)
+            # it decodes (inline, as in _advance: once per request, so no call layer)
+            req.o = req.computed - g_next
+            req.state = DECODE
+            self.held_other -= req.shared  # now inside the decoder's own count
+            req.finish_g = g_next + req.output - req.generated
+            req.dec_id = decoders.join(req.o, req.finish_g, req)
         self.prefilling.clear()
 
     def _run_occupancy(self) -> float:
@@ -747,7 +755,7 @@ class Replica:
         ):
             return None
         chunks = [(c, r.computed) for r, c, _ in admit]
-        head = self.perf.iteration_time(n, decoders.context(g), chunks)
+        head = self.perf.iteration_time(n, decoders.s_off + n * g, chunks)
         for _, c, need in admit:
             budget -= c
             free -= need
@@ -762,14 +770,16 @@ class Replica:
         run, run_n, run_occ = None, 0, 0.0
         if merged:  # the decode set once the admitted requests decode from boundary g + 1
             fin = decoders.next_finish()
+            offsets = []
             for r, _, _ in admit:
+                offsets.append(r.target - (g + 1))
                 f = g + r.output - r.generated
                 if f < fin:
                     fin = f
-            after = decoders.plus([r.target - (g + 1) for r, _, _ in admit])
+            after = decoders.plus(offsets)
             run_n = after.steps_fitting(g + 1, self.total_blocks - self.held_other, fin - (g + 1))
             if run_n:
-                run = self.perf.decode_run(after.n, after.context(g + 1), run_n)
+                run = self.perf.decode_run(after.n, after.s_off + after.n * (g + 1), run_n)
                 used = self.held_other + after.blocks_after(g + 2)
                 run_occ = self._occupancy(seats, self.max_tokens - after.n, self.total_blocks - used)
         boundary = self._boundary(steps)
@@ -838,15 +848,20 @@ class Replica:
                 req.generated += 1
                 if req.generated == req.output:
                     self._finish(req, now)
-                else:
-                    self._join_decode(req, g)
+                else:  # it decodes (as in _apply_head)
+                    req.o = req.computed - g
+                    req.state = DECODE
+                    self.held_other -= req.shared
+                    req.finish_g = g + req.output - req.generated
+                    req.dec_id = self.decoders.join(req.o, req.finish_g, req)
             self._chunks = []
-        pop_due = self.decoders.pop_due
-        req = pop_due(g)
-        while req is not None:  # (one at a time: a completion's callbacks may look at the replica)
+        decoders = self.decoders
+        while decoders.first_due <= g:  # one at a time: a completion's callbacks may look at the replica
+            req = decoders.pop_due(g)
+            if req is None:  # (only members that had left were due)
+                break
             self.held_other += req.shared
             self._finish(req, now)
-            req = pop_due(g)
         if self.async_sched and self.waiting:  # the next batch was formed when the last iteration started
             self._cutoff = self._boundary(n - 1)  # (read only while someone waits; after completions' callbacks)
         self._seg_iters = 0
@@ -862,13 +877,6 @@ class Replica:
             self._release(req)
 
     # ------------------------------------------------------------------ decoder aggregates
-
-    def _join_decode(self, req: Request, g: int) -> None:
-        req.o = req.computed - g
-        req.state = DECODE
-        self.held_other -= req.shared  # now inside the decoder's own count
-        req.finish_g = g + req.output - req.generated
-        req.dec_id = self.decoders.join(req.o, req.finish_g, req)
 
     def _run_length(self, g: int) -> int:
         """Decode iterations from boundary g until a decoder finishes or the KV cache is short."""
