@@ -113,7 +113,7 @@ def test_the_aggregates_follow_joins_leaves_and_advances(steps, bs):
             members[k] = (o, g + left, name)
         elif step[0] == "leave" and members:
             k = sorted(members)[step[1] % len(members)]
-            d.leave(handles[k])
+            d.leave(members[k][0], handles[k])
             del members[k]
         elif step[0] == "advance":
             g += step[1]

@@ -18,11 +18,11 @@ takes O(block_size) whatever n is (`blocks_after`), and so does the number of it
 blocks fit a capacity (`steps_fitting`). A heap keyed by the boundary at which each member emits
 its last token gives the next finish (`next_finish`, `pop_due`).
 
-A member is whatever object the caller passes to `join` (the engine passes its request; None is
-not a member); `join` returns a handle, and `leave` takes it back. A handle is the member's heap
-entry, [finish, join order, offset, member]: `leave` blanks its member and the entry stays in the
-heap until it reaches the top (the heapq documentation's lazy deletion), so joining and leaving
-cost no look-up.
+A member is whatever object the caller passes to `join` (the engine passes its request); `join`
+returns a handle (an int: the member's place in the order of joining), and `leave` takes the
+handle and the offset back. A member that leaves keeps its heap entry until the entry reaches the
+top (the heapq documentation's lazy deletion); only the handles of such members are remembered, so
+a member that finishes costs no look-up.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ NEVER = 1 << 62  # `first_due` of an empty heap
 class Decoders:
     """The decode set of one replica: aggregates over the members' KV offsets, and their finishes."""
 
-    __slots__ = ("_heap", "_scratch", "_seq", "bs", "cnt", "first_due", "n", "q_sum", "s_off")
+    __slots__ = ("_heap", "_left", "_scratch", "_seq", "bs", "cnt", "first_due", "n", "q_sum", "s_off")
 
     def __init__(self, block_size: int):
         self.bs = block_size
@@ -43,14 +43,15 @@ class Decoders:
         self.s_off = 0  # sum of o_i
         self.q_sum = 0  # sum of o_i // block_size
         self.cnt = [0] * block_size  # histogram of o_i % block_size
-        self._heap: list[list] = []  # [finish, join order, offset, member (None once it left)]
+        self._heap: list[tuple[int, int, int, object]] = []  # (finish, handle, offset, member)
+        self._left: set[int] = set()  # handles of members that left while their entry is in the heap
         # no member is due before it (the heap's earliest entry, of a member that left or not):
         # the engine looks here before it calls `pop_due`
         self.first_due = NEVER
         self._seq = 0  # members that ever joined (their order breaks ties between equal finishes)
         self._scratch: Decoders | None = None  # what `plus` returns
 
-    def join(self, o: int, finish: int, member: object) -> list:
+    def join(self, o: int, finish: int, member: object) -> int:
         """Add a member with KV offset `o` whose last token is out at boundary `finish`; return
         its handle."""
         q, r = divmod(o, self.bs)
@@ -59,16 +60,16 @@ class Decoders:
         self.s_off += o
         self.n += 1
         self._seq += 1
-        handle = [finish, self._seq, o, member]
+        handle = self._seq
         heap = self._heap
-        heapq.heappush(heap, handle)
+        heapq.heappush(heap, (finish, handle, o, member))
         self.first_due = heap[0][0]
         return handle
 
-    def leave(self, handle: list) -> None:
-        """Remove the member `join` gave `handle` to (preempted, or finished)."""
-        handle[3] = None
-        o = handle[2]
+    def leave(self, o: int, handle: int) -> None:
+        """Remove the member that joined with offset `o` and got `handle` (preempted: a member
+        that finishes leaves through `pop_due`)."""
+        self._left.add(handle)
         q, r = divmod(o, self.bs)
         self.q_sum -= q
         self.cnt[r] -= 1
@@ -79,12 +80,12 @@ class Decoders:
         """A member whose last token is out by boundary g, removed from the set; None when there
         is none. Members due at the same boundary come in the order they joined."""
         heap = self._heap
+        left = self._left
         while heap and heap[0][0] <= g:
-            handle = heapq.heappop(heap)
-            member = handle[3]
-            if member is not None:  # (leave, without a call: the engine pops at every segment's end)
-                handle[3] = None
-                o = handle[2]
+            _, handle, o, member = heapq.heappop(heap)
+            if left and handle in left:
+                left.remove(handle)
+            else:  # it leaves
                 q, r = divmod(o, self.bs)
                 self.q_sum -= q
                 self.cnt[r] -= 1
@@ -99,14 +100,16 @@ class Decoders:
         """The earliest boundary at which a member emits its last token (the set must not be
         empty)."""
         heap = self._heap
-        while heap[0][3] is None:  # drop entries of members that left
-            heapq.heappop(heap)
+        left = self._left
+        while left and heap[0][1] in left:  # drop entries of members that left
+            left.remove(heapq.heappop(heap)[1])
         self.first_due = due = heap[0][0]
         return due
 
     def members(self) -> list[tuple[int, object]]:
         """(finish, member) for every member, in no particular order."""
-        return [(e[0], e[3]) for e in self._heap if e[3] is not None]
+        left = self._left
+        return [(e[0], e[3]) for e in self._heap if e[1] not in left]
 
     def context(self, g: int) -> int:
         """The members' KV tokens at boundary g."""
@@ -167,7 +170,6 @@ class Decoders:
         """Remove every member."""
         self.n = self.s_off = self.q_sum = 0
         self.cnt = [0] * self.bs
-        for handle in self._heap:  # (handles held elsewhere are left, too)
-            handle[3] = None
         self._heap.clear()
+        self._left.clear()
         self.first_due = NEVER

@@ -86,7 +86,7 @@ class Request:
         self.state = WAITING
         self.o = 0  # decode: KV tokens at boundary g are o + g
         self.finish_g = 0  # decode: iteration counter value at which the last token is out
-        self.dec_id: list | None = None  # decode: its handle in the replica's decode set
+        self.dec_id = 0  # decode: its handle in the replica's decode set
         self.replica = -1
         self.cached = 0
         self.seen = arrival  # when the replica it waits at got it (async scheduling's cutoff)
@@ -890,7 +890,7 @@ class Replica:
             req.generated = req.output - (req.finish_g - self.g)  # tokens out by boundary g
             freed = -(-(req.o + self.g + 1) // self.bs) - req.shared
             self.held_other += req.shared
-            self.decoders.leave(req.dec_id)
+            self.decoders.leave(req.o, req.dec_id)
         else:
             freed = req.blocks
             self.prefilling.remove(req)
