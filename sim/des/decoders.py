@@ -16,7 +16,11 @@ from which the KV blocks they hold after x tokens,
 
 takes O(block_size) whatever n is (`blocks_after`), and so does the number of iterations whose
 blocks fit a capacity (`steps_fitting`). A heap keyed by the boundary at which each member emits
-its last token gives the next finish (`next_finish`, `pop_due`).
+its last token gives the next finish (`next_finish`, `pop_due`); `first_due`, a lower bound on
+it, lets the engine skip the call at a segment's end where nobody finishes.
+
+The engine is the hot path: it reads the aggregates directly where a method call per segment
+would show (the context s_off + n g), and `plus` reuses one scratch set rather than build one.
 
 A member is whatever object the caller passes to `join` (the engine passes its request); `join`
 returns a handle (an int: the member's place in the order of joining), and `leave` takes the
