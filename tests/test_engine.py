@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import sim
-from sim.des.engine import DECODE, Replica, _blocks
+from sim.des.engine import DECODE, Replica
 from sim.hardware.perf import build_perf
 from tests.conftest import cfg
 
@@ -305,7 +305,7 @@ def test_kv_blocks_never_exceed_capacity(monkeypatch, fast, case):
         # after scheduling, blocks for the iteration at g are allocated
         held = _brute_blocks(self, self.g + 1)
         assert held <= self.total_blocks
-        agg = self.held_other + (_blocks(self.g + 1, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
+        agg = self.held_other + (self.decoders.blocks_after(self.g + 1) if self.decoders.n else 0)
         assert agg == held
         # every iteration of the segment (head, then decode run) stays within capacity
         for x in range(self.g + 1, self.g + self._seg_iters + 1):

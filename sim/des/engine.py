@@ -19,17 +19,14 @@ iteration at that boundary there and then (planned again if another request arri
 boundary), so joining costs one event. With `engine.fast_forward=false` every iteration is its
 own event; both modes give the same per-request times (tests/test_engine.py).
 
-Decoders are not visited per iteration. Their state is kept as aggregates over a global
-iteration counter `g`: a decoder with KV offset o holds o + g tokens at boundary g, so
-    context(g)   = s_off + n_dec g
-    blocks(x)    = sum_i ceil((o_i + x) / block_size)
-which `_blocks` evaluates in O(block_size) from a histogram of o_i mod block_size. A heap keyed
-by the iteration at which each decoder emits its last token gives the next completion.
+Decoders are not visited per iteration: the running decode set is kept as aggregates over a
+global iteration counter `g` (`sim.des.decoders.Decoders`), which give the decoders' context and
+KV blocks at any boundary, the decode iterations that fit the KV cache and the next completion in
+O(block_size).
 """
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -37,6 +34,7 @@ from typing import NamedTuple
 
 import simpy
 
+from sim.des.decoders import Decoders
 from sim.des.prefix import BlockPool
 from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import DecodeRun, PerfModel
@@ -53,6 +51,7 @@ class Request:
         "blocks",
         "cached",
         "computed",
+        "dec_id",
         "finish_g",
         "first_token",
         "generated",
@@ -70,7 +69,6 @@ class Request:
         "start",
         "state",
         "target",
-        "ver",
     )
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
@@ -88,7 +86,7 @@ class Request:
         self.state = WAITING
         self.o = 0  # decode: KV tokens at boundary g are o + g
         self.finish_g = 0  # decode: iteration counter value at which the last token is out
-        self.ver = 0  # invalidates stale heap entries after a preemption
+        self.dec_id = 0  # decode: its handle in the replica's decode set
         self.replica = -1
         self.cached = 0
         self.seen = arrival  # when the replica it waits at got it (async scheduling's cutoff)
@@ -96,36 +94,6 @@ class Request:
         self.pooled: list[int] = _NONE  # ids it references in the replica's prefix cache
         self.shared = 0  # KV blocks of those ids (held once, in the cache's count)
         self.reg = 0  # prompt blocks looked at for caching so far
-
-
-def _blocks(x: int, n: int, q_sum: int, cnt: list[int], bs: int) -> int:
-    """sum_i ceil((o_i + x) / bs) for n decoders with sum(o_i // bs) = q_sum and o_i % bs counted
-    in cnt."""
-    cycles, h = divmod(x, bs)
-    total = q_sum + n * cycles + n
-    if h == 0:
-        total -= cnt[0]
-    elif h >= 2:
-        total += sum(cnt[bs + 1 - h :])
-    return total
-
-
-def _kv_steps(g: int, n: int, q_sum: int, cnt: list[int], bs: int, capacity: int, limit: int) -> int:
-    """How many decode iterations from g on (at most `limit`) get their KV blocks within
-    `capacity`."""
-    slack = capacity - _blocks(g + 1, n, q_sum, cnt, bs)
-    if slack < 0:
-        return 0
-    cycles = slack // n  # every block_size iterations the decoders need exactly n new blocks
-    if cycles * bs >= limit:
-        return limit
-    x = g + 1 + cycles * bs
-    slack -= cycles * n
-    while True:
-        x += 1
-        slack -= cnt[(1 - x) % bs]  # decoders whose KV fills a block at boundary x - 1
-        if slack < 0:
-            return min(x - 1 - g, limit)
 
 
 class BoundaryTimer(simpy.Timeout):
@@ -175,20 +143,18 @@ class Replica:
         "_head",
         "_head_occ",
         "_head_reqs",
-        "_heap",
         "_occ",
         "_pending",
         "_run",
         "_seg_iters",
         "_seg_start",
-        "_seq",
         "_timer",
         "_wake",
         "async_sched",
         "bs",
         "busy_s",
         "chunked",
-        "cnt",
+        "decoders",
         "env",
         "fast_forward",
         "full_prompt",
@@ -200,7 +166,6 @@ class Replica:
         "long_prefill",
         "max_seqs",
         "max_tokens",
-        "n_dec",
         "occ_s",
         "on_done",
         "on_idle",
@@ -209,9 +174,7 @@ class Replica:
         "pool",
         "preemptions",
         "prefilling",
-        "q_sum",
         "running",
-        "s_off",
         "segments",
         "stopped",
         "timers",
@@ -271,14 +234,9 @@ class Replica:
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}  # admission order; the last one is preempted first
         self.prefilling: list[Request] = []  # running requests still prefilling, admission order
-        self._heap: list[tuple[int, int, int, Request]] = []  # (finish_g, seq, ver, request)
-        self._seq = 0
 
         self.g = 0  # iterations completed
-        self.n_dec = 0  # decoding sequences
-        self.s_off = 0  # sum of o_i
-        self.q_sum = 0  # sum of o_i // block_size
-        self.cnt = [0] * self.bs  # histogram of o_i % block_size
+        self.decoders = Decoders(self.bs)  # the requests decoding, as aggregates (sim.des.decoders)
         # blocks beyond the decoders' own counts: prefilling requests' blocks, plus cached blocks in
         # use, minus those the decoders' counts include (negative when decoders share a block)
         self.held_other = 0
@@ -363,7 +321,6 @@ class Replica:
         for req in self.running.values():
             if req.state == DECODE:
                 req.generated = req.output - (req.finish_g - g_now)
-                req.ver += 1
             if req.generated == 0 or req.first_token > now:  # a head applied ahead, not finished
                 req.first_token = -1.0
             req.state = WAITING
@@ -383,9 +340,8 @@ class Replica:
         self.waiting.clear()
         self.running.clear()
         self.prefilling.clear()
-        self._heap.clear()
-        self.n_dec = self.s_off = self.q_sum = self.held_other = 0
-        self.cnt = [0] * self.bs
+        self.decoders.clear()
+        self.held_other = 0
         if self.pool is not None:
             self.pool.live.clear()
             self.pool.clear()
@@ -404,8 +360,8 @@ class Replica:
         self.sync()
         done = min(self._iterations_done(now), self._seg_iters) if self._seg_iters else 0
         g = self.g + done
-        n = self.n_dec
-        context = self.s_off + n * g
+        n = self.decoders.n
+        context = self.decoders.context(g)
         backlog = sum(r.target - r.computed for r in self.waiting) + sum(r.target - r.computed for r in self.prefilling)
         head = ()
         if self._head_reqs and done == 0:  # a merged head still running: its requests prefill
@@ -420,7 +376,7 @@ class Replica:
         """Rough time until k batch slots have freed: iterations to the k-th next finish x a
         decode step (for routing estimates, not for scheduling)."""
         skip = {id(r) for r, _ in view.head}
-        finishes = sorted(e[0] for e in self._heap if e[2] == e[3].ver and id(e[3]) not in skip)
+        finishes = sorted(f for f, r in self.decoders.members() if id(r) not in skip)
         if not finishes or not view.n_dec:
             return 0.0
         kth = finishes[min(k, len(finishes)) - 1]
@@ -448,7 +404,8 @@ class Replica:
         x = self.g + 1
         if self._seg_iters:
             x += min(self._iterations_done(self.env.now), self._seg_iters - 1)
-        return self.held_other + (_blocks(x, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
+        decoders = self.decoders
+        return self.held_other + (decoders.blocks_after(x) if decoders.n else 0)
 
     # ------------------------------------------------------------------ timers
 
@@ -532,15 +489,16 @@ class Replica:
         g = self.g
         bs = self.bs
         running = self.running
+        decoders = self.decoders
         free = self.total_blocks - self.held_other
-        if self.n_dec:
-            free -= _blocks(g + 1, self.n_dec, self.q_sum, self.cnt, bs)
+        if decoders.n:
+            free -= decoders.blocks_after(g + 1)
         preempted = False
         while free < 0:  # decoders' next tokens need blocks: preempt the newest
             free += self._preempt(next(reversed(running.values())))
             preempted = True
 
-        budget = self.max_tokens - self.n_dec
+        budget = self.max_tokens - decoders.n
         chunks: list[tuple[Request, int]] = []
         for req in list(self.prefilling) if self.prefilling else ():
             if budget <= 0:
@@ -564,7 +522,7 @@ class Replica:
 
         if not preempted and self.waiting:  # vLLM admits nobody in a step that preempted
             cutoff = self._cutoff
-            if not chunks and not self.n_dec:  # nothing else would run: the scheduler sees them now
+            if not chunks and not decoders.n:  # nothing else would run: the scheduler sees them now
                 cutoff = math.inf
             if self.pool is not None:
                 free, budget = self._admit_cached(free, budget, cutoff, chunks, now)
@@ -578,20 +536,22 @@ class Replica:
 
         if self.pool is not None:  # this iteration's new blocks evict cached ones
             self.pool.evict_to(free)
-        if not chunks and not self.n_dec:
+        if not chunks and not decoders.n:
             raise RuntimeError(f"replica {self.index}: empty iteration at t={now}")
         occ = self._occupancy(len(running), budget, free)
-        context = self.s_off + self.n_dec * g
+        n_dec = decoders.n
+        context = decoders.s_off + n_dec * g  # (decoders.context(g), without a call on the hot path)
         if not chunks and self.fast_forward and not preempted:  # a pure decode run
             n = self._run_length(g)
-            run = self.perf.decode_run(self.n_dec, context, n)
+            run = self.perf.decode_run(decoders.n, context, n)
             self._set_segment(now, 0.0, 0.0, [], run, n, occ)
             return run.time(n)
-        head = self.perf.iteration_time(self.n_dec, context, [(c, r.computed) for r, c in chunks])
+        head = self.perf.iteration_time(decoders.n, context, [(c, r.computed) for r, c in chunks])
         if self.fast_forward and not preempted and self._mergeable(chunks):
             self._apply_head(chunks, now + head, g + 1)
             n = self._run_length(g + 1)
-            run = self.perf.decode_run(self.n_dec, self.s_off + self.n_dec * (g + 1), n) if n else None
+            n_dec = decoders.n
+            run = self.perf.decode_run(n_dec, decoders.s_off + n_dec * (g + 1), n) if n else None
             run_occ = self._run_occupancy()
             self._set_segment(now, head, occ, [], run, n, run_occ, merged=chunks)
             return head + (run.time(n) if run is not None else 0.0)
@@ -610,6 +570,7 @@ class Replica:
 
     def _apply_head(self, chunks, end: float, g_next: int) -> None:
         """Apply a head iteration's outcome: prefills complete, first tokens at `end`."""
+        decoders = self.decoders
         for req, c in chunks:
             req.computed += c
             if self.pool is not None:
@@ -619,18 +580,18 @@ class Replica:
             if req.generated == 0:
                 req.first_token = end
             req.generated += 1
-            self._join_decode(req, g_next)
+            # it decodes (inline, as in _advance: once per request, so no call layer)
+            req.o = req.computed - g_next
+            req.state = DECODE
+            self.held_other -= req.shared  # now inside the decoder's own count
+            req.finish_g = g_next + req.output - req.generated
+            req.dec_id = decoders.join(req.o, req.finish_g, req)
         self.prefilling.clear()
 
     def _run_occupancy(self) -> float:
-        used = self.held_other + (_blocks(self.g + 2, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
-        return self._occupancy(len(self.running), self.max_tokens - self.n_dec, self.total_blocks - used)
-
-    def _next_finish(self) -> int:
-        heap = self._heap
-        while heap[0][2] != heap[0][3].ver:  # drop entries of preempted decoders
-            heapq.heappop(heap)
-        return heap[0][0]
+        decoders = self.decoders
+        used = self.held_other + (decoders.blocks_after(self.g + 2) if decoders.n else 0)
+        return self._occupancy(len(self.running), self.max_tokens - decoders.n, self.total_blocks - used)
 
     def _plan_admission(self, free: int, budget: int, cutoff: float) -> list[tuple[Request, int, int]]:
         """Waiting requests (FIFO) admissible now, of those seen before `cutoff`: (request,
@@ -774,9 +735,9 @@ class Replica:
                 self._retarget(end)
             return end
         g = self.g + steps
-        bs = self.bs
-        n, q_sum, cnt = self.n_dec, self.q_sum, self.cnt
-        free = self.total_blocks - self.held_other - _blocks(g + 1, n, q_sum, cnt, bs)
+        decoders = self.decoders
+        n = decoders.n
+        free = self.total_blocks - self.held_other - decoders.blocks_after(g + 1)
         budget = self.max_tokens - n
         if cutoff is None:
             cutoff = self._boundary(steps - 1) if self.async_sched else math.inf
@@ -794,7 +755,7 @@ class Replica:
         ):
             return None
         chunks = [(c, r.computed) for r, c, _ in admit]
-        head = self.perf.iteration_time(n, self.s_off + n * g, chunks)
+        head = self.perf.iteration_time(n, decoders.s_off + n * g, chunks)
         for _, c, need in admit:
             budget -= c
             free -= need
@@ -807,28 +768,20 @@ class Replica:
                     merged = False
                     break
         run, run_n, run_occ = None, 0, 0.0
-        if merged:  # the aggregates once the admitted requests decode from boundary g + 1
-            q2, s2, fin = q_sum, self.s_off, self._next_finish()
-            residues = []
+        if merged:  # the decode set once the admitted requests decode from boundary g + 1
+            fin = decoders.next_finish()
+            offsets = []
             for r, _, _ in admit:
-                o = r.target - (g + 1)
-                q, rem = divmod(o, bs)
-                q2 += q
-                cnt[rem] += 1  # restored below
-                residues.append(rem)
-                s2 += o
+                offsets.append(r.target - (g + 1))
                 f = g + r.output - r.generated
                 if f < fin:
                     fin = f
-            n2 = n + len(admit)
-            cap = self.total_blocks - self.held_other
-            run_n = _kv_steps(g + 1, n2, q2, cnt, bs, cap, fin - (g + 1))
+            after = decoders.plus(offsets)
+            run_n = after.steps_fitting(g + 1, self.total_blocks - self.held_other, fin - (g + 1))
             if run_n:
-                run = self.perf.decode_run(n2, s2 + n2 * (g + 1), run_n)
-                used = self.held_other + _blocks(g + 2, n2, q2, cnt, bs)
-                run_occ = self._occupancy(seats, self.max_tokens - n2, self.total_blocks - used)
-            for rem in residues:
-                cnt[rem] -= 1
+                run = self.perf.decode_run(after.n, after.s_off + after.n * (g + 1), run_n)
+                used = self.held_other + after.blocks_after(g + 2)
+                run_occ = self._occupancy(seats, self.max_tokens - after.n, self.total_blocks - used)
         boundary = self._boundary(steps)
         self._pending = Plan(boundary, steps, admit, head, head_occ, merged, run, run_n, run_occ)
         end = boundary + head + (run.time(run_n) if run is not None else 0.0)
@@ -877,7 +830,8 @@ class Replica:
         self.g += n
         g = self.g
         if self.pool is not None:  # the last iteration's blocks evicted cached ones (before any release)
-            used = self.held_other + (_blocks(g, self.n_dec, self.q_sum, self.cnt, self.bs) if self.n_dec else 0)
+            decoders = self.decoders
+            used = self.held_other + (decoders.blocks_after(g) if decoders.n else 0)
             self.pool.evict_to(self.total_blocks - used)
         if self._chunks:
             for req, c in self._chunks:
@@ -894,15 +848,20 @@ class Replica:
                 req.generated += 1
                 if req.generated == req.output:
                     self._finish(req, now)
-                else:
-                    self._join_decode(req, g)
+                else:  # it decodes (as in _apply_head)
+                    req.o = req.computed - g
+                    req.state = DECODE
+                    self.held_other -= req.shared
+                    req.finish_g = g + req.output - req.generated
+                    req.dec_id = self.decoders.join(req.o, req.finish_g, req)
             self._chunks = []
-        heap = self._heap
-        while heap and heap[0][0] <= g:
-            _, _, ver, req = heapq.heappop(heap)
-            if ver == req.ver:
-                self._leave_decode(req)
-                self._finish(req, now)
+        decoders = self.decoders
+        while decoders.first_due <= g:  # one at a time: a completion's callbacks may look at the replica
+            req = decoders.pop_due(g)
+            if req is None:  # (only members that had left were due)
+                break
+            self.held_other += req.shared
+            self._finish(req, now)
         if self.async_sched and self.waiting:  # the next batch was formed when the last iteration started
             self._cutoff = self._boundary(n - 1)  # (read only while someone waits; after completions' callbacks)
         self._seg_iters = 0
@@ -919,34 +878,10 @@ class Replica:
 
     # ------------------------------------------------------------------ decoder aggregates
 
-    def _join_decode(self, req: Request, g: int) -> None:
-        o = req.computed - g
-        req.o = o
-        req.state = DECODE
-        self.held_other -= req.shared  # now inside the decoder's own count
-        q, r = divmod(o, self.bs)
-        self.q_sum += q
-        self.cnt[r] += 1
-        self.s_off += o
-        self.n_dec += 1
-        req.finish_g = g + req.output - req.generated
-        self._seq += 1
-        heapq.heappush(self._heap, (req.finish_g, self._seq, req.ver, req))
-
-    def _leave_decode(self, req: Request) -> None:
-        self.held_other += req.shared
-        q, r = divmod(req.o, self.bs)
-        self.q_sum -= q
-        self.cnt[r] -= 1
-        self.s_off -= req.o
-        self.n_dec -= 1
-        req.ver += 1
-
     def _run_length(self, g: int) -> int:
         """Decode iterations from boundary g until a decoder finishes or the KV cache is short."""
-        return _kv_steps(
-            g, self.n_dec, self.q_sum, self.cnt, self.bs, self.total_blocks - self.held_other, self._next_finish() - g
-        )
+        decoders = self.decoders
+        return decoders.steps_fitting(g, self.total_blocks - self.held_other, decoders.next_finish() - g)
 
     def _preempt(self, req: Request) -> int:
         """Recompute-preempt a running request; return the blocks that frees for iteration g."""
@@ -954,7 +889,8 @@ class Replica:
         if req.state == DECODE:
             req.generated = req.output - (req.finish_g - self.g)  # tokens out by boundary g
             freed = -(-(req.o + self.g + 1) // self.bs) - req.shared
-            self._leave_decode(req)
+            self.held_other += req.shared
+            self.decoders.leave(req.o, req.dec_id)
         else:
             freed = req.blocks
             self.prefilling.remove(req)
