@@ -70,7 +70,7 @@ def scenario(result: Result) -> str:
 def latency_cdf(result: Result, path: Path) -> None:
     df = result.requests
     slo = result.config.slo
-    fig = Figure(figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.8), layout="constrained")  # room for the two-line title above the panels
     ax1, ax2 = fig.subplots(1, 2)
     _cdf(ax1, df["ttft_s"].to_numpy(), slo.ttft_s, "TTFT", 1.0, "s", slo.percentile)
     _cdf(ax2, df["tpot_s"].to_numpy(), slo.tpot_s, "TPOT", 1000.0, "ms", slo.percentile)
@@ -150,19 +150,19 @@ def fleet(result: Result, path: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     ax = axes[1]
-    states = [s for s in STATE_COLORS if ts[f"replicas_{s}"].any()]
-    if states:
+    times, counts = replica_states(result.spans)
+    if counts:
         ax.stackplot(
-            minutes,
-            *[ts[f"replicas_{s}"] for s in states],
-            labels=states,
-            colors=[STATE_COLORS[s] for s in states],
-            step="mid",
+            times / 60,
+            *counts.values(),
+            labels=[SPAN_LABELS.get(k, k) for k in counts],
+            colors=[STATE_COLORS[k] for k in counts],
+            step="post",
         )
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     else:
         ax.text(0.5, 0.5, "no GPU replicas", ha="center", va="center", transform=ax.transAxes)
-    ax.set_ylabel("replicas")
+    ax.set_ylabel("replicas (exact)")
     ax.grid(alpha=0.3)
     ax = axes[2]
     ax.plot(minutes, ts["queued"], label="queued at replicas", color="#d62728")
@@ -173,11 +173,38 @@ def fleet(result: Result, path: Path) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.grid(alpha=0.3)
     s = result.summary
+    events = [
+        (s.get("cold_starts"), "cold starts"),
+        (s.get("wakes"), "wake-ups"),
+        (s.get("spot_preemptions"), "spot preemptions"),
+    ]
+    counted = "".join(f", {n:,} {what}" for n, what in events if n)
     fig.suptitle(
-        f"Fleet - {scenario(result)}\nmean {s['mean_replicas']:.2f} replicas, "
+        f"Fleet - {scenario(result)}\nmean {s['mean_replicas']:.2f} replicas{counted}, "
         f"{s['api_share']:.1%} of requests to the API"
     )
     _save(fig, path)
+
+
+SPAN_LABELS = {"active": "serving (active or idle)", "provisioning": "cold start"}
+
+
+def replica_states(spans: list) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Replicas in each state as step functions of time (exact, from the lifecycle's spans, not
+    sampled): the change times, and for each state present the count from each time on."""
+    if not spans:
+        return np.zeros(0), {}
+    edges = np.unique([t for sp in spans for t in (sp.start, sp.end)])
+    counts = {}
+    for state in STATE_COLORS:
+        mine = [sp for sp in spans if sp.state == state]
+        if not mine:
+            continue
+        delta = np.zeros(len(edges))
+        np.add.at(delta, np.searchsorted(edges, [sp.start for sp in mine]), 1)
+        np.add.at(delta, np.searchsorted(edges, [sp.end for sp in mine]), -1)
+        counts[state] = np.cumsum(delta)
+    return edges, counts
 
 
 COST_COLORS = {
@@ -214,7 +241,7 @@ def cost(result: Result, path: Path) -> None:
         "egress": s.get("egress_cost", 0.0),
     }
     items = {k: v for k, v in items.items() if v > 0}
-    fig = Figure(figsize=(12, 4.5))
+    fig = Figure(figsize=(12, 4.8), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.4]})
     if items:
         names = list(items)
@@ -229,19 +256,23 @@ def cost(result: Result, path: Path) -> None:
         ax1.invert_yaxis()
         ax1.set_xlim(0, max(values) * 1.3)
     ax1.set_xlabel("\\$")
-    ax1.set_title(f"total \\${s['total_cost']:,.2f} - \\${s['cost_per_mtok']:.4g} per M tokens")
+    ax1.set_title(
+        f"total \\${s['total_cost']:,.2f}: \\${s['cost_per_hour']:,.2f}/hour, \\${s['cost_per_month']:,.0f}/month, "
+        f"\\${s['cost_per_mtok']:.4g} per M tokens",
+        fontsize=10,
+    )
     ts = result.timeseries
     if not ts.empty:
-        hours_axis = (ts["time_s"] + ts["interval_s"]) / 3600
+        minutes = (ts["time_s"] + ts["interval_s"]) / 60
         ax2.stackplot(
-            hours_axis,
+            minutes,
             ts["gpu_cost_so_far"],
             ts["api_cost_so_far"],
             labels=["GPU", "API"],
             colors=["#2ca02c", "#d62728"],
             alpha=0.8,
         )
-        ax2.set_xlabel("simulated time (h)")
+        ax2.set_xlabel("simulated time (min)")
         ax2.set_ylabel("cumulative \\$ (GPU accrued per second)")
         ax2.legend(loc="upper left")
         ax2.grid(alpha=0.3)
@@ -300,7 +331,8 @@ def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
 
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(x_key)
-    ax.set_ylabel("cost (\\$ per hour)")
+    ax.set_ylabel("cost rate (\\$ per hour; cost_per_hour)")
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     handles = [
         ax.scatter([], [], color="#444444", s=60, label="meets the SLO"),
@@ -312,42 +344,70 @@ def sweep_cost_plot(df, keys: list[str], feasible, path: Path) -> None:
     _save(fig, path)
 
 
+def _job_slo(df) -> dict:
+    """The SLO the sweep's jobs were judged by (from a job's config.yaml; empty if none is readable)."""
+    import yaml
+
+    for d in df.get("dir", []):
+        path = Path(str(d)) / "config.yaml"
+        if path.is_file():
+            return (yaml.safe_load(path.read_text()) or {}).get("slo") or {}
+    return {}
+
+
 def pareto_plot(df, keys: list[str], feasible, path: Path) -> None:
-    """Cost against p99 TTFT: every job, and the frontier no other job beats on both."""
+    """Cost against TTFT and against TPOT at the SLO's percentile, each with its SLO threshold:
+    every job, and the frontier no other job beats on both cost and that latency."""
     ok = df[df["status"] == "ok"].copy()
-    fig = Figure(figsize=(10, 6))
-    ax = fig.subplots()
-    if len(ok):
-        good = feasible.loc[ok.index].to_numpy()
-        ax.scatter(
-            ok["ttft_p99"][good], ok["cost_per_hour"][good], color="#2ca02c", s=60, label="meets the SLO", zorder=3
-        )
-        ax.scatter(
-            ok["ttft_p99"][~good], ok["cost_per_hour"][~good], color="#7f7f7f", s=60, label="misses the SLO", zorder=3
-        )
-        front = ok.sort_values(["ttft_p99", "cost_per_hour"])
-        front = front[front["cost_per_hour"] < front["cost_per_hour"].cummin().shift(fill_value=np.inf)]
-        ax.step(front["ttft_p99"], front["cost_per_hour"], where="post", color="#1f77b4", label="frontier")
-        varying = [k for k in keys if distinct(df[k]) > 1]
-        for _, row in ok.iterrows():
-            ax.annotate(
-                _label(row, varying),
-                (row["ttft_p99"], row["cost_per_hour"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-        if ok["ttft_p99"].max() / max(ok["ttft_p99"].min(), 1e-6) > 20:
-            ax.set_xscale("log")
-    else:
-        ax.text(0.5, 0.5, "every job failed", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("p99 TTFT (s)")
-    ax.set_ylabel("cost (\\$ per hour)")
-    ax.grid(alpha=0.3)
-    if len(ok):
-        ax.legend(fontsize=9)
-    fig.suptitle("Sweep: cost against p99 TTFT")
+    slo = _job_slo(df)
+    pct = slo.get("percentile", 99 if "ttft_slo_percentile" not in ok else 95)
+    fig = Figure(figsize=(13, 5.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (
+        ("ttft_slo_percentile", "ttft_p99", "TTFT", "s", 1.0, slo.get("ttft_s")),
+        ("tpot_slo_percentile", "tpot_p99", "TPOT", "ms", 1e3, slo.get("tpot_s")),
+    )
+    for ax, (col, fallback, name, unit, scale, threshold) in zip(axes, panels, strict=True):
+        col = col if col in ok else fallback
+        label = f"p{pct:g} {name}" if col != fallback else f"p99 {name}"
+        if len(ok) and col in ok:
+            _pareto_panel(ax, ok, feasible, keys, df, col, scale)
+            if threshold is not None:
+                ax.axvline(
+                    threshold * scale, color="#d62728", ls="--", lw=1.2, label=f"SLO {threshold * scale:g} {unit}"
+                )
+            ax.legend(fontsize=9)
+        else:
+            ax.text(0.5, 0.5, "every job failed", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xlabel(f"{label} ({unit})")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cost rate (\\$ per hour)")
+    axes[0].set_ylim(bottom=0)
+    fig.suptitle(f"Sweep: cost against latency at the SLO's percentile (p{pct:g}); filled: meets the SLO")
     _save(fig, path)
+
+
+def _pareto_panel(ax, ok, feasible, keys: list[str], df, col: str, scale: float) -> None:
+    x = ok[col].astype(float) * scale
+    good = feasible.loc[ok.index].to_numpy()
+    ax.scatter(x[good], ok["cost_per_hour"][good], color="#2ca02c", s=60, label="meets the SLO", zorder=3)
+    ax.scatter(x[~good], ok["cost_per_hour"][~good], color="#7f7f7f", s=60, label="misses the SLO", zorder=3)
+    front = ok.assign(_x=x).sort_values(["_x", "cost_per_hour"])
+    front = front[front["cost_per_hour"] < front["cost_per_hour"].cummin().shift(fill_value=np.inf)]
+    ax.step(front["_x"], front["cost_per_hour"], where="post", color="#1f77b4", label="frontier")
+    varying = [k for k in keys if distinct(df[k]) > 1]
+    for (_, row), xi in zip(ok.iterrows(), x, strict=True):
+        ax.annotate(
+            _label(row, varying),
+            (xi, row["cost_per_hour"]),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+            annotation_clip=False,
+        )
+    ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
+    if x.max() / max(x.min(), 1e-6) > 20:
+        ax.set_xscale("log")
 
 
 OPTION_COLORS = {"API": "#ff7f0e", "dedicated": "#1f77b4", "hybrid": "#2ca02c"}
@@ -357,8 +417,8 @@ def breakeven_plot(df, crossovers: list[dict], path: Path) -> None:
     """$/M tokens and $/month of the cheapest pure-API, dedicated and hybrid option against
     volume; hollow markers miss the SLO, dashed lines mark interpolated crossovers and shaded
     bands the ones only bracketed between two levels."""
-    fig = Figure(figsize=(12, 5))
-    axes = fig.subplots(1, 2, gridspec_kw={"wspace": 0.3})
+    fig = Figure(figsize=(12, 5.6), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, key, label in (
         (axes[0], "cost_per_mtok", "\\$ per million tokens"),
         (axes[1], "cost_per_month", "\\$ per month"),
@@ -370,23 +430,22 @@ def breakeven_plot(df, crossovers: list[dict], path: Path) -> None:
             ok = g["slo_met"].to_numpy(dtype=bool)
             ax.scatter(g["rate"][ok], g[key][ok], color=color, s=45, zorder=3)
             ax.scatter(g["rate"][~ok], g[key][~ok], facecolors="white", edgecolors=color, s=45, zorder=3)
-        for i, c in enumerate(crossovers):
+        for i, c in enumerate(crossovers, start=1):  # numbered here, spelled out under the panels
             if c["exact"]:
                 ax.axvline(c["rate"], color="#444444", ls="--", lw=1)
-                text, x = f"{c['from']} -> {c['to']}\n~{c['rate']:.3g} req/s", c["rate"]
+                x = c["rate"]
             else:  # only bracketed between two levels: shade the bracket
                 lo, hi = c["between_rate"]
                 ax.axvspan(lo, hi, color="#444444", alpha=0.08, lw=0)
-                text, x = f"{c['from']} -> {c['to']}\n{lo:.3g}-{hi:.3g} req/s", lo
+                x = (lo * hi) ** 0.5
             ax.annotate(
-                text,
-                (x, 0.97 - 0.12 * (i % 3)),  # staggered, so neighbouring crossings stay readable
+                str(i),
+                (x, 1.0),
                 xycoords=("data", "axes fraction"),
                 fontsize=8,
-                ha="left",
-                va="top",
-                xytext=(3, 0),
-                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                bbox={"boxstyle": "circle,pad=0.2", "fc": "white", "ec": "#444444", "lw": 0.8},
             )
         ax.set_xscale("log")
         if key == "cost_per_month":  # spans orders of magnitude; $/M tokens does not
@@ -404,7 +463,22 @@ def breakeven_plot(df, crossovers: list[dict], path: Path) -> None:
     labels.append("misses the SLO")
     axes[0].legend(handles, labels, fontsize=9, loc="lower left")
     fig.suptitle("Break-even: the cheapest SLO-meeting option of each kind against volume")
+    if crossovers:
+        fig.supxlabel(_crossover_caption(crossovers), fontsize=8, ha="left", x=0.01)
     _save(fig, path)
+
+
+def _crossover_caption(crossovers: list[dict]) -> str:
+    """The numbered crossovers in words, two to a line."""
+    parts = []
+    for i, c in enumerate(crossovers, start=1):
+        if c["exact"]:
+            where = f"~{c['rate']:.3g} req/s"
+        else:
+            lo, hi = c["between_rate"]
+            where = f"between {lo:.3g} and {hi:.3g} req/s"
+        parts.append(f"({i}) {c['from']} -> {c['to']} at {where}")
+    return "\n".join("    ".join(parts[k : k + 2]) for k in range(0, len(parts), 2))
 
 
 STRATEGY_COLORS = {"fixed": "#1f77b4", "autoscaled": "#9467bd", "hybrid": "#2ca02c", "pure API": "#ff7f0e"}
@@ -454,6 +528,17 @@ def plan_plot(df, best, describe, slo, path: Path) -> None:
                 fontsize=8,
             )
         right.set_xlim(0, top["cost_per_month"].max() * 1.35)
+        from matplotlib.patches import Patch
+
+        shown = dict.fromkeys(top["strategy"])
+        right.legend(
+            handles=[Patch(color=STRATEGY_COLORS.get(st, "#7f7f7f"), label=st) for st in shown],
+            title="strategy",
+            fontsize=8,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
+            ncol=len(shown),
+        )
     else:
         right.text(0.5, 0.5, "no candidate meets the SLO", ha="center", va="center", transform=right.transAxes)
     right.set_xlabel("\\$ per month (cheapest SLO-meeting candidate of each option)")
