@@ -97,6 +97,19 @@ class Node:
         self.cache: BlockPool | None = None  # its replica's prefix cache
 
 
+class _Timer(simpy.Timeout):
+    """A timeout with one callback, scheduled at `priority` (SimPy's NORMAL, or URGENT as a
+    process's start is)."""
+
+    def __init__(self, env: simpy.Environment, delay: float, callback, priority=simpy.events.NORMAL):
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        env.schedule(self, priority, delay)
+
+
 class Fleet:
     def __init__(
         self,
@@ -186,7 +199,7 @@ class Fleet:
             else:
                 self._provision_timer(node)
         if users is None:
-            env.process(self.arrive())
+            _Timer(env, 0.0, self._first_arrival, simpy.events.URGENT)  # where a process would start
         else:
             self._start_users()
         env.process(self.sample(self.cfg.output.timeseries_interval_s))
@@ -351,20 +364,32 @@ class Fleet:
 
     # ------------------------------------------------------------------ routing
 
-    def arrive(self):
-        env = self.env
+    def _first_arrival(self, _event: simpy.Event) -> None:
+        """The arrivals from a workload known ahead: each on a timer of its own whose callback routes
+        it and every one due with it, then sets the timer of the next (a timer and a callback per
+        arrival: a SimPy process's resumption would cost as much again as its timeout)."""
         wl = self.workload
-        prompts = wl.prompt_tokens.tolist()
-        outputs = wl.output_tokens.tolist()
-        simple = self.api is None and not self.prefix
-        loads, nodes, choose = self.loads, self.nodes, self.router.choose
-        for i, t in enumerate(wl.arrival_s.tolist()):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            req = self._enter(i, t, prompts[i], outputs[i])
+        self._arrivals = (wl.arrival_s.tolist(), wl.prompt_tokens.tolist(), wl.output_tokens.tolist())
+        self._simple = self.api is None and not self.prefix  # no API, no prefix cache: the hot path
+        self._i = 0
+        times = self._arrivals[0]
+        if not times:
+            self._arrivals_done = True
+        elif times[0] > self.env.now:
+            _Timer(self.env, times[0] - self.env.now, self._arrive)
+        else:
+            self._arrive(_event)
+
+    def _arrive(self, _event: simpy.Event) -> None:
+        """Arrival i (due: its timer has fired, or it came with the one before), then those due now."""
+        env, loads, nodes, choose = self.env, self.loads, self.nodes, self.router.choose
+        times, prompts, outputs = self._arrivals
+        i, n, simple = self._i, len(times), self._simple
+        while True:
+            req = self._enter(i, times[i], prompts[i], outputs[i])
             if req is None:
-                continue
-            if simple and loads:  # the hot path: no API, no prefix cache
+                pass
+            elif simple and loads:
                 k = choose(loads, req)
                 node = nodes[k]
                 if loads[k] < SLEEP_PENALTY:
@@ -376,11 +401,18 @@ class Fleet:
                         node.idle_epoch += 1
                     req.replica = node.uid
                     node.engine.submit(req)  # type: ignore[union-attr]
-                    continue
-                self._to_gpu(req, k)
+                else:
+                    self._to_gpu(req, k)
             else:
                 self.dispatch(req)
-        self._arrivals_done = True
+            i += 1
+            if i == n:
+                self._arrivals_done = True
+                return
+            if times[i] > env.now:
+                self._i = i
+                _Timer(env, times[i] - env.now, self._arrive)
+                return
 
     def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
         """Request i arrives: rejected at once if no replica could ever hold it and the API will
