@@ -199,7 +199,7 @@ class Fleet:
             else:
                 self._provision_timer(node)
         if users is None:
-            _Timer(env, 0.0, self._first_arrival, simpy.events.URGENT)  # where a process would start
+            _Timer(env, 0.0, self._first_arrival, simpy.events.URGENT)  # when a process would start
         else:
             self._start_users()
         env.process(self.sample(self.cfg.output.timeseries_interval_s))
@@ -364,36 +364,69 @@ class Fleet:
 
     # ------------------------------------------------------------------ routing
 
-    def _first_arrival(self, _event: simpy.Event) -> None:
-        """The arrivals from a workload known ahead: each on a timer of its own whose callback routes
-        it and every one due with it, then sets the timer of the next (a timer and a callback per
-        arrival: a SimPy process's resumption would cost as much again as its timeout)."""
+    def _first_arrival(self, clock: simpy.Event) -> None:
+        """The arrivals from a workload known ahead, on one clock: an event that is scheduled again
+        for the next arrival each time it fires (SimPy detaches an event's callbacks as it
+        processes them, so a fired event can be pushed again with new ones), and whose callback
+        routes the arrival and every one due with it. No SimPy process: its resumption costs as
+        much again as a timeout, and a new timeout each arrival as much again as pushing one back."""
         wl = self.workload
         self._arrivals = (wl.arrival_s.tolist(), wl.prompt_tokens.tolist(), wl.output_tokens.tolist())
-        self._simple = self.api is None and not self.prefix  # no API, no prefix cache: the hot path
+        simple = self.api is None and not self.prefix  # no API, no prefix cache: the hot path
+        self._tick = [self._arrive_simple if simple else self._arrive]  # the clock's callbacks
         self._i = 0
         times = self._arrivals[0]
         if not times:
             self._arrivals_done = True
         elif times[0] > self.env.now:
-            _Timer(self.env, times[0] - self.env.now, self._arrive)
+            clock.callbacks = self._tick
+            self.env.schedule(clock, simpy.events.NORMAL, times[0] - self.env.now)
         else:
-            self._arrive(_event)
+            self._tick[0](clock)
 
-    def _arrive(self, _event: simpy.Event) -> None:
-        """Arrival i (due: its timer has fired, or it came with the one before), then those due now."""
-        env, loads, nodes, choose = self.env, self.loads, self.nodes, self.router.choose
+    def _next_arrival(self, clock: simpy.Event, i: int) -> bool:
+        """After arrival i - 1: whether arrival i is due now; if not, the clock is set for it."""
+        times = self._arrivals[0]
+        if i == len(times):
+            self._arrivals_done = True
+            return False
+        now = self.env.now
+        if times[i] > now:
+            self._i = i
+            clock.callbacks = self._tick
+            self.env.schedule(clock, simpy.events.NORMAL, times[i] - now)
+            return False
+        return True
+
+    def _arrive(self, clock: simpy.Event) -> None:
+        """Arrival i (its clock has fired, or it came with the one before), then those due now."""
         times, prompts, outputs = self._arrivals
-        i, n, simple = self._i, len(times), self._simple
+        i = self._i
         while True:
             req = self._enter(i, times[i], prompts[i], outputs[i])
-            if req is None:
-                pass
-            elif simple and loads:
-                k = choose(loads, req)
-                node = nodes[k]
-                if loads[k] < SLEEP_PENALTY:
+            if req is not None:
+                self.dispatch(req)
+            i += 1
+            if not self._next_arrival(clock, i):
+                return
+
+    def _arrive_simple(self, clock: simpy.Event) -> None:
+        """`_arrive` without an API or prefix caches, `_enter` and `_submit` inlined: the hot path."""
+        env, loads, nodes, choose, rec = self.env, self.loads, self.nodes, self.router.choose, self.rec
+        times, prompts, outputs = self._arrivals
+        i, max_len = self._i, self.plan.max_model_len
+        while True:
+            p, o = prompts[i], outputs[i]
+            rec.arrived()
+            if p + o > max_len:  # no replica can hold it, and there is no API
+                self._reject(i, REASON_CONTEXT)
+            else:
+                rec.entered(env.now)
+                req = Request(i, times[i], p, o)
+                k = choose(loads, req) if loads else None
+                if k is not None and loads[k] < SLEEP_PENALTY:
                     loads[k] += 1
+                    node = nodes[k]
                     node.out += 1
                     if node.idle_since is not None:
                         node.idle_s += env.now - node.idle_since
@@ -403,15 +436,8 @@ class Fleet:
                     node.engine.submit(req)  # type: ignore[union-attr]
                 else:
                     self._to_gpu(req, k)
-            else:
-                self.dispatch(req)
             i += 1
-            if i == n:
-                self._arrivals_done = True
-                return
-            if times[i] > env.now:
-                self._i = i
-                _Timer(env, times[i] - env.now, self._arrive)
+            if (i == len(times) or times[i] > env.now) and not self._next_arrival(clock, i):
                 return
 
     def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
