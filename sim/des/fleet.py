@@ -411,17 +411,18 @@ class Fleet:
                 return
 
     def _arrive_simple(self, clock: simpy.Event) -> None:
-        """`_arrive` without an API or prefix caches, `_enter` and `_submit` inlined: the hot path."""
+        """`_arrive` without an API or prefix caches, `_enter`, `_submit` and `_next_arrival`
+        inlined: the hot path. The clock stands still in a callback: `now` is read once."""
         env, loads, nodes, choose, rec = self.env, self.loads, self.nodes, self.router.choose, self.rec
         times, prompts, outputs = self._arrivals
-        i, max_len = self._i, self.plan.max_model_len
+        i, n, now, max_len = self._i, len(times), env.now, self.plan.max_model_len
         while True:
             p, o = prompts[i], outputs[i]
             rec.arrived()
             if p + o > max_len:  # no replica can hold it, and there is no API
                 self._reject(i, REASON_CONTEXT)
             else:
-                rec.entered(env.now)
+                rec.entered(now)
                 req = Request(i, times[i], p, o)
                 k = choose(loads, req) if loads else None
                 if k is not None and loads[k] < SLEEP_PENALTY:
@@ -429,7 +430,7 @@ class Fleet:
                     node = nodes[k]
                     node.out += 1
                     if node.idle_since is not None:
-                        node.idle_s += env.now - node.idle_since
+                        node.idle_s += now - node.idle_since
                         node.idle_since = None
                         node.idle_epoch += 1
                     req.replica = node.uid
@@ -437,7 +438,13 @@ class Fleet:
                 else:
                     self._to_gpu(req, k)
             i += 1
-            if (i == len(times) or times[i] > env.now) and not self._next_arrival(clock, i):
+            if i == n:
+                self._arrivals_done = True
+                return
+            if times[i] > now:
+                self._i = i
+                clock.callbacks = self._tick
+                env.schedule(clock, simpy.events.NORMAL, times[i] - now)
                 return
 
     def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
