@@ -57,6 +57,8 @@ from sim.pricing.cost import STATES, Span, state_weight
 from sim.workload.build import Workload, stream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sim.workload.closedloop import ClosedLoop
 
 PENALTY = {ACTIVE: 0, WAKING: WAKE_PENALTY, SLEEPING: SLEEP_PENALTY}
@@ -101,7 +103,13 @@ class _Timer(simpy.Timeout):
     """A timeout with one callback, scheduled at `priority` (SimPy's NORMAL, or URGENT as a
     process's start is)."""
 
-    def __init__(self, env: simpy.Environment, delay: float, callback, priority=simpy.events.NORMAL):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        delay: float,
+        callback: Callable[[simpy.Event], None],
+        priority: int = simpy.events.NORMAL,
+    ):
         self.env = env
         self.callbacks = [callback]
         self._value = None
