@@ -76,6 +76,61 @@ def test_power_of_two_when_the_best_state_is_rare():
     assert picks[58] / 3000 == pytest.approx(2 / 3, abs=4 * (2 / 9 / 3000) ** 0.5)
 
 
+class _ReferencePowerOfTwo:
+    """The power-of-two router as first written with blocked uniforms (scaled at each draw, the
+    best state found with a pass over the loads): the draws and choices to keep."""
+
+    def __init__(self, rng):
+        self.rng, self.u = rng, []
+
+    def choose(self, loads):
+        a, b = self.pair(loads)
+        return a if (loads[a], a) <= (loads[b], b) else b
+
+    def pair(self, loads):
+        n, tries = len(loads), PowerOfTwo.TRIES
+        tier = min(loads) >> 30
+        u = self.u
+        if len(u) < 2 * tries + 2:
+            u[:0] = self.rng.random(PowerOfTwo.BLOCK).tolist()[::-1]
+        a = int(u.pop() * n)
+        if loads[a] >> 30 == tier:
+            b = int(u.pop() * n)
+            if b != a and loads[b] >> 30 == tier:
+                return a, b
+        else:
+            a = -1
+        for _ in range(tries):
+            k = int(u.pop() * n)
+            if loads[k] >> 30 == tier and k != a:
+                if a < 0:
+                    a = k
+                else:
+                    return a, k
+        slots = [k for k, v in enumerate(loads) if v >> 30 == tier]
+        m = len(slots)
+        if m == 1:
+            return slots[0], slots[0]
+        i = int(u.pop() * m)
+        j = int(u.pop() * (m - 1))
+        return slots[i], slots[j + (j >= i)]
+
+
+def test_power_of_two_draws_and_chooses_as_the_reference():
+    """The same generator consumed in the same order and the same choices as the reference, over
+    fleets that grow mid-block and states from all active to one active among many asleep."""
+    g = np.random.default_rng(5)
+    r, ref = PowerOfTwo(_fleet(9)), _ReferencePowerOfTwo(np.random.default_rng(9))
+    penalties = [0, 0, 0, WAKE_PENALTY, SLEEP_PENALTY, NOT_ROUTABLE]
+    for step in range(20_000):
+        n = 2 + step // 1500  # a fleet of 2 slots growing to 15
+        rare = step % 7 == 0  # most slots out of the best state
+        pen = [NOT_ROUTABLE if rare and g.random() < 0.9 else penalties[g.integers(6)] for _ in range(n)]
+        loads = [p + int(g.integers(4)) for p in pen]
+        assert r.choose(loads, None) == ref.choose(loads), step
+    assert r.rng.random() == ref.rng.random()  # the generators stand at the same place
+
+
 # ----------------------------------------------------------------------------- autoscalers
 
 

@@ -59,7 +59,28 @@ from sim.hardware.perf import PerfModel
 from sim.workload.build import Workload, stream
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from sim.workload.closedloop import ClosedLoop
+
+
+class _Timer(simpy.Timeout):
+    """A timeout with one callback, scheduled at `priority` (SimPy's NORMAL, or URGENT as a
+    process's start is)."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        delay: float,
+        callback: Callable[[simpy.Event], None],
+        priority: int = simpy.events.NORMAL,
+    ):
+        self.env = env
+        self.callbacks = [callback]
+        self._value = None
+        self._delay = delay
+        self._ok = True
+        env.schedule(self, priority, delay)
 
 
 class Fleet:
@@ -152,7 +173,7 @@ class Fleet:
         f, env = self.cfg.fleet, self.env
         self.life.launch(f.replicas, f.start_warm)
         if users is None:
-            env.process(self.arrive())
+            _Timer(env, 0.0, self._first_arrival, simpy.events.URGENT)  # when a process would start
         else:
             self._start_users()
         env.process(self.sample(self.cfg.output.timeseries_interval_s))
@@ -193,36 +214,88 @@ class Fleet:
 
     # ------------------------------------------------------------------ routing
 
-    def arrive(self):
-        env = self.env
+    def _first_arrival(self, clock: simpy.Event) -> None:
+        """The arrivals from a workload known ahead, on one clock: an event that is scheduled again
+        for the next arrival each time it fires (SimPy detaches an event's callbacks as it
+        processes them, so a fired event can be pushed again with new ones), and whose callback
+        routes the arrival and every one due with it. No SimPy process: its resumption costs as
+        much again as a timeout, and a new timeout each arrival as much again as pushing one back."""
         wl = self.workload
-        prompts = wl.prompt_tokens.tolist()
-        outputs = wl.output_tokens.tolist()
-        simple = self.api is None and not self.prefix
-        loads, nodes, choose = self.loads, self.nodes, self.router.choose
-        for i, t in enumerate(wl.arrival_s.tolist()):
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            req = self._enter(i, t, prompts[i], outputs[i])
-            if req is None:
-                continue
-            if simple and loads:  # the hot path: no API, no prefix cache
-                k = choose(loads, req)
-                node = nodes[k]
-                if loads[k] < SLEEP_PENALTY:
+        self._arrivals = (wl.arrival_s.tolist(), wl.prompt_tokens.tolist(), wl.output_tokens.tolist())
+        simple = self.api is None and not self.prefix  # no API, no prefix cache: the hot path
+        self._tick = [self._arrive_simple if simple else self._arrive]  # the clock's callbacks
+        self._i = 0
+        times = self._arrivals[0]
+        if not times:
+            self._arrivals_done = True
+        elif times[0] > self.env.now:
+            clock.callbacks = self._tick
+            self.env.schedule(clock, simpy.events.NORMAL, times[0] - self.env.now)
+        else:
+            self._tick[0](clock)
+
+    def _next_arrival(self, clock: simpy.Event, i: int) -> bool:
+        """After arrival i - 1: whether arrival i is due now; if not, the clock is set for it."""
+        times = self._arrivals[0]
+        if i == len(times):
+            self._arrivals_done = True
+            return False
+        now = self.env.now
+        if times[i] > now:
+            self._i = i
+            clock.callbacks = self._tick
+            self.env.schedule(clock, simpy.events.NORMAL, times[i] - now)
+            return False
+        return True
+
+    def _arrive(self, clock: simpy.Event) -> None:
+        """Arrival i (its clock has fired, or it came with the one before), then those due now."""
+        times, prompts, outputs = self._arrivals
+        i = self._i
+        while True:
+            req = self._enter(i, times[i], prompts[i], outputs[i])
+            if req is not None:
+                self.dispatch(req)
+            i += 1
+            if not self._next_arrival(clock, i):
+                return
+
+    def _arrive_simple(self, clock: simpy.Event) -> None:
+        """`_arrive` without an API or prefix caches, `_enter`, `_submit` and `_next_arrival`
+        inlined: the hot path. The clock stands still in a callback: `now` is read once."""
+        env, loads, nodes, choose, rec = self.env, self.loads, self.nodes, self.router.choose, self.rec
+        times, prompts, outputs = self._arrivals
+        i, n, now, max_len = self._i, len(times), env.now, self.plan.max_model_len
+        while True:
+            p, o = prompts[i], outputs[i]
+            rec.arrived()
+            if p + o > max_len:  # no replica can hold it, and there is no API
+                self._reject(i, REASON_CONTEXT)
+            else:
+                rec.entered(now)
+                req = Request(i, times[i], p, o)
+                k = choose(loads, req) if loads else None
+                if k is not None and loads[k] < SLEEP_PENALTY:
                     loads[k] += 1
+                    node = nodes[k]
                     node.out += 1
                     if node.idle_since is not None:
-                        node.idle_s += env.now - node.idle_since
+                        node.idle_s += now - node.idle_since
                         node.idle_since = None
                         node.idle_epoch += 1
                     req.replica = node.uid
                     node.engine.submit(req)  # type: ignore[union-attr]
-                    continue
-                self._to_gpu(req, k)
-            else:
-                self.dispatch(req)
-        self._arrivals_done = True
+                else:
+                    self._to_gpu(req, k)
+            i += 1
+            if i == n:
+                self._arrivals_done = True
+                return
+            if times[i] > now:
+                self._i = i
+                clock.callbacks = self._tick
+                env.schedule(clock, simpy.events.NORMAL, times[i] - now)
+                return
 
     def _enter(self, i: int, t: float, p: int, o: int) -> Request | None:
         """Request i arrives: rejected at once if no replica could ever hold it and the API will

@@ -74,55 +74,92 @@ class PowerOfTwo:
     best state are found, which is uniform over that state's pairs without listing its slots;
     after `TRIES` draws (few replicas in that state) the slots are listed and the pair drawn
     from them: i = floor(u1 m), j = floor(u2 (m - 1)) moved past i. The uniforms come from the
-    fleet's generator in blocks of `BLOCK` (one numpy call per block, not one per arrival)."""
+    fleet's generator in blocks of `BLOCK` (one numpy call per block, not one per arrival), each
+    kept both as drawn and as a slot, floor(u n) for the fleet's n slots (one numpy product per
+    block: an arrival's two draws are two list pops). A first draw that lands on an active replica
+    tells that the best state is active without a pass over the loads: the usual arrival reads
+    two loads, whatever the fleet's size."""
 
     BLOCK = 4096
     TRIES = 8
+    RESERVE = 2 * TRIES + 2  # more than a choice can use: the block is refilled below this
 
     def __init__(self, fleet: Fleet):
         self.rng = fleet.rng
-        self._u: list[float] = []
+        self._u: list[float] = []  # the uniforms, consumed with pop() from the end
+        self._k: list[int] = []  # the same as slots, floor(u n): _k[i] is _u[i]'s while i < len(_k)
+        self._n = 0  # the n of _k
 
-    def _uniforms(self) -> list[float]:
-        """The block of uniforms, refilled when fewer than a choice can use remain (consumed
-        with pop() from the end, the remaining ones first)."""
-        u = self._u
-        if len(u) < 2 * self.TRIES + 2:
-            u[:0] = self.rng.random(self.BLOCK).tolist()[::-1]
-        return u
+    def _slots(self, n: int) -> list[int]:
+        """The block as slots of a fleet of n, refilled (with new uniforms placed before the
+        remaining ones) when fewer than a choice can use remain."""
+        u, k = self._u, self._k
+        del u[len(k) :]  # uniforms already consumed
+        if n != self._n:  # the fleet has grown: the remaining uniforms as its slots
+            k[:] = [int(x * n) for x in u]
+            self._n = n
+        if len(k) < self.RESERVE:
+            block = self.rng.random(self.BLOCK)[::-1]
+            u[:0] = block.tolist()
+            k[:0] = (block * n).astype("int64").tolist()  # the same products and floors as Python's
+        return k
+
+    def _uniform(self) -> float:
+        """The next uniform as drawn (to scale by a count other than the fleet's)."""
+        k = self._k
+        x = self._u[len(k) - 1]
+        k.pop()
+        return x
 
     def choose(self, loads: list[int], req: Request) -> int:
-        a, b = self.pair(loads)
+        k = self._k
+        if len(k) < self.RESERVE or len(loads) != self._n:
+            k = self._slots(len(loads))
+        a = k.pop()
+        la = loads[a]
+        if la < WAKE_PENALTY:  # active, so the best state is: the usual case
+            b = k.pop()
+            lb = loads[b]
+            if lb < WAKE_PENALTY and b != a:
+                return a if la < lb or (la == lb and a < b) else b
+            a, b = self._search(loads, 0, a, self.TRIES)
+        else:
+            a, b = self._after_first(loads, a)
         return a if (loads[a], a) <= (loads[b], b) else b
 
     def pair(self, loads: list[int]) -> tuple[int, int]:
         """Two distinct slots of the best state, uniform over its pairs (the same slot twice when
         it is alone in that state)."""
-        n = len(loads)
+        k = self._k
+        if len(k) < self.RESERVE or len(loads) != self._n:
+            k = self._slots(len(loads))
+        return self._after_first(loads, k.pop())
+
+    def _after_first(self, loads: list[int], a: int) -> tuple[int, int]:
+        """The pair whose first draw was slot a: kept if of the best state, then up to `TRIES`
+        draws more (one more when a is kept: its partner's)."""
         tier = min(loads) >> 30
-        u = self._u
-        if len(u) < 2 * self.TRIES + 2:
-            u = self._uniforms()
-        a = int(u.pop() * n)
-        if loads[a] >> 30 == tier:  # the usual case: both draws land in the best state at once
-            b = int(u.pop() * n)
-            if b != a and loads[b] >> 30 == tier:
-                return a, b
-        else:
-            a = -1
-        for _ in range(self.TRIES):
-            k = int(u.pop() * n)
-            if loads[k] >> 30 == tier and k != a:
+        if loads[a] >> 30 == tier:
+            return self._search(loads, tier, a, self.TRIES + 1)
+        return self._search(loads, tier, -1, self.TRIES)
+
+    def _search(self, loads: list[int], tier: int, a: int, tries: int) -> tuple[int, int]:
+        """Draw until two distinct slots of state `tier` are found (`a`: the first, or -1), at
+        most `tries` times; then from the state's listed slots."""
+        k = self._k
+        for _ in range(tries):
+            s = k.pop()
+            if loads[s] >> 30 == tier and s != a:
                 if a < 0:
-                    a = k
+                    a = s
                 else:
-                    return a, k
-        _, slots = _tier(loads)  # the best state is rare: draw the pair from its slots
+                    return a, s
+        slots = [s for s, v in enumerate(loads) if v >> 30 == tier]  # the best state is rare
         m = len(slots)
         if m == 1:
             return slots[0], slots[0]
-        i = int(u.pop() * m)
-        j = int(u.pop() * (m - 1))
+        i = int(self._uniform() * m)
+        j = int(self._uniform() * (m - 1))
         return slots[i], slots[j + (j >= i)]
 
 
