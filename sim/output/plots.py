@@ -196,7 +196,7 @@ def replica_states(spans: list) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return np.zeros(0), {}
     edges = np.unique([t for sp in spans for t in (sp.start, sp.end)])
     counts = {}
-    for state in STATE_COLORS:
+    for state in ("active", "draining", "waking", "sleeping", "provisioning"):  # serving at the bottom
         mine = [sp for sp in spans if sp.state == state]
         if not mine:
             continue
@@ -514,6 +514,13 @@ def plan_plot(df, best, describe, slo, path: Path) -> None:
 
         left.xaxis.set_major_locator(MaxNLocator(integer=True))
         left.legend(fontsize=9)
+    _plan_candidates(right, best, describe)
+    fig.suptitle("Capacity plan")
+    _save(fig, path)
+
+
+def _plan_candidates(right, best, describe) -> None:
+    """The plan's right panel: the cheapest candidates as bars coloured by strategy."""
     top = best.head(12).iloc[::-1]
     if len(top):
         y = np.arange(len(top))
@@ -544,8 +551,6 @@ def plan_plot(df, best, describe, slo, path: Path) -> None:
     right.set_xlabel("\\$ per month (cheapest SLO-meeting candidate of each option)")
     right.set_title("Candidates, cheapest at the top")
     right.grid(alpha=0.3, axis="x")
-    fig.suptitle("Capacity plan")
-    _save(fig, path)
 
 
 def save_all(result: Result, out: Path) -> None:
