@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from sim.results.metrics import distinct
 
@@ -408,6 +408,10 @@ def _pareto_panel(ax, ok, feasible, keys: list[str], df, col: str, scale: float)
     ax.margins(x=0.12, y=0.1)  # room for the labels of the outermost points
     if x.max() / max(x.min(), 1e-6) > 20:
         ax.set_xscale("log")
+        decades = np.log10(x.max() / max(x.min(), 1e-6))
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if decades < 2.5 else (1.0,)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 OPTION_COLORS = {"API": "#ff7f0e", "dedicated": "#1f77b4", "hybrid": "#2ca02c"}
