@@ -275,7 +275,8 @@ def test_fitted_workload_reproduces_rate_and_burstiness(tmp_path, fmt, kind):
     import yaml
 
     data = yaml.safe_load(out.read_text())
-    assert data["arrival"] == kind and len(data["pairs"]["values"]) == 2000
+    table = pd.read_csv(data["pairs"]["path"])  # the pairs in a table next to the YAML
+    assert data["arrival"] == kind and len(table) == 2000
     tr = read_trace(EXAMPLES[fmt], fmt)
     want = characterise(tr.arrival_s, tr.prompt_tokens, tr.output_tokens)
     # ten times the trace's span, so sampling noise (count SD ~ cv / sqrt(n)) is far below 5 %
@@ -289,6 +290,21 @@ def test_fitted_workload_reproduces_rate_and_burstiness(tmp_path, fmt, kind):
     assert got["prompt_tokens"]["p50"] == pytest.approx(want["prompt_tokens"]["p50"], rel=0.1)
     # and the fitted file runs as a workload config from the command line tool
     assert trace_main(["stats", "--workload", str(out), "--json"]) == 0
+
+
+def test_fitted_pairs_in_a_table_or_inline_give_the_same_workload(tmp_path):
+    """A fitted workload keeps its 2,000 length pairs in NAME.pairs.csv (composing 2,000 inline
+    pairs costs seconds in every sweep job); --inline writes them into the YAML: same workload."""
+    import yaml
+
+    table, inline = tmp_path / "table" / "w.yaml", tmp_path / "inline" / "w.yaml"  # one name: one random stream
+    for out, extra in ((table, []), (inline, ["--inline"])):
+        assert trace_main(["fit", str(EXAMPLES["azure"]), "--format", "azure", "-o", str(out), *extra]) == 0
+    a, b = (yaml.safe_load(p.read_text()) for p in (table, inline))
+    assert (tmp_path / "table" / "w.pairs.csv").is_file() and "values" in b["pairs"] and "path" in a["pairs"]
+    wa, wb = (build_workload(to_config({"workload": d}).workload, 3) for d in (a, b))
+    assert np.array_equal(wa.prompt_tokens, wb.prompt_tokens) and np.array_equal(wa.output_tokens, wb.output_tokens)
+    assert np.array_equal(wa.arrival_s, wb.arrival_s)
 
 
 def test_trace_tool_errors_exit_2(tmp_path, capsys):

@@ -2,10 +2,11 @@
 
     fleetsim-trace stats PATH --format F            # rate, burstiness, daily profile, lengths, prefix reuse
     fleetsim-trace stats --workload NAME|FILE.yaml  # the same for a workload config fleetsim would generate
-    fleetsim-trace fit PATH --format F -o conf/workload/NAME.yaml [--kind auto|diurnal|gamma|poisson]
+    fleetsim-trace fit PATH --format F -o conf/workload/NAME.yaml [--kind auto|diurnal|gamma|poisson] [--inline]
 
-`fit` writes a workload (diurnal or bursty arrivals with the trace's rate and burstiness, plus the
-trace's joint prompt/output lengths inline) whose `stats` match the trace's.
+`fit` writes a workload (diurnal or bursty arrivals with the trace's rate and burstiness, plus
+2,000 of the trace's joint prompt/output lengths in NAME.pairs.csv next to it, or inline with
+--inline) whose `stats` match the trace's.
 """
 
 from __future__ import annotations
@@ -199,7 +200,10 @@ def _rescaled_cv(t: np.ndarray, weights: np.ndarray, clock: float) -> float:
     return float(gaps.std() / gaps.mean()) if len(gaps) > 1 and gaps.mean() > 0 else 1.0
 
 
-def write_fitted(cfg: dict, path: Path) -> None:
+def write_fitted(cfg: dict, path: Path, *, inline: bool = False) -> None:
+    """The fitted workload as YAML at `path`; its (prompt, output) pairs in a table next to it
+    (NAME.pairs.csv, read through `pairs.path`), or inline with `inline` (a config with 2,000
+    inline pairs takes seconds longer to compose, in every sweep job)."""
     import yaml
 
     meta = cfg.pop("_fitted_from")
@@ -214,8 +218,17 @@ def write_fitted(cfg: dict, path: Path) -> None:
     body = yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False, width=120)
     if weights is not None:
         body += "hourly_weights: [" + ", ".join(f"{w:g}" for w in weights) + "]\n"
-    pairs_text = "pairs:\n  values: [" + ", ".join(f"[{p}, {o}]" for p, o in pairs["values"]) + "]\n"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if inline:
+        pairs_text = "pairs:\n  values: [" + ", ".join(f"[{p}, {o}]" for p, o in pairs["values"]) + "]\n"
+    else:
+        table = path.with_name(f"{path.stem}.pairs.csv")
+        rows = "".join(f"{p},{o}\n" for p, o in pairs["values"])
+        table.write_text("prompt_tokens,output_tokens\n" + rows)
+        pairs_text = (
+            f"pairs:  # resampled from the table next to this file\n  path: {table.as_posix()}\n  format: csv\n"
+            "  prompt_column: prompt_tokens\n  output_column: output_tokens\n"
+        )
     path.write_text(header + body + pairs_text)
 
 
@@ -340,6 +353,9 @@ def _parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("-o", "--output", required=True, type=Path, help="workload YAML to write")
             p.add_argument("--kind", default="auto", help="auto | diurnal | gamma | poisson")
+            p.add_argument(
+                "--inline", action="store_true", help="write the length pairs into the YAML (slower to compose)"
+            )
     return ap
 
 
@@ -368,7 +384,7 @@ def _command(args) -> int:
         seed=args.seed,
     )
     try:
-        write_fitted(cfg, args.output)
+        write_fitted(cfg, args.output, inline=args.inline)
     except OSError as exc:
         raise UserError(f"-o {args.output}: cannot write ({exc.strerror or exc})") from None
     print(f"wrote {args.output} ({cfg['arrival']} arrivals, {cfg['rate']:.3f} req/s)")
