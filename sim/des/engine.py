@@ -40,7 +40,9 @@ from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import DecodeRun, PerfModel
 
 WAITING, PREFILL, DECODE, DONE = range(4)
+_URGENT = simpy.events.URGENT
 _NONE: list[int] = []  # shared, never appended to: a request's pooled ids until it has some
+_NO_CHUNKS: list = []  # shared, never appended to: a segment's chunks or merged head when it has none
 
 
 class Request:
@@ -101,13 +103,13 @@ class BoundaryTimer(simpy.Timeout):
     priority), so an arrival at exactly an iteration boundary always finds the next iteration
     already formed and joins the one after, in both engine modes."""
 
-    def __init__(self, env: simpy.Environment, delay: float):
+    def __init__(self, env: simpy.Environment, delay: float, callback: Callable[[simpy.Event], None]):
         self.env = env
-        self.callbacks = []
+        self.callbacks = [callback]
         self._value = None
         self._delay = delay
         self._ok = True
-        env.schedule(self, simpy.events.URGENT, delay)
+        env.schedule(self, _URGENT, delay)
 
 
 class View(NamedTuple):
@@ -260,7 +262,7 @@ class Replica:
         self.segments = 0  # segments completed (or cut)
         self.timers = 0  # SimPy events the replica scheduled (cut segments included)
         self.preemptions = 0
-        BoundaryTimer(env, 0.0).callbacks.append(lambda _e: self._next())  # starts now, before other events
+        BoundaryTimer(env, 0.0, lambda _e: self._next())  # starts now, before other events
 
     # ------------------------------------------------------------------ public
 
@@ -347,7 +349,7 @@ class Replica:
             self.pool.clear()
         self._seg_iters = 0
         self._run = None
-        self._head_reqs = []
+        self._head_reqs = _NO_CHUNKS
         self.stopped = True
         return sorted(out, key=lambda r: r.id)
 
@@ -436,8 +438,7 @@ class Replica:
         self._next()
 
     def _set_timer(self, duration: float) -> None:
-        self._timer = BoundaryTimer(self.env, duration)
-        self._timer.callbacks.append(self._at_boundary)
+        self._timer = BoundaryTimer(self.env, duration, self._at_boundary)
         self.timers += 1
 
     def _at_boundary(self, _event: simpy.Event) -> None:
@@ -473,8 +474,10 @@ class Replica:
             return self._head_occ * head + self._occ * (elapsed - head)
         return self._occ * elapsed
 
-    def _set_segment(self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float, merged=()):
-        self._head_reqs = list(merged)
+    def _set_segment(
+        self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float, merged=_NO_CHUNKS
+    ):
+        self._head_reqs = merged  # (a list of the caller's own, not kept by it)
         self._seg_start = start
         self._head = head
         self._head_occ = head_occ
@@ -542,18 +545,19 @@ class Replica:
         n_dec = decoders.n
         context = decoders.s_off + n_dec * g  # (decoders.context(g), without a call on the hot path)
         if not chunks and self.fast_forward and not preempted:  # a pure decode run
-            n = self._run_length(g)
-            run = self.perf.decode_run(decoders.n, context, n)
-            self._set_segment(now, 0.0, 0.0, [], run, n, occ)
+            n = decoders.fit(g, free, decoders.next_finish() - g)  # (free: the blocks to spare at g + 1)
+            run = self.perf.decode_run(n_dec, context, n)
+            self._set_segment(now, 0.0, 0.0, _NO_CHUNKS, run, n, occ)
             return run.time(n)
         head = self.perf.iteration_time(decoders.n, context, [(c, r.computed) for r, c in chunks])
         if self.fast_forward and not preempted and self._mergeable(chunks):
             self._apply_head(chunks, now + head, g + 1)
-            n = self._run_length(g + 1)
+            slack = self.total_blocks - self.held_other - decoders.blocks_after(g + 2)
+            n = decoders.fit(g + 1, slack, decoders.next_finish() - (g + 1))
             n_dec = decoders.n
             run = self.perf.decode_run(n_dec, decoders.s_off + n_dec * (g + 1), n) if n else None
-            run_occ = self._run_occupancy()
-            self._set_segment(now, head, occ, [], run, n, run_occ, merged=chunks)
+            run_occ = self._occupancy(len(running), self.max_tokens - n_dec, slack)
+            self._set_segment(now, head, occ, _NO_CHUNKS, run, n, run_occ, merged=chunks)
             return head + (run.time(n) if run is not None else 0.0)
         self._set_segment(now, head, occ, chunks, None, 0, 0.0)
         return head
@@ -587,11 +591,6 @@ class Replica:
             req.finish_g = g_next + req.output - req.generated
             req.dec_id = decoders.join(req.o, req.finish_g, req)
         self.prefilling.clear()
-
-    def _run_occupancy(self) -> float:
-        decoders = self.decoders
-        used = self.held_other + (decoders.blocks_after(self.g + 2) if decoders.n else 0)
-        return self._occupancy(len(self.running), self.max_tokens - decoders.n, self.total_blocks - used)
 
     def _plan_admission(self, free: int, budget: int, cutoff: float) -> list[tuple[Request, int, int]]:
         """Waiting requests (FIFO) admissible now, of those seen before `cutoff`: (request,
@@ -777,11 +776,11 @@ class Replica:
                 if f < fin:
                     fin = f
             after = decoders.plus(offsets)
-            run_n = after.steps_fitting(g + 1, self.total_blocks - self.held_other, fin - (g + 1))
+            slack = self.total_blocks - self.held_other - after.blocks_after(g + 2)
+            run_n = after.fit(g + 1, slack, fin - (g + 1))
             if run_n:
                 run = self.perf.decode_run(after.n, after.s_off + after.n * (g + 1), run_n)
-                used = self.held_other + after.blocks_after(g + 2)
-                run_occ = self._occupancy(seats, self.max_tokens - after.n, self.total_blocks - used)
+                run_occ = self._occupancy(seats, self.max_tokens - after.n, slack)
         boundary = self._boundary(steps)
         self._pending = Plan(boundary, steps, admit, head, head_occ, merged, run, run_n, run_occ)
         end = boundary + head + (run.time(run_n) if run is not None else 0.0)
@@ -814,7 +813,7 @@ class Replica:
             chunks.append((req, c))
         if p.merged:
             self._apply_head(chunks, p.boundary + p.head, self.g + 1)
-            self._set_segment(p.boundary, p.head, p.head_occ, [], p.run, p.run_n, p.run_occ, merged=chunks)
+            self._set_segment(p.boundary, p.head, p.head_occ, _NO_CHUNKS, p.run, p.run_n, p.run_occ, merged=chunks)
         else:
             self._set_segment(p.boundary, p.head, p.head_occ, chunks, None, 0, 0.0)
 
@@ -854,7 +853,7 @@ class Replica:
                     self.held_other -= req.shared
                     req.finish_g = g + req.output - req.generated
                     req.dec_id = self.decoders.join(req.o, req.finish_g, req)
-            self._chunks = []
+            self._chunks = _NO_CHUNKS
         decoders = self.decoders
         while decoders.first_due <= g:  # one at a time: a completion's callbacks may look at the replica
             req = decoders.pop_due(g)
@@ -867,7 +866,7 @@ class Replica:
         self._seg_iters = 0
         self._head = 0.0
         self._run = None
-        self._head_reqs = []
+        self._head_reqs = _NO_CHUNKS
 
     def _finish(self, req: Request, now: float) -> None:
         req.state = DONE
@@ -877,11 +876,6 @@ class Replica:
             self._release(req)
 
     # ------------------------------------------------------------------ decoder aggregates
-
-    def _run_length(self, g: int) -> int:
-        """Decode iterations from boundary g until a decoder finishes or the KV cache is short."""
-        decoders = self.decoders
-        return decoders.steps_fitting(g, self.total_blocks - self.held_other, decoders.next_finish() - g)
 
     def _preempt(self, req: Request) -> int:
         """Recompute-preempt a running request; return the blocks that frees for iteration g."""

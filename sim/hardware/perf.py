@@ -105,7 +105,10 @@ class Roofline:
             n += c
             kv += k0 + c
             pairs += c * k0 + c * (c + 1) / 2
-        mem = self.weight_time(n) + self._kv * kv
+        # (weight_time, inline)
+        mem = (
+            self._w_dense + self._w_expert * (1.0 - self._miss**n) if self._w_expert else self._w_dense
+        ) + self._kv * kv
         comp = self._tok * n + self._pair * pairs
         return (
             self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
@@ -114,9 +117,10 @@ class Roofline:
     def decode_run(self, n_decode: int, context: int, n_max: int) -> LinearDecodeRun:
         b = n_decode
         kv0 = context + b
+        w = self._w_dense + self._w_expert * (1.0 - self._miss**b) if self._w_expert else self._w_dense  # weight_time
         return LinearDecodeRun(
             self._fixed + (self._per_seq + self._ar_tok) * b,
-            self.weight_time(b) + self._kv * kv0,
+            w + self._kv * kv0,
             self._kv * b,
             self._tok * b + self._pair * kv0,
             self._pair * b,
@@ -152,8 +156,8 @@ class LinearDecodeRun:
         return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
 
     def time(self, n: int) -> float:
-        if n <= self._k:
-            return self._sum1(n)
+        if n <= self._k:  # (_sum1, inline: the hot path)
+            return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
         k = self._k
         m = n - k
         return self._t_k + m * (self._c0 + self._a2) + self._b2 * m * (n - 1 + k) / 2
