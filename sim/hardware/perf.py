@@ -136,15 +136,16 @@ class LinearDecodeRun:
         self._c0 = c0
         d0, d1 = am - ac, bm - bc  # memory minus compute at step k: d0 + d1 k
         k_switch: float = math.inf  # one regime throughout unless the lines cross
-        if d1 > 0 and d0 < 0:  # compute-bound first, memory-bound from the first k with d >= 0
+        # (float literals below: a float compared with a float is the interpreter's fast path)
+        if d1 > 0.0 and d0 < 0.0:  # compute-bound first, memory-bound from the first k with d >= 0
             crossing = -d0 / d1
             if crossing < 1e15:
                 k_switch = math.ceil(crossing)
-        elif d1 < 0 and d0 >= 0:  # memory-bound first, compute-bound once d < 0
+        elif d1 < 0.0 and d0 >= 0.0:  # memory-bound first, compute-bound once d < 0
             crossing = d0 / -d1
             if crossing < 1e15:
                 k_switch = math.floor(crossing) + 1
-        first_mem = d0 >= 0
+        first_mem = d0 >= 0.0
         if first_mem:
             self._a1, self._b1, self._a2, self._b2 = am, bm, ac, bc
         else:
@@ -163,7 +164,7 @@ class LinearDecodeRun:
         return self._t_k + m * (self._c0 + self._a2) + self._b2 * m * (n - 1 + k) / 2
 
     def steps_within(self, elapsed: float) -> int:
-        if elapsed <= 0:
+        if elapsed <= 0.0:
             return 0
         if elapsed < self._t_k:
             m = _solve(self._c0 + self._a1 - self._b1 / 2, self._b1 / 2, elapsed)
@@ -182,7 +183,7 @@ class LinearDecodeRun:
 
 def _solve(lin: float, quad: float, y: float) -> float:
     """Positive root of quad m^2 + lin m = y (numerically stable form)."""
-    if quad == 0:
+    if quad == 0.0:
         return y / lin
     return 2 * y / (lin + math.sqrt(lin * lin + 4 * quad * y))
 
