@@ -299,7 +299,7 @@ class Replica:
         pending = self._pending
         if pending is not None:
             if now < pending.boundary:  # the planned boundary is ahead: plan it again
-                self._plan_cut(pending.steps)
+                self._plan_cut(pending.steps, now)
                 return
             self._materialize()
         if self._run is None:  # a single iteration: the request joins at its end
@@ -308,7 +308,7 @@ class Replica:
             return
         done = self._iterations_done(now) + (2 if self.async_sched else 1)
         if done < self._seg_iters:  # everyone waiting was seen by now, before that boundary's iteration formed
-            self._plan_cut(done, cutoff=math.inf)
+            self._plan_cut(done, now, cutoff=math.inf)
 
     def pause(self) -> None:
         """Stop taking work (only while idle): queued requests wait for `resume`."""
@@ -443,7 +443,7 @@ class Replica:
         duration = self._schedule(now)
         waiting = self.waiting
         if waiting and waiting[0].seen >= cutoff and self._run is not None and self._seg_iters > 1:
-            end = self._plan_cut(1, retarget=False)  # seen during the last iteration: joins next
+            end = self._plan_cut(1)  # seen during the last iteration: joins next (the timer is set below)
             if end is not None:
                 duration = end - now
         self._set_timer(duration)
@@ -736,18 +736,19 @@ class Replica:
 
     # ------------------------------------------------------------------ cutting a segment
 
-    def _plan_cut(self, steps: int, retarget: bool = True, cutoff: float | None = None) -> float | None:
+    def _plan_cut(self, steps: int, now: float | None = None, cutoff: float | None = None) -> float | None:
         """Requests can join at the boundary after `steps` iterations of the current segment:
         end the segment there and plan the iteration (and the decode run after it) that starts
-        at that boundary. Decoders finish and the KV cache runs short only at the segment's own
-        end, beyond the cut, so the plan depends on nothing but the waiting queue."""
+        at that boundary; with the clock's `now`, move the replica's timer to the new end.
+        Decoders finish and the KV cache runs short only at the segment's own end, beyond the
+        cut, so the plan depends on nothing but the waiting queue."""
         if self.pool is not None:  # hits are found at the boundary: end the segment there
             if steps >= self._seg_iters or len(self.running) >= self.max_seqs:
                 return None
             self._seg_iters = steps
             end = self._boundary(steps)
-            if retarget:
-                self._retarget(end)
+            if now is not None:
+                self._retarget(end, now)
             return end
         g = self.g + steps
         decoders = self.decoders
@@ -769,19 +770,18 @@ class Replica:
             and (not pending.merged or len(admit) == len(self.waiting))
         ):
             return None
-        chunks = [(c, r.computed) for r, c, _ in admit]
-        head = self.perf.iteration_time(n, decoders.s_off + n * g, chunks)
-        for _, c, need in admit:
+        chunks = []
+        complete = True  # every prefill completes and nobody finishes at the head's end
+        for r, c, need in admit:  # (one pass, no comprehension: the hot path)
+            chunks.append((c, r.computed))
             budget -= c
             free -= need
+            if r.computed + c != r.target or r.generated + 1 >= r.output:
+                complete = False
+        head = self.perf.iteration_time(n, decoders.s_off + n * g, chunks)
         seats = len(self.running) + len(admit)
         head_occ = self._occupancy(seats, budget, free)
-        merged = len(admit) == len(self.waiting)
-        if merged:
-            for r, c, _ in admit:
-                if r.computed + c != r.target or r.generated + 1 >= r.output:
-                    merged = False
-                    break
+        merged = complete and len(admit) == len(self.waiting)
         run, run_n, run_occ = None, 0, 0.0
         if merged:  # the decode set once the admitted requests decode from boundary g + 1
             fin = decoders.next_finish()
@@ -800,15 +800,15 @@ class Replica:
         boundary = self._boundary(steps)
         self._pending = Plan(boundary, steps, admit, head, head_occ, merged, run, run_n, run_occ)
         end = boundary + head + (run.time(run_n) if run is not None else 0.0)
-        if retarget:
-            self._retarget(end)
+        if now is not None:
+            self._retarget(end, now)
         return end
 
-    def _retarget(self, end: float) -> None:
-        """Move the replica's next boundary to `end`: the current timer loses its callback (it
-        still fires, doing nothing) and a new one is set."""
-        self._timer.callbacks.remove(self._at_boundary)  # type: ignore[union-attr]
-        self._set_timer(max(0.0, end - self.env.now))
+    def _retarget(self, end: float, now: float) -> None:
+        """Move the replica's next boundary to `end`: the current timer loses its callback (its
+        only one: it still fires, doing nothing) and a new one is set."""
+        self._timer.callbacks.clear()  # type: ignore[union-attr]
+        self._set_timer(max(0.0, end - now))
 
     def _materialize(self) -> None:
         """The planned boundary has passed: finish the cut segment there, admit the planned
@@ -838,8 +838,9 @@ class Replica:
     def _advance(self, now: float) -> None:
         """Account the segment ending at `now`: iterations, prefill progress, completions."""
         n = self._seg_iters
-        self.busy_s += now - self._seg_start
-        self.occ_s += self._occupied(now - self._seg_start)
+        elapsed = now - self._seg_start
+        self.busy_s += elapsed
+        self.occ_s += self._occupied(elapsed)
         self.iterations += n
         self.segments += 1
         self.g += n
