@@ -300,8 +300,8 @@ def test_kv_blocks_never_exceed_capacity(monkeypatch, fast, case):
     checked = {"n": 0, "peak": 0.0}
     original = Replica._schedule
 
-    def checking(self):
-        duration = original(self)
+    def checking(self, now):
+        duration = original(self, now)
         # after scheduling, blocks for the iteration at g are allocated
         held = _brute_blocks(self, self.g + 1)
         assert held <= self.total_blocks

@@ -135,7 +135,11 @@ class Decoders:
         """How many decode iterations from boundary g on (at most `limit`) get their KV blocks
         within `capacity`: iteration g + j needs blocks_after(g + 1 + j). The set must not be
         empty."""
-        slack = capacity - self.blocks_after(g + 1)
+        return self.fit(g, capacity - self.blocks_after(g + 1), limit)
+
+    def fit(self, g: int, slack: int, limit: int) -> int:
+        """`steps_fitting` given the slack at boundary g: the capacity less blocks_after(g + 1)
+        (the engine has it at hand)."""
         if slack < 0:
             return 0
         n, bs, cnt = self.n, self.bs, self.cnt

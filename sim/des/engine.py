@@ -40,7 +40,9 @@ from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import DecodeRun, PerfModel
 
 WAITING, PREFILL, DECODE, DONE = range(4)
+_URGENT = simpy.events.URGENT
 _NONE: list[int] = []  # shared, never appended to: a request's pooled ids until it has some
+_NO_CHUNKS: list = []  # shared, never appended to: a segment's chunks or merged head when it has none
 
 
 class Request:
@@ -101,13 +103,13 @@ class BoundaryTimer(simpy.Timeout):
     priority), so an arrival at exactly an iteration boundary always finds the next iteration
     already formed and joins the one after, in both engine modes."""
 
-    def __init__(self, env: simpy.Environment, delay: float):
+    def __init__(self, env: simpy.Environment, delay: float, callback: Callable[[simpy.Event], None]):
         self.env = env
-        self.callbacks = []
+        self.callbacks = [callback]
         self._value = None
         self._delay = delay
         self._ok = True
-        env.schedule(self, simpy.events.URGENT, delay)
+        env.schedule(self, _URGENT, delay)
 
 
 class View(NamedTuple):
@@ -120,18 +122,34 @@ class View(NamedTuple):
     head: tuple  # a merged head's (request, chunk) while it runs
 
 
-class Plan(NamedTuple):
-    """The iteration planned at a cut boundary, and the decode run it leads to (if any)."""
+class Plan:
+    """The iteration planned at a cut boundary, and the decode run it leads to (if any). (A
+    class with slots rather than a NamedTuple: its fields are read on the hot path, and a slot
+    reads faster than a tuple's named field.)"""
 
-    boundary: float  # time of the boundary
-    steps: int  # iterations of the current segment before the boundary
-    admit: list[tuple[Request, int, int]]  # (request, prefill chunk, new blocks)
-    head: float  # duration of the head iteration
-    head_occ: float
-    merged: bool  # the head's outcome can be applied at once (no partial prefill, no finish)
-    run: DecodeRun | None  # decode run after the head
-    run_n: int
-    run_occ: float
+    __slots__ = ("admit", "boundary", "head", "head_occ", "merged", "run", "run_n", "run_occ", "steps")
+
+    def __init__(
+        self,
+        boundary: float,
+        steps: int,
+        admit: list[tuple[Request, int, int]],
+        head: float,
+        head_occ: float,
+        merged: bool,
+        run: DecodeRun | None,
+        run_n: int,
+        run_occ: float,
+    ):
+        self.boundary = boundary  # time of the boundary
+        self.steps = steps  # iterations of the current segment before the boundary
+        self.admit = admit  # (request, prefill chunk, new blocks)
+        self.head = head  # duration of the head iteration
+        self.head_occ = head_occ
+        self.merged = merged  # the head's outcome can be applied at once (no partial prefill, no finish)
+        self.run = run  # decode run after the head
+        self.run_n = run_n
+        self.run_occ = run_occ
 
 
 class Replica:
@@ -260,7 +278,7 @@ class Replica:
         self.segments = 0  # segments completed (or cut)
         self.timers = 0  # SimPy events the replica scheduled (cut segments included)
         self.preemptions = 0
-        BoundaryTimer(env, 0.0).callbacks.append(lambda _e: self._next())  # starts now, before other events
+        BoundaryTimer(env, 0.0, lambda _e: self._next(env.now))  # starts now, before other events
 
     # ------------------------------------------------------------------ public
 
@@ -271,17 +289,17 @@ class Replica:
 
     def submit(self, req: Request) -> None:
         """Queue a request; wake the replica, or cut its segment if the request can join."""
-        req.seen = self.env.now
+        now = self.env.now
+        req.seen = now
         self.waiting.append(req)
         if self._wake is not None:
             if not self._wake.triggered and not self.paused:
                 self._wake.succeed()
             return
-        now = self.env.now
         pending = self._pending
         if pending is not None:
             if now < pending.boundary:  # the planned boundary is ahead: plan it again
-                self._plan_cut(pending.steps)
+                self._plan_cut(pending.steps, now)
                 return
             self._materialize()
         if self._run is None:  # a single iteration: the request joins at its end
@@ -290,7 +308,7 @@ class Replica:
             return
         done = self._iterations_done(now) + (2 if self.async_sched else 1)
         if done < self._seg_iters:  # everyone waiting was seen by now, before that boundary's iteration formed
-            self._plan_cut(done, cutoff=math.inf)
+            self._plan_cut(done, now, cutoff=math.inf)
 
     def pause(self) -> None:
         """Stop taking work (only while idle): queued requests wait for `resume`."""
@@ -347,7 +365,7 @@ class Replica:
             self.pool.clear()
         self._seg_iters = 0
         self._run = None
-        self._head_reqs = []
+        self._head_reqs = _NO_CHUNKS
         self.stopped = True
         return sorted(out, key=lambda r: r.id)
 
@@ -409,7 +427,7 @@ class Replica:
 
     # ------------------------------------------------------------------ timers
 
-    def _next(self) -> None:
+    def _next(self, now: float) -> None:
         """What the replica does next: wait to be woken when it has nothing to run (or is
         paused), else form the next iteration and set a timer for its end. The replica runs on
         its own timers and wake events, each with one callback of its own (no SimPy process)."""
@@ -422,30 +440,30 @@ class Replica:
             self._wake.callbacks.append(self._woken)
             return
         cutoff = self._cutoff
-        duration = self._schedule()
+        duration = self._schedule(now)
         waiting = self.waiting
         if waiting and waiting[0].seen >= cutoff and self._run is not None and self._seg_iters > 1:
-            end = self._plan_cut(1, retarget=False)  # seen during the last iteration: joins next
+            end = self._plan_cut(1)  # seen during the last iteration: joins next (the timer is set below)
             if end is not None:
-                duration = end - self.env.now
+                duration = end - now
         self._set_timer(duration)
 
     def _woken(self, _event: simpy.Event) -> None:
         self._wake = None
         self._cutoff = math.inf  # nothing was in flight: whoever waits is seen
-        self._next()
+        self._next(self.env.now)
 
     def _set_timer(self, duration: float) -> None:
-        self._timer = BoundaryTimer(self.env, duration)
-        self._timer.callbacks.append(self._at_boundary)
+        self._timer = BoundaryTimer(self.env, duration, self._at_boundary)
         self.timers += 1
 
     def _at_boundary(self, _event: simpy.Event) -> None:
         """The timer of the current segment's end (or of a planned cut) has fired."""
         if self._pending is not None:
             self._materialize()
-        self._advance(self.env.now)
-        self._next()
+        now = self.env.now  # (a property: read once)
+        self._advance(now)
+        self._next(now)
 
     # ------------------------------------------------------------------ segments
 
@@ -473,8 +491,10 @@ class Replica:
             return self._head_occ * head + self._occ * (elapsed - head)
         return self._occ * elapsed
 
-    def _set_segment(self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float, merged=()):
-        self._head_reqs = list(merged)
+    def _set_segment(
+        self, start: float, head: float, head_occ: float, chunks, run, run_n: int, occ: float, merged=_NO_CHUNKS
+    ):
+        self._head_reqs = merged  # (a list of the caller's own, not kept by it)
         self._seg_start = start
         self._head = head
         self._head_occ = head_occ
@@ -483,9 +503,8 @@ class Replica:
         self._seg_iters = (1 if head else 0) + run_n
         self._occ = occ
 
-    def _schedule(self) -> float:
-        """Form the batch at boundary g and plan the segment; return its duration."""
-        now = self.env.now
+    def _schedule(self, now: float) -> float:
+        """Form the batch at boundary g (the clock's `now`) and plan the segment; return its duration."""
         g = self.g
         bs = self.bs
         running = self.running
@@ -542,18 +561,19 @@ class Replica:
         n_dec = decoders.n
         context = decoders.s_off + n_dec * g  # (decoders.context(g), without a call on the hot path)
         if not chunks and self.fast_forward and not preempted:  # a pure decode run
-            n = self._run_length(g)
-            run = self.perf.decode_run(decoders.n, context, n)
-            self._set_segment(now, 0.0, 0.0, [], run, n, occ)
+            n = decoders.fit(g, free, decoders.next_finish() - g)  # (free: the blocks to spare at g + 1)
+            run = self.perf.decode_run(n_dec, context, n)
+            self._set_segment(now, 0.0, 0.0, _NO_CHUNKS, run, n, occ)
             return run.time(n)
         head = self.perf.iteration_time(decoders.n, context, [(c, r.computed) for r, c in chunks])
         if self.fast_forward and not preempted and self._mergeable(chunks):
             self._apply_head(chunks, now + head, g + 1)
-            n = self._run_length(g + 1)
+            slack = self.total_blocks - self.held_other - decoders.blocks_after(g + 2)
+            n = decoders.fit(g + 1, slack, decoders.next_finish() - (g + 1))
             n_dec = decoders.n
             run = self.perf.decode_run(n_dec, decoders.s_off + n_dec * (g + 1), n) if n else None
-            run_occ = self._run_occupancy()
-            self._set_segment(now, head, occ, [], run, n, run_occ, merged=chunks)
+            run_occ = self._occupancy(len(running), self.max_tokens - n_dec, slack)
+            self._set_segment(now, head, occ, _NO_CHUNKS, run, n, run_occ, merged=chunks)
             return head + (run.time(n) if run is not None else 0.0)
         self._set_segment(now, head, occ, chunks, None, 0, 0.0)
         return head
@@ -588,11 +608,6 @@ class Replica:
             req.dec_id = decoders.join(req.o, req.finish_g, req)
         self.prefilling.clear()
 
-    def _run_occupancy(self) -> float:
-        decoders = self.decoders
-        used = self.held_other + (decoders.blocks_after(self.g + 2) if decoders.n else 0)
-        return self._occupancy(len(self.running), self.max_tokens - decoders.n, self.total_blocks - used)
-
     def _plan_admission(self, free: int, budget: int, cutoff: float) -> list[tuple[Request, int, int]]:
         """Waiting requests (FIFO) admissible now, of those seen before `cutoff`: (request,
         prefill chunk, new blocks)."""
@@ -623,7 +638,7 @@ class Replica:
         req.state = PREFILL
         req.blocks += need
         self.held_other += need
-        if req.start < 0:
+        if req.start < 0.0:
             req.start = now
 
     # ------------------------------------------------------------------ prefix cache
@@ -721,18 +736,19 @@ class Replica:
 
     # ------------------------------------------------------------------ cutting a segment
 
-    def _plan_cut(self, steps: int, retarget: bool = True, cutoff: float | None = None) -> float | None:
+    def _plan_cut(self, steps: int, now: float | None = None, cutoff: float | None = None) -> float | None:
         """Requests can join at the boundary after `steps` iterations of the current segment:
         end the segment there and plan the iteration (and the decode run after it) that starts
-        at that boundary. Decoders finish and the KV cache runs short only at the segment's own
-        end, beyond the cut, so the plan depends on nothing but the waiting queue."""
+        at that boundary; with the clock's `now`, move the replica's timer to the new end.
+        Decoders finish and the KV cache runs short only at the segment's own end, beyond the
+        cut, so the plan depends on nothing but the waiting queue."""
         if self.pool is not None:  # hits are found at the boundary: end the segment there
             if steps >= self._seg_iters or len(self.running) >= self.max_seqs:
                 return None
             self._seg_iters = steps
             end = self._boundary(steps)
-            if retarget:
-                self._retarget(end)
+            if now is not None:
+                self._retarget(end, now)
             return end
         g = self.g + steps
         decoders = self.decoders
@@ -754,19 +770,18 @@ class Replica:
             and (not pending.merged or len(admit) == len(self.waiting))
         ):
             return None
-        chunks = [(c, r.computed) for r, c, _ in admit]
-        head = self.perf.iteration_time(n, decoders.s_off + n * g, chunks)
-        for _, c, need in admit:
+        chunks = []
+        complete = True  # every prefill completes and nobody finishes at the head's end
+        for r, c, need in admit:  # (one pass, no comprehension: the hot path)
+            chunks.append((c, r.computed))
             budget -= c
             free -= need
+            if r.computed + c != r.target or r.generated + 1 >= r.output:
+                complete = False
+        head = self.perf.iteration_time(n, decoders.s_off + n * g, chunks)
         seats = len(self.running) + len(admit)
         head_occ = self._occupancy(seats, budget, free)
-        merged = len(admit) == len(self.waiting)
-        if merged:
-            for r, c, _ in admit:
-                if r.computed + c != r.target or r.generated + 1 >= r.output:
-                    merged = False
-                    break
+        merged = complete and len(admit) == len(self.waiting)
         run, run_n, run_occ = None, 0, 0.0
         if merged:  # the decode set once the admitted requests decode from boundary g + 1
             fin = decoders.next_finish()
@@ -777,23 +792,23 @@ class Replica:
                 if f < fin:
                     fin = f
             after = decoders.plus(offsets)
-            run_n = after.steps_fitting(g + 1, self.total_blocks - self.held_other, fin - (g + 1))
+            slack = self.total_blocks - self.held_other - after.blocks_after(g + 2)
+            run_n = after.fit(g + 1, slack, fin - (g + 1))
             if run_n:
                 run = self.perf.decode_run(after.n, after.s_off + after.n * (g + 1), run_n)
-                used = self.held_other + after.blocks_after(g + 2)
-                run_occ = self._occupancy(seats, self.max_tokens - after.n, self.total_blocks - used)
+                run_occ = self._occupancy(seats, self.max_tokens - after.n, slack)
         boundary = self._boundary(steps)
         self._pending = Plan(boundary, steps, admit, head, head_occ, merged, run, run_n, run_occ)
         end = boundary + head + (run.time(run_n) if run is not None else 0.0)
-        if retarget:
-            self._retarget(end)
+        if now is not None:
+            self._retarget(end, now)
         return end
 
-    def _retarget(self, end: float) -> None:
-        """Move the replica's next boundary to `end`: the current timer loses its callback (it
-        still fires, doing nothing) and a new one is set."""
-        self._timer.callbacks.remove(self._at_boundary)  # type: ignore[union-attr]
-        self._set_timer(max(0.0, end - self.env.now))
+    def _retarget(self, end: float, now: float) -> None:
+        """Move the replica's next boundary to `end`: the current timer loses its callback (its
+        only one: it still fires, doing nothing) and a new one is set."""
+        self._timer.callbacks.clear()  # type: ignore[union-attr]
+        self._set_timer(max(0.0, end - now))
 
     def _materialize(self) -> None:
         """The planned boundary has passed: finish the cut segment there, admit the planned
@@ -814,7 +829,7 @@ class Replica:
             chunks.append((req, c))
         if p.merged:
             self._apply_head(chunks, p.boundary + p.head, self.g + 1)
-            self._set_segment(p.boundary, p.head, p.head_occ, [], p.run, p.run_n, p.run_occ, merged=chunks)
+            self._set_segment(p.boundary, p.head, p.head_occ, _NO_CHUNKS, p.run, p.run_n, p.run_occ, merged=chunks)
         else:
             self._set_segment(p.boundary, p.head, p.head_occ, chunks, None, 0, 0.0)
 
@@ -823,8 +838,9 @@ class Replica:
     def _advance(self, now: float) -> None:
         """Account the segment ending at `now`: iterations, prefill progress, completions."""
         n = self._seg_iters
-        self.busy_s += now - self._seg_start
-        self.occ_s += self._occupied(now - self._seg_start)
+        elapsed = now - self._seg_start
+        self.busy_s += elapsed
+        self.occ_s += self._occupied(elapsed)
         self.iterations += n
         self.segments += 1
         self.g += n
@@ -854,7 +870,7 @@ class Replica:
                     self.held_other -= req.shared
                     req.finish_g = g + req.output - req.generated
                     req.dec_id = self.decoders.join(req.o, req.finish_g, req)
-            self._chunks = []
+            self._chunks = _NO_CHUNKS
         decoders = self.decoders
         while decoders.first_due <= g:  # one at a time: a completion's callbacks may look at the replica
             req = decoders.pop_due(g)
@@ -867,7 +883,7 @@ class Replica:
         self._seg_iters = 0
         self._head = 0.0
         self._run = None
-        self._head_reqs = []
+        self._head_reqs = _NO_CHUNKS
 
     def _finish(self, req: Request, now: float) -> None:
         req.state = DONE
@@ -877,11 +893,6 @@ class Replica:
             self._release(req)
 
     # ------------------------------------------------------------------ decoder aggregates
-
-    def _run_length(self, g: int) -> int:
-        """Decode iterations from boundary g until a decoder finishes or the KV cache is short."""
-        decoders = self.decoders
-        return decoders.steps_fitting(g, self.total_blocks - self.held_other, decoders.next_finish() - g)
 
     def _preempt(self, req: Request) -> int:
         """Recompute-preempt a running request; return the blocks that frees for iteration g."""

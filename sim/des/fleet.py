@@ -166,6 +166,7 @@ class Fleet:
         )
         self.nodes: list[Node] = self.life.nodes
         self.loads: list[int] = self.life.loads
+        self._all_nodes: list[Node] = self.life.all_nodes  # by uid (the same list, which the lifecycle grows)
 
     def _start(self, users: ClosedLoop | None) -> None:
         """The replicas at t = 0 and the fleet's processes: arrivals (or users), sampling, and
@@ -536,7 +537,7 @@ class Fleet:
     # ------------------------------------------------------------------ records
 
     def _done(self, req: Request, now: float) -> None:
-        node = self.life.all_nodes[req.replica]
+        node = self._all_nodes[req.replica]
         self.loads[node.slot] -= 1
         node.out -= 1
         i = req.id

@@ -113,7 +113,7 @@ class PowerOfTwo:
 
     def choose(self, loads: list[int], req: Request) -> int:
         k = self._k
-        if len(k) < self.RESERVE or len(loads) != self._n:
+        if len(k) < _RESERVE or len(loads) != self._n:  # (a class attribute read through self is slower)
             k = self._slots(len(loads))
         a = k.pop()
         la = loads[a]
@@ -161,6 +161,9 @@ class PowerOfTwo:
         i = int(self._uniform() * m)
         j = int(self._uniform() * (m - 1))
         return slots[i], slots[j + (j >= i)]
+
+
+_RESERVE = PowerOfTwo.RESERVE
 
 
 class PrefixAware:

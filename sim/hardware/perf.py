@@ -105,7 +105,10 @@ class Roofline:
             n += c
             kv += k0 + c
             pairs += c * k0 + c * (c + 1) / 2
-        mem = self.weight_time(n) + self._kv * kv
+        # (weight_time, inline)
+        mem = (
+            self._w_dense + self._w_expert * (1.0 - self._miss**n) if self._w_expert else self._w_dense
+        ) + self._kv * kv
         comp = self._tok * n + self._pair * pairs
         return (
             self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
@@ -114,9 +117,10 @@ class Roofline:
     def decode_run(self, n_decode: int, context: int, n_max: int) -> LinearDecodeRun:
         b = n_decode
         kv0 = context + b
+        w = self._w_dense + self._w_expert * (1.0 - self._miss**b) if self._w_expert else self._w_dense  # weight_time
         return LinearDecodeRun(
             self._fixed + (self._per_seq + self._ar_tok) * b,
-            self.weight_time(b) + self._kv * kv0,
+            w + self._kv * kv0,
             self._kv * b,
             self._tok * b + self._pair * kv0,
             self._pair * b,
@@ -132,15 +136,16 @@ class LinearDecodeRun:
         self._c0 = c0
         d0, d1 = am - ac, bm - bc  # memory minus compute at step k: d0 + d1 k
         k_switch: float = math.inf  # one regime throughout unless the lines cross
-        if d1 > 0 and d0 < 0:  # compute-bound first, memory-bound from the first k with d >= 0
+        # (float literals below: a float compared with a float is the interpreter's fast path)
+        if d1 > 0.0 and d0 < 0.0:  # compute-bound first, memory-bound from the first k with d >= 0
             crossing = -d0 / d1
             if crossing < 1e15:
                 k_switch = math.ceil(crossing)
-        elif d1 < 0 and d0 >= 0:  # memory-bound first, compute-bound once d < 0
+        elif d1 < 0.0 and d0 >= 0.0:  # memory-bound first, compute-bound once d < 0
             crossing = d0 / -d1
             if crossing < 1e15:
                 k_switch = math.floor(crossing) + 1
-        first_mem = d0 >= 0
+        first_mem = d0 >= 0.0
         if first_mem:
             self._a1, self._b1, self._a2, self._b2 = am, bm, ac, bc
         else:
@@ -152,14 +157,14 @@ class LinearDecodeRun:
         return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
 
     def time(self, n: int) -> float:
-        if n <= self._k:
-            return self._sum1(n)
+        if n <= self._k:  # (_sum1, inline: the hot path)
+            return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
         k = self._k
         m = n - k
         return self._t_k + m * (self._c0 + self._a2) + self._b2 * m * (n - 1 + k) / 2
 
     def steps_within(self, elapsed: float) -> int:
-        if elapsed <= 0:
+        if elapsed <= 0.0:
             return 0
         if elapsed < self._t_k:
             m = _solve(self._c0 + self._a1 - self._b1 / 2, self._b1 / 2, elapsed)
@@ -178,7 +183,7 @@ class LinearDecodeRun:
 
 def _solve(lin: float, quad: float, y: float) -> float:
     """Positive root of quad m^2 + lin m = y (numerically stable form)."""
-    if quad == 0:
+    if quad == 0.0:
         return y / lin
     return 2 * y / (lin + math.sqrt(lin * lin + 4 * quad * y))
 
