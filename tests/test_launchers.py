@@ -132,3 +132,50 @@ def test_submitit_local_executor_runs_the_slurm_path(basic, tmp_path):
     assert len(df) == 2 and (df["status"] == "ok").all()
     pd.testing.assert_frame_equal(_comparable(df), basic, check_exact=True)
     assert list(tmp_path.glob("outputs/multirun/*/*/.submitit/*"))  # submitit's job files, in the sweep dir
+
+
+# ----------------------------------------------------------------------------- fleetsim-plan's back ends
+
+PLAN = (
+    "plan.gpus=[h100,l40s]",
+    "plan.strategies=[fixed,autoscaled,api]",
+    "plan.targets=[16]",
+    "plan.max_replicas=4",
+    "workload.duration_s=60",
+    "workload.rate=10",
+    "output.plots=false",
+)
+
+
+def fleetsim_plan(out: Path, *args: str) -> pd.DataFrame:
+    p = subprocess.run(
+        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", *PLAN, *args, f"hydra.run.dir={out}"],
+        check=False,
+        cwd=out.parent,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=_env(),
+    )
+    assert p.returncode == 0, p.stderr
+    # every cell as written, but the wall time of each run
+    return pd.read_csv(out / "plan.csv", dtype=str, keep_default_na=False).drop(columns=["run_s"])
+
+
+@pytest.fixture(scope="module")
+def local_plan(tmp_path_factory) -> pd.DataFrame:
+    return fleetsim_plan(tmp_path_factory.mktemp("plan") / "local", "plan.backend=local")
+
+
+@pytest.mark.skipif(not HAS_RAY, reason="ray is not installed (pip install 'fleetsim[ray]')")
+def test_plan_on_a_ray_started_for_it_equals_local_processes(local_plan, tmp_path):
+    got = fleetsim_plan(tmp_path / "ray", "plan.backend=ray", "plan.workers=2")
+    assert len(got) > 4
+    pd.testing.assert_frame_equal(got, local_plan, check_exact=True)
+
+
+@pytest.mark.skipif(not HAS_SUBMITIT, reason="submitit is not installed (pip install 'fleetsim[slurm]')")
+def test_plan_through_submitit_equals_local_processes(local_plan, tmp_path):
+    got = fleetsim_plan(tmp_path / "submitit", "plan.backend=submitit", "plan.submitit.executor=local")
+    pd.testing.assert_frame_equal(got, local_plan, check_exact=True)
+    assert list((tmp_path / "submitit" / ".submitit").iterdir())  # the job files, with the plan's outputs

@@ -9,6 +9,7 @@ places that import Hydra.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -543,6 +544,8 @@ def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task f
         planner.validate_plan(p)
         gpus = planner.gpu_options(cfg, p, _gpu_loader(list(hc.overrides.task)))
         planner.validate_scenario(cfg, p, gpus)
+        if p.submitit.folder is None:  # submitit's job files go with the plan's outputs
+            p = dataclasses.replace(p, submitit=dataclasses.replace(p.submitit, folder=str(out / ".submitit")))
     except UserError as exc:
         _discard_empty_run_dir(out, kept)
         print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
