@@ -54,15 +54,15 @@ def test_the_sampler_budget_is_checked():
     from sim.apps.cost_slo_sweeper import CostSloSweeperImpl
     from sim.config.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="hydra.sweeper.n_startup_trials"):
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.n_startup_trials"):
         CostSloSweeperImpl(n_trials=10, n_startup_trials=10)
 
 
 def cost_slo(sweep_dir: Path, *args: str, seed: int = 0, duration_s: int = 60) -> subprocess.CompletedProcess:
+    short = (f"workload.duration_s={duration_s}", "output.plots=false", "output.requests=false")
+    cmd = [sys.executable, "-m", "sim", "-m", "hydra/sweeper=cost_slo", *args, f"hydra.sweeper.seed={seed}"]
     return subprocess.run(
-        [sys.executable, "-m", "sim", "-m", "hydra/sweeper=cost_slo", *args, f"hydra.sweeper.seed={seed}"]
-        + [f"workload.duration_s={duration_s}", "output.plots=false", "output.requests=false"]
-        + [f"hydra.sweep.dir={sweep_dir}"],
+        [*cmd, *short, f"hydra.sweep.dir={sweep_dir}"],
         check=False,
         cwd=sweep_dir.parent,
         capture_output=True,
