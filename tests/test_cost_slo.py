@@ -133,6 +133,8 @@ def test_finds_the_grids_optimum(tmp_path):
         jobs = pd.read_csv(out / "sweep.csv")
         assert len(jobs) <= 30 and len(jobs[["fleet.replicas", "gpu"]].drop_duplicates()) == len(jobs)
         best = json.loads((out / "sweep_best.json").read_text())
-        found.append(best.get("overrides") == optimum["overrides"])
+        found.append(
+            all(best.get("overrides", {}).get(k) == optimum["overrides"][k] for k in ("fleet.replicas", "gpu"))
+        )
     print(f"\ncost_slo found the grid's optimum {optimum['overrides']} within 30 trials in {sum(found)} of 5 seeds")
     assert sum(found) >= 4, found
