@@ -30,7 +30,7 @@ HAS_SUBMITIT = importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher")
 def _env(**extra: str) -> dict[str, str]:
     """This checkout first on the path: Ray's workers and submitit's jobs import `sim` from it."""
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
+    return {**os.environ, "PYTHONPATH": path, "RAY_AUTH_MODE": "disabled", **extra}
 
 
 def fleetsim(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -72,6 +72,8 @@ def ray_head():
     address. Not `ray stop`, which would end every Ray on the machine."""
     if not HAS_RAY:
         pytest.skip("ray or its Hydra launcher is not installed (pip install 'fleetsim[ray]')")
+    # Ray >= 2.5x turns on token authentication for `ray start` and looks for the token in
+    # ~/.ray: a local test head goes without, and so do its clients (RAY_AUTH_MODE in _env)
     head_dir = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
     port = _free_port()
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={port}"]
@@ -103,6 +105,7 @@ def _wait_for_head(head: subprocess.Popen, address: str, log: Path, timeout_s: f
             capture_output=True,
             text=True,
             timeout=60,
+            env=_env(),
         )
         if p.returncode == 0 and "CPU" in p.stdout:
             return
