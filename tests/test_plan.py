@@ -247,6 +247,9 @@ def test_scaling_volume_scales_rates_or_the_trace_load():
         ({"margins": [-1]}, "plan.margins"),
         ({"volumes": []}, "plan.volumes"),
         ({"workers": 0}, "plan.workers"),
+        ({"backend": "k8s"}, "plan.backend"),
+        ({"submitit": planner.SubmititConfig(executor="pbs")}, "plan.submitit.executor"),
+        ({"submitit": planner.SubmititConfig(timeout_min=0)}, "plan.submitit.timeout_min"),
     ],
 )
 def test_bad_plan_values_name_the_key(change, key):

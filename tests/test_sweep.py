@@ -401,7 +401,7 @@ PRESETS = [
     ("hydra/launcher=local", "hydra.launcher", "hydra_joblib_launcher", "JoblibLauncher", "joblib"),
     ("hydra/launcher=slurm", "hydra.launcher", "hydra_submitit_launcher", "SlurmLauncher", "slurm"),
     ("hydra/launcher=ray_cluster", "hydra.launcher", "hydra_ray_launcher", "RayLauncher", "ray"),
-    ("hydra/sweeper=cost_slo", "hydra.sweeper", "hydra_optuna_sweeper", "OptunaSweeper", "optuna"),
+    ("hydra/sweeper=cost_slo", "hydra.sweeper", "fleetsim_sweeper", "CostSloSweeper", "optuna"),
 ]
 
 

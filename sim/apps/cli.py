@@ -9,6 +9,7 @@ places that import Hydra.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 import os
@@ -246,13 +247,11 @@ def _notes(s: dict, cfg: Config) -> list[str]:
     return []
 
 
-FAILED_OBJECTIVES = (1e12, 1.0)  # what a failed job returns to an optimising sweeper
-
-
 def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     """One scenario. In a multirun, a job that fails records why in its directory (error.txt) and
-    returns instead of raising, so the sweep goes on and the callback counts it. Returns
-    (total cost, SLO miss) for optimising sweepers (Optuna)."""
+    returns instead of raising, so the sweep goes on and the callback counts it. Returns the
+    number an optimising sweeper minimises (`sim.studies.sweep.objective`: the cost rate, with
+    the SLO as a constraint)."""
     import traceback
 
     from hydra.core.hydra_config import HydraConfig
@@ -260,6 +259,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
 
     from sim.apps.python_api import run
     from sim.studies.run import earlier_outputs
+    from sim.studies.sweep import objective
 
     hc = HydraConfig.get()
     out = Path(hc.runtime.output_dir)
@@ -286,7 +286,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
         if multirun:
             (out / "error.txt").write_text(f"{exc}\n")
             print(f"fleetsim: job {hc.job.num} failed: {exc}", file=sys.stderr)
-            return FAILED_OBJECTIVES
+            return objective(None)
         _discard_empty_run_dir(out, kept)
         print(f"fleetsim: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
@@ -296,7 +296,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         (out / "error.txt").write_text(f"{type(exc).__name__}: {line}\n\n{traceback.format_exc()}")
         print(f"fleetsim: job {hc.job.num} failed: {type(exc).__name__}: {line}", file=sys.stderr)
-        return FAILED_OBJECTIVES
+        return objective(None)
     result.save(out)
     s = result.summary
     if multirun:
@@ -305,7 +305,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     else:
         print(format_summary(s, result.config))
         print(f"  outputs    {_shown(out)}")
-    return (float(s["total_cost"]), float(1.0 - s["slo_attainment"]))
+    return objective(s)
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -503,7 +503,6 @@ PLUGIN_EXTRAS = {
     "hydra/launcher/submitit_slurm": "slurm",
     "hydra/launcher/submitit_local": "slurm",
     "hydra/launcher/ray": "ray",
-    "hydra/sweeper/optuna": "optuna",
 }
 
 
@@ -543,6 +542,8 @@ def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task f
         planner.validate_plan(p)
         gpus = planner.gpu_options(cfg, p, _gpu_loader(list(hc.overrides.task)))
         planner.validate_scenario(cfg, p, gpus)
+        if p.submitit.folder is None:  # submitit's job files go with the plan's outputs
+            p = dataclasses.replace(p, submitit=dataclasses.replace(p.submitit, folder=str(out / ".submitit")))
     except UserError as exc:
         _discard_empty_run_dir(out, kept)
         print(f"fleetsim-plan: error: {exc}", file=sys.stderr)

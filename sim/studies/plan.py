@@ -13,7 +13,7 @@ not fit are skipped, with the reason), the planner finds:
 Feasible means `slo_met`; with `seeds`, at the pessimistic end of the 95% intervals. Candidates
 are ranked by cost per hour: GPU cost over the run, API cost over the arrival window (so a
 short run's drain favours no one). The fixed searches run in parallel (one per GPU option),
-then every other candidate does, in a process pool of `plan.workers`. Plain Python:
+then every other candidate does, on the back end of `plan.backend` (`sim.studies.backends`). Plain Python:
 `sim.apps.cli.plan_main` is the command line around it.
 """
 
@@ -25,7 +25,6 @@ import itertools
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
@@ -38,6 +37,7 @@ from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, FixedAutoscaler, GpuConfig, TargetAutoscaler, is_closed, load_option, options
 from sim.des.preflight import validate
 from sim.pricing.cost import HOURS_PER_MONTH
+from sim.studies.backends import Backend, Mapper, SubmititConfig, validate_backend
 
 
 class PlanMode(Choice):
@@ -60,7 +60,12 @@ class PlanConfig:
     hybrid_sizes: Annotated[int, at_least(1)] = (
         8  # at most this many baseline sizes between 1 and N-1 (N: the fixed answer)
     )
-    workers: Annotated[int, at_least(1)] = 2
+    workers: Annotated[int, at_least(1)] = 2  # local processes (backend=local), or the CPUs of a Ray started here
+    # where the simulations run: local processes, Ray (a cluster at ray_address, or a Ray started
+    # here when null) or submitit (SLURM, or its local executor); the answer is the same
+    backend: Backend = Backend.local
+    ray_address: str | None = None  # e.g. auto (RAY_ADDRESS or the local head) or host:port
+    submitit: SubmititConfig = field(default_factory=SubmititConfig)
     # breakeven: the workload's volume times each of these (rates of synthetic sources, or
     # load_scale of a trace)
     volumes: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0])
@@ -115,6 +120,7 @@ def validate_plan(p: PlanConfig) -> None:
             raise ConfigError(f"plan.prices.{gpu}", price, "must be a finite price >= 0 ($ per GPU-hour)")
     if not (math.isfinite(p.tie_tolerance) and 0 <= p.tie_tolerance < 1):
         raise ConfigError("plan.tie_tolerance", p.tie_tolerance, "must be in [0, 1)")
+    validate_backend(p.backend, p.submitit)
 
 
 def validate_scenario(cfg: Config, p: PlanConfig, gpus: dict[str, GpuConfig] | None = None) -> None:
@@ -415,25 +421,6 @@ def candidates(
     return out
 
 
-class _Mapper:
-    """map() in order, over a process pool when workers > 1 (the pool lives for the whole plan)."""
-
-    def __init__(self, workers: int):
-        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
-
-    def __call__(self, fn, tasks: list) -> list:
-        if self.pool is None or len(tasks) <= 1:
-            return [fn(t) for t in tasks]
-        return list(self.pool.map(fn, tasks))
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
 def plan_many(cfgs: list[Config], p: PlanConfig, gpus: dict[str, GpuConfig] | None = None) -> list[pd.DataFrame]:
     """Plan each scenario of `cfgs` (e.g. volume levels), sharing one process pool: the fixed
     searches of every GPU option run in parallel, then every other candidate does. `gpus`: the
@@ -441,7 +428,7 @@ def plan_many(cfgs: list[Config], p: PlanConfig, gpus: dict[str, GpuConfig] | No
     gpus = gpus if gpus is not None else gpu_options(cfgs[0], p)
     options = [(i, gpu, tp) for i in range(len(cfgs)) for gpu in p.gpus for tp in p.tp]
     search = bool({"fixed", "autoscaled", "hybrid"} & set(p.strategies))  # N bounds all three
-    with _Mapper(p.workers) as mapper:
+    with Mapper(p.backend, p.workers, p.ray_address, p.submitit) as mapper:
         found = mapper(
             fixed_search_task, [(cfgs[i], gpu, gpus[gpu], tp, p.max_replicas, search) for i, gpu, tp in options]
         )

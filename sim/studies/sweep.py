@@ -164,6 +164,23 @@ def best_job(df: pd.DataFrame) -> dict:
     return out
 
 
+# What an optimising sweeper (hydra/sweeper=cost_slo) minimises, one number per job
+INFEASIBLE = 1e9  # $/hour added to a job that misses the SLO: above any feasible cost rate
+FAILED = 2e9  # a job that failed: above every job that ran
+
+
+def objective(summary: dict | None) -> float:
+    """The cost rate (`cost_per_hour`, the figure `best_job` ranks by) of a job that meets the SLO
+    within the API's monthly cap; a job that misses scores INFEASIBLE plus its attainment
+    shortfall (closer misses score better, every miss above every feasible job); a failed job
+    (None) scores FAILED."""
+    if summary is None:
+        return FAILED
+    if summary["slo_met"] and not summary.get("api_cap_exceeded", False):
+        return float(summary["cost_per_hour"])
+    return INFEASIBLE + float(1.0 - summary["slo_attainment"])
+
+
 LOAD_KEYS = ("workload.rate", "workload.load_scale", "workload.rate_scale", "workload.users")
 
 
