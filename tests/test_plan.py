@@ -401,3 +401,17 @@ _FAKE = {
     "api_share": 1.0,
     "n_requests": 1200,
 }
+
+
+def test_long_plan_stages_report_progress_on_stderr(monkeypatch, capsys):
+    """A stage that runs longer than PROGRESS_S says how far it is; a short one stays silent."""
+    from sim.studies import backends
+
+    with backends.Mapper("local", 1) as m:
+        assert m(abs, [-1, -2, -3], "candidates") == [1, 2, 3]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(backends, "PROGRESS_S", 0.0)
+    with backends.Mapper("local", 1) as m:
+        assert m(abs, [-1, -2], "fixed-fleet searches") == [1, 2]
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("fleetsim-plan: fixed-fleet searches: 2/2 done (") and len(err) == 2

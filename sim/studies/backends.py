@@ -5,6 +5,8 @@ where they ran. Ray and submitit are imported only when chosen (extras `ray` and
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -58,10 +60,13 @@ class LocalMapper:
     def __init__(self, workers: int):
         self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
 
-    def __call__(self, fn: Callable, tasks: list) -> list:
-        if self.pool is None or len(tasks) <= 1:
-            return [fn(t) for t in tasks]
-        return list(self.pool.map(fn, tasks))
+    def __call__(self, fn: Callable, tasks: list, tick: Callable[[], None] = lambda: None) -> list:
+        results = map(fn, tasks) if self.pool is None or len(tasks) <= 1 else self.pool.map(fn, tasks)
+        out = []
+        for r in results:  # in order, as each finishes
+            out.append(r)
+            tick()
+        return out
 
     def close(self) -> None:
         if self.pool is not None:
@@ -118,6 +123,25 @@ class SubmititMapper:
         pass
 
 
+PROGRESS_S = 10.0
+
+
+class Progress:
+    """`fleetsim-plan: LABEL: done/total (elapsed)` on stderr, at most every PROGRESS_S seconds."""
+
+    def __init__(self, label: str, total: int):
+        self.label, self.total, self.done = label, total, 0
+        self.start = self.last = time.monotonic()
+
+    def tick(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_S:
+            self.last = now
+            mins = (now - self.start) / 60
+            print(f"fleetsim-plan: {self.label}: {self.done}/{self.total} done ({mins:.1f} min)", file=sys.stderr)
+
+
 class Mapper:
     """The back end chosen by `backend`, as a context manager: `with Mapper(...) as m: m(fn, tasks)`."""
 
@@ -138,8 +162,16 @@ class Mapper:
         else:
             self.impl = LocalMapper(workers)
 
-    def __call__(self, fn: Callable, tasks: list) -> list:
-        return self.impl(fn, tasks)
+    def __call__(self, fn: Callable, tasks: list, label: str = "") -> list:
+        """fn over tasks, in order; with a label, a progress line on stderr every `PROGRESS_S`
+        seconds once the stage has run that long (short stages stay silent)."""
+        progress = Progress(label, len(tasks))
+        if isinstance(self.impl, LocalMapper):
+            return self.impl(fn, tasks, progress.tick if label else lambda: None)
+        out = self.impl(fn, tasks)
+        if label:
+            progress.tick(len(tasks))
+        return out
 
     def __enter__(self) -> Mapper:
         return self

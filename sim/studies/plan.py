@@ -430,7 +430,9 @@ def plan_many(cfgs: list[Config], p: PlanConfig, gpus: dict[str, GpuConfig] | No
     search = bool({"fixed", "autoscaled", "hybrid"} & set(p.strategies))  # N bounds all three
     with Mapper(p.backend, p.workers, p.ray_address, p.submitit) as mapper:
         found = mapper(
-            fixed_search_task, [(cfgs[i], gpu, gpus[gpu], tp, p.max_replicas, search) for i, gpu, tp in options]
+            fixed_search_task,
+            [(cfgs[i], gpu, gpus[gpu], tp, p.max_replicas, search) for i, gpu, tp in options],
+            "fixed-fleet searches",
         )
         tasks: list[list[tuple[Config, dict]]] = []
         for i, c in enumerate(cfgs):
@@ -446,7 +448,7 @@ def plan_many(cfgs: list[Config], p: PlanConfig, gpus: dict[str, GpuConfig] | No
                     [(c, {"plan": i, **meta}) for c, meta in ladder]
                     for ladder in candidates(cfgs[i], p, gpu, tp, n, gpus[gpu])
                 )
-        ran = mapper(candidate_task, tasks)
+        ran = mapper(candidate_task, tasks, "candidates")
     rows: list[list[dict]] = [[] for _ in cfgs]
     for (i, _, _), (log, _, _) in zip(options, found, strict=True):
         # without `fixed` in the strategies, the searches still ran (they size the others): kept, not ranked
