@@ -51,6 +51,24 @@ def sweep_csv(cwd: Path) -> pd.DataFrame:
     return pd.read_csv(found)
 
 
+def test_ray_cluster_with_no_cluster_running_says_so_in_one_line(tmp_path):
+    """Run before this module starts its head: `ray_cluster` with no Ray to connect to exits 2
+    with one line, no traceback."""
+    if not HAS_RAY:
+        pytest.skip("ray or its Hydra launcher is not installed (pip install 'fleetsim[ray]')")
+    from ray._private.services import find_gcs_addresses
+
+    if find_gcs_addresses():
+        pytest.skip("a Ray cluster is running on this machine")
+    env = {k: v for k, v in _env().items() if k != "RAY_ADDRESS"}
+    p = fleetsim("hydra/launcher=ray_cluster", *GRID, cwd=tmp_path, env=env)
+    assert p.returncode == 2, p.stderr
+    assert (
+        p.stderr.startswith("fleetsim: error: hydra/launcher: cannot reach the cluster (")
+        and "Traceback" not in p.stderr
+    )
+
+
 @pytest.fixture(scope="module")
 def basic(tmp_path_factory) -> pd.DataFrame:
     cwd = tmp_path_factory.mktemp("basic")

@@ -8,7 +8,11 @@ or b, `interval(a,b)` (continuous) is a..b, both ends included. No configuration
 proposal of one already run (in this study, or an earlier one in the same storage) is recorded
 as a failed trial, which the sampler ignores, and not launched; `n_trials` counts the
 configurations simulated, and a discrete space smaller than it ends the search when every point
-has run. Optuna (>= 3.2, any SQLAlchemy 2) is imported when the sweep starts (extra `optuna`).
+has run. Keys declared monotone (`hydra.sweeper.monotone`, fleet.replicas in the preset: more of
+it never hurts the SLO and never lowers the cost) let one result rule out others without running
+them: a configuration that misses rules out every one with less of the key, all else equal; one
+that meets the SLO rules out every one with more. Optuna (>= 3.2, any SQLAlchemy 2) is imported
+when the sweep starts (extra `optuna`).
 
 Hydra loads sweepers only from the `hydra_plugins` package: `hydra_plugins/fleetsim_sweeper`
 declares the plugin class, this module implements it.
@@ -29,7 +33,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 
 from sim.config.errors import ConfigError
-from sim.studies.sweep import FAILED
+from sim.studies.sweep import FAILED, INFEASIBLE
 
 REPEATS_BEFORE_FALLBACK = 10  # proposals of configurations already run, in a row, before one is drawn at random
 
@@ -106,10 +110,12 @@ class CostSloSweeperImpl(Sweeper):
         storage: str | None = None,
         study_name: str = "fleetsim-cost-slo",
         params: Any = None,
+        monotone: Any = None,
     ):
         self.n_trials, self.n_startup_trials, self.n_jobs = n_trials, n_startup_trials, n_jobs
         self.seed, self.storage, self.study_name = seed, storage, study_name
         self.params = dict(params or {})
+        self.monotone = tuple(monotone or ())
         for key, ok, allowed in (
             ("n_trials", n_trials >= 1, "must be >= 1"),
             ("n_jobs", n_jobs >= 1, "must be >= 1"),
@@ -147,7 +153,11 @@ class CostSloSweeperImpl(Sweeper):
             raise ConfigError("hydra.sweeper.params", "{}", "search at least one key (key=range(...) or choice(...))")
         study = self.study()
         dists = {d.name: d.distribution() for d in dims}
-        seen = {_key(t.params) for t in study.trials if t.state == TrialState.COMPLETE}
+        rule = MonotoneRule(dims, self.monotone)
+        done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        seen = {_key(t.params) for t in done}
+        for t in done:  # an earlier study in the same storage rules out what its results rule out
+            rule.apply(t.params, t.value, seen)
         size, rng, ran, skipped = space_size(dims), random.Random(self.seed), 0, 0
         while ran < self.n_trials and (size is None or len(seen) < size):
             batch, repeats = self._ask(study, dists, dims, seen, min(self.n_jobs, self.n_trials - ran), rng)
@@ -157,14 +167,21 @@ class CostSloSweeperImpl(Sweeper):
             overrides = [tuple(f"{k}={v}" for k, v in {**params, **fixed}.items()) for _, params in batch]
             returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(returns)
-            for (trial, _), ret in zip(batch, returns, strict=True):
-                study.tell(trial, _value(ret))
+            for (trial, params), ret in zip(batch, returns, strict=True):
+                value = _value(ret)
+                study.tell(trial, value)
+                rule.apply(params, value, seen)
             ran += len(batch)
         best = study.best_trial if any(t.state == TrialState.COMPLETE for t in study.trials) else None
         print(
             f"fleetsim cost_slo: {ran} configurations simulated"
             + (f" of {size}" if size is not None else "")
-            + (f"; {skipped} repeated proposals not run" if skipped else "")
+            + (
+                f"; {rule.ruled_out} ruled out without running ({', '.join(rule.keys)} monotone)"
+                if rule.ruled_out
+                else ""
+            )
+            + (f"; {skipped} proposals of configurations already run or ruled out, not run" if skipped else "")
             + (f"; best objective {best.value:,.4g} at {best.params}" if best is not None else "")
         )
 
@@ -193,6 +210,38 @@ class CostSloSweeperImpl(Sweeper):
             batch.append((trial, dict(trial.params)))
             in_a_row = 0
         return batch, repeats
+
+
+class MonotoneRule:
+    """What one result says about configurations not run, for keys declared monotone (more of the
+    key: the SLO met at least as well, the cost at least as high; a fixed fleet's replica count).
+    A miss rules out every configuration with less of such a key and the other keys equal (they
+    miss too); a configuration that meets the SLO rules out every one with more (they cost more).
+    A failed job rules out nothing. Keys declared but not searched, or searched over an interval,
+    are left alone."""
+
+    def __init__(self, dims: list[Dimension], monotone: Sequence[str]):
+        self.dims = {
+            d.name: d.values
+            for d in dims
+            if d.name in monotone and d.values and all(isinstance(v, (int, float)) for v in d.values)
+        }
+        self.keys = tuple(self.dims)
+        self.ruled_out = 0
+
+    def apply(self, params: dict, value: float | None, seen: set) -> None:
+        if value is None or not math.isfinite(value) or value >= FAILED:
+            return
+        missed = value >= INFEASIBLE
+        for name, values in self.dims.items():
+            if name not in params:
+                continue
+            for v in values:
+                if (v < params[name]) if missed else (v > params[name]):
+                    key = _key({**params, name: v})
+                    if key not in seen:
+                        seen.add(key)
+                        self.ruled_out += 1
 
 
 def _unseen(dims: list[Dimension], seen: set, rng: random.Random, tries: int = 10_000) -> dict | None:

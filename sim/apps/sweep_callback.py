@@ -5,6 +5,8 @@ conf/config.yaml): sweep.csv, sweep_best.json and plots/ in the sweep directory
 from __future__ import annotations
 
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -19,12 +21,26 @@ class SweepCallback(Callback):  # type: ignore[misc]
     def __init__(self, plots: bool = True):
         self.plots = plots
         self.mark: str | None = None
+        self.bar = None
+        self.pid = os.getpid()
 
     def on_multirun_start(self, config, **kwargs) -> None:
         # a sweep directory used before keeps the earlier jobs: the mark tells ours apart
         self.mark = begin(Path(config.hydra.sweep.dir))
+        from sim.output.progress import bar
+
+        self.pid = os.getpid()
+        self.bar = bar(_jobs_planned(config), "fleetsim sweep", "job")
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        # jobs run in this process (the basic launcher, the cost_slo sweeper's batches through it)
+        # move the bar; a launcher's workers have their own copy of the callback and leave it
+        if self.bar is not None and os.getpid() == self.pid:
+            self.bar.update(1)
 
     def on_multirun_end(self, config, **kwargs) -> None:
+        if self.bar is not None:
+            self.bar.close()
         sweep_dir = Path(config.hydra.sweep.dir)
         df = aggregate(sweep_dir, plots=self.plots, mark=self.mark) if sweep_dir.is_dir() else None
         if df is None or df.empty:
@@ -64,6 +80,26 @@ class SweepCallback(Callback):  # type: ignore[misc]
         if not (df["status"] == "ok").any():  # nothing to compare: the command failed
             print(f"fleetsim sweep: error: every job failed ({len(df)}); see sweep.csv in {sweep_dir}", file=sys.stderr)
             sys.exit(2)
+
+
+def _jobs_planned(config) -> int | None:
+    """The number of jobs a grid sweep will run (the product of its sweeps' lengths); the trial
+    budget of the cost_slo sweeper; None when not known up front."""
+    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    if sweeper.endswith("CostSloSweeper"):
+        return int(config.hydra.sweeper.n_trials)
+    if not sweeper.endswith("BasicSweeper"):
+        return None
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    args = [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+        by_key = {o.get_key_element(): o for o in parsed}
+        return math.prod(len(list(o.sweep_iterator())) for o in by_key.values() if o.is_sweep_override())
+    except Exception:  # a count is a nicety: an override it cannot expand leaves the bar without a total
+        return None
 
 
 def _load_line(load: dict) -> str:

@@ -7,6 +7,7 @@ request), time-series samples, replica spans and counters, with its clock at the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import simpy
@@ -23,11 +24,21 @@ if TYPE_CHECKING:
 
 
 def simulate(
-    cfg: Config, workload: Workload, perf: PerfModel, plan: MemoryPlan, users: ClosedLoop | None = None
+    cfg: Config,
+    workload: Workload,
+    perf: PerfModel,
+    plan: MemoryPlan,
+    users: ClosedLoop | None = None,
+    progress: Callable[[float], None] | None = None,
+    every_s: float = 60.0,
 ) -> Outcome:
-    """Run the fleet until every request has ended; what it recorded."""
+    """Run the fleet until every request has ended; what it recorded. `progress`, when given, is
+    called with the clock every `every_s` simulated seconds (a progress bar); it only reads the
+    clock, so what the fleet records is the same with or without it."""
     env = simpy.Environment()
     fleet = Fleet(env, cfg, workload, perf, plan, users=users)
+    if progress is not None:
+        env.process(_ticks(env, fleet.finished, progress, every_s))
     env.run(until=fleet.finished)
     fleet.take_sample()
     end = env.now
@@ -39,6 +50,12 @@ def simulate(
     if lost:
         raise RuntimeError(f"{lost} request(s) ended neither served nor rejected")
     return outcome(fleet, end, records)
+
+
+def _ticks(env: simpy.Environment, finished: simpy.Event, progress: Callable[[float], None], every_s: float):
+    while not finished.triggered:
+        progress(env.now)
+        yield env.timeout(every_s)
 
 
 def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:

@@ -5,8 +5,6 @@ where they ran. Ray and submitit are imported only when chosen (extras `ray` and
 
 from __future__ import annotations
 
-import sys
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ from typing import Annotated, Any
 
 from sim.config.bounds import Choice, at_least, check
 from sim.config.errors import ConfigError
+from sim.output.progress import bar
 
 
 class Backend(Choice):
@@ -87,9 +86,14 @@ class RayMapper:
             kwargs: dict[str, Any] = {"address": address} if address else {"address": "local", "num_cpus": workers}
             ray.init(include_dashboard=False, log_to_driver=False, **kwargs)
 
-    def __call__(self, fn: Callable, tasks: list) -> list:
+    def __call__(self, fn: Callable, tasks: list, tick: Callable[[], None] = lambda: None) -> list:
         remote = self.ray.remote(num_cpus=1)(fn)
-        return self.ray.get([remote.remote(t) for t in tasks])
+        refs = [remote.remote(t) for t in tasks]
+        out = []
+        for ref in refs:  # in order, each as it is ready
+            out.append(self.ray.get(ref))
+            tick()
+        return out
 
     def close(self) -> None:
         if self.started:
@@ -113,33 +117,33 @@ class SubmititMapper:
         params.update({f"slurm_{k}": v for k in ("partition", "account", "qos") if (v := getattr(s, k))})
         self.executor.update_parameters(**params)
 
-    def __call__(self, fn: Callable, tasks: list) -> list:
+    def __call__(self, fn: Callable, tasks: list, tick: Callable[[], None] = lambda: None) -> list:
         if not tasks:
             return []
-        jobs = self.executor.map_array(fn, tasks)
-        return [job.result() for job in jobs]
+        out = []
+        for job in self.executor.map_array(fn, tasks):  # in order, each as it ends
+            out.append(job.result())
+            tick()
+        return out
 
     def close(self) -> None:
         pass
 
 
-PROGRESS_S = 10.0
-
-
 class Progress:
-    """`fleetsim-plan: LABEL: done/total (elapsed)` on stderr, at most every PROGRESS_S seconds."""
+    """A progress bar `fleetsim-plan: LABEL` over a stage's simulations (`sim.output.progress`:
+    on a terminal, once the stage has run a few seconds)."""
 
     def __init__(self, label: str, total: int):
-        self.label, self.total, self.done = label, total, 0
-        self.start = self.last = time.monotonic()
+        self.bar = bar(total, f"fleetsim-plan: {label}", "run") if label else None
 
     def tick(self, n: int = 1) -> None:
-        self.done += n
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_S:
-            self.last = now
-            mins = (now - self.start) / 60
-            print(f"fleetsim-plan: {self.label}: {self.done}/{self.total} done ({mins:.1f} min)", file=sys.stderr)
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class Mapper:
@@ -163,15 +167,12 @@ class Mapper:
             self.impl = LocalMapper(workers)
 
     def __call__(self, fn: Callable, tasks: list, label: str = "") -> list:
-        """fn over tasks, in order; with a label, a progress line on stderr every `PROGRESS_S`
-        seconds once the stage has run that long (short stages stay silent)."""
+        """fn over tasks, in order; with a label, a progress bar (`Progress`)."""
         progress = Progress(label, len(tasks))
-        if isinstance(self.impl, LocalMapper):
-            return self.impl(fn, tasks, progress.tick if label else lambda: None)
-        out = self.impl(fn, tasks)
-        if label:
-            progress.tick(len(tasks))
-        return out
+        try:
+            return self.impl(fn, tasks, progress.tick)
+        finally:
+            progress.close()
 
     def __enter__(self) -> Mapper:
         return self

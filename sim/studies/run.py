@@ -69,8 +69,8 @@ class Result:
     per_seed: pd.DataFrame | None = None  # replicated runs: one summary row per seed
 
     def save(self, out_dir: str | Path, *, plots: bool | None = None, overwrite: bool = False) -> Path:
-        """Write requests.parquet, timeseries.csv, replicas.csv, seeds.csv, config.yaml and plots/
-        into out_dir, then summary.json, atomically and last: a run directory holds a summary only
+        """Write requests.parquet, timeseries.csv, replicas.csv, seeds.csv, config.yaml, plots/ and
+        report.md into out_dir, then summary.json, atomically and last: a run directory holds a summary only
         once everything else is in place (a run stopped while writing has none, and a sweep counts
         it as failed). A directory holding an earlier run's outputs is refused, unless `overwrite`,
         which first removes them (never anything else): two runs' files never mix."""
@@ -94,10 +94,14 @@ class Result:
             self.bills.to_csv(out / "replicas.csv", index=False)
         if self.per_seed is not None:
             self.per_seed.to_csv(out / "seeds.csv", index=False)
-        if self.config.output.plots if plots is None else plots:
+        drawn = self.config.output.plots if plots is None else plots
+        if drawn:
             from sim.output import plots as plotting
 
             plotting.save_all(self, out / "plots")
+        from sim.output.report import run_report
+
+        (out / "report.md").write_text(run_report(self.summary, self.config, out / "plots" if drawn else None))
         tmp = out / ".summary.json.tmp"
         tmp.write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
         os.replace(tmp, out / "summary.json")
@@ -112,6 +116,7 @@ OUTPUTS = (
     "replicas.csv",
     "seeds.csv",
     "config.yaml",
+    "report.md",
     "error.txt",
     "plots",
     ".summary.json.tmp",
@@ -196,6 +201,23 @@ def _seed_workload(cfg: Config, workload: Workload | None, seed: int, how: str) 
     return wl, "block bootstrap" if wl is not None else "fixed trace (shorter than two bootstrap blocks)"
 
 
+def _simulate_with_progress(cfg: Config, wl: Workload, perf, plan: MemoryPlan, users):
+    """`simulate`, with a bar over simulated time on a terminal (`sim.output.progress`)."""
+    from sim.output.progress import bar, wanted
+
+    if not wanted():
+        return simulate(cfg, wl, perf, plan, users)
+    closed_or_empty = users is not None or not len(wl)
+    horizon = cfg.workload.duration_s if closed_or_empty else float(wl.arrival_s[-1])  # None: open-ended
+    total = round(max(horizon, 1.0)) if horizon else None
+    with bar(total, "fleetsim: simulated", "s") as b:
+
+        def show(now: float) -> None:
+            b.update(max(0, min(round(now), total or round(now)) - b.n))
+
+        return simulate(cfg, wl, perf, plan, users, progress=show, every_s=max((horizon or 600.0) / 500, 1.0))
+
+
 def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     wall0 = time.perf_counter()
     users = None
@@ -211,7 +233,7 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     plan = memory_plan(cfg.model, cfg.gpu, cfg.engine)
     perf = build_perf(cfg.model, cfg.gpu, cfg.engine)
 
-    out = simulate(cfg, wl, perf, plan, users)
+    out = _simulate_with_progress(cfg, wl, perf, plan, users)
     closed = None
     if users is not None:
         wl = users.workload()

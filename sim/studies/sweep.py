@@ -228,6 +228,9 @@ def aggregate(sweep_dir: str | Path, *, plots: bool = True, mark: str | None = N
         (sweep_dir / "plots").mkdir(exist_ok=True)
         sweep_cost_plot(df, override_keys(df), feasible(df), sweep_dir / "plots" / "sweep_cost.png")
         pareto_plot(df, override_keys(df), feasible(df), sweep_dir / "plots" / "pareto.png")
+    from sim.output.report import sweep_report
+
+    (sweep_dir / "report.md").write_text(sweep_report(df, best, varying(df), sweep_dir / "plots" if plots else None))
     return df
 
 
