@@ -109,32 +109,11 @@ def run_caveats(s: dict, cfg: Config) -> list[str]:
     return notes
 
 
-def run_report(s: dict, cfg: Config, plot_dir: Path | None = None) -> str:
-    """The report of one run (summary `s` of config `cfg`); plots in `plot_dir` (run/plots) are
-    shown when present."""
+def _run_figures(s: dict, cfg: Config) -> list[str]:
+    """Latency at the SLO's percentile, requests by route, the run's cost by line, the fleet."""
     slo = cfg.slo
-    met = bool(s["slo_met"])
     p = f"p{slo.percentile:g}"
-    lines = [
-        f"# fleetsim report: {cfg.model.name} on {_fleet_text(s, cfg)}",
-        "",
-        "## The question",
-        "",
-        f"Does {_fleet_text(s, cfg)} serve {cfg.model.name} ({cfg.model.weight_dtype}) for the "
-        f"{_workload_text(s, cfg)} within the SLO ({_slo_text(cfg)}), and what does it cost?",
-        "",
-        "## The answer",
-        "",
-        f"**SLO {'met' if met else 'missed'}**: {s['slo_attainment']:.1%} of requests within both targets "
-        f"(target {slo.attainment:.0%}){_missed(s, cfg)}.",
-        "",
-        f"**Cost**: {_money(s['cost_per_hour'])}/hour, {_money(s['cost_per_month'])}/month at this traffic, "
-        f"{_money(s['cost_per_mtok'])} per million tokens ({_money(s['total_cost'])} for the run).",
-        "",
-    ]
-    notes = [line.strip().removeprefix("note").strip() for line in _notes(s, cfg)]
-    lines += [*(f"Note: {n}" for n in notes), ""] if notes else []
-    lines += ["## Figures", ""]
+    lines: list[str] = []
     lines += _table(
         ["", "p50", p, "p99", "SLO"],
         [
@@ -178,6 +157,34 @@ def run_report(s: dict, cfg: Config, plot_dir: Path | None = None) -> str:
     events = _event_lines(s, cfg)
     if events:
         lines += [f"Events: {events[0].split('events', 1)[1].strip()}.", ""]
+    return lines
+
+
+def run_report(s: dict, cfg: Config, plot_dir: Path | None = None) -> str:
+    """The report of one run (summary `s` of config `cfg`); plots in `plot_dir` (run/plots) are
+    shown when present."""
+    slo = cfg.slo
+    met = bool(s["slo_met"])
+    lines = [
+        f"# fleetsim report: {cfg.model.name} on {_fleet_text(s, cfg)}",
+        "",
+        "## The question",
+        "",
+        f"Does {_fleet_text(s, cfg)} serve {cfg.model.name} ({cfg.model.weight_dtype}) for the "
+        f"{_workload_text(s, cfg)} within the SLO ({_slo_text(cfg)}), and what does it cost?",
+        "",
+        "## The answer",
+        "",
+        f"**SLO {'met' if met else 'missed'}**: {s['slo_attainment']:.1%} of requests within both targets "
+        f"(target {slo.attainment:.0%}){_missed(s, cfg)}.",
+        "",
+        f"**Cost**: {_money(s['cost_per_hour'])}/hour, {_money(s['cost_per_month'])}/month at this traffic, "
+        f"{_money(s['cost_per_mtok'])} per million tokens ({_money(s['total_cost'])} for the run).",
+        "",
+    ]
+    notes = [line.strip().removeprefix("note").strip() for line in _notes(s, cfg)]
+    lines += [*(f"Note: {n}" for n in notes), ""] if notes else []
+    lines += ["## Figures", "", *_run_figures(s, cfg)]
     images = _images(plot_dir, "plots/", RUN_PLOTS) if plot_dir is not None else []
     lines += [*images, ""] if images else []
     lines += ["## Caveats", ""]
@@ -202,7 +209,28 @@ def sweep_report(df: pd.DataFrame, best: dict, keys: list[str], plot_dir: Path |
         lines.append(f"What is the highest load that meets the SLO, over {swept}?")
     else:
         lines.append(f"Which of {len(df)} configurations, over {swept}, is the cheapest that meets the SLO?")
-    lines += ["", "## The answer", ""]
+    lines += ["", "## The answer", "", _sweep_answer(best, keys)]
+    lines += ["", "## Figures", ""]
+    rows = _sweep_rows(df, keys)
+    lines += _table([*keys, "$/hour", "attainment", "TTFT (SLO pct.)", "TPOT (SLO pct.)", "SLO"], rows)
+    lines.append("")
+    images = _images(plot_dir, "plots/", SWEEP_PLOTS) if plot_dir is not None else []
+    lines += [*images, ""] if images else []
+    lines += ["## Caveats", ""]
+    lines += [f"- {c}" for c in sweep_caveats(df, best, keys, n_failed)]
+    lines += [
+        "",
+        "Every job's own directory holds its report.md, summary.json and plots; sweep.csv has one row per job, "
+        "sweep_best.json the answer.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _sweep_answer(best: dict, keys: list[str]) -> str:
+    """The highest load meeting the SLO, the cheapest configuration, or the closest miss."""
+    load = best.get("highest_load_meeting_slo")
+    lines: list[str] = []
     if load is not None:
         if load.get("value") is None:
             lines.append(f"**None of the loads tried meets the SLO** ({load['key']} = {_joined(load['tried'])}).")
@@ -231,7 +259,11 @@ def sweep_report(df: pd.DataFrame, best: dict, keys: list[str], plot_dir: Path |
         )
     else:
         lines.append(f"**{best.get('reason', 'no answer')}**.")
-    lines += ["", "## Figures", ""]
+    return lines[0]
+
+
+def _sweep_rows(df: pd.DataFrame, keys: list[str]) -> list[list[str]]:
+    """One row per job: its keys, cost rate, attainment, latency at the SLO's percentile."""
     rows = []
     for _, r in df.iterrows():
         label = [str(r[k]) for k in keys]
@@ -251,19 +283,7 @@ def sweep_report(df: pd.DataFrame, best: dict, keys: list[str], plot_dir: Path |
                 met,
             ]
         )
-    lines += _table([*keys, "$/hour", "attainment", "TTFT (SLO pct.)", "TPOT (SLO pct.)", "SLO"], rows)
-    lines.append("")
-    images = _images(plot_dir, "plots/", SWEEP_PLOTS) if plot_dir is not None else []
-    lines += [*images, ""] if images else []
-    lines += ["## Caveats", ""]
-    lines += [f"- {c}" for c in sweep_caveats(df, best, keys, n_failed)]
-    lines += [
-        "",
-        "Every job's own directory holds its report.md, summary.json and plots; sweep.csv has one row per job, "
-        "sweep_best.json the answer.",
-        "",
-    ]
-    return "\n".join(lines)
+    return rows
 
 
 def sweep_caveats(df: pd.DataFrame, best: dict, keys: list[str], n_failed: int) -> list[str]:
