@@ -171,3 +171,14 @@ def test_a_monotone_key_rules_out_what_one_result_implies():
     assert _key({"fleet.replicas": 5, "gpu": "h100", "x": 0.5}) not in seen  # between the two: still open
     rule.apply({"fleet.replicas": 6, "gpu": "l40s", "x": 0.5}, FAILED, seen)
     assert rule.ruled_out == 5
+
+
+@needs_optuna
+def test_the_monotone_rule_is_off_where_more_replicas_can_cost_less():
+    from sim.apps.cost_slo_sweeper import monotone_off, search_space
+
+    dims, fixed = search_space(["fleet.replicas=range(1,9)", "gpu=choice(h100,l40s)", "api=none", "fleet=fixed"])
+    assert monotone_off(dims, fixed) == ""
+    for extra in ("api=default", "api.overflow=always", "fleet=autoscaled", "fleet.router=prefix_aware"):
+        dims, fixed = search_space(["fleet.replicas=range(1,9)", extra])
+        assert monotone_off(dims, fixed).startswith(extra.split("=")[0]), extra

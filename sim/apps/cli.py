@@ -268,19 +268,17 @@ def _launch(task, config_name: str, argv: Sequence[str] | None, prog: str) -> No
             raise
         print(f"{prog}: error: {_one_line(exc)}{_plugin_hint(str(exc))}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except ConnectionError as exc:  # a launcher's cluster is not there (hydra/launcher=ray_cluster, no Ray running)
-        if user_wants_trace:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        print(
-            f"{prog}: error: hydra/launcher: cannot reach the cluster ({first}); start it (`ray start --head`) "
-            "or choose a local launcher (hydra/launcher=local); docs/scaling.md",
-            file=sys.stderr,
-        )
-        sys.exit(EXIT_USAGE)
     except OSError as exc:  # the run directory cannot be made or written (a file there, no permission, ...)
         if user_wants_trace:
             raise
+        if isinstance(exc, ConnectionError) and "ray" in str(exc).lower():  # ray_cluster with no cluster running
+            first = str(exc).strip().splitlines()[0]
+            print(
+                f"{prog}: error: hydra/launcher: cannot reach the cluster ({first}); start it (`ray start --head`) "
+                "or choose a local launcher (hydra/launcher=local); docs/scaling.md",
+                file=sys.stderr,
+            )
+            sys.exit(EXIT_USAGE)
         where = exc.filename or "the run directory"
         print(f"{prog}: error: {where}: cannot write ({exc.strerror or exc}); check hydra.run.dir", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -20,6 +20,7 @@ declares the plugin class, this module implements it.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import sys
@@ -125,6 +126,7 @@ class CostSloSweeperImpl(Sweeper):
                 raise ConfigError(f"hydra.sweeper.{key}", getattr(self, key), allowed)
         self.launcher = None
         self.job_idx = 0
+        self.fixed_key = ""
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         self.job_idx = 0
@@ -153,11 +155,14 @@ class CostSloSweeperImpl(Sweeper):
             raise ConfigError("hydra.sweeper.params", "{}", "search at least one key (key=range(...) or choice(...))")
         study = self.study()
         dists = {d.name: d.distribution() for d in dims}
-        rule = MonotoneRule(dims, self.monotone)
+        off = monotone_off(dims, fixed) if self.monotone else ""
+        rule = MonotoneRule(dims, () if off else self.monotone)
+        self.fixed_key = json.dumps(sorted(fixed.items()))
         done = [t for t in study.trials if t.state == TrialState.COMPLETE]
         seen = {_key(t.params) for t in done}
-        for t in done:  # an earlier study in the same storage rules out what its results rule out
-            rule.apply(t.params, t.value, seen)
+        for t in done:  # an earlier study of the same fixed overrides rules out what its results rule out
+            if t.user_attrs.get("fixed") == self.fixed_key:
+                rule.apply(t.params, t.value, seen)
         size, rng, ran, skipped = space_size(dims), random.Random(self.seed), 0, 0
         while ran < self.n_trials and (size is None or len(seen) < size):
             batch, repeats = self._ask(study, dists, dims, seen, min(self.n_jobs, self.n_trials - ran), rng)
@@ -183,6 +188,7 @@ class CostSloSweeperImpl(Sweeper):
             )
             + (f"; {skipped} proposals of configurations already run or ruled out, not run" if skipped else "")
             + (f"; best objective {best.value:,.4g} at {best.params}" if best is not None else "")
+            + (f"; the monotone rule is off: {off}" if off else "")
         )
 
     def _ask(self, study, dists: dict, dims: list[Dimension], seen: set, want: int, rng: random.Random):
@@ -207,9 +213,26 @@ class CostSloSweeperImpl(Sweeper):
                 in_a_row += 1
                 continue
             seen.add(key)
+            trial.set_user_attr("fixed", self.fixed_key)  # what a resumed study may infer from
             batch.append((trial, dict(trial.params)))
             in_a_row = 0
         return batch, repeats
+
+
+NOT_MONOTONE = ("api", "fleet.router", "fleet.autoscaler", "fleet.min_replicas", "fleet.max_replicas")
+
+
+def monotone_off(dims: list[Dimension], fixed: dict[str, str]) -> str:
+    """Why more replicas may not mean a better SLO at a higher cost here ('' if nothing says
+    so): an API that takes the overflow (more replicas: less API spend), or a router or
+    autoscaler chosen on the command line (replica counts then start or bound a fleet)."""
+    plain = {"api": "none", "fleet": "fixed"}  # group choices that keep a fixed fleet with no API
+    keys = [*(d.name for d in dims), *(k for k, v in fixed.items() if plain.get(k.lstrip("+~")) != v)]
+    for key in keys:
+        bare = key.lstrip("+~")
+        if bare == "fleet" or any(bare == k or bare.startswith(f"{k}.") for k in NOT_MONOTONE):
+            return f"{bare} is set (an API's overflow, a router or an autoscaler can make more replicas cost less)"
+    return ""
 
 
 class MonotoneRule:

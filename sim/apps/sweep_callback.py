@@ -85,7 +85,9 @@ class SweepCallback(Callback):  # type: ignore[misc]
 def _jobs_planned(config) -> int | None:
     """The number of jobs a grid sweep will run (the product of its sweeps' lengths); the trial
     budget of the cost_slo sweeper; None when not known up front."""
-    sweeper = str(config.hydra.sweeper.get("_target_", ""))
+    from omegaconf import OmegaConf
+
+    sweeper = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
     if sweeper.endswith("CostSloSweeper"):
         return int(config.hydra.sweeper.n_trials)
     if not sweeper.endswith("BasicSweeper"):

@@ -192,7 +192,7 @@ def run_report(s: dict, cfg: Config, plot_dir: Path | None = None) -> str:
     lines += [
         "",
         "The full configuration is in `config.yaml`, every number in `summary.json` (docs/metrics.md defines "
-        "them), one row per request in `requests.parquet`.",
+        "them)" + (", one row per request in `requests.parquet`." if cfg.output.requests else "."),
         "",
     ]
     return "\n".join(lines)
@@ -268,7 +268,8 @@ def _sweep_rows(df: pd.DataFrame, keys: list[str]) -> list[list[str]]:
     for _, r in df.iterrows():
         label = [str(r[k]) for k in keys]
         if r["status"] != "ok":
-            rows.append([*label, "failed", "", "", "", str(r.get("error", ""))[:80]])
+            why = " ".join(str(r.get("error", "")).split()).replace("|", "/")[:80]  # one table cell
+            rows.append([*label, "failed", "", "", "", why])
             continue
         met = "meets" if r.get("slo_met") in (True, "True") else "misses"
         if r.get("api_cap_exceeded") in (True, "True"):
