@@ -182,6 +182,26 @@ def test_the_reader_groups_turns_by_session_in_start_order(tmp_path):
     assert flat.arrival_s.tolist() == [0.0, 0.0, 2.0, 6.0] and flat.prompt_tokens.tolist() == [20, 40, 10, 30]
 
 
+def test_the_example_sessions_replay():
+    """workload=sessions replays traces/synthetic_sessions.csv: every turn, and with prefix
+    caching most of each later turn's prompt comes from the cache."""
+    rows = len(pd.read_csv(ROOT / "traces" / "synthetic_sessions.csv"))
+    r = sim.run(
+        sim.compose(
+            [
+                "workload=sessions",
+                "engine.prefix_caching=true",
+                "fleet.router=prefix_aware",
+                "fleet.replicas=2",
+                "output.plots=false",
+            ]
+        )
+    )
+    assert r.summary["n_requests"] == rows and r.summary["turns_unsent"] == 0
+    assert r.summary["sessions"] == r.requests["session_id"].nunique() > 100
+    assert r.summary["prefix_block_hit_rate"] > 0.5
+
+
 def test_mooncake_traces_carry_no_session_id():
     """The shipped Mooncake traces have no session field: only the sessions CSV replays sessions."""
     shared = ROOT.parent / "shared" / "traces" / "mooncake_conversation.jsonl"
