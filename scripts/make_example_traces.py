@@ -116,9 +116,33 @@ def generic(rng: np.random.Generator) -> None:
     df.to_csv(OUT / "synthetic_tenants.csv", index=False)
 
 
+def sessions(rng: np.random.Generator) -> None:
+    """20 minutes of multi-turn chats: sessions start as a Poisson process, 1-8 turns each, a
+    turn's prompt is the previous prompt, its answer and a new message, with the user's think
+    time before it. Only a session's first turn carries a timestamp (the replay sends later
+    turns when the previous answer is back)."""
+    starts = np.cumsum(rng.exponential(1 / 0.2, 400))
+    starts = starts[starts < 1200.0]
+    rows = []
+    for k, t0 in enumerate(starts):
+        turns = min(8, int(rng.geometric(0.3)))
+        first, outputs = lengths(rng, 1, 600, 180)[0][0], lengths(rng, turns, 600, 180)[1]
+        messages = lengths(rng, turns, 150, 1)[0]
+        think = np.round(rng.exponential(20.0, turns), 1)
+        prompt = int(first)
+        for t in range(turns):
+            if t:
+                prompt += int(outputs[t - 1]) + int(messages[t])
+            rows.append(
+                (f"s{k:04d}", t + 1, f"{t0:.3f}" if t == 0 else "", prompt, int(outputs[t]), think[t] if t else "")
+            )
+    cols = ["session_id", "turn", "timestamp", "prompt_tokens", "output_tokens", "think_time_s"]
+    pd.DataFrame(rows, columns=cols).to_csv(OUT / "synthetic_sessions.csv", index=False)
+
+
 def main() -> None:
     OUT.mkdir(exist_ok=True)
-    for seed, make in enumerate((azure, burstgpt, mooncake, generic)):
+    for seed, make in enumerate((azure, burstgpt, mooncake, generic, sessions)):
         make(np.random.default_rng(1000 + seed))
     for path in sorted(OUT.glob("synthetic_*")):
         print(f"{path.relative_to(OUT.parent)}  {path.stat().st_size / 1024:.0f} KiB")

@@ -336,7 +336,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("stats", "fit"):
         p = sub.add_parser(name)
         p.add_argument("path", nargs="?", help="trace file")
-        p.add_argument("--format", default="csv", help="azure | burstgpt | mooncake | csv | parquet")
+        p.add_argument("--format", default="csv", help="azure | burstgpt | mooncake | csv | parquet | sessions")
         p.add_argument(
             "--columns",
             nargs="*",

@@ -119,7 +119,8 @@ class OnLimit(Choice):
 TRACE = Arrival.trace.value  # arrivals replayed from a file (sim.workload.traces)
 CLOSED = Arrival.closed.value  # users that wait for each answer before sending again
 ARRIVAL_PROCESSES = ("poisson", "uniform", "gamma", "mmpp", "diurnal")  # sim.workload.arrivals.ARRIVALS
-TRACE_FORMATS = ("azure", "burstgpt", "mooncake", "csv", "parquet")  # sim.workload.traces.READERS
+TRACE_FORMATS = ("azure", "burstgpt", "mooncake", "csv", "parquet", "sessions")  # sim.workload.traces.READERS
+SESSIONS = "sessions"  # the trace format of multi-turn sessions (sim.workload.sessions)
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # a trace's time column, in seconds per unit
 ROUTERS = Router.names()
 AUTOSCALERS = ("fixed", "target", "ray", "schedule")  # sim.des.autoscale.AUTOSCALERS

@@ -21,6 +21,7 @@ from sim.config.errors import ConfigError
 from sim.config.names import (
     CLOSED,
     MEMORY_PROFILERS,
+    SESSIONS,
     TRACE,
     TRACE_FORMATS,
     Admission,
@@ -100,7 +101,7 @@ class SourceConfig:
     start_weekday: int = 0  # weekday of t=0 (0 = Monday)
     # trace replay
     path: str | None = None
-    format: str = "csv"  # azure | burstgpt | mooncake | csv | parquet
+    format: str = "csv"  # azure | burstgpt | mooncake | csv | parquet | sessions (multi-turn, closed loop)
     columns: ColumnMap = field(default_factory=ColumnMap)  # csv/parquet (and burstgpt's label)
     time_unit: TimeUnit = TimeUnit.s  # csv/parquet arrival column unit: s | ms | us
     keep_failed: bool = False  # burstgpt: keep zero-response (failed) rows as 1-token outputs
@@ -952,6 +953,12 @@ def validate_source(src: SourceConfig, key: str, duration: float | None) -> None
             src.format,
             f"must be one of {', '.join(TRACE_FORMATS)} (for {src.path})",
         )
+        require(
+            key == "workload" or src.format != SESSIONS,
+            f"{key}.format",
+            src.format,
+            "replayed sessions cannot be one source of a mix: use workload=trace workload.format=sessions on its own",
+        )
     else:
         require(
             src.path is None,
@@ -1053,6 +1060,8 @@ def validate_workload(w: WorkloadConfig) -> None:
     _validate_shared_prefix(w)
     if is_closed(w):
         validate_closed(w)
+    elif is_sessions(w):
+        validate_sessions(w)
     else:
         kind = "a mix" if w.sources else f"{w.arrival} arrivals"
         for k in ("users", "requests"):
@@ -1090,6 +1099,12 @@ LONGEST_S = 1e8  # about three years: a longer think time or ramp is a typo
 def is_closed(w: WorkloadConfig) -> bool:
     """Closed-loop users (workload=closed): arrivals that follow the fleet's answers."""
     return not w.sources and w.arrival == CLOSED
+
+
+def is_sessions(w: WorkloadConfig) -> bool:
+    """Multi-turn sessions replayed from a trace (workload.format=sessions): a closed loop whose
+    users are the trace's sessions (`sim.workload.sessions`)."""
+    return not w.sources and w.arrival == TRACE and w.format == SESSIONS
 
 
 def has_trace(wc: WorkloadConfig) -> bool:
@@ -1139,6 +1154,25 @@ def validate_closed(w: WorkloadConfig) -> None:
         ("rate_scale", w.rate_scale, 1.0),
         ("load_scale", w.load_scale, 1.0),
         ("loop", w.loop, False),
+        ("shared_prefix.groups", w.shared_prefix.groups, 0),
+    ):
+        require(value == default, f"workload.{k}", value, why)
+
+
+def validate_sessions(w: WorkloadConfig) -> None:
+    """A session trace's replay: the default think time, and no transform that would cut or
+    copy a session's turns apart (each turn waits for the previous answer)."""
+    _nonneg(w.think_time_s, "workload.think_time_s")
+    require(w.think_time_s <= LONGEST_S, "workload.think_time_s", w.think_time_s, f"must be at most {LONGEST_S:g} s")
+    why = "does not apply to replayed sessions (a turn is sent when the previous one's answer is back)"
+    for k, value, default in (
+        ("window_start_s", w.window_start_s, None),
+        ("window_end_s", w.window_end_s, None),
+        ("rate_scale", w.rate_scale, 1.0),
+        ("load_scale", w.load_scale, 1.0),
+        ("loop", w.loop, False),
+        ("prompt_scale", w.prompt_scale, 1.0),
+        ("output_scale", w.output_scale, 1.0),
         ("shared_prefix.groups", w.shared_prefix.groups, 0),
     ):
         require(value == default, f"workload.{k}", value, why)

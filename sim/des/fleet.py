@@ -12,7 +12,8 @@ or comes back to the GPU queue. Every request ends served by a replica, served b
 rejected with a reason. The autoscaler's decisions start, wake and drain replicas through the
 lifecycle.
 
-With closed-loop users (`sim.workload.closedloop`) the arrivals are not known ahead: each request that
+With closed-loop users (`sim.workload.closedloop`, or sessions replayed from a trace,
+`sim.workload.sessions`) the arrivals are not known ahead: each request that
 ends (any route) hands its user back to the loop, whose next request arrives after the user's
 think time (one timeout per request).
 
@@ -61,7 +62,7 @@ from sim.workload.build import Workload, stream
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from sim.workload.closedloop import ClosedLoop
+    from sim.workload.closedloop import Conversations
 
 
 class _Timer(simpy.Timeout):
@@ -91,7 +92,7 @@ class Fleet:
         workload: Workload,
         perf: PerfModel,
         plan: MemoryPlan,
-        users: ClosedLoop | None = None,
+        users: Conversations | None = None,
     ):
         """`users`: closed-loop users who send the requests (`workload` is then what they have
         sent so far: nothing, but its prefix-block layout)."""
@@ -137,7 +138,7 @@ class Fleet:
         )
         self._start(users)
 
-    def _init_accounting(self, workload: Workload, users: ClosedLoop | None) -> None:
+    def _init_accounting(self, workload: Workload, users: Conversations | None) -> None:
         """Counters and the time series' live integrals."""
         self.n_total: float = len(workload) if users is None else math.inf  # closed loop: known when all stop
         self.n_closed = 0
@@ -168,7 +169,7 @@ class Fleet:
         self.loads: list[int] = self.life.loads
         self._all_nodes: list[Node] = self.life.all_nodes  # by uid (the same list, which the lifecycle grows)
 
-    def _start(self, users: ClosedLoop | None) -> None:
+    def _start(self, users: Conversations | None) -> None:
         """The replicas at t = 0 and the fleet's processes: arrivals (or users), sampling, and
         the autoscaler when anything can change the fleet's size."""
         f, env = self.cfg.fleet, self.env
@@ -424,7 +425,7 @@ class Fleet:
     # ------------------------------------------------------------------ closed loop
 
     def _start_users(self) -> None:
-        users: ClosedLoop = self.users  # type: ignore[assignment]
+        users: Conversations = self.users  # type: ignore[assignment]
         self._users_left = users.users
         for u, t in enumerate(users.starts()):
             self.env.timeout(t).callbacks.append(lambda _e, u=u: self._send(u))

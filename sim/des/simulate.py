@@ -20,7 +20,7 @@ from sim.hardware.perf import PerfModel
 from sim.workload.build import Workload
 
 if TYPE_CHECKING:
-    from sim.workload.closedloop import ClosedLoop
+    from sim.workload.closedloop import Conversations
 
 
 def simulate(
@@ -28,7 +28,7 @@ def simulate(
     workload: Workload,
     perf: PerfModel,
     plan: MemoryPlan,
-    users: ClosedLoop | None = None,
+    users: Conversations | None = None,
     progress: Callable[[float], None] | None = None,
     every_s: float = 60.0,
 ) -> Outcome:

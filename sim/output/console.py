@@ -139,9 +139,13 @@ def _fleet_text(s: dict, cfg: Config) -> str:
 
 def _users_line(s: dict, cfg: Config) -> str:
     w = cfg.workload
+    rate = s["n_requests"] / s["arrival_span_s"] if s["arrival_span_s"] else math.nan
+    if "turns_unsent" in s:  # sessions replayed from a trace
+        think = f"think times from the trace, else {w.think_time_s:g} s"
+        unsent = f", {_count(s['turns_unsent'])} turns unsent" if s["turns_unsent"] else ""
+        return f"  sessions   {_count(s['sessions'])} replayed ({think}){unsent}, {_fmt(rate)} req/s sent"
     think = f"think {w.think_time_s:g} s {w.think_dist}" if w.think_time_s else "no think time"
     sessions = f", {_count(s['sessions'])} sessions" if s["sessions"] != s["n_requests"] else ""
-    rate = s["n_requests"] / s["arrival_span_s"] if s["arrival_span_s"] else math.nan
     return f"  users      {_count(s['users'])} closed-loop ({think}){sessions}, {_fmt(rate)} req/s sent"
 
 

@@ -64,6 +64,8 @@ def scenario(result: Result) -> str:
     per = f"{tp}x {c.gpu.name}" if tp > 1 else c.gpu.name
     rate = s["n_requests"] / max(float(result.requests.arrival_s.max()), 1e-9)
     load = f"{rate:.3g} req/s" if not s.get("users") else f"{s['users']} closed-loop users"
+    if "turns_unsent" in s:
+        load = f"{s['users']} replayed sessions"
     return f"{c.model.name} ({c.model.weight_dtype}) - {reps} of {per} - workload {c.workload.name}, {load}"
 
 

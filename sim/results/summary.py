@@ -20,11 +20,10 @@ from sim.workload.build import Workload
 
 @dataclass
 class ClosedRun:
-    """What closed-loop users add to a run's results."""
+    """What closed-loop users (generated, or sessions replayed from a trace) add to a run's results."""
 
-    columns: dict  # per-request columns (user, session, turn)
-    users: int
-    sessions: int
+    columns: dict  # per-request columns (user, session, turn, ...)
+    counters: dict  # summary keys (users, sessions, ...)
 
 
 @dataclass
@@ -110,7 +109,7 @@ def _counters(
     if wl.shared_fraction is not None:
         extra["prefix_shared_fraction"] = wl.shared_fraction
     if closed is not None:
-        extra.update(users=closed.users, sessions=closed.sessions)
+        extra.update(closed.counters)
     if out.prefix:
         extra["prefix_block_hit_rate"] = out.prefix_hits / out.prefix_lookups if out.prefix_lookups else 0.0
     if out.api is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sim.config.errors import UserError
-from sim.config.schema import Config, has_trace, is_closed, plain
+from sim.config.schema import Config, has_trace, is_closed, is_sessions, plain
 from sim.des.preflight import validate
 from sim.des.simulate import simulate
 from sim.hardware.kvcache import MemoryPlan, memory_plan
@@ -189,6 +189,8 @@ def _seed_workload(cfg: Config, workload: Workload | None, seed: int, how: str) 
     the synthetic draws, a block bootstrap of a replayed trace, or nothing (a fixed trace)."""
     if workload is not None or not has_trace(cfg.workload):
         return workload, how
+    if is_sessions(cfg.workload):  # a closed loop: the sessions replay as they are, seeds vary the rest
+        return None, "fixed session trace"
     if cfg.workload.bootstrap_block_s is None:
         return None, "fixed trace"
     base = build_workload(cfg.workload, seed, cfg.limits)
@@ -218,14 +220,28 @@ def _simulate_with_progress(cfg: Config, wl: Workload, perf, plan: MemoryPlan, u
         return simulate(cfg, wl, perf, plan, users, progress=show, every_s=max((horizon or 600.0) / 500, 1.0))
 
 
+def _users(cfg: Config):
+    """Users who send as the fleet answers: generated (workload=closed) or a session trace's
+    sessions (workload.format=sessions), whose size is checked against the limits first."""
+    block = cfg.engine.block_size if cfg.engine.prefix_caching else 0
+    if is_closed(cfg.workload):
+        from sim.workload.closedloop import ClosedLoop
+
+        return ClosedLoop(cfg.workload, cfg.seed, block_tokens=block, limits=cfg.limits)
+    import numpy as np
+
+    from sim.workload.sessions import SessionReplay, read_session_trace
+
+    trace = read_session_trace(cfg.workload)
+    check_limits(cfg, np.sort(trace.start_s), trace.prompt_tokens, trace.output_tokens, 1)
+    return SessionReplay(cfg.workload, trace, block_tokens=block)
+
+
 def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     wall0 = time.perf_counter()
     users = None
-    if workload is None and is_closed(cfg.workload):  # arrivals follow the answers: built while simulating
-        from sim.workload.closedloop import ClosedLoop
-
-        block = cfg.engine.block_size if cfg.engine.prefix_caching else 0
-        users = ClosedLoop(cfg.workload, cfg.seed, block_tokens=block, limits=cfg.limits)
+    if workload is None and (is_closed(cfg.workload) or is_sessions(cfg.workload)):
+        users = _users(cfg)  # arrivals follow the answers: built while simulating
         wl = users.workload()
     else:
         wl = build_workload(cfg.workload, cfg.seed, cfg.limits) if workload is None else check_workload(workload)
@@ -237,7 +253,7 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     closed = None
     if users is not None:
         wl = users.workload()
-        closed = ClosedRun(users.columns(), users.users, users.sessions)
+        closed = ClosedRun(users.columns(), users.counters())
     run = summarize_run(cfg, wl, out, plan, perf, closed)
     run.summary["wall_time_s"] = time.perf_counter() - wall0
     return Result(cfg, run.summary, run.requests, run.timeseries, plan, run.engine, bills=run.bills, spans=out.spans)

@@ -112,27 +112,24 @@ class _User:
     stream: np.ndarray | None = None  # the session's block ids so far
 
 
-class ClosedLoop:
-    """The users of a closed-loop workload and the requests they have sent.
+class Conversations:
+    """What users who send as the fleet answers have sent, in sending (= arrival) order, and the
+    prefix-block ids of their sessions: the part of the fleet's interface that generated users
+    (`ClosedLoop`) and sessions replayed from a trace (`sim.workload.sessions.SessionReplay`)
+    share. A subclass decides what each user sends (`starts`, `send`, `answered`).
 
-    `block_tokens` > 0 gives every prompt of a multi-turn session its prefix-block ids (for
-    prefix caching: pass the engine's block size)."""
+    `block_tokens` > 0 gives every prompt its prefix-block ids (for prefix caching: pass the
+    engine's block size)."""
 
-    def __init__(self, wc: WorkloadConfig, seed: int, *, block_tokens: int = 0, limits: LimitsConfig | None = None):
-        validate_workload(wc)
-        self.wc = wc
-        self.users = int(wc.users)  # type: ignore[arg-type]
-        self.limit = wc.requests if wc.requests is not None else math.inf
-        self.end = wc.duration_s if wc.duration_s is not None else math.inf
-        self.max_requests = limits.max_requests if limits is not None else math.inf
-        multi = multi_turn(wc)
-        self.block_tokens = block_tokens if multi else 0  # one-turn sessions share no prefix
-        self._draws = _Draws(_draws(wc, seed, multi), FIRST_DRAW)
-        self._state = [_User() for _ in range(self.users)]
+    def __init__(self, name: str, users: int, end: float, block_tokens: int):
+        self.name = name
+        self.users = users
+        self.end = end  # no request is sent at or after this time
+        self.block_tokens = block_tokens
+        self._state = [_User() for _ in range(users)]
         self._next_block = 0
-        self._instant = (-1.0, 0)  # the last time a request was sent, and how many were sent then
         self.sessions = 0
-        self.capped = False  # users stopped because `requests` were sent
+        self.capped = False  # users stopped because a request count was reached
         # what was sent, in sending (= arrival) order, in compact columns
         self.arrival = array("d")
         self.prompt = array("q")
@@ -142,15 +139,128 @@ class ClosedLoop:
         self.turn = array("q")
         self.blocks_of: list[np.ndarray] = []
 
+    @property
+    def sent(self) -> int:
+        return len(self.arrival)
+
+    def _record(self, u: int, st: _User, now: float, prompt: int, output: int) -> None:
+        """Note the request user u sends now, with its prefix-block ids."""
+        self.arrival.append(now)
+        self.prompt.append(prompt)
+        self.output.append(output)
+        self.user.append(u)
+        self.session.append(st.session)
+        self.turn.append(st.turn)
+        if self.block_tokens:
+            self.blocks_of.append(self._blocks(st, prompt // self.block_tokens))
+
+    def user_of(self, i: int) -> int:
+        return self.user[i]
+
+    # what each kind of user sends (the fleet calls these)
+
+    def starts(self) -> list[float]:
+        """When each user sends its first request."""
+        raise NotImplementedError
+
+    def capacity(self) -> int:
+        """A first guess at how many requests the run sends (records grow beyond it as needed)."""
+        raise NotImplementedError
+
+    def send(self, u: int, now: float) -> tuple[int, int, int] | None:
+        """User u's next request, sent at `now`: (id, prompt tokens, output tokens), or None when
+        the user stops."""
+        raise NotImplementedError
+
+    def answered(self, i: int, now: float, served: int | None) -> float | None:
+        """Request i ended at `now` with `served` output tokens (None: rejected): the user's
+        think time before its next request, or None when it sends no more."""
+        raise NotImplementedError
+
+    def counters(self) -> dict:
+        """What the summary reports about the users (`sim.results.summary`)."""
+        return {"users": self.users, "sessions": self.sessions}
+
+    # ------------------------------------------------------------------ prefix blocks
+
+    def _blocks(self, st: _User, n: int) -> np.ndarray:
+        """The session's first n block ids, new ones numbered on from the last id handed out."""
+        have = 0 if st.stream is None else len(st.stream)
+        if n > have:
+            new = np.arange(self._next_block, self._next_block + n - have, dtype=np.int64)
+            self._next_block += n - have
+            st.stream = new if st.stream is None else np.concatenate([st.stream, new])
+        return st.stream[:n]  # type: ignore[index]
+
+    def blocks(self, i: int) -> np.ndarray:
+        """Request i's prefix-block ids (its prompt's full blocks)."""
+        return self.blocks_of[i]
+
+    def answer_blocks(self, i: int, served: int) -> np.ndarray:
+        """The full blocks request i's answer adds to the replica that served it: its KV holds
+        the prompt and all but the last of the `served` output tokens (the prompt's own blocks
+        were marked used when it arrived). Request i is its user's latest."""
+        st = self._state[self.user[i]]
+        bt = self.block_tokens
+        return self._blocks(st, (self.prompt[i] + served - 1) // bt)[self.prompt[i] // bt :]
+
+    # ------------------------------------------------------------------ results
+
+    def workload(self) -> Workload:
+        """The requests sent so far as a workload, in arrival order."""
+        n = self.sent
+        offsets = ids = None
+        if self.block_tokens:
+            counts = np.fromiter((len(b) for b in self.blocks_of), np.int64, count=n)
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            ids = np.concatenate(self.blocks_of) if n else np.zeros(0, np.int64)
+        arrival = np.array(self.arrival, dtype=float)  # copies: the columns keep growing
+        last = float(arrival[-1]) if n else 0.0
+        # the window requests were sent over: up to the end, unless the request count ended it
+        span = self.end if self.end < math.inf and not self.capped else last
+        return Workload(
+            arrival_s=arrival,
+            prompt_tokens=np.array(self.prompt, dtype=np.int64),
+            output_tokens=np.array(self.output, dtype=np.int64),
+            class_names=(self.name,),
+            hash_offsets=offsets,
+            hash_ids=ids,
+            block_tokens=self.block_tokens,
+            span_s=span,
+        )
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per-request columns of requests.parquet: the user, its session and the turn in it (from 1)."""
+        return {
+            "user": np.array(self.user, dtype=np.int64),
+            "session": np.array(self.session, dtype=np.int64),
+            "turn": np.array(self.turn, dtype=np.int64),
+        }
+
+
+class ClosedLoop(Conversations):
+    """The users of a closed-loop workload and the requests they have sent.
+
+    `block_tokens` > 0 gives every prompt of a multi-turn session its prefix-block ids (for
+    prefix caching: pass the engine's block size)."""
+
+    def __init__(self, wc: WorkloadConfig, seed: int, *, block_tokens: int = 0, limits: LimitsConfig | None = None):
+        validate_workload(wc)
+        multi = multi_turn(wc)
+        end = wc.duration_s if wc.duration_s is not None else math.inf
+        # one-turn sessions share no prefix
+        super().__init__(wc.name, int(wc.users), end, block_tokens if multi else 0)  # type: ignore[arg-type]
+        self.wc = wc
+        self.limit = wc.requests if wc.requests is not None else math.inf
+        self.max_requests = limits.max_requests if limits is not None else math.inf
+        self._draws = _Draws(_draws(wc, seed, multi), FIRST_DRAW)
+        self._instant = (-1.0, 0)  # the last time a request was sent, and how many were sent then
+
     # ------------------------------------------------------------------ the loop
 
     def starts(self) -> list[float]:
         """When each user sends its first request: spread evenly over `ramp_s`."""
         return [self.wc.ramp_s * u / self.users for u in range(self.users)]
-
-    @property
-    def sent(self) -> int:
-        return len(self.arrival)
 
     def capacity(self) -> int:
         """A first guess at how many requests the run sends (records grow beyond it as needed)."""
@@ -195,14 +305,7 @@ class ClosedLoop:
             st.stream = None
             prompt = first_prompt
         st.prompt, st.answer, st.think = prompt, None, think
-        self.arrival.append(now)
-        self.prompt.append(prompt)
-        self.output.append(output)
-        self.user.append(u)
-        self.session.append(st.session)
-        self.turn.append(st.turn)
-        if self.block_tokens:
-            self.blocks_of.append(self._blocks(st, prompt // self.block_tokens))
+        self._record(u, st, now, prompt, output)
         return k, prompt, output
 
     def answered(self, i: int, now: float, served: int | None) -> float | None:
@@ -217,65 +320,6 @@ class ClosedLoop:
         if now + think >= self.end:
             return None
         return think
-
-    def user_of(self, i: int) -> int:
-        return self.user[i]
-
-    # ------------------------------------------------------------------ prefix blocks
-
-    def _blocks(self, st: _User, n: int) -> np.ndarray:
-        """The session's first n block ids, new ones numbered on from the last id handed out."""
-        have = 0 if st.stream is None else len(st.stream)
-        if n > have:
-            new = np.arange(self._next_block, self._next_block + n - have, dtype=np.int64)
-            self._next_block += n - have
-            st.stream = new if st.stream is None else np.concatenate([st.stream, new])
-        return st.stream[:n]  # type: ignore[index]
-
-    def blocks(self, i: int) -> np.ndarray:
-        """Request i's prefix-block ids (its prompt's full blocks)."""
-        return self.blocks_of[i]
-
-    def answer_blocks(self, i: int, served: int) -> np.ndarray:
-        """The full blocks request i's answer adds to the replica that served it: its KV holds
-        the prompt and all but the last of the `served` output tokens (the prompt's own blocks
-        were marked used when it arrived). Request i is its user's latest."""
-        st = self._state[self.user[i]]
-        bt = self.block_tokens
-        return self._blocks(st, (self.prompt[i] + served - 1) // bt)[self.prompt[i] // bt :]
-
-    # ------------------------------------------------------------------ results
-
-    def workload(self) -> Workload:
-        """The requests sent so far as a workload, in arrival order."""
-        n = self.sent
-        offsets = ids = None
-        if self.block_tokens:
-            counts = np.fromiter((len(b) for b in self.blocks_of), np.int64, count=n)
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-            ids = np.concatenate(self.blocks_of) if n else np.zeros(0, np.int64)
-        arrival = np.array(self.arrival, dtype=float)  # copies: the columns keep growing
-        last = float(arrival[-1]) if n else 0.0
-        # the window requests were sent over: up to duration_s, unless the request count ended it
-        span = self.end if self.end < math.inf and not self.capped else last
-        return Workload(
-            arrival_s=arrival,
-            prompt_tokens=np.array(self.prompt, dtype=np.int64),
-            output_tokens=np.array(self.output, dtype=np.int64),
-            class_names=(self.wc.name,),
-            hash_offsets=offsets,
-            hash_ids=ids,
-            block_tokens=self.block_tokens,
-            span_s=span,
-        )
-
-    def columns(self) -> dict[str, np.ndarray]:
-        """Per-request columns of requests.parquet: the user, its session and the turn in it (from 1)."""
-        return {
-            "user": np.array(self.user, dtype=np.int64),
-            "session": np.array(self.session, dtype=np.int64),
-            "turn": np.array(self.turn, dtype=np.int64),
-        }
 
 
 def closed_workload(

@@ -8,7 +8,12 @@ Formats (`workload.format`):
   512-token prefix blocks, kept for prefix caching);
 - `csv`, `parquet`: any table, with a column map (`arrival_s, prompt_tokens, output_tokens` by
   default; optionally a `label` column naming each request's class), arrival times in
-  `time_unit` or as date-time strings.
+  `time_unit` or as date-time strings;
+- `sessions`: multi-turn sessions (session_id, turn, timestamp, prompt_tokens, output_tokens,
+  optional think_time_s), CSV or Parquet. `read_sessions` gives them as sessions, which
+  `sim.workload.sessions` replays in a closed loop (a turn is sent after the previous answer);
+  as a flat `Trace` (READERS, for `fleetsim-trace` and `pairs`) each turn arrives at its own
+  timestamp, or at the previous turn's time plus its think time when it has none.
 
 Everything is vectorised pandas/NumPy. A malformed file stops with `TraceError` naming the file,
 the line (text) or row (Parquet) and the column of the first problem.
@@ -105,13 +110,13 @@ MAX_TOKENS = 1_000_000_000  # no model has a context of a billion tokens: a larg
 MAX_SPAN_S = 1e9  # 31 years: a longer trace is a unit error (milliseconds read as seconds, ...)
 
 
-def _tokens(df: pd.DataFrame, column: str, where: Where, *, minimum: int) -> np.ndarray:
+def _tokens(df: pd.DataFrame, column: str, where: Where, *, minimum: int, what: str = "token count") -> np.ndarray:
     values = _numbers(df, column, where)
     bad = (values < minimum) | (values != np.floor(values)) | (values > MAX_TOKENS)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         need = "a whole number >= 1" if minimum == 1 else "a whole number >= 0"
-        raise where.error(i, f"token count {values[i]:g}: need {need}, at most {MAX_TOKENS:,}", column)
+        raise where.error(i, f"{what} {values[i]:g}: need {need}, at most {MAX_TOKENS:,}", column)
     return values.astype(np.int64)
 
 
@@ -263,12 +268,156 @@ def read_table(path: str, opts: dict) -> Trace:
     return Trace(path, t - t[0], prompt, output, classes=classes, clock_start_s=clock, start_weekday=weekday)
 
 
+# ----------------------------------------------------------------------------- sessions
+
+SESSION_COLUMNS = ["session_id", "turn", "timestamp", "prompt_tokens", "output_tokens"]  # + think_time_s
+SESSION_THINK = "think_time_s"  # optional column: the user's pause before the turn
+
+
+@dataclass
+class SessionTrace:
+    """Multi-turn sessions. Session u's turns are rows offsets[u]:offsets[u+1] of the per-turn
+    columns, in file order; sessions are in the order they start (their first turn's timestamp),
+    ties in file order."""
+
+    path: str
+    session_id: np.ndarray  # per session: its id in the file, as text
+    start_s: np.ndarray  # per session: when it starts, seconds from the earliest start
+    offsets: np.ndarray
+    turn: np.ndarray  # per turn: its number in the file
+    prompt_tokens: np.ndarray
+    output_tokens: np.ndarray
+    think_s: np.ndarray  # per turn: the think time before it (NaN: not given)
+    at_s: np.ndarray  # per turn: its own timestamp (NaN: not given), on the start_s clock
+
+    def __len__(self) -> int:
+        return len(self.turn)
+
+    def flat(self) -> Trace:
+        """The turns as open-loop requests (`fleetsim-trace`, `pairs`): each at its own timestamp,
+        or, without one, at the previous turn's time plus its think time (0 when not given)."""
+        n = len(self.turn)
+        last = np.where(~np.isnan(self.at_s), np.arange(n), 0)
+        np.maximum.accumulate(last, out=last)  # the latest timestamped turn: each session's first has one
+        pause = np.cumsum(np.nan_to_num(self.think_s))
+        t = self.at_s[last] + pause - pause[last]
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        return Trace(self.path, t - t[0], self.prompt_tokens[order], self.output_tokens[order])
+
+
+def read_sessions(path: str | Path, **opts) -> SessionTrace:
+    """Read a session trace (`workload.format=sessions`); `opts`: time_unit of numeric timestamps."""
+    trace = _guarded(_read_sessions, path, opts)
+    _check_span(str(path), float(trace.start_s.max()))
+    return trace
+
+
+def _read_sessions(path: str, opts: dict) -> SessionTrace:
+    df, where = _read_table(path, "parquet" if str(path).endswith(".parquet") else "csv")
+    _require(df, SESSION_COLUMNS, where)
+    ids = _session_ids(df, where)
+    turn = _tokens(df, "turn", where, minimum=0, what="turn number")
+    prompt = _tokens(df, "prompt_tokens", where, minimum=1)
+    output = _tokens(df, "output_tokens", where, minimum=1)
+    at = _optional_times(df, "timestamp", where, TIME_UNITS[opts.get("time_unit", "s")])
+    think = _think_times(df, where)
+    codes, names = pd.factorize(ids)
+    first = _check_turns(codes, turn, names, where)
+    start = at[first]
+    if np.isnan(start).any():
+        i = int(first[np.isnan(start)].min())
+        raise where.error(
+            i, f"the first turn of session {names[codes[i]]!r} has no timestamp (when the session starts)", "timestamp"
+        )
+    by_start = np.argsort(start, kind="stable")
+    rank = np.empty_like(by_start)
+    rank[by_start] = np.arange(len(by_start))
+    rows = np.argsort(rank[codes], kind="stable")  # grouped by session in start order, file order within
+    counts = np.bincount(rank[codes], minlength=len(names))
+    zero = float(start.min())
+    return SessionTrace(
+        path,
+        np.asarray(names, dtype=object)[by_start],
+        start[by_start] - zero,
+        np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        turn[rows],
+        prompt[rows],
+        output[rows],
+        think[rows],
+        at[rows] - zero,
+    )
+
+
+def _session_ids(df: pd.DataFrame, where: Where) -> np.ndarray:
+    raw = df["session_id"]
+    empty = raw.isna().to_numpy() | (raw.astype(str).str.strip() == "").to_numpy()
+    if empty.any():
+        raise where.error(int(np.flatnonzero(empty)[0]), "empty session id", "session_id")
+    return raw.astype(str).to_numpy()
+
+
+def _check_turns(codes: np.ndarray, turn: np.ndarray, names, where: Where) -> np.ndarray:
+    """Within each session, turn numbers increase in file order (gaps allowed: a sample may miss
+    turns). Returns each session's first row, by session code."""
+    rows = np.argsort(codes, kind="stable")
+    g, t = codes[rows], turn[rows]
+    same = g[1:] == g[:-1]
+    bad = np.flatnonzero(same & (t[1:] <= t[:-1]))
+    if len(bad):
+        j = int(bad[np.argmin(rows[bad + 1])])  # the first offending row in file order
+        i, prev = int(rows[j + 1]), int(rows[j])
+        at = f"row {prev + 1}" if where.first_line is None else f"line {prev + where.first_line}"
+        name = names[codes[i]]
+        what = "again" if t[j + 1] == t[j] else f"after its turn {t[j]}"
+        raise where.error(
+            i,
+            f"turn {turn[i]} of session {name!r} {what} ({at}): a session's turns must increase in file order",
+            "turn",
+        )
+    return rows[np.concatenate([[0], np.flatnonzero(~same) + 1])]
+
+
+def _optional_times(df: pd.DataFrame, column: str, where: Where, unit: float) -> np.ndarray:
+    """Times in seconds (numbers in `unit`, or date-time strings); NaN where a cell is empty."""
+    raw = df[column]
+    given = raw.notna().to_numpy()
+    num = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    if np.isfinite(num[given]).all():
+        return np.where(given, num * unit, np.nan)
+    ts = pd.to_datetime(raw, format="ISO8601", errors="coerce", utc=True)
+    bad = given & ts.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise where.error(i, f"not a number or a date-time: {str(raw.iloc[i])[:40]!r}", column)
+    return (ts - ts[given].min()).dt.total_seconds().to_numpy(dtype=float)
+
+
+def _think_times(df: pd.DataFrame, where: Where) -> np.ndarray:
+    """The optional think-time column in seconds; NaN where it is absent or empty."""
+    if SESSION_THINK not in df.columns:
+        return np.full(len(df), np.nan)
+    raw = df[SESSION_THINK]
+    given = raw.notna().to_numpy()
+    v = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    for bad, problem in (
+        (given & ~np.isfinite(v), lambda i: f"not a number: {str(raw.iloc[i])[:40]!r}"),
+        (given & (v < 0), lambda i: f"negative think time {v[i]:g} s: need >= 0"),
+        (given & (v > MAX_SPAN_S), lambda i: f"think time {v[i]:g} s: at most {MAX_SPAN_S:g} s"),
+    ):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise where.error(i, problem(i), SESSION_THINK)
+    return np.where(given, v, np.nan)
+
+
 READERS: dict[str, Callable[[str, dict], Trace]] = {
     "azure": read_azure,
     "burstgpt": read_burstgpt,
     "mooncake": read_mooncake,
     "csv": read_table,
     "parquet": read_table,
+    "sessions": lambda path, opts: _read_sessions(path, opts).flat(),
 }
 
 
@@ -276,11 +425,17 @@ def read_trace(path: str | Path, fmt: str, **opts) -> Trace:
     """Read a trace; `opts`: columns, time_unit, keep_failed, sort (see SourceConfig)."""
     if fmt not in READERS:
         raise TraceError(str(path), f"unknown format {fmt!r}; known: {', '.join(READERS)}")
-    p = Path(path)
-    if p.is_dir():
+    trace = _guarded(READERS[fmt], path, {**opts, "format": fmt})
+    _check_span(str(path), float(trace.arrival_s[-1]) if len(trace.arrival_s) else 0.0)
+    return trace
+
+
+def _guarded(reader: Callable[[str, dict], object], path: str | Path, opts: dict):
+    """`reader(path, opts)`, with what the file system and decoding raise as TraceErrors."""
+    if Path(path).is_dir():
         raise TraceError(str(path), "is a directory, not a trace file")
     try:
-        trace = READERS[fmt](str(path), {**opts, "format": fmt})
+        return reader(str(path), opts)
     except UnicodeDecodeError as exc:
         byte = exc.object[exc.start]
         raise TraceError(str(path), f"not UTF-8 text (byte {byte:#04x} at offset {exc.start})") from None
@@ -288,14 +443,15 @@ def read_trace(path: str | Path, fmt: str, **opts) -> Trace:
         if isinstance(exc, TraceError):
             raise
         raise TraceError(str(path), f"cannot read: {exc.strerror or exc}") from None
-    span = float(trace.arrival_s[-1]) if len(trace.arrival_s) else 0.0
+
+
+def _check_span(path: str, span: float) -> None:
     if span > MAX_SPAN_S:
         raise TraceError(
-            str(path),
+            path,
             f"arrival times span {span:.3g} s ({span / 3.156e7:,.0f} years): check the time unit "
             "(workload.time_unit, --time-unit) and the timestamps",
         )
-    return trace
 
 
 # ----------------------------------------------------------------------------- helpers
