@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sim.config.errors import UserError
 from sim.config.schema import conf_dir
-from sim.output.console import _s, format_summary  # noqa: F401  (format_summary: also for tests)
+from sim.output.console import _s, format_platform, format_summary  # noqa: F401  (format_summary: also for tests)
 
 EXIT_USAGE = 2
 
@@ -41,7 +41,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sim.apps.python_api import run
+    from sim.apps.python_api import run, run_platform_node
     from sim.studies.run import earlier_outputs
     from sim.studies.sweep import objective
 
@@ -65,7 +65,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
         stamp(out, Path(hc.sweep.dir))  # this job belongs to the sweep that is running
     try:
         check_overrides(list(hc.overrides.task))
-        result = run(node)
+        result = run_platform_node(node, list(hc.overrides.task)) if node.platform.deployments else run(node)
     except UserError as exc:
         if multirun:
             (out / "error.txt").write_text(f"{exc}\n")
@@ -86,6 +86,9 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     if multirun:
         met = "meets" if s["slo_met"] else "misses"
         print(f"fleetsim: job {hc.job.num}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
+    elif hasattr(result, "parts"):
+        print(format_platform(s, result.platform))
+        print(f"  outputs    {_shown(out)}")
     else:
         print(format_summary(s, result.config))
         print(f"  outputs    {_shown(out)}")
