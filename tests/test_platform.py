@@ -124,3 +124,64 @@ def test_bad_declarations_exit_2_with_one_line(tmp_path, override, message):
     assert p.returncode == 2, p.stderr
     assert p.stderr.startswith(f"fleetsim: error: {message}"), p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def _plan(tmp_path, *extra: str) -> dict:
+    import json
+
+    out = tmp_path / "plan"
+    args = [
+        "platform=two_models",
+        "workload.duration_s=120",
+        "plan.gpus=[h100,l40s]",
+        "plan.tp=[1,4]",
+        "plan.strategies=[fixed]",
+        "output.plots=false",
+        "platform.deployments.chat=['model=llama3-8b','workload.rate=24']",
+        *extra,
+        f"hydra.run.dir={out}",
+    ]
+    p = subprocess.run(
+        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (out / "deployments" / "chat" / "plan.csv").is_file() and (out / "joint_plan.md").is_file()
+    return json.loads((out / "joint_plan.json").read_text())
+
+
+def test_a_shared_gpu_pool_changes_the_joint_plan(tmp_path):
+    """Alone, the chat model's cheapest is one H100 and the 70B model's one 4 x H100 replica; a
+    pool of 4 H100s cannot hold both, so the chat model moves to its cheapest L40S fleet."""
+    free = _plan(tmp_path / "free")
+    assert free["feasible"] and free["changed_by_budget"] == []
+    assert free["choice"]["chat"]["gpu"] == "h100" and free["peak_gpus"]["h100"] == 5
+    pooled = _plan(tmp_path / "pool", "platform.budget_gpus={h100: 4}")
+    assert pooled["feasible"] and pooled["changed_by_budget"] == ["chat"]
+    assert pooled["choice"]["chat"]["gpu"] == "l40s" and pooled["peak_gpus"]["h100"] <= 4
+    assert pooled["cost_per_hour"] > free["cost_per_hour"]
+
+
+def test_the_joint_choice_is_the_cheapest_within_both_budgets():
+    import pandas as pd
+
+    from sim.config.schema import PlatformConfig
+    from sim.studies.joint import joint_plan
+
+    def table(rows):
+        df = pd.DataFrame(rows, columns=["gpu", "tp", "strategy", "replicas", "cost_per_hour"])
+        return df.assign(rank=df["cost_per_hour"].rank(method="first"))
+
+    a = table([("h100", 1, "fixed", 2, 5.0), ("l40s", 1, "fixed", 6, 6.0), ("h200", 1, "fixed", 1, 9.0)])
+    b = table([("h100", 1, "fixed", 3, 7.0), ("l40s", 1, "fixed", 8, 8.5)])
+    tables = {"a": a, "b": b}
+    assert joint_plan(tables, PlatformConfig())["cost_per_hour"] == 12.0
+    pool = joint_plan(tables, PlatformConfig(budget_gpus={"h100": 3}))  # a's 2 + b's 3 do not fit
+    assert pool["cost_per_hour"] == 13.0 and pool["choice"]["a"]["gpu"] == "l40s"
+    both = joint_plan(tables, PlatformConfig(budget_gpus={"h100": 3, "l40s": 5}))  # no L40S fleet fits either
+    assert both["cost_per_hour"] == 16.0 and both["choice"]["a"]["gpu"] == "h200"
+    assert not joint_plan(tables, PlatformConfig(budget_usd_per_hour=11.0))["feasible"]

@@ -115,7 +115,7 @@ def _compose_node(overrides: Sequence[str], config_name: str = "config"):
         raise _refused_choice(exc) or exc from None
 
 
-def platform_configs(base: Sequence[str], platform) -> dict[str, Config]:
+def platform_configs(base: Sequence[str], platform, config_name: str = "config") -> dict[str, Config]:
     """Each deployment's scenario: the base overrides (the command line's, less those of the
     platform) and then the deployment's own. An override a deployment cannot compose is refused
     naming the deployment (`platform.deployments.NAME: ...`)."""
@@ -129,7 +129,8 @@ def platform_configs(base: Sequence[str], platform) -> dict[str, Config]:
         if not isinstance(own, (list, tuple)) or not all(isinstance(o, str) for o in own):
             raise ConfigError(key, own, "must be a list of overrides, e.g. [model=llama3-70b, gpu=h100]")
         try:
-            out[name] = to_config(_compose_node([*kept, *own]))
+            node = _compose_node([*kept, *own], config_name)
+            out[name] = split_config(node)[0] if config_name == "plan" else to_config(node)
         except ConfigError as exc:
             raise ConfigError(key, exc.value, f"{exc.key}: {exc.allowed}") from None
         except (HydraException, OmegaConfBaseException) as exc:
