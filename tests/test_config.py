@@ -14,7 +14,7 @@ from sim.config.schema import Config
 from sim.des.preflight import validate
 from tests.conftest import cfg
 
-GROUPS = ("workload", "model", "gpu", "engine", "fleet", "api", "slo")
+GROUPS = ("workload", "model", "gpu", "engine", "fleet", "api", "slo", "platform")
 
 
 def options(group: str) -> list[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from sim.config.errors import UserError
 from sim.config.schema import conf_dir
-from sim.output.console import _s, format_summary  # noqa: F401  (format_summary: also for tests)
+from sim.output.console import _s, format_platform, format_summary  # noqa: F401  (format_summary: also for tests)
 
 EXIT_USAGE = 2
 
@@ -41,7 +41,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sim.apps.python_api import run
+    from sim.apps.python_api import run, run_platform_node
     from sim.studies.run import earlier_outputs
     from sim.studies.sweep import objective
 
@@ -65,7 +65,7 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
         stamp(out, Path(hc.sweep.dir))  # this job belongs to the sweep that is running
     try:
         check_overrides(list(hc.overrides.task))
-        result = run(node)
+        result = run_platform_node(node, list(hc.overrides.task)) if node.platform.deployments else run(node)
     except UserError as exc:
         if multirun:
             (out / "error.txt").write_text(f"{exc}\n")
@@ -86,6 +86,9 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
     if multirun:
         met = "meets" if s["slo_met"] else "misses"
         print(f"fleetsim: job {hc.job.num}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
+    elif hasattr(result, "parts"):
+        print(format_platform(s, result.platform))
+        print(f"  outputs    {_shown(out)}")
     else:
         print(format_summary(s, result.config))
         print(f"  outputs    {_shown(out)}")
@@ -341,6 +344,9 @@ def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task f
         print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     t0 = time.perf_counter()
+    if cfg.platform.deployments:
+        _joint_plan(cfg, p, list(hc.overrides.task), out, t0)
+        return
     if p.mode == "breakeven":
         df = planner.breakeven(cfg, p, gpus)
         cross, cross_no_ops = planner.crossovers(df), planner.crossovers(df, with_ops=False)
@@ -361,6 +367,56 @@ def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task f
     print(planner.ranked_text(df))
     print(f"  {planner.run_count_line(df, p, wall)}")
     print(f"  plan.csv, plan.md and plots/ in {out}")
+
+
+def _joint_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
+    """fleetsim-plan platform=NAME: each deployment planned, then the cheapest combination
+    within the platform's budgets (`sim.studies.joint`)."""
+    import json
+    import time
+
+    from sim.apps.python_api import platform_configs
+    from sim.config.schema import validate_platform
+    from sim.results.metrics import json_ready
+    from sim.studies import joint
+    from sim.studies import plan as planner
+
+    try:
+        if p.mode == "breakeven":
+            raise UserError(
+                "plan.mode=breakeven: break-even compares one deployment with an API; "
+                "plan a platform with plan.mode=plan"
+            )
+        validate_platform(cfg.platform)
+        cfgs = platform_configs(overrides, cfg.platform, "plan")
+        gpus = planner.gpu_options(cfg, p)
+        for name, c in cfgs.items():
+            problem = _scenario_problem(planner, c, p, gpus)
+            if problem:
+                raise UserError(f"platform.deployments.{name}: {problem}")
+    except UserError as exc:
+        print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    tables = dict(zip(cfgs, planner.plan_many(list(cfgs.values()), p, gpus), strict=True))
+    wall = time.perf_counter() - t0
+    for name, df in tables.items():
+        planner.save_plan(out / "deployments" / name, cfgs[name], p, df, wall, plots=cfg.output.plots)
+    answer = joint.joint_plan(tables, cfg.platform)
+    (out / "joint_plan.json").write_text(json.dumps(json_ready(answer), indent=2) + "\n")
+    text = joint.joint_report(answer)
+    (out / "joint_plan.md").write_text(text)
+    print(text.rstrip())
+    runs = sum(len(df) for df in tables.values())
+    print(f"  {runs} simulations in {wall:.0f} s; joint_plan.md, joint_plan.json and deployments/ in {out}")
+
+
+def _scenario_problem(planner, cfg, p, gpus) -> str:
+    """Why the planner cannot take this scenario ('' when it can)."""
+    try:
+        planner.validate_scenario(cfg, p, gpus)
+    except UserError as exc:
+        return str(exc)
+    return ""
 
 
 def _gpu_loader(overrides: list[str]):

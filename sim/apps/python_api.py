@@ -34,6 +34,8 @@ def schema(cls: type = Config) -> Any:
     with open_dict(node.fleet):
         node.fleet.autoscaler = OmegaConf.create(plain(FixedAutoscaler()))
     OmegaConf.set_struct(node.fleet.autoscaler, False)
+    for mapping in (node.platform.deployments, node.platform.escalation.class_share, node.platform.budget_gpus):
+        OmegaConf.set_struct(mapping, False)  # names of the user's own: deployments, classes, GPU types
     return node
 
 
@@ -93,6 +95,75 @@ def compose(overrides: Sequence[str] = (), config_name: str = "config") -> Confi
         except ConfigCompositionException as exc:
             raise _refused_choice(exc) or exc from None
     return to_config(node)
+
+
+def _compose_node(overrides: Sequence[str], config_name: str = "config"):
+    """Hydra's composition of these overrides: inside a running Hydra app (the CLIs) through
+    its own loader, elsewhere through a fresh one."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        if GlobalHydra.instance().is_initialized():
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+        register_configs()
+        with initialize_config_dir(config_dir=conf_dir(), version_base="1.3"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except ConfigCompositionException as exc:
+        raise _refused_choice(exc) or exc from None
+
+
+def platform_configs(base: Sequence[str], platform, config_name: str = "config") -> dict[str, Config]:
+    """Each deployment's scenario: the base overrides (the command line's, less those of the
+    platform) and then the deployment's own. An override a deployment cannot compose is refused
+    naming the deployment (`platform.deployments.NAME: ...`)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    kept = [o for o in base if not o.lstrip("+~").startswith("platform")]
+    out = {}
+    for name, own in platform.deployments.items():
+        key = f"platform.deployments.{name}"
+        if not isinstance(own, (list, tuple)) or not all(isinstance(o, str) for o in own):
+            raise ConfigError(key, own, "must be a list of overrides, e.g. [model=llama3-70b, gpu=h100]")
+        try:
+            node = _compose_node([*kept, *own], config_name)
+            out[name] = split_config(node)[0] if config_name == "plan" else to_config(node)
+        except ConfigError as exc:
+            raise ConfigError(key, exc.value, f"{exc.key}: {exc.allowed}") from None
+        except (HydraException, OmegaConfBaseException) as exc:
+            import re
+
+            from sim.config.schema import options
+
+            first = str(exc).strip().splitlines()[0]
+            m = re.search(r"Could not find '([\w/]+)/([^']+)'", first)
+            if m:  # an option the group does not have
+                group, name = m.groups()
+                raise ConfigError(
+                    f"{key}: {group}", name, f"unknown option; known: {', '.join(options(group))}"
+                ) from None
+            raise ConfigError(key, " ".join(own), first) from None
+    return out
+
+
+def run_platform(overrides: Sequence[str] = ()):
+    """Compose `overrides` (naming a platform, e.g. `platform=two_models`) and simulate every
+    deployment (`sim.studies.platform.run_platform`)."""
+    return run_platform_node(_compose_node(overrides), overrides)
+
+
+def run_platform_node(node: Any, overrides: Sequence[str]):
+    """A composed config that declares deployments, simulated (its `overrides`: the base of
+    every deployment's own)."""
+    from sim.studies.platform import run_platform as simulate_platform
+
+    cfg = to_config(node)
+    if not cfg.platform.deployments:
+        raise ConfigError("platform", cfg.platform.name, "declares no deployments (platform=NAME with deployments)")
+    return simulate_platform(platform_configs(overrides, cfg.platform), cfg.platform, cfg.seed)
 
 
 def _refused_choice(exc: Exception) -> ConfigError | None:

@@ -127,3 +127,9 @@ AUTOSCALERS = ("fixed", "target", "ray", "schedule")  # sim.des.autoscale.AUTOSC
 AUTOSCALER_METRICS = Metric.names()
 MEMORY_PROFILERS = ("v0.15", "v0.21", "v0.8", "v0.7", "v0.6")  # sim.hardware.kvcache.PROFILERS
 OVERFLOW = Overflow.names()
+
+
+class Escalation(Choice):  # how a cascade tier passes requests on (sim.studies.platform)
+    share = "share"  # a fixed share of each tier's answers, drawn per request
+    class_share = "class_share"  # a share per request class
+    confidence = "confidence"  # a confidence drawn per request from a Beta distribution, under a threshold

@@ -28,6 +28,7 @@ from sim.config.names import (
     ApiBilling,
     Arrival,
     Burst,
+    Escalation,
     GpuBilling,
     KvDtype,
     LengthDist,
@@ -509,6 +510,36 @@ class LimitsConfig:
 
 
 @dataclass
+class EscalationConfig:
+    """How a cascade's tier passes a request on to the next tier, after answering it (the
+    answer is thrown away and the next tier answers again). One entry per boundary: `share[0]`
+    from tier 1 to 2, `share[1]` from tier 2 to 3, ..."""
+
+    kind: Escalation = Escalation.share
+    share: list[float] = field(default_factory=list)  # share: each boundary's share of answers passed on
+    class_share: dict[str, list[float]] = field(default_factory=dict)  # class_share: per request class
+    # confidence: each tier's confidence in its answer ~ Beta(a, b), drawn per request; passed on
+    # when under the boundary's threshold (the share passed on is the Beta CDF at the threshold)
+    confidence_a: Positive[float] = 2.0
+    confidence_b: Positive[float] = 2.0
+    threshold: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PlatformConfig:
+    """Several deployments in one scenario (`platform=NAME`; `none`: one deployment, the rest of
+    the config). Each deployment is the base scenario with its own overrides (model, GPU, engine,
+    fleet, SLO, workload), simulated on its own GPUs; `cascade` chains some of them as tiers."""
+
+    name: str = "none"
+    deployments: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides of the base scenario
+    cascade: list[str] = field(default_factory=list)  # tiers, cheapest first: deployments' names
+    escalation: EscalationConfig = field(default_factory=EscalationConfig)
+    budget_usd_per_hour: NonNeg[float] | None = None  # a shared budget: the plan's total cost rate under it
+    budget_gpus: dict[str, int] = field(default_factory=dict)  # a shared node pool: GPUs of each type
+
+
+@dataclass
 class Config:
     seed: int = 0
     seeds: list[int] | None = None  # replications: run once per seed, report means and 95% intervals
@@ -522,6 +553,7 @@ class Config:
     slo: SloConfig = field(default_factory=lambda: default_option("slo"))
     output: OutputConfig = field(default_factory=OutputConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    platform: PlatformConfig = field(default_factory=PlatformConfig)
 
 
 # ----------------------------------------------------------------------------- building
@@ -1328,6 +1360,42 @@ def validate_service(cfg: Config) -> None:
     validate_fleet(cfg.fleet)
     validate_api(cfg.api, cfg.fleet)
     validate_run(cfg)
+
+
+def validate_platform(pc: PlatformConfig) -> None:
+    """A platform's cascade names its deployments, with one escalation entry per boundary
+    between tiers, each a share in [0, 1]; budgets are not negative."""
+    check(pc, "platform")
+    names = list(pc.deployments)
+    for i, tier in enumerate(pc.cascade):
+        require(
+            tier in pc.deployments,
+            f"platform.cascade[{i}]",
+            tier,
+            f"not a deployment; deployments: {', '.join(names) or 'none'}",
+        )
+    require(len(set(pc.cascade)) == len(pc.cascade), "platform.cascade", pc.cascade, "names a deployment twice")
+    require(len(pc.cascade) != 1, "platform.cascade", pc.cascade, "a cascade needs at least two tiers")
+    boundaries = max(len(pc.cascade) - 1, 0)
+    e = pc.escalation
+    lists = {"share": {"": e.share}, "threshold": {"": e.threshold}, "class_share": e.class_share}
+    wanted = {"share": "share", "class_share": "class_share", "confidence": "threshold"}[str(e.kind)]
+    for name, per in lists.items():
+        for cls, values in per.items():
+            key = f"platform.escalation.{name}" + (f".{cls}" if cls else "")
+            for j, v in enumerate(values):
+                require(0.0 <= v <= 1.0, f"{key}[{j}]", v, "must be a share in [0, 1]")
+            if pc.cascade and name == wanted:
+                require(
+                    len(values) == boundaries,
+                    key,
+                    values,
+                    f"needs one entry per boundary between the {len(pc.cascade)} tiers ({boundaries})",
+                )
+    if pc.cascade and wanted == "class_share":
+        require(bool(e.class_share), "platform.escalation.class_share", {}, "name each request class's shares")
+    for gpu, n in pc.budget_gpus.items():
+        require(isinstance(n, int) and n >= 0, f"platform.budget_gpus.{gpu}", n, "must be an integer >= 0")
 
 
 def validate_model(m: ModelConfig) -> None:

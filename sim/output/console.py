@@ -228,3 +228,33 @@ def _notes(s: dict, cfg: Config) -> list[str]:
             "(fleet.replicas), lower the load or let an API take the overflow (api=default)"
         ]
     return []
+
+
+def format_platform(s: dict, pc) -> str:
+    """A platform's run: the totals, one line per deployment, the cascade as its users saw it."""
+    verdict = "MET" if s["slo_met"] else "MISSED"
+    lines = [
+        f"fleetsim: platform {pc.name}: {len(pc.deployments)} deployments, SLOs {verdict}; "
+        f"${s['cost_per_hour']:,.2f}/hour (${s['cost_per_month']:,.0f}/month), ${_fmt(s['cost_per_mtok'], '', 4)}/M "
+        f"tokens, {_fmt(s['gpus'])} GPUs on average",
+    ]
+    for name in pc.deployments:
+        d = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"deployment.{name}.")}
+        tier = f" (tier {pc.cascade.index(name) + 1})" if name in pc.cascade else ""
+        lines.append(
+            f"  {name:<12s} {d['model']} on {_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}{tier}: "
+            f"{_count(d['n_requests'])} requests, attainment {d['slo_attainment']:.1%} "
+            f"({'met' if d['slo_met'] else 'missed'}), ${d['cost_per_hour']:,.2f}/hour"
+        )
+    if pc.cascade:
+        shares = ", ".join(f"{t} {s[f'cascade.answered_by.{t}']:.1%}" for t in pc.cascade)
+        lines.append(
+            f"  cascade      {_count(s['cascade.n_requests'])} requests answered by {shares}; as its users saw it "
+            f"(the first tier's SLO): TTFT p50 {_s(s['cascade.ttft_p50'])}, p99 {_s(s['cascade.ttft_p99'])}, "
+            f"attainment {s['cascade.slo_attainment']:.1%} ({'met' if s['cascade.slo_met'] else 'missed'})"
+        )
+    if "within_budget" in s:
+        lines.append(
+            f"  budget       ${s['budget_usd_per_hour']:,.2f}/hour: {'within' if s['within_budget'] else 'OVER'}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""Several deployments in one scenario (`platform=NAME`): each the base scenario with its own
+overrides (model, GPU, engine, fleet, SLO, traffic), on GPUs of its own, and optionally a
+cascade that chains some of them as tiers.
+
+Deployments outside a cascade share nothing, so each is simulated on its own, exactly as a
+separate run of its config: per-deployment results are those runs' results, and the totals add
+their costs and tokens. A cascade's tiers run in order: tier 1 takes the traffic; each request it
+answers (by a replica or by an API) is passed on to tier 2 with the escalation model's
+probability, at the moment tier 1 ended it, the same prompt and output lengths (the request is
+answered again, by a bigger model); and so on. A tier sees only what reached it, so it runs once
+the tier before has ended, on that traffic; nothing flows back. What the user sees is the last
+tier's answer: its TTFT counts from the original arrival (the earlier tiers' whole answers
+included), its TPOT is the last tier's. The cascade is judged on the first tier's SLO, the one
+its users were promised. A rejected request is not passed on. Every tier's fleet is paid for the
+whole run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from sim.config.errors import ConfigError
+from sim.config.schema import Config, PlatformConfig, validate_platform
+from sim.results.metrics import _pct, _slo, json_ready, slo_mask
+from sim.studies.run import Result, run
+from sim.workload.build import Workload, stream
+
+TOTAL_KEYS = ("total_cost", "gpu_cost", "api_cost", "cost_per_hour", "cost_per_month")
+PART_KEYS = (
+    "n_requests",
+    "slo_attainment",
+    "slo_met",
+    "ttft_slo_percentile",
+    "tpot_slo_percentile",
+    "total_cost",
+    "cost_per_hour",
+    "cost_per_month",
+    "cost_per_mtok",
+    "mean_replicas",
+    "gpus_per_replica",
+)
+
+
+@dataclass
+class PlatformResult:
+    platform: PlatformConfig
+    parts: dict[str, Result]  # each deployment's run (a cascade tier: on the traffic that reached it)
+    summary: dict
+    cascade: pd.DataFrame | None = None  # one row per request that entered the cascade, as its user saw it
+    configs: dict[str, Config] = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Each deployment's outputs in deployments/NAME/, the cascade's requests in
+        cascade.parquet, then summary.json (totals and per-deployment figures), last."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, result in self.parts.items():
+            result.save(out / "deployments" / name)
+        if self.cascade is not None:
+            self.cascade.to_parquet(out / "cascade.parquet", index=False)
+        tmp = out / ".summary.json.tmp"
+        tmp.write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
+        os.replace(tmp, out / "summary.json")
+        return out
+
+
+def run_platform(configs: dict[str, Config], pc: PlatformConfig, seed: int = 0) -> PlatformResult:
+    """Simulate every deployment (`configs`: name -> its composed scenario) and the cascade."""
+    validate_platform(pc)
+    missing = [n for n in pc.deployments if n not in configs]
+    if missing:
+        raise ConfigError(f"platform.deployments.{missing[0]}", "?", "has no composed config")
+    parts = {name: _run(name, configs[name]) for name in pc.deployments if name not in pc.cascade}
+    cascade = None
+    if pc.cascade:
+        tiers, cascade = run_cascade({t: configs[t] for t in pc.cascade}, pc, seed)
+        parts.update(zip(pc.cascade, tiers, strict=True))
+    parts = {name: parts[name] for name in pc.deployments}  # in the declared order
+    summary = combine(parts, pc, cascade, configs[pc.cascade[0]] if pc.cascade else None)
+    return PlatformResult(pc, parts, summary, cascade, configs)
+
+
+def _run(name: str, cfg: Config, workload: Workload | None = None) -> Result:
+    """One deployment's run; a value it refuses is named with the deployment."""
+    try:
+        return run(cfg, workload)
+    except ConfigError as exc:
+        raise ConfigError(f"platform.deployments.{name}: {exc.key}", exc.value, exc.allowed) from None
+
+
+# ----------------------------------------------------------------------------- cascade
+
+
+def escalation_probability(pc: PlatformConfig, boundary: int, classes: np.ndarray) -> np.ndarray:
+    """Each request's probability of being passed on at `boundary` (0: tier 1 to tier 2)."""
+    e = pc.escalation
+    if e.kind == "share":
+        return np.full(len(classes), e.share[boundary])
+    if e.kind == "class_share":
+        p = np.zeros(len(classes))
+        for name, shares in e.class_share.items():
+            p[classes == name] = shares[boundary]
+        unknown = sorted(set(classes) - set(e.class_share))
+        if unknown:
+            raise ConfigError(
+                "platform.escalation.class_share",
+                unknown[0],
+                f"request class without shares (classes: {', '.join(sorted(set(classes)))})",
+            )
+        return p
+    return np.full(len(classes), stats.beta.cdf(e.threshold[boundary], e.confidence_a, e.confidence_b))
+
+
+def escalated(pc: PlatformConfig, boundary: int, tier: pd.DataFrame, seed: int) -> np.ndarray:
+    """Which of a tier's requests go on: answered, and drawn under their probability (one
+    uniform draw per request, in the tier's order, from the boundary's own stream; for the
+    confidence model the draw is the confidence itself, passed on under the threshold)."""
+    answered = tier["route"].to_numpy() != "rejected"
+    rng = stream(seed, f"escalation.{boundary}")
+    if pc.escalation.kind == "confidence":
+        e = pc.escalation
+        confidence = rng.beta(e.confidence_a, e.confidence_b, len(tier))
+        return answered & (confidence < e.threshold[boundary])
+    p = escalation_probability(pc, boundary, tier["class"].to_numpy().astype(str))
+    return answered & (rng.random(len(tier)) < p)
+
+
+def next_workload(tier: pd.DataFrame, go: np.ndarray) -> tuple[Workload, np.ndarray]:
+    """The traffic a tier passes on: the requests in `go`, arriving when this tier ended them,
+    in arrival order; and each one's row in `tier`."""
+    rows = np.flatnonzero(go)
+    order = np.argsort(tier["finish_s"].to_numpy()[rows], kind="stable")
+    rows = rows[order]
+    sent = tier.iloc[rows]
+    names, classes = np.unique(sent["class"].to_numpy().astype(str), return_inverse=True)
+    wl = Workload(
+        arrival_s=sent["finish_s"].to_numpy(dtype=np.float64),
+        prompt_tokens=sent["prompt_tokens"].to_numpy(dtype=np.int64),
+        output_tokens=sent["output_tokens"].to_numpy(dtype=np.int64),
+        classes=classes.astype(np.int32),
+        class_names=tuple(names) or ("default",),
+    )
+    return wl, rows
+
+
+def run_cascade(tiers: dict[str, Config], pc: PlatformConfig, seed: int) -> tuple[list[Result], pd.DataFrame]:
+    """The tiers' runs, and one row per request as its user saw it (`tier`: the tier whose
+    answer it got, 1-based; `ttft_s`, `e2e_s` from the original arrival; the last tier's TPOT)."""
+    names, cfgs = list(tiers), list(tiers.values())
+    first = _run(names[0], cfgs[0])
+    results = [first]
+    req = first.requests
+    n = len(req)
+    view = pd.DataFrame(
+        {
+            "id": req["id"].to_numpy(),
+            "arrival_s": req["arrival_s"].to_numpy(),
+            "class": req["class"].to_numpy(),
+            "prompt_tokens": req["prompt_tokens"].to_numpy(),
+            "output_tokens": req["output_tokens"].to_numpy(),
+            "tier": np.ones(n, dtype=np.int64),
+            "route": req["route"].to_numpy(),
+            "ttft_s": req["ttft_s"].to_numpy(),
+            "tpot_s": req["tpot_s"].to_numpy(),
+            "e2e_s": req["e2e_s"].to_numpy(),
+        }
+    )
+    current, ids = req, np.arange(n)  # the last tier's requests, and their rows in `view`
+    for k in range(1, len(cfgs)):
+        go = escalated(pc, k - 1, current, seed)
+        if not go.any():
+            raise ConfigError(
+                "platform.escalation",
+                str(pc.escalation.kind),
+                f"no request reached tier {k + 1} ({names[k]}): its fleet would only idle; "
+                "drop the tier from platform.cascade or pass more on",
+            )
+        wl, rows = next_workload(current, go)
+        result = _run(names[k], cfgs[k], wl)
+        results.append(result)
+        ids = ids[rows]
+        tier = result.requests
+        arrival0 = view["arrival_s"].to_numpy()[ids]
+        entry = tier["arrival_s"].to_numpy()
+        view.loc[ids, "tier"] = k + 1
+        view.loc[ids, "route"] = tier["route"].to_numpy()
+        view.loc[ids, "ttft_s"] = entry + tier["ttft_s"].to_numpy() - arrival0
+        view.loc[ids, "e2e_s"] = entry + tier["e2e_s"].to_numpy() - arrival0
+        view.loc[ids, "tpot_s"] = tier["tpot_s"].to_numpy()
+        current = tier
+    return results, view
+
+
+def cascade_summary(view: pd.DataFrame, cfg: Config, tiers: list[str]) -> dict:
+    """The cascade as its users saw it, judged on the first tier's SLO."""
+    ok = slo_mask(view, cfg.slo.ttft_s, cfg.slo.tpot_s)
+    ttft, tpot = view["ttft_s"].to_numpy(), view["tpot_s"].to_numpy()
+    served = view["route"].to_numpy() != "rejected"
+    attainment, ttft_q, tpot_q, met = _slo(cfg.slo, ok, ttft, tpot, served)
+    tier = view["tier"].to_numpy()
+    out = {
+        "n_requests": len(view),
+        "slo_attainment": attainment,
+        "slo_met": met,
+        "ttft_slo_percentile": ttft_q,
+        "tpot_slo_percentile": tpot_q,
+        "ttft_mean": float(np.nanmean(ttft)) if len(view) else math.nan,
+        "e2e_mean": float(np.nanmean(view["e2e_s"].to_numpy())) if len(view) else math.nan,
+        **{f"ttft_p{q}": _pct(ttft, q) for q in (50, 99)},
+        **{f"tpot_p{q}": _pct(tpot, q) for q in (50, 99)},
+    }
+    for i, name in enumerate(tiers):
+        out[f"answered_by.{name}"] = float((tier == i + 1).mean()) if len(view) else math.nan
+    return out
+
+
+# ----------------------------------------------------------------------------- totals
+
+
+def combine(parts: dict[str, Result], pc: PlatformConfig, view: pd.DataFrame | None, entry: Config | None) -> dict:
+    """Totals over the deployments (costs and cost rates add; tokens are those of the answers
+    users got, a cascade's requests counted once), each deployment's key figures as
+    `deployment.NAME.KEY`, the cascade's as `cascade.KEY`, and the budget's verdict."""
+    s: dict = {key: float(sum(r.summary.get(key, 0.0) for r in parts.values())) for key in TOTAL_KEYS}
+    user_tokens = 0.0
+    for name, r in parts.items():
+        if name in pc.cascade[1:]:
+            continue  # tokens answered again by a later tier: the user got one answer
+        user_tokens += r.summary["input_tokens"] + r.summary["output_tokens"]
+    s["tokens"] = user_tokens
+    s["cost_per_mtok"] = s["total_cost"] / user_tokens * 1e6 if user_tokens else math.nan
+    s["gpus"] = float(sum(r.summary["mean_replicas"] * r.summary["gpus_per_replica"] for r in parts.values()))
+    for name, r in parts.items():
+        s.update({f"deployment.{name}.{k}": r.summary.get(k) for k in PART_KEYS})
+        s[f"deployment.{name}.gpu"] = r.config.gpu.name
+        s[f"deployment.{name}.model"] = r.config.model.name
+    met = [bool(r.summary["slo_met"]) for n, r in parts.items() if n not in pc.cascade]
+    if view is not None and entry is not None:
+        c = cascade_summary(view, entry, pc.cascade)
+        s.update({f"cascade.{k}": v for k, v in c.items()})
+        met.append(bool(c["slo_met"]))
+    s["slo_met"] = all(met)
+    attainments = [r.summary["slo_attainment"] for n, r in parts.items() if n not in pc.cascade]
+    if view is not None:
+        attainments.append(s["cascade.slo_attainment"])
+    s["slo_attainment"] = min(attainments)  # the worst-served deployment's (a sweep ranks misses by it)
+    s["n_requests"] = sum(r.summary["n_requests"] for n, r in parts.items() if n not in pc.cascade[1:])
+    if pc.budget_usd_per_hour is not None:
+        s["budget_usd_per_hour"] = pc.budget_usd_per_hour
+        s["within_budget"] = s["cost_per_hour"] <= pc.budget_usd_per_hour
+    return s

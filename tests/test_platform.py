@@ -1,0 +1,187 @@
+"""Several deployments in one scenario (sim/studies/platform.py): nothing shared, each is its own
+run; a cascade equals the hand computation from its tiers' runs; bad declarations exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sim
+from sim.apps.python_api import run_platform
+from tests.conftest import ROOT
+
+SHORT = ("workload.duration_s=300", "output.plots=false", "output.requests=false")
+
+
+def _same(a: dict, b: dict) -> None:
+    for key in set(a) | set(b):
+        if key == "wall_time_s":
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y):
+            continue
+        assert x == y, key
+
+
+def test_deployments_that_share_nothing_are_their_separate_runs():
+    r = run_platform(["platform=two_models", *SHORT])
+    chat = sim.run(sim.compose([*SHORT, "model=llama3-8b", "gpu=l40s", "fleet.replicas=2", "workload.rate=8"]))
+    big = sim.run(
+        sim.compose(
+            [
+                *SHORT,
+                "model=llama3-70b",
+                "gpu=h100",
+                "engine.tensor_parallel_size=4",
+                "fleet.replicas=1",
+                "workload.rate=2",
+            ]
+        )
+    )
+    _same(r.parts["chat"].summary, chat.summary)
+    _same(r.parts["reasoning"].summary, big.summary)
+    s = r.summary
+    assert s["cost_per_hour"] == pytest.approx(chat.summary["cost_per_hour"] + big.summary["cost_per_hour"])
+    assert s["slo_met"] == (chat.summary["slo_met"] and big.summary["slo_met"])
+    tokens = sum(x.summary["input_tokens"] + x.summary["output_tokens"] for x in (chat, big))
+    assert s["cost_per_mtok"] == pytest.approx(s["total_cost"] / tokens * 1e6)
+
+
+FIXED = (
+    "workload.duration_s=900",
+    "workload.rate=4",
+    "workload.prompt_tokens.dist=fixed",
+    "workload.prompt_tokens.mean=200",
+    "workload.output_tokens.dist=fixed",
+    "workload.output_tokens.mean=60",
+    "output.plots=false",
+)
+TIERS = {  # light load, fixed lengths: every tier's latency hardly depends on which requests reach it
+    "small": ["model=qwen2.5-1.5b", "gpu=l40s", "fleet.replicas=1"],
+    "medium": ["model=llama3-8b", "gpu=l40s", "fleet.replicas=1"],
+    "large": ["model=llama3-70b", "gpu=h100", "engine.tensor_parallel_size=4", "fleet.replicas=1"],
+}
+SHARES = (0.5, 0.4)
+
+
+def test_a_three_tier_cascade_equals_the_hand_computation_from_its_tiers_runs():
+    """Tier k alone at the rate that reaches it (4, 2, 0.8 req/s): cost rates add; the user's mean
+    TTFT is (1-s1) T1 + s1 (1-s2) (E1 + T2) + s1 s2 (E1 + E2 + T3), T the tiers' mean TTFT and E
+    their mean end-to-end latency; the run's within 2% of it."""
+    deployments = "{" + ", ".join(f"{k}: [{', '.join(repr(o) for o in v)}]" for k, v in TIERS.items()) + "}"
+    r = run_platform(
+        [
+            *FIXED,
+            f"platform.deployments={deployments}",
+            "platform.cascade=[small,medium,large]",
+            f"platform.escalation.share=[{SHARES[0]},{SHARES[1]}]",
+        ]
+    )
+    s1, s2 = SHARES
+    alone = {}
+    for (name, over), rate in zip(TIERS.items(), (4, 4 * s1, 4 * s1 * s2), strict=True):
+        res = sim.run(sim.compose([*FIXED, *over, f"workload.rate={rate}"]))
+        req = res.requests
+        alone[name] = (res.summary, req["ttft_s"].mean(), req["e2e_s"].mean())
+    (a, t1, e1), (b, t2, e2), (c, t3, _) = alone.values()
+    hand_ttft = (1 - s1) * t1 + s1 * (1 - s2) * (e1 + t2) + s1 * s2 * (e1 + e2 + t3)
+    hand_cost = a["cost_per_hour"] + b["cost_per_hour"] + c["cost_per_hour"]
+    got = r.summary
+    assert got["cost_per_hour"] == pytest.approx(hand_cost, rel=0.02)
+    assert got["total_cost"] == pytest.approx(a["total_cost"] + b["total_cost"] + c["total_cost"], rel=0.02)
+    assert got["cascade.ttft_mean"] == pytest.approx(hand_ttft, rel=0.02)
+    # the shares that ended at each tier: binomial draws around 50%, 30%, 20% (3,600 requests: 4 sigma)
+    n = got["cascade.n_requests"]
+    for tier, share in zip(TIERS, ((1 - s1), s1 * (1 - s2), s1 * s2), strict=True):
+        assert abs(got[f"cascade.answered_by.{tier}"] - share) < 4 * np.sqrt(share * (1 - share) / n)
+    view = r.cascade
+    assert (view["ttft_s"] >= 0).all() and len(view) == n  # every request once, none lost
+
+
+def _fleetsim(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sim", *args], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "platform.cascade=[small,medium,huge]",
+            "platform.cascade[2]='huge': not a deployment; deployments: small, medium, large",
+        ),
+        ("platform.escalation.share=[0.4,1.5]", "platform.escalation.share[1]=1.5: must be a share in [0, 1]"),
+        ("platform.escalation.share=[0.4]", "platform.escalation.share=[0.4]: needs one entry per boundary"),
+        ("platform.deployments.small=['model=nosuch','gpu=l40s']", "platform.deployments.small="),
+    ],
+)
+def test_bad_declarations_exit_2_with_one_line(tmp_path, override, message):
+    p = _fleetsim("platform=cascade3", override, "workload.duration_s=30", f"hydra.run.dir={tmp_path / 'run'}")
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.startswith(f"fleetsim: error: {message}"), p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def _plan(tmp_path, *extra: str) -> dict:
+    import json
+
+    out = tmp_path / "plan"
+    args = [
+        "platform=two_models",
+        "workload.duration_s=120",
+        "plan.gpus=[h100,l40s]",
+        "plan.tp=[1,4]",
+        "plan.strategies=[fixed]",
+        "output.plots=false",
+        "platform.deployments.chat=['model=llama3-8b','workload.rate=24']",
+        *extra,
+        f"hydra.run.dir={out}",
+    ]
+    p = subprocess.run(
+        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert p.returncode == 0, p.stderr
+    assert (out / "deployments" / "chat" / "plan.csv").is_file() and (out / "joint_plan.md").is_file()
+    return json.loads((out / "joint_plan.json").read_text())
+
+
+def test_a_shared_gpu_pool_changes_the_joint_plan(tmp_path):
+    """Alone, the chat model's cheapest is one H100 and the 70B model's one 4 x H100 replica; a
+    pool of 4 H100s cannot hold both, so the chat model moves to its cheapest L40S fleet."""
+    free = _plan(tmp_path / "free")
+    assert free["feasible"] and free["changed_by_budget"] == []
+    assert free["choice"]["chat"]["gpu"] == "h100" and free["peak_gpus"]["h100"] == 5
+    pooled = _plan(tmp_path / "pool", "platform.budget_gpus={h100: 4}")
+    assert pooled["feasible"] and pooled["changed_by_budget"] == ["chat"]
+    assert pooled["choice"]["chat"]["gpu"] == "l40s" and pooled["peak_gpus"]["h100"] <= 4
+    assert pooled["cost_per_hour"] > free["cost_per_hour"]
+
+
+def test_the_joint_choice_is_the_cheapest_within_both_budgets():
+    import pandas as pd
+
+    from sim.config.schema import PlatformConfig
+    from sim.studies.joint import joint_plan
+
+    def table(rows):
+        df = pd.DataFrame(rows, columns=["gpu", "tp", "strategy", "replicas", "cost_per_hour"])
+        return df.assign(rank=df["cost_per_hour"].rank(method="first"))
+
+    a = table([("h100", 1, "fixed", 2, 5.0), ("l40s", 1, "fixed", 6, 6.0), ("h200", 1, "fixed", 1, 9.0)])
+    b = table([("h100", 1, "fixed", 3, 7.0), ("l40s", 1, "fixed", 8, 8.5)])
+    tables = {"a": a, "b": b}
+    assert joint_plan(tables, PlatformConfig())["cost_per_hour"] == 12.0
+    pool = joint_plan(tables, PlatformConfig(budget_gpus={"h100": 3}))  # a's 2 + b's 3 do not fit
+    assert pool["cost_per_hour"] == 13.0 and pool["choice"]["a"]["gpu"] == "l40s"
+    both = joint_plan(tables, PlatformConfig(budget_gpus={"h100": 3, "l40s": 5}))  # no L40S fleet fits either
+    assert both["cost_per_hour"] == 16.0 and both["choice"]["a"]["gpu"] == "h200"
+    assert not joint_plan(tables, PlatformConfig(budget_usd_per_hour=11.0))["feasible"]
