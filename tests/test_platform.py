@@ -98,7 +98,9 @@ def test_a_three_tier_cascade_equals_the_hand_computation_from_its_tiers_runs():
     for tier, share in zip(TIERS, ((1 - s1), s1 * (1 - s2), s1 * s2), strict=True):
         assert abs(got[f"cascade.answered_by.{tier}"] - share) < 4 * np.sqrt(share * (1 - share) / n)
     view = r.cascade
-    assert (view["ttft_s"] >= 0).all() and len(view) == n  # every request once, none lost
+    assert len(view) == r.parts["small"].summary["n_requests"] == view["id"].nunique()  # every request once
+    assert (view["ttft_s"] >= 0).all() and (view["route"] != "rejected").all()
+    assert r.parts["medium"].summary["n_requests"] == (view["tier"] >= 2).sum()  # what tier 1 passed on, all of it
 
 
 def _fleetsim(*args: str) -> subprocess.CompletedProcess:
@@ -116,7 +118,11 @@ def _fleetsim(*args: str) -> subprocess.CompletedProcess:
         ),
         ("platform.escalation.share=[0.4,1.5]", "platform.escalation.share[1]=1.5: must be a share in [0, 1]"),
         ("platform.escalation.share=[0.4]", "platform.escalation.share=[0.4]: needs one entry per boundary"),
-        ("platform.deployments.small=['model=nosuch','gpu=l40s']", "platform.deployments.small="),
+        (
+            "platform.deployments.small=['model=nosuch','gpu=l40s']",
+            "platform.deployments.small: model='nosuch': unknown option; known: glm-4.5",
+        ),
+        ("platform.deployments.small=['fleet.replicas=0']", "platform.deployments.small: fleet.replicas=0: no GPUs"),
     ],
 )
 def test_bad_declarations_exit_2_with_one_line(tmp_path, override, message):
@@ -185,3 +191,57 @@ def test_the_joint_choice_is_the_cheapest_within_both_budgets():
     both = joint_plan(tables, PlatformConfig(budget_gpus={"h100": 3, "l40s": 5}))  # no L40S fleet fits either
     assert both["cost_per_hour"] == 16.0 and both["choice"]["a"]["gpu"] == "h200"
     assert not joint_plan(tables, PlatformConfig(budget_usd_per_hour=11.0))["feasible"]
+
+
+def test_escalation_by_class_and_by_confidence():
+    """class_share: each class's own share; confidence: Beta(a, b) under the threshold, a share
+    of Beta's CDF. 20,000 draws: 4-sigma tolerances."""
+    import pandas as pd
+    from scipy import stats
+
+    from sim.config.schema import EscalationConfig, PlatformConfig
+    from sim.studies.platform import escalated
+
+    n = 20_000
+    tier = pd.DataFrame({"route": ["gpu"] * (n - 100) + ["rejected"] * 100, "class": ["easy", "hard"] * (n // 2)})
+    pc = PlatformConfig(
+        deployments={"a": [], "b": []},
+        cascade=["a", "b"],
+        escalation=EscalationConfig(kind="class_share", class_share={"easy": [0.1], "hard": [0.7]}),
+    )
+    go = escalated(pc, 0, tier, seed=3)
+    assert not go[tier["route"].to_numpy() == "rejected"].any()  # a rejected request is not passed on
+    for cls, share in (("easy", 0.1), ("hard", 0.7)):
+        mine = (tier["class"] == cls).to_numpy() & (tier["route"] == "gpu").to_numpy()
+        assert abs(go[mine].mean() - share) < 4 * np.sqrt(share * (1 - share) / mine.sum())
+    pc.escalation = EscalationConfig(kind="confidence", confidence_a=2.0, confidence_b=5.0, threshold=[0.3])
+    share = stats.beta.cdf(0.3, 2.0, 5.0)
+    go = escalated(pc, 0, tier, seed=3)
+    answered = (tier["route"] == "gpu").to_numpy()
+    assert abs(go[answered].mean() - share) < 4 * np.sqrt(share * (1 - share) / answered.sum())
+    assert (go == escalated(pc, 0, tier, seed=3)).all()  # the same seed, the same requests
+
+
+def test_a_platform_run_writes_the_same_bytes_for_the_same_seed(tmp_path):
+    args = ("platform=cascade3", "workload.duration_s=60", "output.plots=false")
+    for name in ("a", "b"):
+        p = _fleetsim(*args, f"hydra.run.dir={tmp_path / name}")
+        assert p.returncode == 0, p.stderr
+        assert "cascade      " in p.stdout and "platform cascade3" in p.stdout
+    for f in ("summary.json", "cascade.parquet", "deployments/medium/requests.parquet"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_a_cascade_with_seeds_or_a_plan_of_one_is_refused_in_one_line(tmp_path):
+    p = _fleetsim("platform=cascade3", "seeds=[1,2]", "workload.duration_s=30", f"hydra.run.dir={tmp_path / 'r'}")
+    assert p.returncode == 2 and p.stderr.startswith("fleetsim: error: seeds=[1, 2]: a cascade runs one seed")
+    q = subprocess.run(
+        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", "platform=cascade3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**__import__("os").environ, "HYDRA_FULL_ERROR": "0"},
+    )
+    assert q.returncode == 2 and q.stderr.startswith("fleetsim-plan: error: platform.cascade: the planner"), q.stderr

@@ -388,6 +388,11 @@ def _joint_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
                 "plan a platform with plan.mode=plan"
             )
         validate_platform(cfg.platform)
+        if cfg.platform.cascade:
+            raise UserError(
+                "platform.cascade: the planner does not size a cascade's tiers yet (each would be planned for all "
+                "the traffic); plan each tier at the rate that reaches it (docs/platforms.md)"
+            )
         cfgs = platform_configs(overrides, cfg.platform, "plan")
         gpus = planner.gpu_options(cfg, p)
         for name, c in cfgs.items():

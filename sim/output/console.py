@@ -241,8 +241,9 @@ def format_platform(s: dict, pc) -> str:
     for name in pc.deployments:
         d = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"deployment.{name}.")}
         tier = f" (tier {pc.cascade.index(name) + 1})" if name in pc.cascade else ""
+        where = f"{_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}" if d["mean_replicas"] else "an API"
         lines.append(
-            f"  {name:<12s} {d['model']} on {_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}{tier}: "
+            f"  {name:<12s} {d['model']} on {where}{tier}: "
             f"{_count(d['n_requests'])} requests, attainment {d['slo_attainment']:.1%} "
             f"({'met' if d['slo_met'] else 'missed'}), ${d['cost_per_hour']:,.2f}/hour"
         )

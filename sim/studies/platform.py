@@ -11,8 +11,8 @@ answered again, by a bigger model); and so on. A tier sees only what reached it,
 the tier before has ended, on that traffic; nothing flows back. What the user sees is the last
 tier's answer: its TTFT counts from the original arrival (the earlier tiers' whole answers
 included), its TPOT is the last tier's. The cascade is judged on the first tier's SLO, the one
-its users were promised. A rejected request is not passed on. Every tier's fleet is paid for the
-whole run.
+its users were promised. A rejected request is not passed on. Each tier's fleet is paid from the
+start until its own last request ends.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from sim.config.errors import ConfigError
+from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, PlatformConfig, validate_platform
 from sim.results.metrics import _pct, _slo, json_ready, slo_mask
 from sim.studies.run import Result, run
@@ -59,8 +59,14 @@ class PlatformResult:
 
     def save(self, out_dir: str | Path) -> Path:
         """Each deployment's outputs in deployments/NAME/, the cascade's requests in
-        cascade.parquet, then summary.json (totals and per-deployment figures), last."""
+        cascade.parquet, then summary.json (totals and per-deployment figures), last. A
+        directory holding an earlier run's outputs is refused."""
+        from sim.studies.run import earlier_outputs
+
         out = Path(out_dir)
+        earlier = earlier_outputs(out)
+        if earlier:
+            raise UserError(f"{out}: holds an earlier run's outputs ({', '.join(earlier[:3])})")
         out.mkdir(parents=True, exist_ok=True)
         for name, result in self.parts.items():
             result.save(out / "deployments" / name)
@@ -78,6 +84,13 @@ def run_platform(configs: dict[str, Config], pc: PlatformConfig, seed: int = 0) 
     missing = [n for n in pc.deployments if n not in configs]
     if missing:
         raise ConfigError(f"platform.deployments.{missing[0]}", "?", "has no composed config")
+    for tier in pc.cascade:
+        if configs[tier].seeds:
+            raise ConfigError(
+                "seeds",
+                configs[tier].seeds,
+                f"a cascade runs one seed at a time (tier {tier}): run it per seed (seed=N) and compare",
+            )
     parts = {name: _run(name, configs[name]) for name in pc.deployments if name not in pc.cascade}
     cascade = None
     if pc.cascade:
@@ -180,8 +193,8 @@ def run_cascade(tiers: dict[str, Config], pc: PlatformConfig, seed: int) -> tupl
             raise ConfigError(
                 "platform.escalation",
                 str(pc.escalation.kind),
-                f"no request reached tier {k + 1} ({names[k]}): its fleet would only idle; "
-                "drop the tier from platform.cascade or pass more on",
+                f"in this run no request was passed on to tier {k + 1} ({names[k]}; {len(current)} reached "
+                f"tier {k}): its fleet would only idle; more traffic, a longer run or a higher share reaches it",
             )
         wl, rows = next_workload(current, go)
         result = _run(names[k], cfgs[k], wl)
@@ -251,7 +264,8 @@ def combine(parts: dict[str, Result], pc: PlatformConfig, view: pd.DataFrame | N
     attainments = [r.summary["slo_attainment"] for n, r in parts.items() if n not in pc.cascade]
     if view is not None:
         attainments.append(s["cascade.slo_attainment"])
-    s["slo_attainment"] = min(attainments)  # the worst-served deployment's (a sweep ranks misses by it)
+    # the worst-served deployment's (a sweep ranks misses by it); one that served nothing: 0
+    s["slo_attainment"] = min(0.0 if a is None or math.isnan(a) else a for a in attainments)
     s["n_requests"] = sum(r.summary["n_requests"] for n, r in parts.items() if n not in pc.cascade[1:])
     if pc.budget_usd_per_hour is not None:
         s["budget_usd_per_hour"] = pc.budget_usd_per_hour

@@ -121,6 +121,8 @@ OUTPUTS = (
     "config.yaml",
     "report.md",
     "error.txt",
+    "deployments",  # a platform's (sim.studies.platform)
+    "cascade.parquet",
     "plots",
     ".summary.json.tmp",
 )
