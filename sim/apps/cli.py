@@ -82,17 +82,19 @@ def _task(node, kept: frozenset = frozenset()):  # the Hydra task function
         print(f"fleetsim: job {hc.job.num} failed: {type(exc).__name__}: {line}", file=sys.stderr)
         return objective(None)
     result.save(out)
+    _print_result(result, out, hc.job.num if multirun else None)
+    return objective(result.summary)
+
+
+def _print_result(result, out: Path, job: int | None) -> None:
+    """A sweep job's one line, or a run's summary (one deployment's, or a platform's)."""
     s = result.summary
-    if multirun:
+    if job is not None:
         met = "meets" if s["slo_met"] else "misses"
-        print(f"fleetsim: job {hc.job.num}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
-    elif hasattr(result, "parts"):
-        print(format_platform(s, result.platform))
-        print(f"  outputs    {_shown(out)}")
-    else:
-        print(format_summary(s, result.config))
-        print(f"  outputs    {_shown(out)}")
-    return objective(s)
+        print(f"fleetsim: job {job}: ${s['total_cost']:,.2f}, {met} the SLO ({s['slo_attainment']:.1%})")
+        return
+    print(format_platform(s, result.platform) if hasattr(result, "parts") else format_summary(s, result.config))
+    print(f"  outputs    {_shown(out)}")
 
 
 def check_overrides(overrides: list[str]) -> None:

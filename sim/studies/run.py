@@ -42,10 +42,7 @@ def config_yaml(cfg: Config) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'" if quoted else None)
 
     Dumper.add_representer(str, text)
-    data = plain(cfg)
-    if not cfg.platform.deployments:  # one deployment: the platform block says nothing
-        data.pop("platform", None)
-    return yaml.dump(data, Dumper=Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
+    return yaml.dump(plain(cfg), Dumper=Dumper, default_flow_style=False, allow_unicode=True, sort_keys=False)
 
 
 _YAML_BOOLS = {v for b in ("y", "yes", "n", "no", "true", "false", "on", "off") for v in (b, b.title(), b.upper())}
