@@ -34,7 +34,8 @@ def schema(cls: type = Config) -> Any:
     with open_dict(node.fleet):
         node.fleet.autoscaler = OmegaConf.create(plain(FixedAutoscaler()))
     OmegaConf.set_struct(node.fleet.autoscaler, False)
-    for mapping in (node.platform.deployments, node.platform.escalation.class_share, node.platform.budget_gpus):
+    pc = node.platform
+    for mapping in (pc.deployments, pc.escalation.class_share, pc.budget_gpus, pc.pools):
         OmegaConf.set_struct(mapping, False)  # names of the user's own: deployments, classes, GPU types
     return node
 

@@ -534,6 +534,10 @@ class PlatformConfig:
     name: str = "none"
     deployments: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides of the base scenario
     cascade: list[str] = field(default_factory=list)  # tiers, cheapest first: deployments' names
+    # mixed pools: a deployment served by several of the declared ones (its pools, each a GPU
+    # type with its own fleet, autoscaler and pricing) behind one front router, on the first
+    # pool's traffic: {chat: [base, burst]}
+    pools: dict[str, list[str]] = field(default_factory=dict)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     budget_usd_per_hour: NonNeg[float] | None = None  # a shared budget: the plan's total cost rate under it
     budget_gpus: dict[str, int] = field(default_factory=dict)  # a shared node pool: GPUs of each type
@@ -1362,6 +1366,22 @@ def validate_service(cfg: Config) -> None:
     validate_run(cfg)
 
 
+def _validate_pools(pc: PlatformConfig) -> None:
+    """Each pooled deployment names at least two declared deployments, none a cascade tier or a
+    pool of another."""
+    names = list(pc.deployments)
+    pooled: dict[str, str] = {}
+    for group, members in pc.pools.items():
+        key = f"platform.pools.{group}"
+        require(group not in pc.deployments, key, group, "a pooled deployment needs a name of its own")
+        require(len(members) >= 2, key, members, "pools: at least two of the declared deployments")
+        for j, m in enumerate(members):
+            require(m in pc.deployments, f"{key}[{j}]", m, f"not a deployment; deployments: {', '.join(names)}")
+            require(m not in pc.cascade, f"{key}[{j}]", m, "is a cascade tier: a pool cannot be one yet")
+            require(m not in pooled, f"{key}[{j}]", m, f"is already a pool of {pooled.get(m)}")
+            pooled[m] = group
+
+
 def validate_platform(pc: PlatformConfig) -> None:
     """A platform's cascade names its deployments, with one escalation entry per boundary
     between tiers, each a share in [0, 1]; budgets are not negative."""
@@ -1394,6 +1414,7 @@ def validate_platform(pc: PlatformConfig) -> None:
                 )
     if pc.cascade and wanted == "class_share":
         require(bool(e.class_share), "platform.escalation.class_share", {}, "name each request class's shares")
+    _validate_pools(pc)
     for gpu, n in pc.budget_gpus.items():
         require(isinstance(n, int) and n >= 0, f"platform.budget_gpus.{gpu}", n, "must be an integer >= 0")
 

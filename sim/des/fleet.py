@@ -93,16 +93,23 @@ class Fleet:
         perf: PerfModel,
         plan: MemoryPlan,
         users: Conversations | None = None,
+        fed: bool = False,
     ):
         """`users`: closed-loop users who send the requests (`workload` is then what they have
-        sent so far: nothing, but its prefix-block layout)."""
+        sent so far: nothing, but its prefix-block layout). `fed`: a pool of a mixed-pool
+        deployment, whose requests a front router hands it (`inject`, then `end_feed`;
+        `sim.des.pools`)."""
         self.env = env
         self.cfg = cfg
         self.workload = workload
         self.perf = perf
         self.plan = plan
         self.users = users
-        self.records = Records(len(workload) if users is None else users.capacity())
+        self.fed: list[tuple[float, int, int]] | None = [] if fed else None  # (arrival, prompt, output) handed in
+        if fed:
+            self.records = Records(1024)  # grows as requests are handed in
+        else:
+            self.records = Records(len(workload) if users is None else users.capacity())
         f = cfg.fleet
         self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
         self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)
@@ -140,7 +147,8 @@ class Fleet:
 
     def _init_accounting(self, workload: Workload, users: Conversations | None) -> None:
         """Counters and the time series' live integrals."""
-        self.n_total: float = len(workload) if users is None else math.inf  # closed loop: known when all stop
+        # closed loop or fed: known when all users stop, or the feed ends
+        self.n_total: float = len(workload) if users is None and self.fed is None else math.inf
         self.n_closed = 0
         self._users_left = 0
         self.finished = self.env.event()
@@ -174,10 +182,10 @@ class Fleet:
         the autoscaler when anything can change the fleet's size."""
         f, env = self.cfg.fleet, self.env
         self.life.launch(f.replicas, f.start_warm)
-        if users is None:
-            _Timer(env, 0.0, self._first_arrival, simpy.events.URGENT)  # when a process would start
-        else:
+        if users is not None:
             self._start_users()
+        elif self.fed is None:
+            _Timer(env, 0.0, self._first_arrival, simpy.events.URGENT)  # when a process would start
         env.process(self.sample(self.cfg.output.timeseries_interval_s))
         if not self.fixed or f.pricing.kind == "spot" or f.pricing.burst == "spot" or not f.start_warm:
             env.process(self.autoscale())
@@ -421,6 +429,26 @@ class Fleet:
         if self.users is not None:
             out = int(self.records.served_output[req.id])
             self._answered(req.id, out if out >= 0 else req.output)
+
+    # ------------------------------------------------------------------ a pool, fed by a front router
+
+    def inject(self, prompt: int, output: int) -> None:
+        """A request the front router hands this pool now (`sim.des.pools`)."""
+        fed = self.fed
+        i = len(fed)  # type: ignore[arg-type]
+        fed.append((self.env.now, prompt, output))  # type: ignore[union-attr]
+        if i >= len(self.records):
+            self.records.resize(2 * (i + 1))
+        req = self._enter(i, self.env.now, prompt, output)
+        if req is not None:
+            self.dispatch(req)
+
+    def end_feed(self) -> None:
+        """No more requests will come: the pool finishes when those it has end."""
+        self._arrivals_done = True
+        self.n_total = len(self.fed)  # type: ignore[arg-type]
+        if self.n_closed == self.n_total and not self.finished.triggered:
+            self.finished.succeed()
 
     # ------------------------------------------------------------------ closed loop
 

@@ -241,11 +241,26 @@ def format_platform(s: dict, pc) -> str:
     for name in pc.deployments:
         d = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"deployment.{name}.")}
         tier = f" (tier {pc.cascade.index(name) + 1})" if name in pc.cascade else ""
-        where = f"{_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}" if d["mean_replicas"] else "an API"
+        api_only = d["n_requests"] and d.get("n_api") == d["n_requests"]
+        where = "an API" if api_only else f"{_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}"
+        group = next((g for g, members in pc.pools.items() if name in members), None)
+        tier += f" (a pool of {group})" if group else ""
+        verdict = (
+            f"attainment {d['slo_attainment']:.1%} ({'met' if d['slo_met'] else 'missed'})"
+            if d["n_requests"]
+            else "no request reached it"
+        )
         lines.append(
-            f"  {name:<12s} {d['model']} on {where}{tier}: "
-            f"{_count(d['n_requests'])} requests, attainment {d['slo_attainment']:.1%} "
-            f"({'met' if d['slo_met'] else 'missed'}), ${d['cost_per_hour']:,.2f}/hour"
+            f"  {name:<12s} {d['model']} on {where}{tier}: {_count(d['n_requests'])} requests, {verdict}, "
+            f"${d['cost_per_hour']:,.2f}/hour"
+        )
+    for group, members in pc.pools.items():
+        g = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"pools.{group}.")}
+        shares = ", ".join(f"{m} {g[f'share.{m}']:.1%} (capacity {g[f'capacity_share.{m}']:.1%})" for m in members)
+        lines.append(
+            f"  {group:<12s} pools {' + '.join(members)}: {_count(g['n_requests'])} requests routed {shares}; "
+            f"attainment {g['slo_attainment']:.1%} ({'met' if g['slo_met'] else 'missed'}), "
+            f"${g['cost_per_hour']:,.2f}/hour"
         )
     if pc.cascade:
         shares = ", ".join(f"{t} {s[f'cascade.answered_by.{t}']:.1%}" for t in pc.cascade)

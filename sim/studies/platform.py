@@ -28,7 +28,7 @@ import pandas as pd
 from scipy import stats
 
 from sim.config.errors import ConfigError, UserError
-from sim.config.schema import Config, PlatformConfig, validate_platform
+from sim.config.schema import Config, PlatformConfig, is_closed, is_sessions, validate_platform
 from sim.results.metrics import _pct, _slo, json_ready, slo_mask
 from sim.studies.run import Result, run
 from sim.workload.build import Workload, stream
@@ -36,6 +36,7 @@ from sim.workload.build import Workload, stream
 TOTAL_KEYS = ("total_cost", "gpu_cost", "api_cost", "cost_per_hour", "cost_per_month")
 PART_KEYS = (
     "n_requests",
+    "n_api",
     "slo_attainment",
     "slo_met",
     "ttft_slo_percentile",
@@ -91,20 +92,32 @@ def run_platform(configs: dict[str, Config], pc: PlatformConfig, seed: int = 0) 
                 configs[tier].seeds,
                 f"a cascade runs one seed at a time (tier {tier}): run it per seed (seed=N) and compare",
             )
-    parts = {name: _run(name, configs[name]) for name in pc.deployments if name not in pc.cascade}
+    pooled = {m for members in pc.pools.values() for m in members}
+    parts = {
+        name: _run(name, configs[name]) for name in pc.deployments if name not in pc.cascade and name not in pooled
+    }
+    groups = {}
+    for group, members in pc.pools.items():
+        results, groups[group] = run_pools(group, members, [configs[m] for m in members])
+        parts.update(results)
     cascade = None
     if pc.cascade:
         tiers, cascade = run_cascade({t: configs[t] for t in pc.cascade}, pc, seed)
         parts.update(zip(pc.cascade, tiers, strict=True))
     parts = {name: parts[name] for name in pc.deployments}  # in the declared order
-    summary = combine(parts, pc, cascade, configs[pc.cascade[0]] if pc.cascade else None)
+    summary = combine(parts, pc, cascade, configs[pc.cascade[0]] if pc.cascade else None, groups)
     return PlatformResult(pc, parts, summary, cascade, configs)
 
 
 def _run(name: str, cfg: Config, workload: Workload | None = None) -> Result:
     """One deployment's run; a value it refuses is named with the deployment."""
+    return _named(name, run, cfg, workload)
+
+
+def _named(name: str, fn, *args):
+    """fn(*args), a ConfigError it raises named with the deployment."""
     try:
-        return run(cfg, workload)
+        return fn(*args)
     except ConfigError as exc:
         raise ConfigError(f"platform.deployments.{name}: {exc.key}", exc.value, exc.allowed) from None
 
@@ -238,7 +251,13 @@ def cascade_summary(view: pd.DataFrame, cfg: Config, tiers: list[str]) -> dict:
 # ----------------------------------------------------------------------------- totals
 
 
-def combine(parts: dict[str, Result], pc: PlatformConfig, view: pd.DataFrame | None, entry: Config | None) -> dict:
+def combine(
+    parts: dict[str, Result],
+    pc: PlatformConfig,
+    view: pd.DataFrame | None,
+    entry: Config | None,
+    groups: dict[str, dict] | None = None,
+) -> dict:
     """Totals over the deployments (costs and cost rates add; tokens are those of the answers
     users got, a cascade's requests counted once), each deployment's key figures as
     `deployment.NAME.KEY`, the cascade's as `cascade.KEY`, and the budget's verdict."""
@@ -255,13 +274,18 @@ def combine(parts: dict[str, Result], pc: PlatformConfig, view: pd.DataFrame | N
         s.update({f"deployment.{name}.{k}": r.summary.get(k) for k in PART_KEYS})
         s[f"deployment.{name}.gpu"] = r.config.gpu.name
         s[f"deployment.{name}.model"] = r.config.model.name
-    met = [bool(r.summary["slo_met"]) for n, r in parts.items() if n not in pc.cascade]
+    pooled = {m for members in pc.pools.values() for m in members}
+    met = [bool(r.summary["slo_met"]) for n, r in parts.items() if n not in pc.cascade and n not in pooled]
+    for group, g in (groups or {}).items():
+        s.update({f"pools.{group}.{k}": v for k, v in g.items()})
+        met.append(bool(g["slo_met"]))
     if view is not None and entry is not None:
         c = cascade_summary(view, entry, pc.cascade)
         s.update({f"cascade.{k}": v for k, v in c.items()})
         met.append(bool(c["slo_met"]))
     s["slo_met"] = all(met)
-    attainments = [r.summary["slo_attainment"] for n, r in parts.items() if n not in pc.cascade]
+    attainments = [r.summary["slo_attainment"] for n, r in parts.items() if n not in pc.cascade and n not in pooled]
+    attainments += [g["slo_attainment"] for g in (groups or {}).values()]
     if view is not None:
         attainments.append(s["cascade.slo_attainment"])
     # the worst-served deployment's (a sweep ranks misses by it); one that served nothing: 0
@@ -271,3 +295,73 @@ def combine(parts: dict[str, Result], pc: PlatformConfig, view: pd.DataFrame | N
         s["budget_usd_per_hour"] = pc.budget_usd_per_hour
         s["within_budget"] = s["cost_per_hour"] <= pc.budget_usd_per_hour
     return s
+
+
+# ----------------------------------------------------------------------------- mixed pools
+
+
+def run_pools(group: str, names: list[str], cfgs: list[Config]) -> tuple[dict[str, Result], dict]:
+    """A deployment served by several pools behind one front router (`sim.des.pools`), on the
+    first pool's traffic: each pool's run (its requests keep their ids in the deployment's
+    workload) and the deployment's figures as its users saw them, judged on the first pool's
+    SLO."""
+    import time
+
+    from sim.des.pools import check_pools, simulate_pools
+    from sim.des.preflight import validate
+    from sim.hardware.kvcache import memory_plan
+    from sim.hardware.perf import build_perf
+    from sim.results.summary import summarize_run
+    from sim.workload.build import build_workload
+    from sim.workload.limits import check_workload as check_limits
+
+    check_pools(cfgs, names)
+    for name, c in zip(names, cfgs, strict=True):
+        _named(name, validate, c)
+    first = cfgs[0]
+    if is_closed(first.workload) or is_sessions(first.workload):
+        raise ConfigError(f"platform.pools.{group}", names[0], "closed-loop users and sessions are not pooled yet")
+    wall0 = time.perf_counter()
+    wl = build_workload(first.workload, first.seed, first.limits)
+    check_limits(first, wl.arrival_s, wl.prompt_tokens, wl.output_tokens, len(wl.class_names))
+    if wl.hash_offsets is not None:
+        raise ConfigError(f"platform.pools.{group}", names[0], "prefix-sharing workloads are not pooled yet")
+    plans = [memory_plan(c.model, c.gpu, c.engine) for c in cfgs]
+    perfs = [build_perf(c.model, c.gpu, c.engine) for c in cfgs]
+    runs, sent = simulate_pools(cfgs, wl, perfs, plans)
+    results = {}
+    for name, c, r, perf, plan in zip(names, cfgs, runs, perfs, plans, strict=True):
+        t = summarize_run(c, r.workload, r.outcome, plan, perf)
+        t.summary["wall_time_s"] = time.perf_counter() - wall0
+        requests = t.requests.assign(id=r.ids)
+        results[name] = Result(
+            c, t.summary, requests, t.timeseries, plan, t.engine, bills=t.bills, spans=r.outcome.spans
+        )
+    return results, pooled_summary(results, first, sent)
+
+
+def pooled_summary(results: dict[str, Result], cfg: Config, sent: list[int]) -> dict:
+    """The pooled deployment's requests together, on the first pool's SLO; each pool's share of
+    the requests and of the capacity (replicas x one replica's saturated rate, on average)."""
+    df = pd.concat([r.requests for r in results.values()], ignore_index=True)
+    ok = slo_mask(df, cfg.slo.ttft_s, cfg.slo.tpot_s)
+    ttft, tpot = df["ttft_s"].to_numpy(), df["tpot_s"].to_numpy()
+    served = df["route"].to_numpy() != "rejected"
+    attainment, ttft_q, tpot_q, met = _slo(cfg.slo, ok, ttft, tpot, served)
+    out = {
+        "n_requests": len(df),
+        "slo_attainment": attainment,
+        "slo_met": met,
+        "ttft_slo_percentile": ttft_q,
+        "tpot_slo_percentile": tpot_q,
+        "cost_per_hour": float(sum(r.summary["cost_per_hour"] for r in results.values())),
+    }
+    capacity = {
+        n: r.summary["mean_replicas"] * (r.summary.get("replica_capacity_rps") or 0.0) for n, r in results.items()
+    }
+    capacity = {n: 0.0 if math.isnan(v) else v for n, v in capacity.items()}
+    total = sum(capacity.values())
+    for (name, _), n in zip(results.items(), sent, strict=True):
+        out[f"share.{name}"] = n / len(df) if len(df) else math.nan
+        out[f"capacity_share.{name}"] = capacity[name] / total if total else math.nan
+    return out
