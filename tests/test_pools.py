@@ -81,3 +81,25 @@ def test_pools_of_different_models_are_refused():
 
     with pytest.raises(ConfigError, match=r"platform.deployments.slow: model='llama3-70b': a pool serves"):
         _platform("'gpu=h100'", "'model=llama3-70b', 'engine.tensor_parallel_size=4'")
+
+
+def test_a_bad_pool_declaration_exits_2_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for extra, message in (
+        ("platform.pools={chat: [base, nosuch]}", "platform.pools.chat[1]='nosuch': not a deployment"),
+        ("platform.pools={chat: [base]}", "platform.pools.chat=['base']: pools: at least two"),
+    ):
+        p = subprocess.run(
+            [sys.executable, "-m", "sim", "platform=mixed_pools", extra, f"hydra.run.dir={tmp_path / 'r'}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert p.returncode == 2 and p.stderr.startswith(f"fleetsim: error: {message}"), p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1

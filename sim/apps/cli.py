@@ -390,6 +390,11 @@ def _joint_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
                 "plan a platform with plan.mode=plan"
             )
         validate_platform(cfg.platform)
+        if cfg.platform.pools:
+            raise UserError(
+                "platform.pools: the planner does not split a deployment between pools yet (each pool would be "
+                "planned for all the traffic); compare pool sizes with fleetsim runs (docs/platforms.md)"
+            )
         if cfg.platform.cascade:
             raise UserError(
                 "platform.cascade: the planner does not size a cascade's tiers yet (each would be planned for all "
