@@ -232,16 +232,51 @@ def test_a_platform_run_writes_the_same_bytes_for_the_same_seed(tmp_path):
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
 
 
-def test_a_cascade_with_seeds_or_a_plan_of_one_is_refused_in_one_line(tmp_path):
+def test_a_cascade_with_seeds_is_refused_in_one_line(tmp_path):
     p = _fleetsim("platform=cascade3", "seeds=[1,2]", "workload.duration_s=30", f"hydra.run.dir={tmp_path / 'r'}")
     assert p.returncode == 2 and p.stderr.startswith("fleetsim: error: seeds=[1, 2]: a cascade runs one seed")
-    q = subprocess.run(
-        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", "platform=cascade3"],
+    q = _plan_cli(
+        tmp_path / "q",
+        "platform=cascade3",
+        "platform.escalation.kind=class_share",
+        "platform.escalation.class_share={steady: [0.4, 0.25]}",
+    )
+    assert q.returncode == 2 and q.stderr.startswith("fleetsim-plan: error: platform.escalation.kind=class_share")
+
+
+def _plan_cli(out, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", "from sim.apps.cli import plan_main; plan_main()", *args, f"hydra.run.dir={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
         check=False,
-        env={**__import__("os").environ, "HYDRA_FULL_ERROR": "0"},
     )
-    assert q.returncode == 2 and q.stderr.startswith("fleetsim-plan: error: platform.cascade: the planner"), q.stderr
+
+
+def test_a_cascades_tiers_are_planned_for_the_traffic_that_reaches_them(tmp_path):
+    """Shares 0.4 and 0.25 of 20 req/s: the tiers are planned at 20, 8 and 2 req/s (a 300 s
+    horizon: 6,000 and 2,400 requests; the last tier's horizon grows to plan.min_requests)."""
+    import json
+
+    import pandas as pd
+
+    out = tmp_path / "plan"
+    p = _plan_cli(
+        out,
+        "platform=cascade3",
+        "workload.rate=20",
+        "workload.duration_s=300",
+        "plan.gpus=[h100,l40s]",
+        "plan.tp=[1,4]",
+        "plan.strategies=[fixed]",
+        "output.plots=false",
+    )
+    assert p.returncode == 0, p.stderr
+    j = json.loads((out / "joint_plan.json").read_text())
+    assert j["cascade_reach"] == pytest.approx({"small": 1.0, "medium": 0.4, "large": 0.1})
+    for tier, expected in (("small", 6000), ("medium", 2400)):
+        n = pd.read_csv(out / "deployments" / tier / "plan.csv")["n_requests"].dropna()
+        assert (abs(n - expected) < 5 * np.sqrt(expected)).all(), (tier, n.tolist())
+    assert j["feasible"] and set(j["choice"]) == {"small", "medium", "large"}

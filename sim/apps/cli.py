@@ -395,12 +395,17 @@ def _joint_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
                 "platform.pools: the planner does not split a deployment between pools yet (each pool would be "
                 "planned for all the traffic); compare pool sizes with fleetsim runs (docs/platforms.md)"
             )
+        reach = {}
         if cfg.platform.cascade:
-            raise UserError(
-                "platform.cascade: the planner does not size a cascade's tiers yet (each would be planned for all "
-                "the traffic); plan each tier at the rate that reaches it (docs/platforms.md)"
-            )
+            if cfg.platform.escalation.kind == "class_share":
+                raise UserError(
+                    "platform.escalation.kind=class_share: the planner needs each tier's share of the traffic; "
+                    "plan a cascade with escalation by share or confidence"
+                )
+            reach = joint.cascade_reach(cfg.platform)
         cfgs = platform_configs(overrides, cfg.platform, "plan")
+        for tier, share in reach.items():  # each tier planned for the traffic that reaches it
+            cfgs[tier] = planner.scaled(cfgs[tier], share, p.min_requests)
         gpus = planner.gpu_options(cfg, p)
         for name, c in cfgs.items():
             problem = _scenario_problem(planner, c, p, gpus)
@@ -413,7 +418,7 @@ def _joint_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
     wall = time.perf_counter() - t0
     for name, df in tables.items():
         planner.save_plan(out / "deployments" / name, cfgs[name], p, df, wall, plots=cfg.output.plots)
-    answer = joint.joint_plan(tables, cfg.platform)
+    answer = joint.joint_plan(tables, cfg.platform, reach)
     (out / "joint_plan.json").write_text(json.dumps(json_ready(answer), indent=2) + "\n")
     text = joint.joint_report(answer)
     (out / "joint_plan.md").write_text(text)

@@ -17,6 +17,26 @@ from sim.config.schema import PlatformConfig
 KEEP = 60  # candidates per deployment considered, cheapest first
 
 
+def cascade_reach(pc: PlatformConfig) -> dict[str, float]:
+    """The share of the traffic that reaches each cascade tier (1 for the first): the product of
+    the escalation probabilities before it. A share per class would need the classes' mix: not
+    planned (None)."""
+    from scipy import stats
+
+    e = pc.escalation
+    reach, out = 1.0, {}
+    for k, tier in enumerate(pc.cascade):
+        out[tier] = reach
+        if k < len(pc.cascade) - 1:
+            if e.kind == "share":
+                reach *= e.share[k]
+            elif e.kind == "confidence":
+                reach *= float(stats.beta.cdf(e.threshold[k], e.confidence_a, e.confidence_b))
+            else:
+                raise ValueError("class_share")
+    return out
+
+
 def peak_gpus(row: pd.Series | dict) -> int:
     """GPUs a candidate holds at its peak: replicas (an autoscaler's maximum) x GPUs per replica."""
     tp = int(row.get("tp") or 0)
@@ -70,7 +90,7 @@ def cheapest(options: dict[str, list[dict]], pc: PlatformConfig) -> tuple[dict[s
     return best[0], best[1]
 
 
-def joint_plan(tables: dict[str, pd.DataFrame], pc: PlatformConfig) -> dict:
+def joint_plan(tables: dict[str, pd.DataFrame], pc: PlatformConfig, reach: dict[str, float] | None = None) -> dict:
     """The joint answer: the choice per deployment, its cost rate and GPUs, and what the budgets
     changed against each deployment's own best."""
     options = {name: ranked(df) for name, df in tables.items()}
@@ -80,6 +100,7 @@ def joint_plan(tables: dict[str, pd.DataFrame], pc: PlatformConfig) -> dict:
         "deployments": list(tables),
         "budget_usd_per_hour": pc.budget_usd_per_hour,
         "budget_gpus": dict(pc.budget_gpus),
+        "cascade_reach": dict(reach or {}),
         "own_best": {n: _brief(c) for n, c in own.items()},
         "own_best_cost_per_hour": sum(c["cost_per_hour"] for c in own.values()) if not empty else None,
     }
@@ -127,6 +148,13 @@ def joint_report(j: dict) -> str:
         f"The cheapest plan meeting every deployment's SLO ({', '.join(j['deployments'])})"
         + (f", within a shared budget of {' and '.join(budget)}." if budget else ", with no shared budget.")
     )
+    if j.get("cascade_reach"):
+        tiers = ", ".join(f"{t} {share:.0%}" for t, share in j["cascade_reach"].items())
+        lines.append(
+            f"The cascade's tiers are planned for the traffic that reaches them ({tiers} of it), each on its own "
+            "SLO; what the cascade's users see (escalated requests wait for the earlier answers) is for a "
+            "`fleetsim platform=...` run of the chosen sizes to show."
+        )
     lines.append("")
     if not j["feasible"]:
         return "\n".join([*lines, f"**No plan**: {j['reason']}.", ""])
