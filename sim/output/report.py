@@ -325,3 +325,80 @@ def _values(column: pd.Series) -> list:
 
 def _joined(values: Iterable) -> str:
     return ", ".join(f"{v:g}" if isinstance(v, (int, float)) else str(v) for v in values)
+
+
+def _platform_figures(s: dict, pc) -> list[str]:
+    """One row per deployment; the pooled deployments and the cascade as their users saw them."""
+    lines: list[str] = []
+    rows = []
+    for name in pc.deployments:
+        d = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"deployment.{name}.")}
+        role = f"tier {pc.cascade.index(name) + 1}" if name in pc.cascade else ""
+        role = role or next((f"pool of {g}" for g, m in pc.pools.items() if name in m), "")
+        verdict = f"{d['slo_attainment']:.1%}" if d["n_requests"] else "no requests"
+        rows.append(
+            [
+                name,
+                role,
+                d["model"],
+                f"{_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}",
+                f"{d['n_requests']:,.0f}",
+                verdict,
+                _money(d["cost_per_hour"]),
+            ]
+        )
+    lines += _table(["deployment", "role", "model", "replicas (mean)", "requests", "attainment", "$/hour"], rows)
+    lines.append("")
+    for group, members in pc.pools.items():
+        g = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"pools.{group}.")}
+        shares = ", ".join(
+            f"{m} {g[f'share.{m}']:.1%} of requests ({g[f'capacity_share.{m}']:.1%} of capacity)" for m in members
+        )
+        head = f"Pooled deployment **{group}**: {g['n_requests']:,.0f} requests, attainment {g['slo_attainment']:.1%}"
+        lines += [f"{head}; {shares}.", ""]
+    if pc.cascade:
+        answered = ", ".join(f"{t} {s[f'cascade.answered_by.{t}']:.1%}" for t in pc.cascade)
+        lines += [
+            f"Cascade {' -> '.join(pc.cascade)}: answers from {answered}; as its users saw it, TTFT p50 "
+            f"{_s(s['cascade.ttft_p50'])}, at the SLO's percentile {_s(s['cascade.ttft_slo_percentile'])}; attainment "
+            f"{s['cascade.slo_attainment']:.1%} on the first tier's SLO.",
+            "",
+        ]
+    return lines
+
+
+def platform_report(s: dict, pc) -> str:
+    """report.md of a platform run: each deployment's answer, the cascade and pools as their
+    users saw them, the totals and what to keep in mind."""
+    met = "met" if s["slo_met"] else "missed"
+    lines = [
+        f"# fleetsim platform report: {pc.name}",
+        "",
+        "## The question",
+        "",
+        f"Do the {len(pc.deployments)} deployments ({', '.join(pc.deployments)}) meet their SLOs on their traffic, "
+        "and what does the platform cost?",
+        "",
+        "## The answer",
+        "",
+        f"**SLOs {met}** (the worst-served deployment: {s['slo_attainment']:.1%} within its targets). "
+        f"**{_money(s['cost_per_hour'])}/hour**, {_money(s['cost_per_month'])}/month at this traffic, "
+        f"{_money(s['cost_per_mtok'])} per million tokens answered.",
+        "",
+        "## Figures",
+        "",
+    ]
+    lines += _platform_figures(s, pc)
+    lines += [
+        "## Caveats",
+        "",
+        "- Each deployment's own report.md (deployments/NAME/) lists the caveats of its run.",
+    ]
+    if pc.cascade:
+        lines.append(
+            "- A cascade's escalated requests are answered again from the start: their first token waits for the "
+            "earlier tiers' whole answers."
+        )
+    if pc.pools:
+        lines.append("- The front router of mixed pools routes on backlog and capacity, not on predicted latency.")
+    return "\n".join([*lines, ""])

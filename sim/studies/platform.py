@@ -73,6 +73,9 @@ class PlatformResult:
             result.save(out / "deployments" / name)
         if self.cascade is not None:
             self.cascade.to_parquet(out / "cascade.parquet", index=False)
+        from sim.output.report import platform_report
+
+        (out / "report.md").write_text(platform_report(self.summary, self.platform))
         tmp = out / ".summary.json.tmp"
         tmp.write_text(json.dumps(json_ready(self.summary), indent=2) + "\n")
         os.replace(tmp, out / "summary.json")
