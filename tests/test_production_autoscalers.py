@@ -157,7 +157,10 @@ def test_keda_backlog_and_ttft_signals():
     assert b.decide(0.0, 0.0, 1, 1, Signals(prefill_backlog=8000)) == 1
     c = _keda(replicas=2, signal="ttft", target=0.5, model=_model(ttft=1.0))
     assert c.needs == {"window", "ttft", "engines"}  # engines: the running trigger
-    assert c.decide(0.0, 0.0, 2, 2, Signals(ttft_s=2.0)) == 8  # twice the SLO, target half: 2 x 4
+    # twice the SLO, target half: 2 x 4 = 8, but the HPA's default scale-up adds at most 4 at a time
+    assert c.decide(0.0, 0.0, 2, 2, Signals(ttft_s=2.0)) == 6
+    assert c.decide(15.0, 0.0, 6, 6, Signals(ttft_s=2.0)) == 12  # then at most doubles: 6 x 4 = 24 capped
+    assert _keda(target=1).decide(0.0, 0.0, 1, 1, Signals(queued=30)) == 5  # from one: four more
 
 
 def test_the_slo_capacity_is_the_saturation_rate_with_the_batch_the_slo_allows():

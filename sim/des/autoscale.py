@@ -326,13 +326,14 @@ class Keda:
         return math.ceil((capacity * ratio if fleet_wide else value / target) - EPS)
 
     def _stabilised(self, now: float, raw: int, capacity: int) -> int:
-        """Up at once; down only to the highest proposal of the stabilisation window."""
+        """Up at once, by at most the HPA's default scale-up policies (double, or four more,
+        whichever is more); down only to the highest proposal of the stabilisation window."""
         recs = self._recs
         recs.append((now, raw))
         while recs and recs[0][0] < now - self.cfg.stabilization_window_s - EPS:
             recs.popleft()
         if raw >= capacity:
-            return raw
+            return min(raw, max(2 * capacity, capacity + 4))
         return min(capacity, max(r for _, r in recs))
 
 

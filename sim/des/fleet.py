@@ -613,8 +613,9 @@ class Fleet:
         return min(self.predict.ttft(n, probe) for n in active)
 
     def _poke(self) -> None:
-        """A request waits with no replica able to take it: decide now, as Knative's activator does."""
-        if not self.fixed and not self.life.count(PROVISIONING, WAKING):
+        """A request waits with no replica able to take it: decide now, as Knative's activator does
+        (an autoscaler without one, KEDA's, decides at its own ticks only)."""
+        if not self.fixed and self.autoscaler.activator and not self.life.count(PROVISIONING, WAKING):
             self._autoscale_now()
 
     # ------------------------------------------------------------------ records
