@@ -273,3 +273,12 @@ def test_existing_autoscalers_get_no_signals():
         a = make_autoscaler(c.fleet.autoscaler, 1)
         assert a.needs == frozenset() and a.activator, name
     assert math.isnan(Signals().ttft_s)
+
+
+def test_dynamo_counts_the_arrivals_of_closed_loop_users():
+    over = ("fleet.max_replicas=8", "workload=closed", "workload.users=16", "workload.think_time_s=5")
+    more = ("workload.duration_s=1800", "engine.max_num_seqs=2", "fleet.autoscaler.adjustment_interval_s=60")
+    r = sim.run(cfg("fleet=autoscaled", "fleet/autoscaler=dynamo", *over, *more))
+    s = r.summary
+    assert s["n_gpu"] == s["n_requests"] == len(r.requests) > 1000
+    assert s["max_replicas"] > 1  # the rate the users send at was seen, and sized for
