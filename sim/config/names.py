@@ -75,6 +75,23 @@ class Metric(Choice):
     tokens_per_s = "tokens_per_s"
 
 
+class DynamoMode(Choice):  # sim.des.autoscale.Dynamo
+    throughput = "throughput"  # forecast the request rate, divide by one replica's capacity under the SLO
+    load = "load"  # one replica up or down from KV-cache use and waiting requests
+
+
+class LoadPredictor(Choice):  # the dynamo planner's forecast of the next interval
+    constant = "constant"
+    moving_average = "moving_average"
+    linear = "linear"
+
+
+class KedaSignal(Choice):  # sim.des.autoscale.Keda: the router signal KEDA scales on (llm-d)
+    queue = "queue"  # requests waiting (router queue + engines' waiting queues)
+    backlog_s = "backlog_s"  # prefill tokens queued / prefill tokens per second: seconds of work
+    ttft = "ttft"  # predicted TTFT / slo.ttft_s
+
+
 class PricingKind(Choice):
     on_demand = "on_demand"
     reserved = "reserved"
@@ -123,7 +140,7 @@ TRACE_FORMATS = ("azure", "burstgpt", "mooncake", "csv", "parquet", "sessions") 
 SESSIONS = "sessions"  # the trace format of multi-turn sessions (sim.workload.sessions)
 TIME_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6}  # a trace's time column, in seconds per unit
 ROUTERS = Router.names()
-AUTOSCALERS = ("fixed", "target", "ray", "schedule")  # sim.des.autoscale.AUTOSCALERS
+AUTOSCALERS = ("fixed", "target", "ray", "schedule", "dynamo", "keda")  # sim.des.autoscale.AUTOSCALERS
 AUTOSCALER_METRICS = Metric.names()
 MEMORY_PROFILERS = ("v0.15", "v0.21", "v0.8", "v0.7", "v0.6")  # sim.hardware.kvcache.PROFILERS
 OVERFLOW = Overflow.names()

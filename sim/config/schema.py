@@ -28,10 +28,13 @@ from sim.config.names import (
     ApiBilling,
     Arrival,
     Burst,
+    DynamoMode,
     Escalation,
     GpuBilling,
+    KedaSignal,
     KvDtype,
     LengthDist,
+    LoadPredictor,
     LongOutput,
     Metric,
     OnLimit,
@@ -268,7 +271,7 @@ class AutoscalerConfig:
     has. Each autoscaler adds its own keys in a subclass, registered in `AUTOSCALER_CONFIGS`
     under its name, with one YAML file in conf/fleet/autoscaler/."""
 
-    name: str = "fixed"  # fixed | target | ray | schedule
+    name: str = "fixed"  # fixed | target | ray | schedule | dynamo | keda
     interval_s: Positive[float] = 2.0  # how often load is sampled and a decision taken
 
 
@@ -316,11 +319,49 @@ class ScheduleAutoscaler(AutoscalerConfig):
     schedule: list[int] | None = None
 
 
+@dataclass
+class DynamoAutoscaler(AutoscalerConfig):
+    """NVIDIA Dynamo's planner on the one (aggregated) pool: `throughput` forecasts the request
+    rate and token mix and divides by one replica's capacity under the SLO; `load` steps one
+    replica up or down from KV-cache use and waiting requests."""
+
+    name: str = "dynamo"
+    interval_s: Positive[float] = 10.0  # metric pulling interval (load mode averages these samples)
+    mode: DynamoMode = DynamoMode.throughput  # throughput | load
+    adjustment_interval_s: Positive[float] = 180.0  # a decision every this many seconds
+    predictor: LoadPredictor = LoadPredictor.constant  # throughput: constant | moving_average | linear
+    predictor_window: Positive[int] = 6  # throughput: adjustment intervals the predictor reads
+    kv_high: Fraction[float] = 0.9  # load: mean KV-cache use above this adds a replica
+    kv_low: Share[float] = 0.5  # load: below this (and the queue below queue_low) removes one
+    queue_high: NonNeg[float] = 5.0  # load: waiting requests per replica above this adds a replica
+    queue_low: NonNeg[float] = 0.2  # load: waiting requests per replica below this allows removing one
+
+
+@dataclass
+class KedaAutoscaler(AutoscalerConfig):
+    """KEDA on the router's signals, as llm-d deploys it: an HPA with desired = ceil(signal /
+    target), a scale-down stabilisation window, and KEDA's activation and scale to zero."""
+
+    name: str = "keda"
+    interval_s: Positive[float] = 15.0  # the HPA's sync period
+    signal: KedaSignal = KedaSignal.queue  # queue | backlog_s | ttft
+    target: Positive[float] = 4.0  # per replica: waiting requests, seconds of prefill, or TTFT / slo.ttft_s
+    running_target: Positive[float] | None = 64.0  # a second trigger: running sequences per replica; null: none
+    activation_threshold: NonNeg[float] = 0.0  # the signal must exceed this to scale from zero
+    polling_interval_s: Positive[float] = 30.0  # KEDA's pollingInterval: activation checks
+    cooldown_period_s: NonNeg[float] = 300.0  # KEDA's cooldownPeriod: inactive this long before zero
+    stabilization_window_s: NonNeg[float] = 300.0  # HPA scaleDown.stabilizationWindowSeconds
+    tolerance: Share[float] = 0.1  # the HPA leaves the count alone within this ratio of target
+    prefill_tokens_per_s: Positive[float] | None = None  # backlog_s: calibrated prefill rate; null: the perf model's
+
+
 AUTOSCALER_CONFIGS: dict[str, type[AutoscalerConfig]] = {
     "fixed": FixedAutoscaler,
     "target": TargetAutoscaler,
     "ray": RayAutoscaler,
     "schedule": ScheduleAutoscaler,
+    "dynamo": DynamoAutoscaler,
+    "keda": KedaAutoscaler,
 }
 
 
@@ -1247,6 +1288,14 @@ def _validate_autoscaler(a: AutoscalerConfig) -> None:
             "fleet.autoscaler.panic_window_s",
             a.panic_window_s,
             f"must be in (0, stable_window_s={a.stable_window_s}]",
+        )
+    if isinstance(a, DynamoAutoscaler):
+        require(a.kv_low < a.kv_high, "fleet.autoscaler.kv_low", a.kv_low, f"must be < kv_high={a.kv_high}")
+        require(
+            a.queue_low <= a.queue_high,
+            "fleet.autoscaler.queue_low",
+            a.queue_low,
+            f"must be <= queue_high={a.queue_high}",
         )
     if isinstance(a, ScheduleAutoscaler):
         sched = a.schedule

@@ -34,7 +34,7 @@ import simpy
 from sim.config.errors import ConfigError
 from sim.config.schema import Config, batch_limits, long_prefill_threshold
 from sim.des.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
-from sim.des.autoscale import make_autoscaler
+from sim.des.autoscale import FleetModel, Signals, make_autoscaler
 from sim.des.engine import Replica, Request
 from sim.des.lifecycle import Lifecycle, Node
 from sim.des.overflow import OVERFLOW
@@ -43,6 +43,7 @@ from sim.des.prefix import BlockPool
 from sim.des.recorder import Recorder
 from sim.des.records import (
     ACTIVE,
+    DRAINING,
     PROVISIONING,
     REASON_CONTEXT,
     REASON_NO_GPU,
@@ -56,7 +57,7 @@ from sim.des.records import (
 )
 from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, make_router
 from sim.hardware.kvcache import MemoryPlan
-from sim.hardware.perf import PerfModel
+from sim.hardware.perf import PerfModel, slo_throughput
 from sim.workload.build import Workload, stream
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ class Fleet:
         self.overflow = OVERFLOW[cfg.api.overflow](cfg.api) if cfg.api.enabled else None
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
         clock = workload.clock_start_s or 0.0
-        self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock)
+        self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock, self._fleet_model())
+        self._needs: frozenset[str] = self.autoscaler.needs  # the signals its decisions read
         self.predict = Predictor(
             env, cfg, workload, perf, self.nodes, self.router_queue, self.max_tokens, self.cold_start_s, self.wake_s
         )
@@ -157,6 +159,9 @@ class Fleet:
         self.rec = Recorder()  # the time series and its live integrals
         self._tokens_prev = 0
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
+        self._sent = [0, 0, 0]  # closed loop: requests sent so far, their prompt and output tokens
+        self._cum: tuple[np.ndarray, np.ndarray] | None = None  # open workload: cumulative tokens by arrival
+        self._rps: dict[tuple[int, int], float] = {}  # one replica's capacity by token mix (FleetModel)
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
 
     def _init_lifecycle(self) -> None:
@@ -466,6 +471,10 @@ class Fleet:
             self._user_stopped()
             return
         i, p, o = got
+        sent = self._sent
+        sent[0] += 1
+        sent[1] += p
+        sent[2] += o
         if i >= len(self.records):
             self.records.resize(2 * (i + 1))
         req = self._enter(i, now, p, o)
@@ -534,8 +543,9 @@ class Fleet:
             return
         capacity = self.life.count(PROVISIONING, ACTIVE, WAKING)  # awake or about to be
         ready = self.life.count(ACTIVE)
-        desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity))
-        if self.router_queue:
+        signals = self.signals() if self._needs else None
+        desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity, signals))
+        if self.router_queue and self.autoscaler.activator:
             desired = max(desired, 1)  # requests wait for a replica: never down to zero (scale from zero)
         if desired > capacity:  # wake parked replicas first, then start new ones
             need = desired - capacity
@@ -558,9 +568,82 @@ class Fleet:
         for _ in range(max(0, f.min_replicas - total)):
             self.life.provision()
 
+    # ------------------------------------------------------------------ autoscaler signals
+
+    def _fleet_model(self) -> FleetModel:
+        """The figures an autoscaler may size the fleet with (`sim.des.autoscale.FleetModel`)."""
+        prefill_s = self.perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
+        return FleetModel(self.replica_rps, 1.0 / prefill_s, self.cfg.slo.ttft_s)
+
+    def replica_rps(self, prompt: float, output: float) -> float:
+        """Requests/s one replica sustains at this mix within the TPOT SLO (`slo_throughput`),
+        cached by the whole-token mix."""
+        key = (round(prompt), round(output))
+        got = self._rps.get(key)
+        if got is None:
+            plan = self.plan
+            got = slo_throughput(self.perf, plan.kv_tokens, self.max_seqs, self.max_tokens, *key, self.cfg.slo.tpot_s)
+            self._rps[key] = got
+        return got
+
+    def signals(self) -> Signals:
+        """The fleet now, for an autoscaler that `needs` more than its load figure: only the
+        groups it names are read."""
+        needs = self._needs
+        arrived = self._arrived() if "window" in needs else (0, 0, 0)
+        engines = self._engine_signals() if "engines" in needs else (0, 0, 0.0, 0)
+        ttft = math.nan
+        if "ttft" in needs:
+            ttft = self._predicted_ttft(arrived[1] / arrived[0] if arrived[0] else 1.0)
+        concurrency = sum(n.out for n in self.nodes if n.state != STOPPED) + len(self.router_queue)
+        return Signals(float(concurrency), self._tokens_rate, *arrived, *engines, ttft)  # type: ignore[arg-type]
+
+    def _arrived(self) -> tuple[int, int, int]:
+        """Requests arrived by now and their prompt and output tokens (open workloads: from the
+        arrival times known ahead; closed loops: counted as users send)."""
+        if self.users is not None:
+            return self._sent[0], self._sent[1], self._sent[2]
+        wl = self.workload
+        if self._cum is None:
+            zero = np.zeros(1, dtype=np.int64)
+            self._cum = (
+                np.concatenate([zero, np.cumsum(wl.prompt_tokens, dtype=np.int64)]),
+                np.concatenate([zero, np.cumsum(wl.output_tokens, dtype=np.int64)]),
+            )
+        k = int(np.searchsorted(wl.arrival_s, self.env.now, side="right"))
+        return k, int(self._cum[0][k]), int(self._cum[1][k])
+
+    def _engine_signals(self) -> tuple[int, int, float, int]:
+        """(waiting requests, running sequences, KV use of the awake replicas, prompt tokens still
+        to prefill), the router queue's requests counted as waiting and their prompts as backlog."""
+        queued, backlog = len(self.router_queue), sum(r.prompt for r in self.router_queue)
+        running = used = blocks = 0
+        for n in self.nodes:
+            if n.state == STOPPED:
+                continue
+            eng = n.engine
+            view = eng.view()  # type: ignore[union-attr]  # synced, the same in both engine modes
+            queued += len(eng.waiting)  # type: ignore[union-attr]
+            running += len(eng.running)  # type: ignore[union-attr]
+            backlog += view.backlog
+            if n.state in (ACTIVE, DRAINING):
+                used += eng.kv_blocks_used()  # type: ignore[union-attr]
+                blocks += self.plan.kv_blocks
+        return queued, running, used / blocks if blocks else 0.0, backlog
+
+    def _predicted_ttft(self, prompt: float) -> float:
+        """The TTFT a request of this prompt would get now on the best active replica (the
+        router's pick), or waiting for one to start (`Predictor.ttft`)."""
+        probe = Request(-1, self.env.now, max(round(prompt), 1), 1)
+        active = [n for n in self.nodes if n.state == ACTIVE]
+        if not active:
+            return self.predict.ttft(None, probe)
+        return min(self.predict.ttft(n, probe) for n in active)
+
     def _poke(self) -> None:
-        """A request waits with no replica able to take it: decide now, as Knative's activator does."""
-        if not self.fixed and not self.life.count(PROVISIONING, WAKING):
+        """A request waits with no replica able to take it: decide now, as Knative's activator does
+        (an autoscaler without one, KEDA's, decides at its own ticks only)."""
+        if not self.fixed and self.autoscaler.activator and not self.life.count(PROVISIONING, WAKING):
             self._autoscale_now()
 
     # ------------------------------------------------------------------ records

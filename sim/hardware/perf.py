@@ -286,8 +286,7 @@ def saturation_throughput(
     """
     p, n = max(prompt, 1.0), max(output, 1.0)
     fill = p if prefill is None else min(max(prefill, 0.0), p)  # prompt tokens computed per request
-    b = min(max_num_seqs, max_num_batched_tokens / (1 + fill / n), kv_tokens / (p + n))
-    b = max(1, math.floor(b))
+    b = _saturated_batch(kv_tokens, max_num_seqs, max_num_batched_tokens, p, n, fill)
     context = round(b * (p + n / 2))
     lam = b / n  # new prompts per iteration
     room = max(max_num_batched_tokens - b, 0)
@@ -313,3 +312,45 @@ def saturation_throughput(
     if carried > 0 and room > 0:  # prompts over the budget spill into later iterations: their marginal time
         mean_t += carried / mass * (step(room) - step(0)) / room
     return b / (n * mean_t)
+
+
+def _saturated_batch(
+    kv_tokens: int, max_num_seqs: int, max_num_batched_tokens: int, p: float, n: float, fill: float
+) -> int:
+    """The steady-state batch of `saturation_throughput`: the smallest of the three limits."""
+    b = min(max_num_seqs, max_num_batched_tokens / (1 + fill / n), kv_tokens / (p + n))
+    return max(1, math.floor(b))
+
+
+def slo_throughput(
+    perf: PerfModel,
+    kv_tokens: int,
+    max_num_seqs: int,
+    max_num_batched_tokens: int,
+    prompt: float,
+    output: float,
+    tpot_s: float,
+) -> float:
+    """Requests per second one replica completes at the largest batch whose mean iteration time
+    (the time per output token its sequences see) stays within `tpot_s`: `saturation_throughput`
+    with `max_num_seqs` capped, as a planner sizes a pool from profiled throughput under its
+    inter-token-latency SLO. If even one sequence misses the SLO, the one-sequence rate."""
+    p, n = max(prompt, 1.0), max(output, 1.0)
+
+    def rate(cap: int) -> tuple[float, float]:  # (requests/s, mean iteration time)
+        thr = saturation_throughput(perf, kv_tokens, cap, max_num_batched_tokens, p, n)
+        return thr, _saturated_batch(kv_tokens, cap, max_num_batched_tokens, p, n, p) / (n * thr)
+
+    lo, hi = 1, max(1, max_num_seqs)
+    best = rate(hi)
+    if best[1] <= tpot_s:
+        return best[0]
+    best = rate(lo)
+    while hi - lo > 1:  # the iteration time grows with the batch: the largest cap within the SLO
+        mid = (lo + hi) // 2
+        got = rate(mid)
+        if got[1] <= tpot_s:
+            lo, best = mid, got
+        else:
+            hi = mid
+    return best[0]
