@@ -1224,16 +1224,7 @@ def validate_closed(w: WorkloadConfig) -> None:
     validate_length(w.turns, "workload.turns")
     if multi_turn(w):
         validate_length(w.turn_tokens, "workload.turn_tokens")
-    why = "does not apply to closed-loop users (their arrivals follow the fleet's answers)"
-    for k, value, default in (
-        ("window_start_s", w.window_start_s, None),
-        ("window_end_s", w.window_end_s, None),
-        ("rate_scale", w.rate_scale, 1.0),
-        ("load_scale", w.load_scale, 1.0),
-        ("loop", w.loop, False),
-        ("shared_prefix.groups", w.shared_prefix.groups, 0),
-    ):
-        require(value == default, f"workload.{k}", value, why)
+    _refuse_transforms(w, "does not apply to closed-loop users (their arrivals follow the fleet's answers)")
 
 
 def validate_sessions(w: WorkloadConfig) -> None:
@@ -1242,16 +1233,22 @@ def validate_sessions(w: WorkloadConfig) -> None:
     _nonneg(w.think_time_s, "workload.think_time_s")
     require(w.think_time_s <= LONGEST_S, "workload.think_time_s", w.think_time_s, f"must be at most {LONGEST_S:g} s")
     why = "does not apply to replayed sessions (a turn is sent when the previous one's answer is back)"
-    for k, value, default in (
+    _refuse_transforms(w, why, lengths=True)
+
+
+def _refuse_transforms(w: WorkloadConfig, why: str, *, lengths: bool = False) -> None:
+    """Arrivals that follow the fleet's answers cannot be windowed, rescaled, looped or given
+    shared prefixes (nor, for replayed sessions, have their lengths rescaled): `why` says so."""
+    keys = [
         ("window_start_s", w.window_start_s, None),
         ("window_end_s", w.window_end_s, None),
         ("rate_scale", w.rate_scale, 1.0),
         ("load_scale", w.load_scale, 1.0),
         ("loop", w.loop, False),
-        ("prompt_scale", w.prompt_scale, 1.0),
-        ("output_scale", w.output_scale, 1.0),
-        ("shared_prefix.groups", w.shared_prefix.groups, 0),
-    ):
+    ]
+    if lengths:
+        keys += [("prompt_scale", w.prompt_scale, 1.0), ("output_scale", w.output_scale, 1.0)]
+    for k, value, default in [*keys, ("shared_prefix.groups", w.shared_prefix.groups, 0)]:
         require(value == default, f"workload.{k}", value, why)
 
 
