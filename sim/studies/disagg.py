@@ -190,11 +190,11 @@ def disagg_summary(view: pd.DataFrame, pre: Result, dec: Result) -> dict:
 
 
 def with_replicas(cfg: Config, n: int) -> Config:
-    """The pool's scenario with a fixed fleet of n replicas."""
-    from sim.config.schema import FixedAutoscaler
+    """The pool's scenario with a fixed fleet of n replicas and no API."""
+    from sim.config.schema import ApiConfig, FixedAutoscaler
 
     fleet = dataclasses.replace(cfg.fleet, replicas=n, autoscaler=FixedAutoscaler())
-    return dataclasses.replace(cfg, fleet=fleet)
+    return dataclasses.replace(cfg, fleet=fleet, api=ApiConfig())
 
 
 def _grid_point(args) -> dict:
