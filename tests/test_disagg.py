@@ -116,10 +116,11 @@ def _compare(workload: list[str], rate: float) -> tuple[dict, dict]:
     base = ["workload.duration_s=120", "output.plots=false", f"workload.rate={rate}", *workload]
     co = run(compose([*base, "gpu=h100", "fleet.replicas=2"])).requests
     dis = run_platform([*base, "platform=disagg"]).disaggregated["chat"]
-    out = []
-    for df in (co, dis):
-        out.append({"ttft_p50": np.nanpercentile(df["ttft_s"], 50), "tpot_p95": np.nanpercentile(df["tpot_s"], 95)})
-    return out[0], out[1]
+    a, b = (
+        {"ttft_p50": np.nanpercentile(df["ttft_s"], 50), "tpot_p95": np.nanpercentile(df["tpot_s"], 95)}
+        for df in (co, dis)
+    )
+    return a, b
 
 
 def test_prefill_heavy_disaggregation_lowers_tpot_and_raises_ttft():
