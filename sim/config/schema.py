@@ -1447,7 +1447,7 @@ def _validate_disaggregated(pc: PlatformConfig) -> None:
     tier, a pool or a pool of another disaggregated deployment; its link within its bounds."""
     names = list(pc.deployments)
     taken = {m: f"a pool of {g}" for g, members in pc.pools.items() for m in members}
-    taken.update({t: "a cascade tier" for t in pc.cascade})
+    taken.update(dict.fromkeys(pc.cascade, "a cascade tier"))
     for group, dc in pc.disaggregated.items():
         key = f"platform.disaggregated.{group}"
         require(group not in pc.deployments, key, group, "a disaggregated deployment needs a name of its own")

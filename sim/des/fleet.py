@@ -98,11 +98,9 @@ class Fleet:
         on_end: Callable[[int, float], None] | None = None,
     ):
         """`users`: closed-loop users who send the requests (`workload` is then what they have
-        sent so far: nothing, but its prefix-block layout). `fed`: a pool of a mixed-pool or
-        disaggregated deployment, whose requests are handed to it (`inject`, then `end_feed`;
-        `sim.des.pools`, `sim.des.disagg`). `on_end(i, now)`: called as a replica completes
-        request i or the fleet rejects it, once its record is written (a disaggregated
-        deployment's prefill pool hands the request on)."""
+        sent so far: nothing, but its prefix-block layout). `fed`: a pool whose requests are
+        handed to it (`inject`, then `end_feed`; `sim.des.pools`, `sim.des.disagg`). `on_end(i,
+        now)`: called once request i's GPU or rejection record is written (`sim.des.disagg`)."""
         self.env = env
         self.on_end = on_end
         self.cfg = cfg
@@ -111,10 +109,8 @@ class Fleet:
         self.plan = plan
         self.users = users
         self.fed: list[tuple[float, int, int]] | None = [] if fed else None  # (arrival, prompt, output) handed in
-        if fed:
-            self.records = Records(1024)  # grows as requests are handed in
-        else:
-            self.records = Records(len(workload) if users is None else users.capacity())
+        # one slot per request (fed: grows as requests are handed in)
+        self.records = Records(1024 if fed else len(workload) if users is None else users.capacity())
         f = cfg.fleet
         self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
         self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)

@@ -16,7 +16,7 @@ import pandas as pd
 from sim.config.errors import ConfigError
 from sim.config.schema import Config, DisaggConfig, is_closed, is_sessions
 from sim.results.metrics import _pct, _slo, slo_mask
-from sim.studies.run import Result
+from sim.studies.run import Result, named
 
 VIEW_COLUMNS = (
     "id",
@@ -68,13 +68,12 @@ def run_disagg(
     from sim.hardware.kvcache import memory_plan
     from sim.hardware.perf import build_perf
     from sim.results.summary import summarize_run
-    from sim.studies.platform import _named
     from sim.workload.build import build_workload
     from sim.workload.limits import check_workload as check_limits
 
     check_disagg(group, dc, cfgs)
     for name, c in zip((dc.prefill, dc.decode), cfgs, strict=True):
-        _named(name, validate, c)
+        named(name, validate, c)
     pre = cfgs[0]
     wall0 = time.perf_counter()
     wl = build_workload(pre.workload, pre.seed, pre.limits)

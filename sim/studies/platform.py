@@ -30,7 +30,7 @@ from scipy import stats
 from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, PlatformConfig, is_closed, is_sessions, validate_platform
 from sim.results.metrics import _pct, _slo, json_ready, slo_mask
-from sim.studies.run import Result, run
+from sim.studies.run import Result, named, run
 from sim.workload.build import Workload, stream
 
 TOTAL_KEYS = ("total_cost", "gpu_cost", "api_cost", "cost_per_hour", "cost_per_month")
@@ -132,15 +132,7 @@ def grouped_members(pc: PlatformConfig) -> set[str]:
 
 def _run(name: str, cfg: Config, workload: Workload | None = None) -> Result:
     """One deployment's run; a value it refuses is named with the deployment."""
-    return _named(name, run, cfg, workload)
-
-
-def _named(name: str, fn, *args):
-    """fn(*args), a ConfigError it raises named with the deployment."""
-    try:
-        return fn(*args)
-    except ConfigError as exc:
-        raise ConfigError(f"platform.deployments.{name}: {exc.key}", exc.value, exc.allowed) from None
+    return named(name, run, cfg, workload)
 
 
 # ----------------------------------------------------------------------------- cascade
@@ -350,7 +342,7 @@ def run_pools(group: str, names: list[str], cfgs: list[Config]) -> tuple[dict[st
 
     check_pools(cfgs, names)
     for name, c in zip(names, cfgs, strict=True):
-        _named(name, validate, c)
+        named(name, validate, c)
     first = cfgs[0]
     if is_closed(first.workload) or is_sessions(first.workload):
         raise ConfigError(f"platform.pools.{group}", names[0], "closed-loop users and sessions are not pooled yet")
