@@ -46,7 +46,7 @@ def test_kv_transfer_time_is_bytes_over_bandwidth_plus_latency():
 def test_each_request_waits_its_transfer_between_the_pools():
     """In a run: each decoded request's transfer is its prompt's KV bytes over the link plus the
     latency, exactly, and it reaches the decode pool that long after the prefill pool's answer."""
-    r = _disagg("workload.rate=6")
+    r = _disagg("workload.rate=6", "workload.duration_s=30")
     view = r.disaggregated["chat"]
     per_token = kv_bytes_per_token(r.configs["p"].model, "bf16")
     prompt = view["prompt_tokens"].to_numpy()
@@ -91,7 +91,9 @@ def test_fast_forward_equals_per_iteration(extra):
     """A request arriving with its prompt's KV (computed = prompt - 1) is timed the same in both
     engine modes, preemptions on the decode side (recomputed there) included."""
     views = [
-        _disagg("workload.rate=12", f"engine.fast_forward={ff}", *extra, d="'gpu=l40s'").disaggregated["chat"]
+        _disagg(
+            "workload.rate=12", "workload.duration_s=30", f"engine.fast_forward={ff}", *extra, d="'gpu=l40s'"
+        ).disaggregated["chat"]
         for ff in ("true", "false")
     ]
     if extra:
@@ -104,9 +106,10 @@ def test_fast_forward_equals_per_iteration(extra):
 
 
 def test_the_same_seed_gives_the_same_run():
-    a, b = _disagg("workload.rate=6", "seed=3"), _disagg("workload.rate=6", "seed=3")
+    same = ("workload.rate=6", "workload.duration_s=30")
+    a, b = _disagg(*same, "seed=3"), _disagg(*same, "seed=3")
     pd.testing.assert_frame_equal(a.disaggregated["chat"], b.disaggregated["chat"])
-    c = _disagg("workload.rate=6", "seed=4")
+    c = _disagg(*same, "seed=4")
     assert not a.disaggregated["chat"]["ttft_s"].equals(c.disaggregated["chat"]["ttft_s"])
 
 
@@ -167,3 +170,21 @@ def test_pools_of_different_models_are_refused():
 
     with pytest.raises(ConfigError, match=r"platform.disaggregated.chat.decode: model='qwen2.5-1.5b'"):
         _disagg("workload.rate=1", d="'model=qwen2.5-1.5b'")
+
+
+def test_events_do_not_grow_with_generated_tokens():
+    """Fast-forward: a few engine events per request in each pool, whether answers are 50 or 500
+    tokens long (the decode pool's iterations grow, its events do not)."""
+    runs = []
+    for out in (50, 500):
+        r = _disagg(
+            "workload.rate=2",
+            "workload.duration_s=30",
+            "workload.prompt_tokens={dist: fixed, mean: 500}",
+            f"workload.output_tokens={{dist: fixed, mean: {out}}}",
+        )
+        runs.append((r.parts["p"].summary, r.parts["d"].summary))
+    d50, d500 = runs[0][1], runs[1][1]
+    assert d500["iterations"] > 1.5 * d50["iterations"]
+    for p, d in runs:
+        assert p["engine_events"] <= 2 * p["n_requests"] and d["engine_events"] <= 3 * d["n_requests"]
