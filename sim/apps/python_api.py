@@ -35,7 +35,7 @@ def schema(cls: type = Config) -> Any:
         node.fleet.autoscaler = OmegaConf.create(plain(FixedAutoscaler()))
     OmegaConf.set_struct(node.fleet.autoscaler, False)
     pc = node.platform
-    for mapping in (pc.deployments, pc.escalation.class_share, pc.budget_gpus, pc.pools):
+    for mapping in (pc.deployments, pc.escalation.class_share, pc.budget_gpus, pc.pools, pc.disaggregated):
         OmegaConf.set_struct(mapping, False)  # names of the user's own: deployments, classes, GPU types
     return node
 
