@@ -50,7 +50,7 @@ def run_case(case: dict, where: Path) -> subprocess.CompletedProcess:
         cwd=where,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=180,  # a loaded machine (parallel tests) starts Python slowly
         check=False,
     )
 
