@@ -330,11 +330,10 @@ class Replica:
         now = self.env.now
         pending = self._pending
         if pending is not None:
-            if now < pending.boundary:  # the planned iteration has not started: plan it again
+            if now < pending.boundary:  # planned with the old times: the boundary below decides afresh
                 self._pending = None
-                self._plan_cut(pending.steps, now, cutoff=math.inf)
-                return
-            self._materialize()
+            else:
+                self._materialize()
         if self._run is None:  # a single iteration: the next is formed at its end
             return
         done = self._iterations_done(now) + 1
