@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.config.errors import UserError
+from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, failure_modes_on, has_trace, is_closed, is_sessions, plain
 from sim.des.preflight import validate
 from sim.des.simulate import simulate
@@ -274,3 +274,11 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         spans=out.spans,
         events=events,
     )
+
+
+def named(name: str, fn, *args):
+    """fn(*args), a ConfigError it raises named with the platform's deployment `name`."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        raise ConfigError(f"platform.deployments.{name}: {exc.key}", exc.value, exc.allowed) from None
