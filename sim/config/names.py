@@ -20,6 +20,12 @@ class Arrival(Choice):
     closed = "closed"
 
 
+class PendingDist(Choice):  # sim.des.lifecycle: waiting for GPU capacity before a cold start (fleet.pending_gpu)
+    none = "none"  # capacity on hand: the cold start begins at once
+    exponential = "exponential"
+    lognormal = "lognormal"
+
+
 class TimeUnit(Choice):
     s = "s"
     ms = "ms"

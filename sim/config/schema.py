@@ -39,6 +39,7 @@ from sim.config.names import (
     Metric,
     OnLimit,
     Overflow,
+    PendingDist,
     PricingKind,
     Router,
     ThinkDist,
@@ -416,6 +417,27 @@ class SleepConfig:
 
 
 @dataclass
+class WarmupConfig:
+    """A replica's first iterations after a cold start run slower (fleet.warmup): caches, JIT
+    and allocator warm-up. An iteration that starts within `duration_s` of the replica becoming
+    active takes `factor` times as long (1: off)."""
+
+    factor: Annotated[float, at_least(1, "1: off; 2: twice as slow")] = 1.0
+    duration_s: NonNeg[float] = 0.0
+
+
+@dataclass
+class PendingGpuConfig:
+    """Waiting for GPU capacity before a cold start begins (fleet.pending_gpu): a scale-up
+    draws a wait from `dist` (mean `mean_s`; lognormal: `sigma` of the log) on the fleet's own
+    generator; the replica is not billed while it waits. none: capacity on hand."""
+
+    dist: PendingDist = PendingDist.none  # none | exponential | lognormal
+    mean_s: NonNeg[float] = 0.0
+    sigma: Positive[float] = 1.0  # lognormal: standard deviation of log(wait)
+
+
+@dataclass
 class PricingConfig:
     """How GPU time is priced and billed (fleet.pricing)."""
 
@@ -461,6 +483,11 @@ class FleetConfig:
     cold_start: ColdStartConfig = field(default_factory=ColdStartConfig)
     sleep: SleepConfig = field(default_factory=SleepConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+    # scale-down: true waits for a removed replica's requests to end (draining); false stops it
+    # at once and routes its requests again (counted as dropped_on_scale_down)
+    drain: bool = True
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    pending_gpu: PendingGpuConfig = field(default_factory=PendingGpuConfig)
 
     def __post_init__(self) -> None:
         self.autoscaler = autoscaler_config(self.autoscaler)
@@ -529,10 +556,22 @@ class SloConfig:
 
 
 @dataclass
+class FailureModesConfig:
+    """The autoscaler's failure modes counted in the summary and the fleet plot
+    (output.failure_modes; docs/metrics.md). They are reported when `report` is true, or when
+    a key that causes one is set (fleet.drain=false, fleet.warmup, fleet.pending_gpu)."""
+
+    report: bool = False
+    reversal_intervals: Positive[int] = 3  # a change of direction within this many autoscaler intervals reverses
+    zero_traffic_s: Positive[float] = 600.0  # a stretch this long with no request in the system is zero traffic
+
+
+@dataclass
 class OutputConfig:
     timeseries_interval_s: Positive[float] = 60.0
     plots: bool = True
     requests: bool = True  # write requests.parquet
+    failure_modes: FailureModesConfig = field(default_factory=FailureModesConfig)
 
 
 @dataclass
@@ -912,6 +951,13 @@ def long_prefill_threshold(e: EngineConfig, max_model_len: int) -> int:
     if e.long_prefill_token_threshold > 0:
         return e.long_prefill_token_threshold
     return int(max_model_len * 0.04) if e.max_num_partial_prefills > 1 else 0
+
+
+def failure_modes_on(cfg: Config) -> bool:
+    """Whether the run reports the autoscaler's failure modes (`FailureModesConfig`)."""
+    f = cfg.fleet
+    warmup = f.warmup.factor != 1.0 and f.warmup.duration_s > 0
+    return cfg.output.failure_modes.report or not f.drain or warmup or f.pending_gpu.dist != "none"
 
 
 def batch_limits(e: EngineConfig, g: GpuConfig) -> tuple[int, int]:
@@ -1322,6 +1368,15 @@ def _validate_lifecycle(f: FleetConfig) -> None:
     """Cold starts and sleep."""
     check(f.cold_start, "fleet.cold_start")
     check(f.sleep, "fleet.sleep")
+    check(f.warmup, "fleet.warmup")
+    check(f.pending_gpu, "fleet.pending_gpu")
+    p = f.pending_gpu
+    require(
+        p.dist == "none" or p.mean_s > 0,
+        "fleet.pending_gpu.mean_s",
+        p.mean_s,
+        f"must be > 0 for fleet.pending_gpu.dist={p.dist}",
+    )
 
 
 def _validate_pricing(p: PricingConfig) -> None:
@@ -1574,4 +1629,5 @@ def validate_run(cfg: Config) -> None:
     """The SLO, the outputs and the work limits."""
     check(cfg.slo, "slo")
     check(cfg.output, "output")
+    check(cfg.output.failure_modes, "output.failure_modes")
     check(cfg.limits, "limits")

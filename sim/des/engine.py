@@ -320,6 +320,27 @@ class Replica:
         if self._wake is not None and not self._wake.triggered and (self.running or self.waiting):
             self._wake.succeed()
 
+    def set_perf(self, perf: PerfModel) -> None:
+        """Iterations that start from now on take their times from `perf` (a replica's warm-up
+        begins or ends, fleet.warmup). The iteration in progress keeps its time; a fast-forwarded
+        segment is cut at its end, as per-iteration mode would form the next one there."""
+        self.perf = perf
+        if self._wake is not None or not self._seg_iters:
+            return  # idle: the next iteration is formed with it
+        now = self.env.now
+        pending = self._pending
+        if pending is not None:
+            if now < pending.boundary:  # planned with the old times: the boundary below decides afresh
+                self._pending = None
+            else:
+                self._materialize()
+        if self._run is None:  # a single iteration: the next is formed at its end
+            return
+        done = self._iterations_done(now) + 1
+        if done < self._seg_iters:
+            self._seg_iters = done
+            self._retarget(self._boundary(done), now)
+
     def evacuate(self) -> list[Request]:
         """Stop for good (the GPU is taken away) and hand back every request, in arrival order,
         reset to recompute from the tokens it had produced by now."""

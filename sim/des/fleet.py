@@ -36,6 +36,7 @@ from sim.config.schema import Config, batch_limits, long_prefill_threshold
 from sim.des.api import REFUSE_CAP, REFUSE_LENGTH, REFUSE_TOO_LARGE, ApiBackend
 from sim.des.autoscale import FleetModel, Signals, make_autoscaler
 from sim.des.engine import Replica, Request
+from sim.des.failures import ScaleEvents
 from sim.des.lifecycle import Lifecycle, Node
 from sim.des.overflow import OVERFLOW
 from sim.des.predict import Predictor, cold_start_s, wake_s
@@ -163,6 +164,8 @@ class Fleet:
         self._cum: tuple[np.ndarray, np.ndarray] | None = None  # open workload: cumulative tokens by arrival
         self._rps: dict[tuple[int, int], float] = {}  # one replica's capacity by token mix (FleetModel)
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
+        a = self.cfg.fleet.autoscaler
+        self.failures = ScaleEvents(self.cfg.output.failure_modes.reversal_intervals * a.interval_s)
 
     def _init_lifecycle(self) -> None:
         """The replicas' lifecycle, with the fleet's hooks, and its slot lists (the same objects),
@@ -551,26 +554,50 @@ class Fleet:
         desired = min(f.max_replicas, self.autoscaler.decide(self.env.now, self.load(), ready, capacity, signals))
         if self.router_queue and self.autoscaler.activator:
             desired = max(desired, 1)  # requests wait for a replica: never down to zero (scale from zero)
+        dropped: list[Request] = []
         if desired > capacity:  # wake parked replicas first, then start new ones
-            need = desired - capacity
-            for node in [n for n in self.nodes if n.state == SLEEPING][:need]:
-                self.life.wake(node)
-                need -= 1
-            for _ in range(min(need, f.max_replicas - total)):
-                self.life.provision()
+            self._scale_up(desired - capacity, total)
         elif desired < total:  # shed down to desired, sleepers first; min_replicas bounds the fleet
-            shed = max(0, min(total - desired, total - f.min_replicas))
-            asleep = sorted((n for n in self.nodes if n.state == SLEEPING), key=lambda n: -n.uid)
-            starting = sorted((n for n in self.nodes if n.state == PROVISIONING), key=lambda n: -n.uid)
-            active = sorted((n for n in self.nodes if n.state == ACTIVE), key=lambda n: (n.out, -n.uid))
-            victims = asleep[:shed]
-            victims += (starting + active)[: min(shed - len(victims), max(capacity - desired, 0))]
-            for node in victims:
-                self.life.drain(node)
+            dropped = self._scale_down(desired, capacity, total)
         self.life.desired = desired  # what the load asks for (min_replicas may keep more, asleep)
         total = self.life.count(PROVISIONING, ACTIVE, SLEEPING, WAKING)  # after this decision
         for _ in range(max(0, f.min_replicas - total)):
             self.life.provision()
+        if dropped:  # stopped without drain: each is routed again, none lost
+            self._evacuated(dropped)
+
+    def _scale_up(self, need: int, total: int) -> None:
+        """`need` more replicas awake: sleepers woken first, then new ones (up to max_replicas)."""
+        woken = 0
+        for node in [n for n in self.nodes if n.state == SLEEPING][:need]:
+            self.life.wake(node)
+            woken += 1
+        started = max(0, min(need - woken, self.cfg.fleet.max_replicas - total))
+        for _ in range(started):
+            self.life.provision()
+        now = self.env.now
+        warming = any(n.state == ACTIVE and n.warm_until > now for n in self.nodes)
+        self.failures.scaled(now, 1, woken + started, started, warming)
+
+    def _scale_down(self, desired: int, capacity: int, total: int) -> list[Request]:
+        """Shed down to `desired`: sleepers first, then replicas starting, then the active ones
+        with the fewest requests; drained, or (fleet.drain=false) stopped at once, their requests
+        returned to be routed again."""
+        f = self.cfg.fleet
+        shed = max(0, min(total - desired, total - f.min_replicas))
+        asleep = sorted((n for n in self.nodes if n.state == SLEEPING), key=lambda n: -n.uid)
+        starting = sorted((n for n in self.nodes if n.state == PROVISIONING), key=lambda n: -n.uid)
+        active = sorted((n for n in self.nodes if n.state == ACTIVE), key=lambda n: (n.out, -n.uid))
+        victims = asleep[:shed]
+        victims += (starting + active)[: min(shed - len(victims), max(capacity - desired, 0))]
+        dropped: list[Request] = []
+        for node in victims:
+            if f.drain:
+                self.life.drain(node)
+            else:
+                dropped += self.life.drop(node)
+        self.failures.scaled(self.env.now, -1, len(victims))
+        return dropped
 
     # ------------------------------------------------------------------ autoscaler signals
 

@@ -16,6 +16,7 @@ go) and `on_evacuated` (a preempted replica's requests, to route again).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ import simpy
 from sim.config.schema import Config
 from sim.des.records import ACTIVE, DRAINING, PROVISIONING, SLEEPING, STOPPED, WAKING
 from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, WAKE_PENALTY
+from sim.hardware.perf import SlowedPerf
 from sim.pricing.cost import STATES, Span, state_weight
 
 if TYPE_CHECKING:
@@ -53,6 +55,8 @@ class Node:
         "spot",
         "state",
         "uid",
+        "wait_from",
+        "warm_until",
     )
 
     def __init__(self, uid: int, slot: int, gpus: int, spot: bool, now: float):
@@ -69,6 +73,8 @@ class Node:
         self.idle_epoch = 0
         self.ready_at = now  # when provisioning or waking ends
         self.cache: BlockPool | None = None  # its replica's prefix cache
+        self.wait_from = now  # when it began to wait for a GPU (fleet.pending_gpu); billed from `since`
+        self.warm_until = -1.0  # its first iterations run slower until then (fleet.warmup)
 
 
 EngineFactory = Callable[[int, Callable[["Replica"], None]], "Replica"]
@@ -109,6 +115,8 @@ class Lifecycle:
         self.free_slots: list[int] = []
         self.spans: list[Span] = []
         self.max_replicas_seen = 0
+        self.pending: list[tuple[int, float, float]] = []  # (uid, start, end) of each wait for a GPU
+        self.dropped = 0  # requests in flight on replicas stopped without drain (fleet.drain=false)
         # the autoscaler's last answer for the load: an idle replica stays awake while the
         # replicas awake or starting are not more than it (None: a fixed fleet, no autoscaler)
         self.desired: int | None = None if cfg.fleet.autoscaler.name == "fixed" else cfg.fleet.replicas
@@ -149,6 +157,17 @@ class Lifecycle:
         else:
             self._set_state(node, DRAINING)
 
+    def drop(self, node: Node) -> list[Request]:
+        """Stop the replica now, without drain: its requests, handed back to be routed again."""
+        if node.state != ACTIVE or node.out == 0:
+            self.drain(node)
+            return []
+        requests = node.engine.evacuate()  # type: ignore[union-attr]
+        self.dropped += len(requests)
+        node.out = 0
+        self._stop(node)
+        return requests
+
     def stop_all(self) -> None:
         """End of the simulation: every replica still alive stops (billing ends now)."""
         for node in self.nodes:
@@ -183,6 +202,9 @@ class Lifecycle:
 
     def _set_state(self, node: Node, state: str) -> None:
         now = self.env.now
+        if node.since > node.wait_from:  # it waited for a GPU: until now (cancelled) or its cold start
+            self.pending.append((node.uid, node.wait_from, min(now, node.since)))
+            node.wait_from = node.since = min(now, node.since)
         if now > node.since:
             self.spans.append(Span(node.uid, node.gpus, node.spot, node.state, node.since, now))
             awake = now - node.since if node.state in (ACTIVE, DRAINING) else 0.0
@@ -191,7 +213,7 @@ class Lifecycle:
             node.idle_s += now - node.idle_since
             node.idle_since = None
         node.state = state
-        node.since = now
+        node.since = node.wait_from = now
         if state == ACTIVE and node.out == 0:
             node.idle_since = now
         self.loads[node.slot] = node.out + PENALTY.get(state, NOT_ROUTABLE)
@@ -202,18 +224,41 @@ class Lifecycle:
         return seconds / 3600.0 * rate * node.gpus * state_weight(state, self.cfg.fleet.sleep.cost_fraction)
 
     def _provision_timer(self, node: Node) -> None:
+        """The cold start, after a wait for a GPU (`pending_wait`), during which nothing bills:
+        the replica's first span starts when the wait ends."""
         self.stats["cold_starts"] += 1
-        node.ready_at = self.env.now + self.cold_start_s
-        t = self.env.timeout(self.cold_start_s)
+        wait = self.pending_wait()
+        if wait > 0:
+            node.since = self.env.now + wait
+        node.ready_at = self.env.now + wait + self.cold_start_s
+        t = self.env.timeout(wait + self.cold_start_s)
         t.callbacks.append(lambda _e, n=node: self._ready(n))
+
+    def pending_wait(self) -> float:
+        """A wait for GPU capacity, from the fleet's generator (fleet.pending_gpu; 0: none)."""
+        p = self.cfg.fleet.pending_gpu
+        if p.dist == "exponential":
+            return float(self.rng.exponential(p.mean_s))
+        if p.dist == "lognormal":
+            return float(self.rng.lognormal(math.log(p.mean_s) - p.sigma**2 / 2, p.sigma))
+        return 0.0
 
     def _ready(self, node: Node) -> None:
         if node.state == PROVISIONING:  # (else cancelled while starting)
-            self._activate(node)
+            self._activate(node, cold=True)
 
-    def _activate(self, node: Node) -> None:
+    def _activate(self, node: Node, cold: bool = False) -> None:
         """A started or woken replica serves: the router's queue drains into the fleet; with
-        nothing to do it is idle from now (and may sleep)."""
+        nothing to do it is idle from now (and may sleep). After a cold start its first
+        iterations run `fleet.warmup.factor` times slower for `duration_s`."""
+        w = self.cfg.fleet.warmup
+        if cold and w.factor != 1.0 and w.duration_s > 0:
+            eng = node.engine
+            base = eng.perf  # type: ignore[union-attr]
+            eng.set_perf(SlowedPerf(base, w.factor))  # type: ignore[union-attr]
+            node.warm_until = self.env.now + w.duration_s
+            t = self.env.timeout(w.duration_s)
+            t.callbacks.append(lambda _e, n=node, b=base: self._warmed(n, b))
         self._set_state(node, ACTIVE)
         node.engine.resume()  # type: ignore[union-attr]
         self.on_ready()
@@ -246,6 +291,10 @@ class Lifecycle:
             node.cache.clear()
         self._set_state(node, SLEEPING)
         self.stats["sleeps"] += 1
+
+    def _warmed(self, node: Node, base) -> None:
+        if node.state != STOPPED:
+            node.engine.set_perf(base)  # type: ignore[union-attr]
 
     def _woken(self, node: Node) -> None:
         if node.state == WAKING:
@@ -291,7 +340,7 @@ class Lifecycle:
             eng = n.engine
             queued += len(eng.waiting)  # type: ignore[union-attr]
             running += len(eng.running)  # type: ignore[union-attr]
-            cost += self._accrued(n, n.state, now - n.since)
+            cost += self._accrued(n, n.state, now - n.since if n.since <= now else 0.0)
             if n.state in (ACTIVE, DRAINING):
                 awake += now - n.since
                 used += eng.kv_blocks_used()  # type: ignore[union-attr]

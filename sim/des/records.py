@@ -3,7 +3,7 @@ the results layer reads these without loading the simulator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -135,3 +135,8 @@ class Outcome:
     prefix_lookups: int = 0
     prefix_hits: int = 0
     api: ApiOutcome | None = None
+    # the autoscaler's failure modes (sim.des.failures): counters, the scaling decisions
+    # (time, +1/-1, a reversal) and the waits for a GPU (uid, start, end)
+    failures: dict = field(default_factory=dict)
+    scale_marks: list = field(default_factory=list)
+    pending: list = field(default_factory=list)

@@ -91,4 +91,12 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
         api=None
         if api is None
         else ApiOutcome(api.spend, dict(api.refusals), api.truncated, api.warmups, api.billed_s, api.tier_name),
+        failures={
+            "autoscale_reversals": fleet.failures.reversals,
+            "reversal_cold_starts": fleet.failures.reversal_cold_starts,
+            "scaleups_during_warmup": fleet.failures.scaleups_during_warmup,
+            "dropped_on_scale_down": life.dropped,
+        },
+        scale_marks=list(fleet.failures.marks),
+        pending=list(life.pending),
     )

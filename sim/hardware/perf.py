@@ -254,6 +254,39 @@ class TableDecodeRun:
         return int(np.searchsorted(self._cum, elapsed, side="right")) - 1
 
 
+class SlowedPerf:
+    """`perf` `factor` times slower: every iteration, and every decode run (a replica warming up
+    after a cold start, fleet.warmup)."""
+
+    __slots__ = ("factor", "perf")
+
+    def __init__(self, perf: PerfModel, factor: float):
+        self.perf = perf
+        self.factor = factor
+
+    def iteration_time(self, n_decode: int, context: int, chunks: Chunks) -> float:
+        return self.perf.iteration_time(n_decode, context, chunks) * self.factor
+
+    def decode_run(self, n_decode: int, context: int, n_max: int) -> SlowedRun:
+        return SlowedRun(self.perf.decode_run(n_decode, context, n_max), self.factor)
+
+
+class SlowedRun:
+    """A decode run `factor` times slower."""
+
+    __slots__ = ("factor", "run")
+
+    def __init__(self, run: DecodeRun, factor: float):
+        self.run = run
+        self.factor = factor
+
+    def time(self, n: int) -> float:
+        return self.run.time(n) * self.factor
+
+    def steps_within(self, elapsed: float) -> int:
+        return self.run.steps_within(elapsed / self.factor)
+
+
 def build_perf(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> PerfModel:
     if engine.perf_table:
         return TablePerf(engine.perf_table)

@@ -55,6 +55,7 @@ def format_summary(summary: dict, cfg: Config) -> str:
     if s.get("users"):
         lines.insert(2, _users_line(s, cfg))
     lines += _event_lines(s, cfg)
+    lines += _failure_lines(s)
     lines += _api_lines(s, cfg)
     if s.get("n_seeds"):
         lines += _seed_lines(s, cfg, verdict)
@@ -119,6 +120,21 @@ def _event_lines(s: dict, cfg: Config) -> list[str]:
     if s.get("router_queue_max"):
         shown.append(f"up to {_count(s['router_queue_max'])} requests waiting at the router for a replica")
     return [f"  events     {'; '.join(shown)}"] if shown else []
+
+
+def _failure_lines(s: dict) -> list[str]:
+    """The autoscaler's failure modes (output.failure_modes; docs/metrics.md), and what they cost."""
+    if "autoscale_reversals" not in s:
+        return []
+    line = (
+        f"{_count(s['autoscale_reversals'])} reversals ({_count(s['reversal_cold_starts'])} cold starts, "
+        f"${s['reversal_cold_start_cost']:,.2f}); {_count(s['scaleups_during_warmup'])} scale-ups during warm-up; "
+        f"{_count(s['dropped_on_scale_down'])} requests dropped on scale-down; "
+        f"{_count(s['pending_gpu_waits'])} waits for a GPU (mean {_s(s['pending_gpu_wait_s_mean'])}, "
+        f"p95 {_s(s['pending_gpu_wait_s_p95'])}); {s['idle_zero_traffic_gpu_s'] / 3600:,.2f} GPU-hours idle at zero "
+        f"traffic (${s['idle_zero_traffic_cost']:,.2f}); priced: ${s['failure_cost_per_month']:,.0f}/month"
+    )
+    return [f"  failures   {line}"]
 
 
 def _fleet_text(s: dict, cfg: Config) -> str:

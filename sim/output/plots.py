@@ -164,6 +164,7 @@ def fleet(result: Result, path: Path) -> None:
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     else:
         ax.text(0.5, 0.5, "no GPU replicas", ha="center", va="center", transform=ax.transAxes)
+    _failure_marks(ax, getattr(result, "events", {}))
     ax.set_ylabel("replicas (exact)")
     ax.grid(alpha=0.3)
     ax = axes[2]
@@ -181,11 +182,47 @@ def fleet(result: Result, path: Path) -> None:
         (s.get("spot_preemptions"), "spot preemptions"),
     ]
     counted = "".join(f", {n:,} {what}" for n, what in events if n)
+    failures = failure_title(s)
     fig.suptitle(
         f"Fleet - {scenario(result)}\nmean {s['mean_replicas']:.2f} replicas{counted}, "
-        f"{s['api_share']:.1%} of requests to the API"
+        f"{s['api_share']:.1%} of requests to the API" + (f"\n{failures}" if failures else "")
     )
     _save(fig, path)
+
+
+def failure_title(s: dict) -> str:
+    """The autoscaler's failure modes a run counted (output.failure_modes), as a title line."""
+    if "autoscale_reversals" not in s:
+        return ""
+    items = [
+        f"{s['autoscale_reversals']:,} reversals ({s['reversal_cold_starts']:,} cold starts)",
+        f"{s['scaleups_during_warmup']:,} scale-ups during warm-up",
+        f"{s['dropped_on_scale_down']:,} dropped on scale-down",
+        f"{s['pending_gpu_waits']:,} GPU waits (mean {s['pending_gpu_wait_s_mean']:.0f} s)",
+        f"idle at zero traffic \\${s['idle_zero_traffic_cost']:,.2f}",
+    ]
+    return "failure modes: " + ", ".join(items)
+
+
+def _failure_marks(ax, events: dict) -> None:
+    """Replicas waiting for a GPU (a dashed step line) and each scaling decision (a triangle at
+    the top, up or down; red where it reversed the one before)."""
+    pending = events.get("pending") or []
+    if pending:
+        edges = np.unique([t for _, a, b in pending for t in (a, b)])
+        delta = np.zeros(len(edges))
+        np.add.at(delta, np.searchsorted(edges, [a for _, a, _ in pending]), 1)
+        np.add.at(delta, np.searchsorted(edges, [b for _, _, b in pending]), -1)
+        ax.step(edges / 60, np.cumsum(delta), where="post", color="k", ls="--", lw=1, label="waiting for a GPU")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    marks = events.get("scale") or []
+    if marks:
+        top = ax.get_ylim()[1]
+        for direction, marker in ((1, "^"), (-1, "v")):
+            for reversal, color in ((False, "#555555"), (True, "#d62728")):
+                t = [m[0] / 60 for m in marks if m[1] == direction and m[2] == reversal]
+                if t:
+                    ax.plot(t, [top] * len(t), marker, color=color, ms=5, clip_on=False, ls="none")
 
 
 SPAN_LABELS = {"active": "serving (active or idle)", "provisioning": "cold start"}

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from sim.config.schema import Config, batch_limits
+from sim.config.schema import Config, batch_limits, failure_modes_on
 from sim.des.records import SAMPLE_COLUMNS, Outcome
 from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import PerfModel, saturation_throughput
 from sim.pricing.cost import fleet_costs
+from sim.results.failures import failure_summary
 from sim.results.metrics import api_projection, arrival_span, requests_frame, summarize
 from sim.workload.build import Workload
 
@@ -60,6 +61,8 @@ def summarize_run(
     extra = _counters(cfg, wl, out, plan, costs, api_cost, span, closed)
     egress = float(df.loc[df["route"] == "gpu", "served_output_tokens"].sum()) * f.pricing.bytes_per_token / 1e9
     extra["egress_gb"] = egress
+    if failure_modes_on(cfg):
+        extra.update(failure_summary(cfg, df, out))
     end = out.end_s
     alive = sum(s.end - s.start for s in out.spans if s.state != "stopped")
     summary = summarize(

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from sim.config.errors import ConfigError, UserError
-from sim.config.schema import Config, has_trace, is_closed, is_sessions, plain
+from sim.config.schema import Config, failure_modes_on, has_trace, is_closed, is_sessions, plain
 from sim.des.preflight import validate
 from sim.des.simulate import simulate
 from sim.hardware.kvcache import MemoryPlan, memory_plan
@@ -67,6 +67,9 @@ class Result:
     bills: pd.DataFrame | None = None  # one row per replica: life, seconds by state, billed cost
     spans: list = field(default_factory=list)  # replica lifecycle records (sim.pricing.cost.Span)
     per_seed: pd.DataFrame | None = None  # replicated runs: one summary row per seed
+    # the autoscaler's failure modes for the fleet plot (output.failure_modes): "scale": its
+    # decisions (time, +1/-1, a reversal), "pending": waits for a GPU (uid, start, end)
+    events: dict = field(default_factory=dict)
 
     def save(self, out_dir: str | Path, *, plots: bool | None = None, overwrite: bool = False) -> Path:
         """Write requests.parquet, timeseries.csv, replicas.csv, seeds.csv, config.yaml, plots/ and
@@ -183,6 +186,7 @@ def replicate(cfg: Config, workload: Workload | None = None) -> Result:
         bills=first.bills,
         spans=first.spans,
         per_seed=per_seed,
+        events=first.events,
     )
 
 
@@ -258,7 +262,18 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
         closed = ClosedRun(users.columns(), users.counters())
     run = summarize_run(cfg, wl, out, plan, perf, closed)
     run.summary["wall_time_s"] = time.perf_counter() - wall0
-    return Result(cfg, run.summary, run.requests, run.timeseries, plan, run.engine, bills=run.bills, spans=out.spans)
+    events = {"scale": out.scale_marks, "pending": out.pending} if failure_modes_on(cfg) else {}
+    return Result(
+        cfg,
+        run.summary,
+        run.requests,
+        run.timeseries,
+        plan,
+        run.engine,
+        bills=run.bills,
+        spans=out.spans,
+        events=events,
+    )
 
 
 def named(name: str, fn, *args):
