@@ -83,10 +83,12 @@ class Roofline:
         self._pair = 4 * model.layers * model.heads * model.head_dim / flops  # s per (q, k) pair
         self._fixed = engine.step_overhead_ms / 1000
         self._per_seq = engine.step_overhead_per_seq_us * 1e-6
+        self._pass_fixed = 0.0  # fixed time of any forward pass (a draft's too): the all-reduce latency
         if tp > 1:  # two all-reduces per layer; ring: 2 (tp-1)/tp of the activations cross links
             # a small all-reduce's latency grows with the log of the group (tree / one-shot
             # algorithms): gpu.allreduce_latency_us is the figure for 2 GPUs
-            self._fixed += 2 * model.layers * gpu.allreduce_latency_us * 1e-6 * math.log2(tp)
+            self._pass_fixed = 2 * model.layers * gpu.allreduce_latency_us * 1e-6 * math.log2(tp)
+            self._fixed += self._pass_fixed
             self._ar_tok = 2 * model.layers * 2 * (tp - 1) / tp * model.hidden * 2 / (gpu.link_gbps * 1e9)
         else:
             self._ar_tok = 0.0
@@ -112,6 +114,40 @@ class Roofline:
         comp = self._tok * n + self._pair * pairs
         return (
             self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
+        )
+
+    def step_overhead(self, seqs: int) -> float:
+        """The engine's per-iteration time outside forward passes (scheduler, sampler, launch)."""
+        return self._fixed - self._pass_fixed + self._per_seq * seqs
+
+    def pass_terms(self, n_decode: int, q: int, context: float, chunks: Chunks) -> tuple[float, float, float]:
+        """(fixed, memory, compute) seconds of one forward pass without the engine's overheads:
+        n_decode sequences holding `context` KV tokens in all each run q query tokens (1: a
+        decode step; k + 1: a speculative verify pass), plus prefill chunks."""
+        n = q * n_decode
+        kv = context + n
+        pairs = q * context + n_decode * q * (q + 1) / 2
+        for c, k0 in chunks:
+            n += c
+            kv += k0 + c
+            pairs += c * k0 + c * (c + 1) / 2
+        return (
+            self._pass_fixed + self._ar_tok * n,
+            self.weight_time(n) + self._kv * kv,
+            self._tok * n + self._pair * pairs,
+        )
+
+    def pass_run(self, n_decode: int, q: int, context: float) -> tuple[float, float, float, float, float]:
+        """`pass_terms` of decode-only passes as lines in the step index j, the context growing by
+        n_decode a step: (fixed, memory at j = 0, its slope, compute at j = 0, its slope)."""
+        b = n_decode
+        n = q * b
+        return (
+            self._pass_fixed + self._ar_tok * n,
+            self.weight_time(n) + self._kv * (context + n),
+            self._kv * b,
+            self._tok * n + self._pair * (q * context + b * q * (q + 1) / 2),
+            self._pair * q * b,
         )
 
     def decode_run(self, n_decode: int, context: int, n_max: int) -> LinearDecodeRun:
@@ -257,6 +293,10 @@ class TableDecodeRun:
 def build_perf(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> PerfModel:
     if engine.perf_table:
         return TablePerf(engine.perf_table)
+    if engine.speculative.method != "none":
+        from sim.hardware.speculative import build_speculative
+
+        return build_speculative(model, gpu, engine)
     return Roofline(model, gpu, engine)
 
 
