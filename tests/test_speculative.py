@@ -264,5 +264,5 @@ def test_a_measured_table_cannot_speculate(tmp_path):
     table.write_text("x")
     e = dataclasses.replace(e, perf_table=str(table))
     e.speculative.method = "mtp"
-    with pytest.raises(ConfigError, match="engine.speculative.method"):
+    with pytest.raises(ConfigError, match=r"engine\.speculative\.method"):
         validate_speculative(e)

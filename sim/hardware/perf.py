@@ -12,7 +12,7 @@ touch. A measured table (batch_size, tokens, context -> iteration_ms) can replac
 
 A run of decode-only iterations with a fixed batch is the engine's hot path: the context grows
 by the batch size every step, so both roofline terms are linear in the step index and the
-run's total time and its inverse have closed forms (`DecodeRun`).
+run's total time and its inverse have closed forms (`sim.hardware.decoderun`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,10 @@ from typing import Protocol
 import numpy as np
 
 from sim.config.errors import ConfigError
-from sim.config.schema import WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig
+from sim.config.schema import WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig, draft_model_config
+from sim.hardware.decoderun import Chunks, DecodeRun, LinearDecodeRun
 from sim.hardware.kvcache import kv_bytes_per_token
-
-Chunks = list[tuple[int, int]]  # (prefill tokens this iteration, tokens already in the KV cache)
-
-
-class DecodeRun(Protocol):
-    """Consecutive decode-only iterations of a fixed batch."""
-
-    def time(self, n: int) -> float:
-        """Total duration of the first n iterations."""
-        ...
-
-    def steps_within(self, elapsed: float) -> int:
-        """Number of iterations that have completed `elapsed` seconds after the run started."""
-        ...
+from sim.hardware.speculative import SpeculativePerf, mtp_fraction
 
 
 class PerfModel(Protocol):
@@ -163,67 +151,6 @@ class Roofline:
         )
 
 
-class LinearDecodeRun:
-    """t_k = c0 + max(am + bm k, ac + bc k): closed-form sums and their inverse."""
-
-    __slots__ = ("_a1", "_a2", "_b1", "_b2", "_c0", "_k", "_t_k")
-
-    def __init__(self, c0: float, am: float, bm: float, ac: float, bc: float):
-        self._c0 = c0
-        d0, d1 = am - ac, bm - bc  # memory minus compute at step k: d0 + d1 k
-        k_switch: float = math.inf  # one regime throughout unless the lines cross
-        # (float literals below: a float compared with a float is the interpreter's fast path)
-        if d1 > 0.0 and d0 < 0.0:  # compute-bound first, memory-bound from the first k with d >= 0
-            crossing = -d0 / d1
-            if crossing < 1e15:
-                k_switch = math.ceil(crossing)
-        elif d1 < 0.0 and d0 >= 0.0:  # memory-bound first, compute-bound once d < 0
-            crossing = d0 / -d1
-            if crossing < 1e15:
-                k_switch = math.floor(crossing) + 1
-        first_mem = d0 >= 0.0
-        if first_mem:
-            self._a1, self._b1, self._a2, self._b2 = am, bm, ac, bc
-        else:
-            self._a1, self._b1, self._a2, self._b2 = ac, bc, am, bm
-        self._k = k_switch
-        self._t_k = self._sum1(k_switch) if k_switch != math.inf else math.inf
-
-    def _sum1(self, n: float) -> float:
-        return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
-
-    def time(self, n: int) -> float:
-        if n <= self._k:  # (_sum1, inline: the hot path)
-            return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
-        k = self._k
-        m = n - k
-        return self._t_k + m * (self._c0 + self._a2) + self._b2 * m * (n - 1 + k) / 2
-
-    def steps_within(self, elapsed: float) -> int:
-        if elapsed <= 0.0:
-            return 0
-        if elapsed < self._t_k:
-            m = _solve(self._c0 + self._a1 - self._b1 / 2, self._b1 / 2, elapsed)
-        else:
-            k = self._k
-            # second regime: sum_{j<m} (c0 + a2 + b2 (k + j)) = elapsed - T_k
-            lin = self._c0 + self._a2 + self._b2 * k - self._b2 / 2
-            m = k + _solve(lin, self._b2 / 2, elapsed - self._t_k)
-        n = max(0, int(m))
-        while self.time(n + 1) <= elapsed:
-            n += 1
-        while n > 0 and self.time(n) > elapsed:
-            n -= 1
-        return n
-
-
-def _solve(lin: float, quad: float, y: float) -> float:
-    """Positive root of quad m^2 + lin m = y (numerically stable form)."""
-    if quad == 0.0:
-        return y / lin
-    return 2 * y / (lin + math.sqrt(lin * lin + 4 * quad * y))
-
-
 class TablePerf:
     """Iteration time interpolated (multilinear, extrapolating) in a measured grid.
 
@@ -294,10 +221,21 @@ def build_perf(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> Perf
     if engine.perf_table:
         return TablePerf(engine.perf_table)
     if engine.speculative.method != "none":
-        from sim.hardware.speculative import build_speculative
-
-        return build_speculative(model, gpu, engine)
+        return _speculative(model, gpu, engine)
     return Roofline(model, gpu, engine)
+
+
+def _speculative(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> SpeculativePerf:
+    """The target's roofline wrapped for speculative decoding, drafting with a draft model's own
+    roofline on the same GPUs or with the target's MTP layers."""
+    spec = engine.speculative
+    target = Roofline(model, gpu, engine)
+    draft = draft_model_config(engine)
+    if draft is not None:
+        drafter, frac = Roofline(draft, gpu, engine), 1.0
+    else:
+        drafter, frac = target, mtp_fraction(model, spec.mtp_layers)
+    return SpeculativePerf(target, spec.k, spec.acceptance, drafter, frac)
 
 
 def saturation_throughput(

@@ -23,8 +23,21 @@ expectation (the per-request spread of accepted tokens is not drawn; docs/model.
 
 from __future__ import annotations
 
-from sim.config.schema import EngineConfig, GpuConfig, ModelConfig, draft_model_config
-from sim.hardware.perf import Chunks, LinearDecodeRun, Roofline
+from typing import Protocol
+
+from sim.config.schema import ModelConfig
+from sim.hardware.decoderun import Chunks, LinearDecodeRun
+
+
+class PassModel(Protocol):
+    """What speculation needs of a roofline (`sim.hardware.perf.Roofline`): its forward passes
+    with q query tokens per sequence, and the engine's overheads outside them."""
+
+    def step_overhead(self, seqs: int) -> float: ...
+
+    def pass_terms(self, n_decode: int, q: int, context: float, chunks: Chunks) -> tuple[float, float, float]: ...
+
+    def pass_run(self, n_decode: int, q: int, context: float) -> tuple[float, float, float, float, float]: ...
 
 
 def tokens_per_step(acceptance: float, k: int) -> float:
@@ -39,14 +52,14 @@ def tokens_per_step(acceptance: float, k: int) -> float:
 class SpeculativePerf:
     """A `PerfModel` whose decode iterations are 1/E of a speculative target step."""
 
-    def __init__(self, target: Roofline, k: int, acceptance: float, drafter: Roofline, draft_fraction: float):
+    def __init__(self, target: PassModel, k: int, acceptance: float, drafter: PassModel, draft_fraction: float):
         self.target = target
         self.k = k
         self.tokens_per_step = tokens_per_step(acceptance, k)
         self._drafter = drafter
         self._frac = draft_fraction  # share of a drafter pass one draft pass costs (MTP: layers)
 
-    def _pass(self, perf: Roofline, n_decode: int, q: int, context: float, chunks: Chunks) -> float:
+    def _pass(self, perf: PassModel, n_decode: int, q: int, context: float, chunks: Chunks) -> float:
         fixed, mem, comp = perf.pass_terms(n_decode, q, context, chunks)
         return fixed + (mem if mem >= comp else comp)
 
@@ -120,14 +133,3 @@ class SumDecodeRun:
 def mtp_fraction(model: ModelConfig, mtp_layers: int) -> float:
     """One MTP draft pass as a share of a target decode pass: its layers over the target's."""
     return mtp_layers / model.layers
-
-
-def build_speculative(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> SpeculativePerf:
-    spec = engine.speculative
-    target = Roofline(model, gpu, engine)
-    draft = draft_model_config(engine)
-    if draft is not None:
-        drafter, frac = Roofline(draft, gpu, engine), 1.0
-    else:
-        drafter, frac = target, mtp_fraction(model, spec.mtp_layers)
-    return SpeculativePerf(target, spec.k, spec.acceptance, drafter, frac)
