@@ -236,6 +236,17 @@ class SpeculativeConfig:
     mtp_layers: Annotated[int, at_least(1), at_most(64)] = 1  # mtp: layers of the target a draft pass runs
 
 
+@dataclass
+class KvOffloadConfig:
+    """Host (CPU) memory as a second KV tier (engine.kv_offload): cached prefix blocks evicted
+    from the GPU move there instead of being dropped, and a prefix hit on them is reloaded over
+    PCIe instead of recomputed (sim.des.prefix; acts with prefix caching, docs/model.md)."""
+
+    # host memory for KV per replica, GiB (0: no host tier)
+    cpu_gib: Annotated[float, Bound(0, 1e6, why="GiB of host memory; 0: off")] = 0.0
+    pcie_gb_s: Annotated[float, Bound(0, 1e4, lo_open=True)] = 25.0  # host-to-GPU copy bandwidth per GPU, GB/s
+
+
 @dataclass(kw_only=True)
 class EngineConfig:
     """The serving engine's settings and fitted performance factors (the engine group). The fitted
@@ -279,6 +290,7 @@ class EngineConfig:
     request_overhead_ms: NonNeg[float]  # client-visible time outside the engine (API server, tokenizer)
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
     speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)  # method none: off
+    kv_offload: KvOffloadConfig = field(default_factory=KvOffloadConfig)  # cpu_gib 0: off
 
 
 @dataclass
@@ -1535,6 +1547,7 @@ def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
             f"must not exceed model.max_position ({m.max_position})",
         )
     validate_speculative(e)
+    check(e.kv_offload, "engine.kv_offload")
 
 
 def draft_model_config(e: EngineConfig) -> ModelConfig | None:
