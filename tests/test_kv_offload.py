@@ -12,6 +12,7 @@ from sim.hardware.kvcache import memory_plan
 from tests.conftest import cfg
 from tests.test_engine import _compare
 from tests.test_prefix_cache import SYNC, _workload
+from tests.test_speculative import with_
 
 SHARED = (
     "workload.duration_s=60",
@@ -49,11 +50,10 @@ def test_a_reload_costs_bytes_over_the_pcie_bandwidth():
     the PCIe bandwidth."""
     a, b = list(range(128)), list(range(1000, 1128))
     wl = _workload([0.0, 1.0, 2.0], [2048] * 3, [10] * 3, [a, b, a])
-    over = (SYNC, "engine.kv_blocks=200", "engine.prefix_caching=true")
-    none = sim.run(cfg(*over), workload=wl)
-    slow = sim.run(cfg(*over, "engine.kv_offload.cpu_gib=4", "engine.kv_offload.pcie_gb_s=25"), workload=wl)
-    fast = sim.run(cfg(*over, "engine.kv_offload.cpu_gib=4", "engine.kv_offload.pcie_gb_s=1000"), workload=wl)
-    c = cfg(*over)
+    c = cfg(SYNC, "engine.kv_blocks=200", "engine.prefix_caching=true")
+    none = sim.run(c, workload=wl)
+    slow = sim.run(with_(c, {"engine.kv_offload.cpu_gib": 4.0, "engine.kv_offload.pcie_gb_s": 25.0}), workload=wl)
+    fast = sim.run(with_(c, {"engine.kv_offload.cpu_gib": 4.0, "engine.kv_offload.pcie_gb_s": 1000.0}), workload=wl)
     per_token = memory_plan(c.model, c.gpu, c.engine).kv_bytes_per_token_per_gpu
     assert none.requests.cached_tokens.tolist() == [0, 0, 71 * 16]
     assert slow.requests.cached_tokens.tolist() == [0, 0, 127 * 16]  # all but the prompt's last block
@@ -69,7 +69,8 @@ def test_shared_prefixes_under_kv_pressure_hit_more_and_wait_less():
     """60 system prompts of 3,000 tokens (Zipf 0.8) on a KV cache of ~30,000 tokens: the GPU
     keeps a few; 64 GiB of host memory keeps them all, so the hit rate rises and TTFT falls; a
     1 GiB host tier (about 2.7 prompts) helps less."""
-    runs = {gib: sim.run(cfg(*SHARED, f"engine.kv_offload.cpu_gib={gib}")).summary for gib in (0, 1, 64)}
+    c = cfg(*SHARED)
+    runs = {gib: sim.run(with_(c, {"engine.kv_offload.cpu_gib": float(gib)})).summary for gib in (0, 1, 64)}
     hit = {g: s["prefix_block_hit_rate"] for g, s in runs.items()}
     assert hit[0] < hit[1] < hit[64]
     assert hit[64] > 2 * hit[0]
@@ -78,9 +79,9 @@ def test_shared_prefixes_under_kv_pressure_hit_more_and_wait_less():
 
 
 def test_fast_forward_equals_per_iteration_with_a_host_tier():
-    over = (*SHARED, "workload.rate=4", "engine.kv_offload.cpu_gib=8")
-    fast = sim.run(cfg(*over, "engine.fast_forward=true"))
-    slow = sim.run(cfg(*over, "engine.fast_forward=false"))
+    c = cfg(*SHARED, "workload.rate=4", "engine.kv_offload.cpu_gib=8")
+    fast = sim.run(with_(c, {"engine.fast_forward": True}))
+    slow = sim.run(with_(c, {"engine.fast_forward": False}))
     _compare(fast.requests, slow.requests, "kv-offload")
     assert fast.summary["kv_offload_reloaded_blocks"] == slow.summary["kv_offload_reloaded_blocks"] > 0
     assert fast.summary["preemptions"] > 0

@@ -20,6 +20,28 @@ from tests.test_engine import _compare
 
 DRAFT = ("engine.speculative.method=draft", "engine.speculative.draft_model=llama3.2-1b")
 MTP = ("engine.speculative.method=mtp",)
+DRAFT_KW = {"engine.speculative.method": "draft", "engine.speculative.draft_model": "llama3.2-1b"}
+MTP_KW = {"engine.speculative.method": "mtp"}
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The default config, composed once (composing costs more than a short run)."""
+    return cfg()
+
+
+def with_(c, values: dict | None = None, **kw):
+    """A copy of config `c` with dotted keys set (values typed as the schema declares them)."""
+    import copy
+
+    out = copy.deepcopy(c)
+    for key, value in {**(values or {}), **kw}.items():
+        *path, last = key.split(".")
+        node = out
+        for part in path:
+            node = getattr(node, part)
+        setattr(node, last, value)
+    return out
 
 
 def _accepted(rng: np.random.Generator, a: float, k: int, steps: int) -> np.ndarray:
@@ -42,9 +64,8 @@ def test_tokens_per_step_matches_the_acceptance_process(a, k):
     assert 1.0 <= e <= k + 1
 
 
-def _perfs(*over):
-    c = cfg(*over)
-    return build_perf(c.model, c.gpu, c.engine), c
+def _perf(c):
+    return build_perf(c.model, c.gpu, c.engine)
 
 
 def test_simulated_decode_time_matches_a_step_by_step_draw():
@@ -64,7 +85,8 @@ def test_simulated_decode_time_matches_a_step_by_step_draw():
         "workload.output_tokens.dist=fixed",
         f"workload.output_tokens.mean={out}",
     )
-    perf, c = _perfs(*over)
+    c = cfg(*over)
+    perf = _perf(c)
     assert isinstance(perf, SpeculativePerf)
     r = sim.run(c)
     decode = (r.requests.e2e_s - r.requests.ttft_s).to_numpy()
@@ -89,37 +111,37 @@ def test_simulated_decode_time_matches_a_step_by_step_draw():
     assert abs((out - 1) / np.mean(steps) / perf.tokens_per_step - 1) < 0.01
 
 
-def test_tpot_falls_with_good_acceptance_at_low_load():
+def test_tpot_falls_with_good_acceptance_at_low_load(base):
     """llama3-8b on an H100 at 0.5 req/s: a = 0.8, k = 3 cuts TPOT (draft model and MTP); a = 0.1
     with a draft model raises it (the draft's passes cost more than the tokens it saves)."""
-    base = ("workload.duration_s=60", "workload.rate=0.5", "seed=3")
+    low = with_(base, {"workload.duration_s": 60.0, "workload.rate": 0.5, "seed": 3})
     tpot = {}
-    for name, over in {
-        "none": (),
-        "draft-0.8": (*DRAFT, "engine.speculative.acceptance=0.8"),
-        "mtp-0.8": (*MTP, "engine.speculative.acceptance=0.8"),
-        "draft-0.1": (*DRAFT, "engine.speculative.acceptance=0.1"),
-    }.items():
-        r = sim.run(cfg(*base, *over))
-        tpot[name] = r.summary["tpot_p50"]
-        if over:
-            assert r.summary["spec_tokens_per_step"] == pytest.approx(tokens_per_step(float(over[-1][-3:]), 3))
+    for name, kw, a in (
+        ("none", {}, None),
+        ("draft-0.8", DRAFT_KW, 0.8),
+        ("mtp-0.8", MTP_KW, 0.8),
+        ("draft-0.1", DRAFT_KW, 0.1),
+    ):
+        s = sim.run(with_(low, kw, **({"engine.speculative.acceptance": a} if a else {}))).summary
+        tpot[name] = s["tpot_p50"]
+        if a:
+            assert s["spec_tokens_per_step"] == pytest.approx(tokens_per_step(a, 3))
         else:
-            assert "spec_tokens_per_step" not in r.summary
+            assert "spec_tokens_per_step" not in s
     assert tpot["draft-0.8"] < 0.7 * tpot["none"]
     assert tpot["mtp-0.8"] < tpot["draft-0.8"]  # one target layer drafts cheaper than a 1B model
     assert tpot["draft-0.1"] > tpot["none"]
 
 
-def test_speculation_hurts_a_large_compute_bound_batch():
+def test_speculation_hurts_a_large_compute_bound_batch(base):
     """Per output token: at batch 1 the verify pass reads the weights once for k + 1 tokens
     (memory-bound, a win); at 1024 sequences of short context the matmuls bound the step, and
     k + 1 times the FLOPs cost more than E tokens return; at long context the KV reads bound it
     again, and speculation still pays."""
-    base, _ = _perfs()
-    spec, _ = _perfs(*DRAFT, "engine.speculative.acceptance=0.8")
+    plain = build_perf(base.model, base.gpu, base.engine)
+    spec = _perf(with_(base, DRAFT_KW, **{"engine.speculative.acceptance": 0.8}))
     ratio = {
-        (b, c): spec.iteration_time(b, b * c, []) / base.iteration_time(b, b * c, [])
+        (b, c): spec.iteration_time(b, b * c, []) / plain.iteration_time(b, b * c, [])
         for b, c in [(1, 1000), (1024, 100), (1024, 2000)]
     }
     assert ratio[1, 1000] < 0.6
@@ -127,10 +149,10 @@ def test_speculation_hurts_a_large_compute_bound_batch():
     assert ratio[1024, 2000] < 1.0
 
 
-def test_iteration_time_conserves_a_mixed_steps_time():
+def test_iteration_time_conserves_a_mixed_steps_time(base):
     """A mixed iteration plus the E - 1 decode iterations its decoders' other tokens take cost
     one real mixed target step; decode-only iterations cost T_step / E."""
-    spec, _ = _perfs(*MTP, "engine.speculative.acceptance=0.7")
+    spec = _perf(with_(base, MTP_KW, **{"engine.speculative.acceptance": 0.7}))
     e = spec.tokens_per_step
     chunks = [(512, 0), (300, 100)]
     mixed = spec.iteration_time(8, 8000, chunks) + (e - 1) * spec.iteration_time(8, 8000, [])
@@ -139,21 +161,19 @@ def test_iteration_time_conserves_a_mixed_steps_time():
     assert spec.iteration_time(8, 8000, chunks) > spec.iteration_time(8, 8000, [])
 
 
-def test_decode_run_closed_form_equals_the_sum_of_iterations():
-    for over in (DRAFT, MTP):
-        for model in ("llama3-8b", "qwen3-30b-a3b"):
-            if over == DRAFT and model != "llama3-8b":
-                continue
-            spec, _ = _perfs(*over, f"model={model}")
-            for b, ctx in [(1, 300), (64, 64 * 900), (700, 700 * 50)]:
-                run = spec.decode_run(b, ctx, 500)
-                t = [spec.iteration_time(b, ctx + b * j, []) for j in range(500)]
-                cum = np.cumsum(t)
-                assert run.time(500) == pytest.approx(cum[-1], rel=1e-12)
-                for n in (1, 7, 250, 499):
-                    assert run.steps_within(cum[n - 1]) >= n - 1
-                    assert run.steps_within(cum[n - 1] * (1 + 1e-12)) == n
-                    assert run.steps_within(cum[n - 1] * (1 - 1e-9)) == n - 1
+def test_decode_run_closed_form_equals_the_sum_of_iterations(base):
+    moe = with_(base, model=load_option("model", "qwen3-30b-a3b"))
+    for c in (with_(base, DRAFT_KW), with_(base, MTP_KW), with_(moe, MTP_KW)):
+        spec = _perf(c)
+        for b, ctx in [(1, 300), (64, 64 * 900), (700, 700 * 50)]:
+            run = spec.decode_run(b, ctx, 500)
+            t = [spec.iteration_time(b, ctx + b * j, []) for j in range(500)]
+            cum = np.cumsum(t)
+            assert run.time(500) == pytest.approx(cum[-1], rel=1e-12)
+            for n in (1, 7, 250, 499):
+                assert run.steps_within(cum[n - 1]) >= n - 1
+                assert run.steps_within(cum[n - 1] * (1 + 1e-12)) == n
+                assert run.steps_within(cum[n - 1] * (1 - 1e-9)) == n - 1
 
 
 SPEC_CASES = {
@@ -194,9 +214,9 @@ SPEC_CASES = {
 
 @pytest.mark.parametrize("case", sorted(SPEC_CASES))
 def test_fast_forward_equals_per_iteration_with_speculation(case):
-    over = SPEC_CASES[case]
-    fast = sim.run(cfg(*over, "engine.fast_forward=true"))
-    slow = sim.run(cfg(*over, "engine.fast_forward=false"))
+    c = cfg(*SPEC_CASES[case])
+    fast = sim.run(with_(c, **{"engine.fast_forward": True}))
+    slow = sim.run(with_(c, **{"engine.fast_forward": False}))
     _compare(fast.requests, slow.requests, case)
     assert fast.summary["iterations"] == slow.summary["iterations"]
     assert fast.summary["engine_events"] < slow.summary["engine_events"]
@@ -204,10 +224,10 @@ def test_fast_forward_equals_per_iteration_with_speculation(case):
         assert fast.summary["preemptions"] > 0
 
 
-def test_drafter_memory_comes_out_of_the_kv_cache():
-    c = cfg()
-    d = cfg(*DRAFT)
-    mt = cfg(*MTP, "engine.speculative.mtp_layers=2")
+def test_drafter_memory_comes_out_of_the_kv_cache(base):
+    c = base
+    d = with_(base, DRAFT_KW)
+    mt = with_(base, MTP_KW, **{"engine.speculative.mtp_layers": 2})
     p0, pd, pm = (memory_plan(x.model, x.gpu, x.engine) for x in (c, d, mt))
     draft = load_option("model", "llama3.2-1b")
     assert pd.weight_bytes == pytest.approx(p0.weight_bytes + weight_bytes(draft))
@@ -217,32 +237,32 @@ def test_drafter_memory_comes_out_of_the_kv_cache():
     assert pd.kv_tokens < pm.kv_tokens < p0.kv_tokens
 
 
-def test_cost_per_token_follows_throughput():
+def test_cost_per_token_follows_throughput(base):
     """At a small batch (max_num_seqs 4) a good drafter raises the saturated throughput, so a
     replica's $/M tokens falls; with a = 0.1 the draft's overhead raises it. A saturated
     simulated run shows the same direction in cost_per_mtok at a fixed fleet."""
-    c = cfg()
-    plan = memory_plan(c.model, c.gpu, c.engine)
+    plan = memory_plan(base.model, base.gpu, base.engine)
 
-    def thr(*over):
-        x = cfg(*over)
-        return saturation_throughput(build_perf(x.model, x.gpu, x.engine), plan.kv_tokens, 4, 8192, 1000, 250)
+    def thr(c):
+        return saturation_throughput(build_perf(c.model, c.gpu, c.engine), plan.kv_tokens, 4, 8192, 1000, 250)
 
-    base = thr()
-    assert thr(*DRAFT, "engine.speculative.acceptance=0.8") > 1.4 * base
-    assert thr(*DRAFT, "engine.speculative.acceptance=0.1") < base
-    over = (
-        "workload.duration_s=20",
-        "workload.rate=5",
-        "engine.max_num_seqs=4",
-        "workload.output_tokens.dist=fixed",
-        "workload.output_tokens.mean=300",
-        "fleet.pricing.min_billed_s=0",
-    )
-    cost = {a: sim.run(cfg(*over, *DRAFT, f"engine.speculative.acceptance={a}")).summary for a in (0.1, 0.8)}
-    none = sim.run(cfg(*over)).summary
-    assert cost[0.8]["cost_per_mtok"] < 0.8 * none["cost_per_mtok"]
-    assert cost[0.1]["cost_per_mtok"] > 1.1 * none["cost_per_mtok"]
+    good = with_(base, DRAFT_KW, **{"engine.speculative.acceptance": 0.8})
+    poor = with_(base, DRAFT_KW, **{"engine.speculative.acceptance": 0.1})
+    assert thr(good) > 1.4 * thr(base)
+    assert thr(poor) < thr(base)
+    over = {
+        "workload.duration_s": 20.0,
+        "workload.rate": 5.0,
+        "engine.max_num_seqs": 4,
+        "workload.output_tokens.dist": "fixed",
+        "workload.output_tokens.mean": 300.0,
+        "fleet.pricing.min_billed_s": 0.0,
+    }
+    cost = {
+        c: sim.run(with_(x, over)).summary["cost_per_mtok"] for c, x in (("none", base), ("good", good), ("poor", poor))
+    }
+    assert cost["good"] < 0.8 * cost["none"]
+    assert cost["poor"] > 1.1 * cost["none"]
 
 
 def test_conservation_with_speculation():
