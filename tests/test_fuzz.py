@@ -2,8 +2,8 @@
 included (0, negative, 1e+-30, NaN, infinities, huge integers, wrong types), and trace files with
 random corruption. Each case either stops with a user error (the command line's one line and exit
 code 2) or finishes a run that conserves requests and tokens; never another exception, never a
-hang (a time limit per case). Derandomized, with a fixed number of examples, so CI runs the same
-cases every time."""
+hang (a time limit per case). Seeded (in shards, so that a parallel run spreads them), with a
+fixed number of examples, so CI runs the same cases every time."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hydra.errors import HydraException
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from omegaconf.errors import OmegaConfBaseException
 
@@ -136,16 +136,30 @@ def outcome(args: list[str]) -> str:
     return "ran"
 
 
-@pytest.mark.slow
-@settings(
-    max_examples=400,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-@given(overrides())
-def test_fuzzed_config_values_are_refused_or_run_and_conserve(over):
-    outcome([*BASE, *over])
+SHARDS = 4  # the 400 cases in shards of their own seeds, so that a parallel run (pytest -n) spreads them
+
+
+def _fuzz_shard(shard: int):
+    @pytest.mark.slow
+    @seed(shard)
+    @settings(
+        max_examples=100,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(overrides())
+    def test(over):
+        outcome([*BASE, *over])
+
+    test.__name__ = test.__qualname__ = f"test_fuzzed_config_values_are_refused_or_run_and_conserve_{shard}"
+    return test
+
+
+for _shard in range(SHARDS):
+    _t = _fuzz_shard(_shard)
+    globals()[_t.__name__] = _t
+del _shard, _t
 
 
 LINES = (ROOT / "traces" / "synthetic_azure.csv").read_text().splitlines()[:200]
@@ -179,13 +193,25 @@ def corrupted(draw) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-@pytest.mark.slow
-@settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-@given(corrupted(), st.sampled_from(["azure", "csv", "mooncake", "burstgpt"]))
-def test_corrupted_traces_are_refused_or_run_and_conserve(tmp_path_factory, data, fmt):
-    path = Path(tmp_path_factory.mktemp("trace")) / "t.csv"
-    path.write_bytes(data)
-    outcome([*BASE, "workload=trace", f"workload.path={path}", f"workload.format={fmt}", "workload.duration_s=null"])
+def _trace_shard(shard: int):
+    @pytest.mark.slow
+    @seed(100 + shard)
+    @settings(max_examples=75, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(corrupted(), st.sampled_from(["azure", "csv", "mooncake", "burstgpt"]))
+    def test(tmp_path_factory, data, fmt):
+        path = Path(tmp_path_factory.mktemp("trace")) / "t.csv"
+        path.write_bytes(data)
+        fixed = ["workload=trace", f"workload.path={path}", f"workload.format={fmt}", "workload.duration_s=null"]
+        outcome([*BASE, *fixed])
+
+    test.__name__ = test.__qualname__ = f"test_corrupted_traces_are_refused_or_run_and_conserve_{shard}"
+    return test
+
+
+for _shard in range(2):  # 150 corrupted files in two shards
+    _t = _trace_shard(_shard)
+    globals()[_t.__name__] = _t
+del _shard, _t
 
 
 def test_the_fuzzer_reaches_both_outcomes():

@@ -20,7 +20,8 @@ import pytest
 from tests.conftest import ROOT
 from tests.test_sweep import _comparable
 
-pytestmark = pytest.mark.slow
+# one worker of a parallel run (pytest -n) runs every test that starts or looks for a Ray
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ray")]
 
 GRID = ("fleet.replicas=1,2", "workload.duration_s=60", "output.plots=false", "output.requests=false")
 HAS_RAY = importlib.util.find_spec("ray") is not None and importlib.util.find_spec("hydra_plugins.hydra_ray_launcher")

@@ -94,6 +94,7 @@ def test_joblib_with_two_workers_gives_the_basic_launchers_values(tmp_path):
             ).read_bytes()
 
 
+@pytest.mark.xdist_group("ray")  # with tests/test_launchers.py's Ray tests, one worker of a parallel run
 @pytest.mark.skipif(
     importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None,
     reason="the Ray launcher is not installed (pip install 'fleetsim[ray]')",

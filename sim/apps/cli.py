@@ -347,7 +347,8 @@ def _plan_task(node, kept: frozenset = frozenset()) -> None:  # the Hydra task f
         sys.exit(EXIT_USAGE)
     t0 = time.perf_counter()
     if cfg.platform.deployments:
-        _joint_plan(cfg, p, list(hc.overrides.task), out, t0)
+        plan_platform = _disagg_plan if cfg.platform.disaggregated else _joint_plan
+        plan_platform(cfg, p, list(hc.overrides.task), out, t0)
         return
     if p.mode == "breakeven":
         df = planner.breakeven(cfg, p, gpus)
@@ -425,6 +426,41 @@ def _joint_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
     print(text.rstrip())
     runs = sum(len(df) for df in tables.values())
     print(f"  {runs} simulations in {wall:.0f} s; joint_plan.md, joint_plan.json and deployments/ in {out}")
+
+
+def _disagg_plan(cfg, p, overrides: list[str], out: Path, t0: float) -> None:
+    """fleetsim-plan platform=NAME with disaggregated deployments: each one's prefill x decode
+    replica counts (`plan.disagg_replicas`, fixed fleets) simulated, the cheapest pair that meets
+    the SLO chosen (`sim.studies.disagg.plan_ratio`); disagg_plan/NAME.csv and .md."""
+    import time
+
+    from sim.apps.python_api import platform_configs
+    from sim.config.schema import validate_platform
+    from sim.studies import disagg
+    from sim.studies.platform import grouped_members
+
+    pc = cfg.platform
+    try:
+        validate_platform(pc)
+        others = [n for n in pc.deployments if n not in grouped_members(pc)]
+        if others or pc.pools or pc.cascade or p.mode == "breakeven":
+            raise UserError(
+                "platform.disaggregated: plan a disaggregated deployment on its own, with plan.mode=plan (this "
+                f"platform also has {', '.join(others) or 'pools, a cascade or a break-even'}); plan the others apart"
+            )
+        cfgs = platform_configs(overrides, pc, "plan")
+    except UserError as exc:
+        print(f"fleetsim-plan: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    (out / "disagg_plan").mkdir(parents=True, exist_ok=True)
+    for group, dc in pc.disaggregated.items():
+        df = disagg.plan_ratio(group, dc, (cfgs[dc.prefill], cfgs[dc.decode]), list(p.disagg_replicas), p.workers)
+        df.to_csv(out / "disagg_plan" / f"{group}.csv", index=False)
+        text = disagg.ratio_report(group, dc, df)
+        (out / "disagg_plan" / f"{group}.md").write_text(text)
+        print(text.rstrip())
+    runs = len(p.disagg_replicas) ** 2
+    print(f"  {runs} simulations per deployment in {time.perf_counter() - t0:.0f} s; disagg_plan/ in {out}")
 
 
 def _scenario_problem(planner, cfg, p, gpus) -> str:

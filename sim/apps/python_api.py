@@ -9,6 +9,7 @@ package that imports Hydra; below this layer every function takes a `Config`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,11 +22,13 @@ if TYPE_CHECKING:  # the simulator and the planner load on use: `sim.compose` an
     from sim.workload.build import Workload
 
 
+@functools.cache
 def schema(cls: type = Config) -> Any:
     """The OmegaConf schema of `cls` (Config, or the planner's config that holds one): the
     dataclasses' structure and types, with `fleet.autoscaler` an open mapping, since each
     autoscaler of the `fleet/autoscaler` group has keys of its own (FleetConfig turns the mapping
-    into that autoscaler's dataclass, refusing keys it does not have)."""
+    into that autoscaler's dataclass, refusing keys it does not have). Built once per process
+    (a third of a second): callers merge it (OmegaConf.merge copies it) and never change it."""
     from omegaconf import OmegaConf, open_dict
 
     from sim.config.schema import FixedAutoscaler, plain
@@ -35,7 +38,7 @@ def schema(cls: type = Config) -> Any:
         node.fleet.autoscaler = OmegaConf.create(plain(FixedAutoscaler()))
     OmegaConf.set_struct(node.fleet.autoscaler, False)
     pc = node.platform
-    for mapping in (pc.deployments, pc.escalation.class_share, pc.budget_gpus, pc.pools):
+    for mapping in (pc.deployments, pc.escalation.class_share, pc.budget_gpus, pc.pools, pc.disaggregated):
         OmegaConf.set_struct(mapping, False)  # names of the user's own: deployments, classes, GPU types
     return node
 
@@ -74,7 +77,9 @@ def run(config: Any, workload: Workload | None = None) -> Result:
     return run_config(to_config(config), workload)
 
 
+@functools.cache
 def register_configs() -> None:
+    """Put the schemas in Hydra's config store (once per process: the store keeps them)."""
     from hydra.core.config_store import ConfigStore
 
     from sim.studies.plan import PlanAppConfig

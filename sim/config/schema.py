@@ -595,6 +595,18 @@ class EscalationConfig:
 
 
 @dataclass
+class DisaggConfig:
+    """A deployment served disaggregated: its requests prefill in one declared deployment (the
+    prefill pool), their prompt's KV moves over a link, and they decode in another (the decode
+    pool); each pool has its own GPU, TP, fleet, autoscaler and pricing (`sim.des.disagg`)."""
+
+    prefill: str = ""  # the declared deployment that prefills (its traffic and SLO are the deployment's)
+    decode: str = ""  # the declared deployment that decodes
+    link_gb_s: Positive[float] = 50.0  # KV transfer bandwidth, GB/s (1e9 bytes/s) per transfer
+    link_latency_ms: NonNeg[float] = 0.0  # fixed time per transfer (connection, handshake, completion)
+
+
+@dataclass
 class PlatformConfig:
     """Several deployments in one scenario (`platform=NAME`; `none`: one deployment, the rest of
     the config). Each deployment is the base scenario with its own overrides (model, GPU, engine,
@@ -607,6 +619,8 @@ class PlatformConfig:
     # type with its own fleet, autoscaler and pricing) behind one front router, on the first
     # pool's traffic: {chat: [base, burst]}
     pools: dict[str, list[str]] = field(default_factory=dict)
+    # disaggregated prefill/decode: {chat: {prefill: p, decode: d, link_gb_s: 50, link_latency_ms: 1}}
+    disaggregated: dict[str, DisaggConfig] = field(default_factory=dict)
     escalation: EscalationConfig = field(default_factory=EscalationConfig)
     budget_usd_per_hour: NonNeg[float] | None = None  # a shared budget: the plan's total cost rate under it
     budget_gpus: dict[str, int] = field(default_factory=dict)  # a shared node pool: GPUs of each type
@@ -1456,6 +1470,25 @@ def _validate_pools(pc: PlatformConfig) -> None:
             pooled[m] = group
 
 
+def _validate_disaggregated(pc: PlatformConfig) -> None:
+    """Each disaggregated deployment names two different declared deployments, neither a cascade
+    tier, a pool or a pool of another disaggregated deployment; its link within its bounds."""
+    names = list(pc.deployments)
+    taken = {m: f"a pool of {g}" for g, members in pc.pools.items() for m in members}
+    taken.update(dict.fromkeys(pc.cascade, "a cascade tier"))
+    for group, dc in pc.disaggregated.items():
+        key = f"platform.disaggregated.{group}"
+        require(group not in pc.deployments, key, group, "a disaggregated deployment needs a name of its own")
+        require(group not in pc.pools, key, group, "is also the name of a pooled deployment")
+        check(dc, key)
+        require(dc.prefill != dc.decode, f"{key}.decode", dc.decode, "must differ from the prefill pool")
+        for role in ("prefill", "decode"):
+            m = getattr(dc, role)
+            require(m in pc.deployments, f"{key}.{role}", m, f"not a deployment; deployments: {', '.join(names)}")
+            require(m not in taken, f"{key}.{role}", m, f"is already {taken.get(m)}")
+            taken[m] = f"the {role} pool of {group}"
+
+
 def validate_platform(pc: PlatformConfig) -> None:
     """A platform's cascade names its deployments, with one escalation entry per boundary
     between tiers, each a share in [0, 1]; budgets are not negative."""
@@ -1489,6 +1522,7 @@ def validate_platform(pc: PlatformConfig) -> None:
     if pc.cascade and wanted == "class_share":
         require(bool(e.class_share), "platform.escalation.class_share", {}, "name each request class's shares")
     _validate_pools(pc)
+    _validate_disaggregated(pc)
     for gpu, n in pc.budget_gpus.items():
         require(isinstance(n, int) and n >= 0, f"platform.budget_gpus.{gpu}", n, "must be an integer >= 0")
 

@@ -95,22 +95,22 @@ class Fleet:
         plan: MemoryPlan,
         users: Conversations | None = None,
         fed: bool = False,
+        on_end: Callable[[int, float], None] | None = None,
     ):
         """`users`: closed-loop users who send the requests (`workload` is then what they have
-        sent so far: nothing, but its prefix-block layout). `fed`: a pool of a mixed-pool
-        deployment, whose requests a front router hands it (`inject`, then `end_feed`;
-        `sim.des.pools`)."""
+        sent so far: nothing, but its prefix-block layout). `fed`: a pool whose requests are
+        handed to it (`inject`, then `end_feed`; `sim.des.pools`, `sim.des.disagg`). `on_end(i,
+        now)`: called once request i's GPU or rejection record is written (`sim.des.disagg`)."""
         self.env = env
+        self.on_end = on_end
         self.cfg = cfg
         self.workload = workload
         self.perf = perf
         self.plan = plan
         self.users = users
         self.fed: list[tuple[float, int, int]] | None = [] if fed else None  # (arrival, prompt, output) handed in
-        if fed:
-            self.records = Records(1024)  # grows as requests are handed in
-        else:
-            self.records = Records(len(workload) if users is None else users.capacity())
+        # one slot per request (fed: grows as requests are handed in)
+        self.records = Records(1024 if fed else len(workload) if users is None else users.capacity())
         f = cfg.fleet
         self.max_seqs, self.max_tokens = batch_limits(cfg.engine, cfg.gpu)
         self.long_prefill = long_prefill_threshold(cfg.engine, plan.max_model_len)
@@ -450,8 +450,10 @@ class Fleet:
 
     # ------------------------------------------------------------------ a pool, fed by a front router
 
-    def inject(self, prompt: int, output: int) -> None:
-        """A request the front router hands this pool now (`sim.des.pools`)."""
+    def inject(self, prompt: int, output: int, computed: int = 0) -> int:
+        """A request handed to this pool now (by a front router, `sim.des.pools`; by a
+        disaggregated deployment's prefill pool, `sim.des.disagg`, with the KV of `computed`
+        prompt tokens already here); its id in this pool."""
         fed = self.fed
         i = len(fed)  # type: ignore[arg-type]
         fed.append((self.env.now, prompt, output))  # type: ignore[union-attr]
@@ -459,7 +461,9 @@ class Fleet:
             self.records.resize(2 * (i + 1))
         req = self._enter(i, self.env.now, prompt, output)
         if req is not None:
+            req.computed = computed
             self.dispatch(req)
+        return i
 
     def end_feed(self) -> None:
         """No more requests will come: the pool finishes when those it has end."""
@@ -681,6 +685,8 @@ class Fleet:
         self.n_closed += 1
         if self.n_closed == self.n_total:
             self.finished.succeed()
+        if self.on_end is not None:
+            self.on_end(i, now)
         if self.users is not None:
             if node.cache is not None:  # the KV of the answer stays cached, as the prompt's does
                 node.cache.insert(self.users.answer_blocks(i, req.output))
@@ -694,6 +700,8 @@ class Fleet:
         if not served:
             self.rec.dropped(self.env.now)
         self._close()
+        if self.on_end is not None:
+            self.on_end(i, self.env.now)
         if self.users is not None:
             self._answered(i, None)
 

@@ -97,7 +97,7 @@ def simulate_pools(
         if int((records.route == ROUTE_NONE).sum()):
             raise RuntimeError(f"pool {j}: request(s) ended neither served nor rejected")
         ids = np.flatnonzero(pool_of == j)
-        runs.append(PoolRun(outcome(f, end, records), ids, _part(workload, ids)))
+        runs.append(PoolRun(outcome(f, end, records), ids, subset(workload, ids)))
     return runs, front.sent
 
 
@@ -113,7 +113,8 @@ def _arrivals(env: simpy.Environment, wl: Workload, fleets: list[Fleet], front: 
         f.end_feed()
 
 
-def _part(wl: Workload, ids: np.ndarray) -> Workload:
+def subset(wl: Workload, ids: np.ndarray) -> Workload:
+    """The requests `ids` of a workload, as a workload of their own."""
     return Workload(
         arrival_s=wl.arrival_s[ids],
         prompt_tokens=wl.prompt_tokens[ids],

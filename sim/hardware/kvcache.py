@@ -113,6 +113,12 @@ def kv_bytes_per_token(model: ModelConfig, kv_cache_dtype: str) -> int:
     return 2 * model.layers * model.kv_heads * model.head_dim * KV_BYTES[kv_cache_dtype]
 
 
+def kv_transfer_s(tokens: int, bytes_per_token: int, link_gb_s: float, latency_ms: float) -> float:
+    """Seconds to move `tokens` tokens' KV over a link of `link_gb_s` GB/s (1e9 bytes/s):
+    bytes / bandwidth + the link's fixed latency (a disaggregated deployment's KV transfer)."""
+    return tokens * bytes_per_token / (link_gb_s * 1e9) + latency_ms / 1000.0
+
+
 def embedding_params(model: ModelConfig) -> float:
     """Parameters of the embedding and the lm_head (one matrix when tied)."""
     return model.vocab * model.hidden * (1 if model.tied_embeddings else 2)

@@ -245,6 +245,12 @@ def format_platform(s: dict, pc) -> str:
         where = "an API" if api_only else f"{_fmt(d['mean_replicas'])} x {d['gpus_per_replica']:g} {d['gpu']}"
         group = next((g for g, members in pc.pools.items() if name in members), None)
         tier += f" (a pool of {group})" if group else ""
+        tier += "".join(
+            f" (the {role} pool of {g})"
+            for g, dc in pc.disaggregated.items()
+            for role in ("prefill", "decode")
+            if getattr(dc, role) == name
+        )
         verdict = (
             f"attainment {d['slo_attainment']:.1%} ({'met' if d['slo_met'] else 'missed'})"
             if d["n_requests"]
@@ -261,6 +267,14 @@ def format_platform(s: dict, pc) -> str:
             f"  {group:<12s} pools {' + '.join(members)}: {_count(g['n_requests'])} requests routed {shares}; "
             f"attainment {g['slo_attainment']:.1%} ({'met' if g['slo_met'] else 'missed'}), "
             f"${g['cost_per_hour']:,.2f}/hour"
+        )
+    for group, dc in pc.disaggregated.items():
+        g = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"disaggregated.{group}.")}
+        lines.append(
+            f"  {group:<12s} disaggregated {dc.prefill} -> {dc.decode}: {_count(g['n_requests'])} requests; TTFT p50 "
+            f"{_s(g['ttft_p50'])}, p95 {_s(g['ttft_p95'])} (KV transfer {_s(g['transfer_s_mean'])} on average); TPOT "
+            f"p50 {_s(g['tpot_p50'])}, p95 {_s(g['tpot_p95'])}; attainment {g['slo_attainment']:.1%} "
+            f"({'met' if g['slo_met'] else 'missed'}), ${g['cost_per_hour']:,.2f}/hour"
         )
     if pc.cascade:
         shares = ", ".join(f"{t} {s[f'cascade.answered_by.{t}']:.1%}" for t in pc.cascade)

@@ -335,6 +335,15 @@ def _platform_figures(s: dict, pc) -> list[str]:
         d = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"deployment.{name}.")}
         role = f"tier {pc.cascade.index(name) + 1}" if name in pc.cascade else ""
         role = role or next((f"pool of {g}" for g, m in pc.pools.items() if name in m), "")
+        role = role or next(
+            (
+                f"{r} pool of {g}"
+                for g, dc in pc.disaggregated.items()
+                for r in ("prefill", "decode")
+                if getattr(dc, r) == name
+            ),
+            "",
+        )
         verdict = f"{d['slo_attainment']:.1%}" if d["n_requests"] else "no requests"
         rows.append(
             [
@@ -356,6 +365,15 @@ def _platform_figures(s: dict, pc) -> list[str]:
         )
         head = f"Pooled deployment **{group}**: {g['n_requests']:,.0f} requests, attainment {g['slo_attainment']:.1%}"
         lines += [f"{head}; {shares}.", ""]
+    for group, dc in pc.disaggregated.items():
+        g = {k.split(".", 2)[2]: v for k, v in s.items() if k.startswith(f"disaggregated.{group}.")}
+        lines += [
+            f"Disaggregated deployment **{group}** (prefill on {dc.prefill}, decode on {dc.decode}, KV over "
+            f"{dc.link_gb_s:g} GB/s): {g['n_requests']:,.0f} requests, TTFT p50 {_s(g['ttft_p50'])} and p95 "
+            f"{_s(g['ttft_p95'])} from the arrival (KV transfer {_s(g['transfer_s_mean'])} on average), TPOT p95 "
+            f"{_s(g['tpot_p95'])}; attainment {g['slo_attainment']:.1%}; {_money(g['cost_per_mtok'])}/M tokens.",
+            "",
+        ]
     if pc.cascade:
         answered = ", ".join(f"{t} {s[f'cascade.answered_by.{t}']:.1%}" for t in pc.cascade)
         lines += [
@@ -401,4 +419,9 @@ def platform_report(s: dict, pc) -> str:
         )
     if pc.pools:
         lines.append("- The front router of mixed pools routes on backlog and capacity, not on predicted latency.")
+    if pc.disaggregated:
+        lines.append(
+            "- A disaggregated deployment's KV transfers each have the link to themselves (no contention), and the "
+            "decode side holds no memory for a request until its KV has arrived."
+        )
     return "\n".join([*lines, ""])

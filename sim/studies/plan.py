@@ -76,6 +76,9 @@ class PlanConfig:
     prices: dict[str, float] = field(default_factory=dict)
     # without seeds, candidates within this fraction of the best's cost are reported as a tie
     tie_tolerance: float = 0.02
+    # a disaggregated deployment (platform.disaggregated): the replica counts tried for each of its
+    # prefill and decode pools (every pair, fixed fleets), the cheapest pair meeting the SLO chosen
+    disagg_replicas: list[int] = field(default_factory=lambda: [1, 2, 3])
 
 
 @dataclass
@@ -108,6 +111,11 @@ def validate_plan(p: PlanConfig) -> None:
             "volumes",
             lambda: p.volumes and all(math.isfinite(v) and v > 0 for v in p.volumes),
             "must list positive, finite volume multipliers",
+        ),
+        (
+            "disagg_replicas",
+            lambda: p.disagg_replicas and all(isinstance(n, int) and 1 <= n <= 64 for n in p.disagg_replicas),
+            "must list replica counts from 1 to 64",
         ),
     )
     for key, holds, allowed in rules:

@@ -30,7 +30,7 @@ from scipy import stats
 from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, PlatformConfig, is_closed, is_sessions, validate_platform
 from sim.results.metrics import _pct, _slo, json_ready, slo_mask
-from sim.studies.run import Result, run
+from sim.studies.run import Result, named, run
 from sim.workload.build import Workload, stream
 
 TOTAL_KEYS = ("total_cost", "gpu_cost", "api_cost", "cost_per_hour", "cost_per_month")
@@ -57,6 +57,8 @@ class PlatformResult:
     summary: dict
     cascade: pd.DataFrame | None = None  # one row per request that entered the cascade, as its user saw it
     configs: dict[str, Config] = field(default_factory=dict)
+    # each disaggregated deployment's requests, one row per user request (sim.studies.disagg)
+    disaggregated: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     def save(self, out_dir: str | Path) -> Path:
         """Each deployment's outputs in deployments/NAME/, the cascade's requests in
@@ -73,6 +75,9 @@ class PlatformResult:
             result.save(out / "deployments" / name)
         if self.cascade is not None:
             self.cascade.to_parquet(out / "cascade.parquet", index=False)
+        for name, view in self.disaggregated.items():
+            (out / "disaggregated").mkdir(exist_ok=True)
+            view.to_parquet(out / "disaggregated" / f"{name}.parquet", index=False)
         from sim.output.report import platform_report
 
         (out / "report.md").write_text(platform_report(self.summary, self.platform))
@@ -95,34 +100,39 @@ def run_platform(configs: dict[str, Config], pc: PlatformConfig, seed: int = 0) 
                 configs[tier].seeds,
                 f"a cascade runs one seed at a time (tier {tier}): run it per seed (seed=N) and compare",
             )
-    pooled = {m for members in pc.pools.values() for m in members}
+    grouped = grouped_members(pc)
     parts = {
-        name: _run(name, configs[name]) for name in pc.deployments if name not in pc.cascade and name not in pooled
+        name: _run(name, configs[name]) for name in pc.deployments if name not in pc.cascade and name not in grouped
     }
     groups = {}
     for group, members in pc.pools.items():
         results, groups[group] = run_pools(group, members, [configs[m] for m in members])
+        parts.update(results)
+    split, views = {}, {}
+    for group, dc in pc.disaggregated.items():
+        from sim.studies.disagg import run_disagg
+
+        results, split[group], views[group] = run_disagg(group, dc, (configs[dc.prefill], configs[dc.decode]))
         parts.update(results)
     cascade = None
     if pc.cascade:
         tiers, cascade = run_cascade({t: configs[t] for t in pc.cascade}, pc, seed)
         parts.update(zip(pc.cascade, tiers, strict=True))
     parts = {name: parts[name] for name in pc.deployments}  # in the declared order
-    summary = combine(parts, pc, cascade, configs[pc.cascade[0]] if pc.cascade else None, groups)
-    return PlatformResult(pc, parts, summary, cascade, configs)
+    summary = combine(parts, pc, cascade, configs[pc.cascade[0]] if pc.cascade else None, groups, split)
+    return PlatformResult(pc, parts, summary, cascade, configs, views)
+
+
+def grouped_members(pc: PlatformConfig) -> set[str]:
+    """The deployments that are pools of a pooled or disaggregated deployment (run in a group)."""
+    out = {m for members in pc.pools.values() for m in members}
+    out.update(m for dc in pc.disaggregated.values() for m in (dc.prefill, dc.decode))
+    return out
 
 
 def _run(name: str, cfg: Config, workload: Workload | None = None) -> Result:
     """One deployment's run; a value it refuses is named with the deployment."""
-    return _named(name, run, cfg, workload)
-
-
-def _named(name: str, fn, *args):
-    """fn(*args), a ConfigError it raises named with the deployment."""
-    try:
-        return fn(*args)
-    except ConfigError as exc:
-        raise ConfigError(f"platform.deployments.{name}: {exc.key}", exc.value, exc.allowed) from None
+    return named(name, run, cfg, workload)
 
 
 # ----------------------------------------------------------------------------- cascade
@@ -260,15 +270,19 @@ def combine(
     view: pd.DataFrame | None,
     entry: Config | None,
     groups: dict[str, dict] | None = None,
+    split: dict[str, dict] | None = None,
 ) -> dict:
     """Totals over the deployments (costs and cost rates add; tokens are those of the answers
-    users got, a cascade's requests counted once), each deployment's key figures as
-    `deployment.NAME.KEY`, the cascade's as `cascade.KEY`, and the budget's verdict."""
+    users got, a cascade's requests counted once, a disaggregated deployment's once, by its
+    decode pool), each deployment's key figures as `deployment.NAME.KEY`, the cascade's as
+    `cascade.KEY`, the pooled and disaggregated deployments' as `pools.NAME.KEY` and
+    `disaggregated.NAME.KEY`, and the budget's verdict."""
     s: dict = {key: float(sum(r.summary.get(key, 0.0) for r in parts.values())) for key in TOTAL_KEYS}
+    prefill = {dc.prefill for dc in pc.disaggregated.values()}
     user_tokens = 0.0
     for name, r in parts.items():
-        if name in pc.cascade[1:]:
-            continue  # tokens answered again by a later tier: the user got one answer
+        if name in pc.cascade[1:] or name in prefill:
+            continue  # tokens answered again by a later tier, or prefilled for a decode pool: counted once
         user_tokens += r.summary["input_tokens"] + r.summary["output_tokens"]
     s["tokens"] = user_tokens
     s["cost_per_mtok"] = s["total_cost"] / user_tokens * 1e6 if user_tokens else math.nan
@@ -277,27 +291,35 @@ def combine(
         s.update({f"deployment.{name}.{k}": r.summary.get(k) for k in PART_KEYS})
         s[f"deployment.{name}.gpu"] = r.config.gpu.name
         s[f"deployment.{name}.model"] = r.config.model.name
-    pooled = {m for members in pc.pools.values() for m in members}
-    met = [bool(r.summary["slo_met"]) for n, r in parts.items() if n not in pc.cascade and n not in pooled]
-    for group, g in (groups or {}).items():
-        s.update({f"pools.{group}.{k}": v for k, v in g.items()})
-        met.append(bool(g["slo_met"]))
+    for prefix, figures in (("pools", groups or {}), ("disaggregated", split or {})):
+        for group, g in figures.items():
+            s.update({f"{prefix}.{group}.{k}": v for k, v in g.items()})
     if view is not None and entry is not None:
         c = cascade_summary(view, entry, pc.cascade)
         s.update({f"cascade.{k}": v for k, v in c.items()})
-        met.append(bool(c["slo_met"]))
-    s["slo_met"] = all(met)
-    attainments = [r.summary["slo_attainment"] for n, r in parts.items() if n not in pc.cascade and n not in pooled]
-    attainments += [g["slo_attainment"] for g in (groups or {}).values()]
-    if view is not None:
-        attainments.append(s["cascade.slo_attainment"])
-    # the worst-served deployment's (a sweep ranks misses by it); one that served nothing: 0
-    s["slo_attainment"] = min(0.0 if a is None or math.isnan(a) else a for a in attainments)
-    s["n_requests"] = sum(r.summary["n_requests"] for n, r in parts.items() if n not in pc.cascade[1:])
+    _verdicts(s, parts, pc, [*(groups or {}).values(), *(split or {}).values()], view is not None)
+    split_pools = {m for dc in pc.disaggregated.values() for m in (dc.prefill, dc.decode)}
+    s["n_requests"] = sum(
+        r.summary["n_requests"] for n, r in parts.items() if n not in pc.cascade[1:] and n not in split_pools
+    ) + sum(g["n_requests"] for g in (split or {}).values())
     if pc.budget_usd_per_hour is not None:
         s["budget_usd_per_hour"] = pc.budget_usd_per_hour
         s["within_budget"] = s["cost_per_hour"] <= pc.budget_usd_per_hour
     return s
+
+
+def _verdicts(s: dict, parts: dict[str, Result], pc: PlatformConfig, groups: list[dict], cascade: bool) -> None:
+    """`slo_met` (every deployment as its users see it) and `slo_attainment` (the worst-served
+    one's: a sweep ranks misses by it; one that served nothing: 0) into `s`."""
+    grouped = grouped_members(pc)
+    alone = [r for n, r in parts.items() if n not in pc.cascade and n not in grouped]
+    met = [bool(r.summary["slo_met"]) for r in alone] + [bool(g["slo_met"]) for g in groups]
+    attainments = [r.summary["slo_attainment"] for r in alone] + [g["slo_attainment"] for g in groups]
+    if cascade:
+        met.append(bool(s["cascade.slo_met"]))
+        attainments.append(s["cascade.slo_attainment"])
+    s["slo_met"] = all(met)
+    s["slo_attainment"] = min(0.0 if a is None or math.isnan(a) else a for a in attainments)
 
 
 # ----------------------------------------------------------------------------- mixed pools
@@ -320,7 +342,7 @@ def run_pools(group: str, names: list[str], cfgs: list[Config]) -> tuple[dict[st
 
     check_pools(cfgs, names)
     for name, c in zip(names, cfgs, strict=True):
-        _named(name, validate, c)
+        named(name, validate, c)
     first = cfgs[0]
     if is_closed(first.workload) or is_sessions(first.workload):
         raise ConfigError(f"platform.pools.{group}", names[0], "closed-loop users and sessions are not pooled yet")

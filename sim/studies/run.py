@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sim.config.errors import UserError
+from sim.config.errors import ConfigError, UserError
 from sim.config.schema import Config, has_trace, is_closed, is_sessions, plain
 from sim.des.preflight import validate
 from sim.des.simulate import simulate
@@ -259,3 +259,11 @@ def run_one(cfg: Config, workload: Workload | None = None) -> Result:
     run = summarize_run(cfg, wl, out, plan, perf, closed)
     run.summary["wall_time_s"] = time.perf_counter() - wall0
     return Result(cfg, run.summary, run.requests, run.timeseries, plan, run.engine, bills=run.bills, spans=out.spans)
+
+
+def named(name: str, fn, *args):
+    """fn(*args), a ConfigError it raises named with the platform's deployment `name`."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        raise ConfigError(f"platform.deployments.{name}: {exc.key}", exc.value, exc.allowed) from None
