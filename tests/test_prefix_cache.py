@@ -91,13 +91,13 @@ def test_free_blocks_are_evicted_least_recently_freed_first_tail_before_head():
     assert pool.release([1, 2, 3]) == 1  # only 3 loses its last user
     assert pool.release([1, 2]) == 2
     assert list(pool.free) == [3, 2, 1]  # freed tail first: 3, then 2 before 1
-    assert pool.lookup([1, 2, 3, 4], cap=4, taken=set()) == (3, 3)
+    assert pool.lookup([1, 2, 3, 4], cap=4, taken=set()) == (3, 3, 0)
     pool.evict_to(2)
     assert list(pool.free) == [2, 1]
-    assert pool.lookup([1, 2, 3], cap=3, taken=set()) == (2, 2)
-    assert pool.lookup([1, 2, 3], cap=1, taken=set()) == (1, 1)
+    assert pool.lookup([1, 2, 3], cap=3, taken=set()) == (2, 2, 0)
+    assert pool.lookup([1, 2, 3], cap=1, taken=set()) == (1, 1, 0)
     pool.acquire([1])
-    assert pool.lookup([1, 2], cap=2, taken={2}) == (2, 0)  # 1 live, 2 taken earlier this step
+    assert pool.lookup([1, 2], cap=2, taken={2}) == (2, 0, 0)  # 1 live, 2 taken earlier this step
     assert pool.live_blocks() == 1
 
 

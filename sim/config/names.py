@@ -67,6 +67,12 @@ class Admission(Choice):
     full_prompt = "full_prompt"
 
 
+class SpecMethod(Choice):  # engine.speculative.method (sim.hardware.speculative)
+    none = "none"
+    draft = "draft"
+    mtp = "mtp"
+
+
 class Router(Choice):  # sim.des.router.ROUTERS
     least_outstanding = "least_outstanding"
     round_robin = "round_robin"

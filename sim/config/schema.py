@@ -42,6 +42,7 @@ from sim.config.names import (
     PendingDist,
     PricingKind,
     Router,
+    SpecMethod,
     ThinkDist,
     TimeUnit,
     Usage,
@@ -222,6 +223,31 @@ class GpuConfig:
     visible_memory_gib: Positive[float] | None = None
 
 
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding (engine.speculative): a drafter proposes k tokens per sequence, the
+    target verifies them in one pass over k + 1 tokens and keeps the accepted prefix plus one
+    token of its own (sim.hardware.speculative, docs/model.md)."""
+
+    method: SpecMethod = SpecMethod.none  # none | draft (a smaller model) | mtp (the target's MTP heads)
+    k: Annotated[int, at_least(1, "draft tokens per step"), at_most(64)] = 3  # draft length
+    # per-token acceptance (independent): E = (1 - a^(k+1)) / (1 - a) tokens per target step
+    acceptance: Annotated[float, Bound(0, 1, hi_open=True)] = 0.7
+    draft_model: str | None = None  # draft: a model option (conf/model/NAME.yaml) run on the same GPUs
+    mtp_layers: Annotated[int, at_least(1), at_most(64)] = 1  # mtp: layers of the target a draft pass runs
+
+
+@dataclass
+class KvOffloadConfig:
+    """Host (CPU) memory as a second KV tier (engine.kv_offload): cached prefix blocks evicted
+    from the GPU move there instead of being dropped, and a prefix hit on them is reloaded over
+    PCIe instead of recomputed (sim.des.prefix; acts with prefix caching, docs/model.md)."""
+
+    # host memory for KV per replica, GiB (0: no host tier)
+    cpu_gib: Annotated[float, Bound(0, 1e6, why="GiB of host memory; 0: off")] = 0.0
+    pcie_gb_s: Annotated[float, Bound(0, 1e4, lo_open=True)] = 25.0  # host-to-GPU copy bandwidth per GPU, GB/s
+
+
 @dataclass(kw_only=True)
 class EngineConfig:
     """The serving engine's settings and fitted performance factors (the engine group). The fitted
@@ -264,6 +290,8 @@ class EngineConfig:
     step_overhead_per_seq_us: NonNeg[float]  # per-iteration time that grows with the batch (per sequence)
     request_overhead_ms: NonNeg[float]  # client-visible time outside the engine (API server, tokenizer)
     perf_table: str | None = None  # CSV batch_size,tokens,context,iteration_ms replaces the formula
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)  # method none: off
+    kv_offload: KvOffloadConfig = field(default_factory=KvOffloadConfig)  # cpu_gib 0: off
 
 
 @dataclass
@@ -1607,6 +1635,41 @@ def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
             e.max_model_len,
             f"must not exceed model.max_position ({m.max_position})",
         )
+    validate_speculative(e)
+    check(e.kv_offload, "engine.kv_offload")
+
+
+def draft_model_config(e: EngineConfig) -> ModelConfig | None:
+    """The draft model of `engine.speculative` (method draft), loaded from its option; else None."""
+    spec = e.speculative
+    if spec.method != "draft" or spec.draft_model is None:
+        return None
+    return load_option("model", spec.draft_model)
+
+
+def validate_speculative(e: EngineConfig) -> None:
+    """Speculation needs the roofline (a measured table has no verify pass) and, with a draft
+    model, one that exists and shards over the TP group."""
+    spec = e.speculative
+    check(spec, "engine.speculative")
+    if spec.method == "none":
+        return
+    require(
+        e.perf_table is None,
+        "engine.speculative.method",
+        spec.method,
+        "needs the roofline: engine.perf_table must be null (a measured table has no verify pass)",
+    )
+    if spec.method == "draft":
+        key = "engine.speculative.draft_model"
+        known = options("model")
+        require(spec.draft_model is not None, key, None, f"method draft needs a model option: {', '.join(known)}")
+        require(spec.draft_model in known, key, spec.draft_model, f"must name a model option: {', '.join(known)}")
+        d = draft_model_config(e)
+        assert d is not None
+        validate_model(d)
+        tp = e.tensor_parallel_size
+        require(d.heads % tp == 0, key, spec.draft_model, f"its heads ({d.heads}) must divide over TP={tp}")
 
 
 def _plausible(cfg: Config) -> None:

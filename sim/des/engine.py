@@ -540,6 +540,7 @@ class Replica:
 
         budget = self.max_tokens - decoders.n
         chunks: list[tuple[Request, int]] = []
+        reload = 0.0  # seconds copying prefix blocks back from the host tier before this iteration
         for req in list(self.prefilling) if self.prefilling else ():
             if budget <= 0:
                 break
@@ -565,7 +566,7 @@ class Replica:
             if not chunks and not decoders.n:  # nothing else would run: the scheduler sees them now
                 cutoff = math.inf
             if self.pool is not None:
-                free, budget = self._admit_cached(free, budget, cutoff, chunks, now)
+                free, budget, reload = self._admit_cached(free, budget, cutoff, chunks, now)
             else:
                 for req, c, need in self._plan_admission(free, budget, cutoff):
                     self.waiting.popleft()
@@ -587,6 +588,8 @@ class Replica:
             self._set_segment(now, 0.0, 0.0, _NO_CHUNKS, run, n, occ)
             return run.time(n)
         head = self.perf.iteration_time(decoders.n, context, [(c, r.computed) for r, c in chunks])
+        if reload:
+            head += reload
         if self.fast_forward and not preempted and self._mergeable(chunks):
             self._apply_head(chunks, now + head, g + 1)
             slack = self.total_blocks - self.held_other - decoders.blocks_after(g + 2)
@@ -664,24 +667,26 @@ class Replica:
 
     # ------------------------------------------------------------------ prefix cache
 
-    def _admit_cached(self, free: int, budget: int, cutoff: float, chunks: list, now: float) -> tuple[int, int]:
+    def _admit_cached(self, free: int, budget: int, cutoff: float, chunks: list, now: float) -> tuple[int, int, float]:
         """Admit waiting requests (FIFO) at this boundary, each looking its prompt up in the
-        prefix cache as it is scheduled; cached blocks that memory now needs are evicted first."""
+        prefix cache as it is scheduled; cached blocks that memory now needs are evicted first.
+        Return the free blocks, the token budget left and the seconds reloading host-tier blocks."""
         pool = self.pool
         assert pool is not None
         bs, bt, k = self.bs, self.hash_tokens, pool.k
         seats = self.max_seqs - len(self.running)
         taken: set[int] = set()
+        reload = 0.0
         pool.evict_to(free)
         while self.waiting and budget > 0 and seats > 0:
             req = self.waiting[0]
             if req.seen >= cutoff:
                 break
-            hit = revived = 0
+            hit = revived = reloaded = 0
             if req.computed == 0 and req.hashes is not None:
                 # whole prompt blocks only, and never the last token of a prompt (its logits)
                 cap = min(len(req.hashes), min(req.target - 1, req.prompt) // bt)
-                hit, revived = pool.lookup(req.hashes, cap, taken)
+                hit, revived, reloaded = pool.lookup(req.hashes, cap, taken)
             cached = hit * bt if req.computed == 0 else req.computed
             rem = req.target - cached
             if 0 < self.long_prefill < rem:
@@ -709,13 +714,16 @@ class Replica:
                 if req.start < 0:
                     req.cached = cached
                 self.held_other += revived * k
+                if reloaded:
+                    pool.reloads += reloaded
+                    reload += reloaded * pool.reload_s
             self._admit(req, own, now)
             chunks.append((req, c))
             free -= need
             budget -= c
             seats -= 1
             pool.evict_to(free)
-        return free, budget
+        return free, budget, reload
 
     def _register(self, req: Request, now: float) -> None:
         """Cache the prompt blocks the request has computed so far (its own KV becomes shared)."""

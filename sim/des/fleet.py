@@ -213,7 +213,7 @@ class Fleet:
             chunked_prefill=e.enable_chunked_prefill,
             fast_forward=e.fast_forward,
             async_scheduling=e.async_scheduling,
-            pool=BlockPool(self.workload.block_tokens // self.plan.block_size) if self.prefix else None,
+            pool=self._pool() if self.prefix else None,
             hash_tokens=self.workload.block_tokens if self.prefix else 0,
             long_prefill_token_threshold=self.long_prefill,
             full_prompt_admission=e.admission == "full_prompt",
@@ -221,6 +221,19 @@ class Fleet:
             on_idle=on_idle,
             paused=True,
         )
+
+    def _pool(self) -> BlockPool:
+        """A replica's prefix cache, with its host tier (engine.kv_offload) when one is set: the
+        ids host memory holds (each id's KV for the whole replica), and the seconds one id takes
+        to copy back (each GPU its shard, over its own PCIe link)."""
+        k = self.workload.block_tokens // self.plan.block_size
+        off = self.cfg.engine.kv_offload
+        if not off.cpu_gib:
+            return BlockPool(k)
+        tokens = self.workload.block_tokens
+        host_ids = int(off.cpu_gib * 2**30 // (tokens * self.plan.kv_bytes_per_token))
+        reload_s = tokens * self.plan.kv_bytes_per_token_per_gpu / (off.pcie_gb_s * 1e9)
+        return BlockPool(k, host_ids, reload_s)
 
     def _evacuated(self, requests: list[Request]) -> None:
         """A spot preemption handed back these requests: none is lost, each is routed again."""

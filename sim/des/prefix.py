@@ -19,6 +19,11 @@ v0.15.1):
   computed are reused unless they were evicted meanwhile.
 
 `BlockPool` holds the ids; the replica (`sim.des.engine`) keeps the memory accounting.
+
+A host tier (`engine.kv_offload.cpu_gib` > 0) keeps the blocks evicted from the GPU in host
+memory, least recently evicted dropped first when it is full; a lookup that reaches them counts
+them as hits to reload (the replica charges bytes / PCIe bandwidth to the admitting iteration)
+instead of prefill to recompute.
 """
 
 from __future__ import annotations
@@ -34,10 +39,26 @@ class BlockPool:
     `free` (cached, unreferenced, least recently freed first). Each id stands for `k` KV blocks
     of the engine (k = block_tokens / engine block size)."""
 
-    __slots__ = ("_born", "before_peek", "free", "hits", "k", "live", "lookups")
+    __slots__ = (
+        "_born",
+        "before_peek",
+        "free",
+        "hits",
+        "host",
+        "host_cap",
+        "k",
+        "live",
+        "lookups",
+        "reload_s",
+        "reloads",
+    )
 
-    def __init__(self, k: int):
+    def __init__(self, k: int, host_ids: int = 0, reload_s: float = 0.0):
         self.k = k
+        self.host_cap = host_ids  # ids the host tier holds (0: no host tier)
+        self.host: OrderedDict[int, None] = OrderedDict()  # evicted to host memory, least recently first
+        self.reload_s = reload_s  # seconds to copy one id's KV blocks from the host to each GPU
+        self.reloads = 0  # ids reloaded from the host
         self.live: dict[int, int] = {}
         self.free: OrderedDict[int, None] = OrderedDict()
         self._born: dict[int, float] = {}  # when a live id was cached (a merged head caches ahead)
@@ -62,21 +83,26 @@ class BlockPool:
                 break
         return n
 
-    def lookup(self, ids: list[int], cap: int, taken: set[int]) -> tuple[int, int]:
-        """(hits, revived): leading ids cached (at most `cap`), and how many of them are free
-        cached blocks that a hit takes back into use (`taken`: ids taken by requests admitted
+    def lookup(self, ids: list[int], cap: int, taken: set[int]) -> tuple[int, int, int]:
+        """(hits, revived, reloaded): leading ids cached (at most `cap`), how many of them need
+        GPU memory again (free cached blocks a hit takes back into use, and host-tier blocks),
+        and how many of those come from the host (`taken`: ids taken by requests admitted
         before this one in the same step, live for this one)."""
-        live, free = self.live, self.free
-        hit = revived = 0
+        live, free, host = self.live, self.free, self.host
+        hit = revived = reloaded = 0
         for h in ids[:cap]:
             if h in live or h in taken:
                 hit += 1
             elif h in free:
                 hit += 1
                 revived += 1
+            elif h in host:
+                hit += 1
+                revived += 1
+                reloaded += 1
             else:
                 break
-        return hit, revived
+        return hit, revived, reloaded
 
     def acquire(self, ids: list[int]) -> None:
         """Running requests reference these cached ids."""
@@ -85,7 +111,10 @@ class BlockPool:
             if h in live:
                 live[h] += 1
             else:
-                del free[h]
+                if h in free:
+                    del free[h]
+                else:  # reloaded from the host tier
+                    del self.host[h]
                 live[h] = 1
 
     def register(self, h: int, now: float) -> bool:
@@ -126,10 +155,21 @@ class BlockPool:
         while free and len(free) * k > free_blocks:
             h, _ = free.popitem(last=False)
             self._born.pop(h, None)
+            if self.host_cap:
+                self._offload(h)
+
+    def _offload(self, h: int) -> None:
+        """An evicted id moves to the host tier, whose least recently evicted id is dropped when full."""
+        host = self.host
+        host[h] = None
+        host.move_to_end(h)
+        if len(host) > self.host_cap:
+            host.popitem(last=False)
 
     def clear(self) -> None:
         """The KV cache is gone (sleep, restart); only an idle replica is cleared."""
         self.free.clear()
+        self.host.clear()
         self._born = {h: t for h, t in self._born.items() if h in self.live}
 
     def __len__(self) -> int:

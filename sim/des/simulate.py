@@ -65,6 +65,14 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
     busy, occupancy = life.engine_seconds()
     caches = [n.cache for n in nodes if n.cache is not None]
     api = fleet.api
+    engine = {
+        "iterations": sum(n.engine.iterations for n in nodes),
+        "engine_events": sum(n.engine.timers for n in nodes),
+        "engine_batches": sum(n.engine.segments for n in nodes),
+    }
+    if any(c.host_cap for c in caches):  # engine.kv_offload: prefix blocks reloaded from host memory
+        engine["kv_offload_reloaded_blocks"] = sum(c.reloads * c.k for c in caches)
+        engine["kv_offload_reload_s"] = sum(c.reloads * c.reload_s for c in caches)
     return Outcome(
         end_s=end,
         records=records,
@@ -79,11 +87,7 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
         replicas_started=len(nodes),
         cold_start_s=fleet.cold_start_s,
         wake_s=fleet.wake_s,
-        engine={
-            "iterations": sum(n.engine.iterations for n in nodes),
-            "engine_events": sum(n.engine.timers for n in nodes),
-            "engine_batches": sum(n.engine.segments for n in nodes),
-        },
+        engine=engine,
         stats=dict(fleet.stats),
         prefix=bool(fleet.prefix),
         prefix_lookups=sum(c.lookups for c in caches),

@@ -20,7 +20,15 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from sim.config.schema import KV_BYTES, WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig, batch_limits
+from sim.config.schema import (
+    KV_BYTES,
+    WEIGHT_BYTES,
+    EngineConfig,
+    GpuConfig,
+    ModelConfig,
+    batch_limits,
+    draft_model_config,
+)
 
 GIB = 2**30
 MIB = 2**20
@@ -182,6 +190,22 @@ def cudagraph_estimate(model: ModelConfig, engine: EngineConfig) -> float:
     return forward_peak(model, engine, largest) + graphs * CUDAGRAPH_PER_GRAPH
 
 
+def drafter_memory(model: ModelConfig, engine: EngineConfig) -> tuple[float, int, float]:
+    """What speculative decoding adds to a replica's memory: (weight bytes, KV bytes per token,
+    KV bytes per token per GPU). A draft model loads its own weights and keeps its own KV for
+    every token; MTP layers are `mtp_layers` more layers of the target (weights of a layer
+    without the embeddings, which they share, and a layer's KV each)."""
+    tp = engine.tensor_parallel_size
+    draft = draft_model_config(engine)
+    if draft is not None:
+        kv = kv_bytes_per_token(draft, engine.kv_cache_dtype)
+        return weight_bytes(draft), kv, kv / min(tp, draft.kv_heads)
+    n = engine.speculative.mtp_layers
+    layer = (model.params_b * 1e9 - embedding_params(model)) / model.layers * WEIGHT_BYTES[model.weight_dtype]
+    kv = kv_bytes_per_token(model, engine.kv_cache_dtype) * n // model.layers
+    return n * layer, kv, kv / min(tp, model.kv_heads)
+
+
 def memory_plan(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> MemoryPlan:
     """KV capacity = (memory x utilisation - everything else vLLM counts) / KV bytes per token per GPU.
 
@@ -215,6 +239,11 @@ def memory_plan(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> Mem
             "non_torch_bytes": (DEVICE_NON_TORCH_GIB if profiler.whole_device else NON_TORCH_GIB) * GIB,
             "cudagraph_bytes": graphs,
         }
+    if engine.speculative.method != "none":  # the drafter's weights and KV share the GPUs
+        extra_weights, extra_kv, extra_kv_gpu = drafter_memory(model, engine)
+        weights += extra_weights
+        kv_tok += extra_kv
+        kv_tok_gpu += extra_kv_gpu
     per_gpu_weights = weights / tp
     free = usable - per_gpu_weights - sum(parts.values())
     kv_tokens = max(0, int(free // kv_tok_gpu))

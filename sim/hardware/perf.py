@@ -12,7 +12,7 @@ touch. A measured table (batch_size, tokens, context -> iteration_ms) can replac
 
 A run of decode-only iterations with a fixed batch is the engine's hot path: the context grows
 by the batch size every step, so both roofline terms are linear in the step index and the
-run's total time and its inverse have closed forms (`DecodeRun`).
+run's total time and its inverse have closed forms (`sim.hardware.decoderun`).
 """
 
 from __future__ import annotations
@@ -24,22 +24,10 @@ from typing import Protocol
 import numpy as np
 
 from sim.config.errors import ConfigError
-from sim.config.schema import WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig
+from sim.config.schema import WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig, draft_model_config
+from sim.hardware.decoderun import Chunks, DecodeRun, LinearDecodeRun
 from sim.hardware.kvcache import kv_bytes_per_token
-
-Chunks = list[tuple[int, int]]  # (prefill tokens this iteration, tokens already in the KV cache)
-
-
-class DecodeRun(Protocol):
-    """Consecutive decode-only iterations of a fixed batch."""
-
-    def time(self, n: int) -> float:
-        """Total duration of the first n iterations."""
-        ...
-
-    def steps_within(self, elapsed: float) -> int:
-        """Number of iterations that have completed `elapsed` seconds after the run started."""
-        ...
+from sim.hardware.speculative import SpeculativePerf, mtp_fraction
 
 
 class PerfModel(Protocol):
@@ -83,10 +71,12 @@ class Roofline:
         self._pair = 4 * model.layers * model.heads * model.head_dim / flops  # s per (q, k) pair
         self._fixed = engine.step_overhead_ms / 1000
         self._per_seq = engine.step_overhead_per_seq_us * 1e-6
+        self._pass_fixed = 0.0  # fixed time of any forward pass (a draft's too): the all-reduce latency
         if tp > 1:  # two all-reduces per layer; ring: 2 (tp-1)/tp of the activations cross links
             # a small all-reduce's latency grows with the log of the group (tree / one-shot
             # algorithms): gpu.allreduce_latency_us is the figure for 2 GPUs
-            self._fixed += 2 * model.layers * gpu.allreduce_latency_us * 1e-6 * math.log2(tp)
+            self._pass_fixed = 2 * model.layers * gpu.allreduce_latency_us * 1e-6 * math.log2(tp)
+            self._fixed += self._pass_fixed
             self._ar_tok = 2 * model.layers * 2 * (tp - 1) / tp * model.hidden * 2 / (gpu.link_gbps * 1e9)
         else:
             self._ar_tok = 0.0
@@ -114,6 +104,40 @@ class Roofline:
             self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
         )
 
+    def step_overhead(self, seqs: int) -> float:
+        """The engine's per-iteration time outside forward passes (scheduler, sampler, launch)."""
+        return self._fixed - self._pass_fixed + self._per_seq * seqs
+
+    def pass_terms(self, n_decode: int, q: int, context: float, chunks: Chunks) -> tuple[float, float, float]:
+        """(fixed, memory, compute) seconds of one forward pass without the engine's overheads:
+        n_decode sequences holding `context` KV tokens in all each run q query tokens (1: a
+        decode step; k + 1: a speculative verify pass), plus prefill chunks."""
+        n = q * n_decode
+        kv = context + n
+        pairs = q * context + n_decode * q * (q + 1) / 2
+        for c, k0 in chunks:
+            n += c
+            kv += k0 + c
+            pairs += c * k0 + c * (c + 1) / 2
+        return (
+            self._pass_fixed + self._ar_tok * n,
+            self.weight_time(n) + self._kv * kv,
+            self._tok * n + self._pair * pairs,
+        )
+
+    def pass_run(self, n_decode: int, q: int, context: float) -> tuple[float, float, float, float, float]:
+        """`pass_terms` of decode-only passes as lines in the step index j, the context growing by
+        n_decode a step: (fixed, memory at j = 0, its slope, compute at j = 0, its slope)."""
+        b = n_decode
+        n = q * b
+        return (
+            self._pass_fixed + self._ar_tok * n,
+            self.weight_time(n) + self._kv * (context + n),
+            self._kv * b,
+            self._tok * n + self._pair * (q * context + b * q * (q + 1) / 2),
+            self._pair * q * b,
+        )
+
     def decode_run(self, n_decode: int, context: int, n_max: int) -> LinearDecodeRun:
         b = n_decode
         kv0 = context + b
@@ -125,67 +149,6 @@ class Roofline:
             self._tok * b + self._pair * kv0,
             self._pair * b,
         )
-
-
-class LinearDecodeRun:
-    """t_k = c0 + max(am + bm k, ac + bc k): closed-form sums and their inverse."""
-
-    __slots__ = ("_a1", "_a2", "_b1", "_b2", "_c0", "_k", "_t_k")
-
-    def __init__(self, c0: float, am: float, bm: float, ac: float, bc: float):
-        self._c0 = c0
-        d0, d1 = am - ac, bm - bc  # memory minus compute at step k: d0 + d1 k
-        k_switch: float = math.inf  # one regime throughout unless the lines cross
-        # (float literals below: a float compared with a float is the interpreter's fast path)
-        if d1 > 0.0 and d0 < 0.0:  # compute-bound first, memory-bound from the first k with d >= 0
-            crossing = -d0 / d1
-            if crossing < 1e15:
-                k_switch = math.ceil(crossing)
-        elif d1 < 0.0 and d0 >= 0.0:  # memory-bound first, compute-bound once d < 0
-            crossing = d0 / -d1
-            if crossing < 1e15:
-                k_switch = math.floor(crossing) + 1
-        first_mem = d0 >= 0.0
-        if first_mem:
-            self._a1, self._b1, self._a2, self._b2 = am, bm, ac, bc
-        else:
-            self._a1, self._b1, self._a2, self._b2 = ac, bc, am, bm
-        self._k = k_switch
-        self._t_k = self._sum1(k_switch) if k_switch != math.inf else math.inf
-
-    def _sum1(self, n: float) -> float:
-        return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
-
-    def time(self, n: int) -> float:
-        if n <= self._k:  # (_sum1, inline: the hot path)
-            return n * (self._c0 + self._a1) + self._b1 * n * (n - 1) / 2
-        k = self._k
-        m = n - k
-        return self._t_k + m * (self._c0 + self._a2) + self._b2 * m * (n - 1 + k) / 2
-
-    def steps_within(self, elapsed: float) -> int:
-        if elapsed <= 0.0:
-            return 0
-        if elapsed < self._t_k:
-            m = _solve(self._c0 + self._a1 - self._b1 / 2, self._b1 / 2, elapsed)
-        else:
-            k = self._k
-            # second regime: sum_{j<m} (c0 + a2 + b2 (k + j)) = elapsed - T_k
-            lin = self._c0 + self._a2 + self._b2 * k - self._b2 / 2
-            m = k + _solve(lin, self._b2 / 2, elapsed - self._t_k)
-        n = max(0, int(m))
-        while self.time(n + 1) <= elapsed:
-            n += 1
-        while n > 0 and self.time(n) > elapsed:
-            n -= 1
-        return n
-
-
-def _solve(lin: float, quad: float, y: float) -> float:
-    """Positive root of quad m^2 + lin m = y (numerically stable form)."""
-    if quad == 0.0:
-        return y / lin
-    return 2 * y / (lin + math.sqrt(lin * lin + 4 * quad * y))
 
 
 class TablePerf:
@@ -290,7 +253,22 @@ class SlowedRun:
 def build_perf(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> PerfModel:
     if engine.perf_table:
         return TablePerf(engine.perf_table)
+    if engine.speculative.method != "none":
+        return _speculative(model, gpu, engine)
     return Roofline(model, gpu, engine)
+
+
+def _speculative(model: ModelConfig, gpu: GpuConfig, engine: EngineConfig) -> SpeculativePerf:
+    """The target's roofline wrapped for speculative decoding, drafting with a draft model's own
+    roofline on the same GPUs or with the target's MTP layers."""
+    spec = engine.speculative
+    target = Roofline(model, gpu, engine)
+    draft = draft_model_config(engine)
+    if draft is not None:
+        drafter, frac = Roofline(draft, gpu, engine), 1.0
+    else:
+        drafter, frac = target, mtp_fraction(model, spec.mtp_layers)
+    return SpeculativePerf(target, spec.k, spec.acceptance, drafter, frac)
 
 
 def saturation_throughput(

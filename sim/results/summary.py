@@ -13,6 +13,7 @@ from sim.config.schema import Config, batch_limits, failure_modes_on
 from sim.des.records import SAMPLE_COLUMNS, Outcome
 from sim.hardware.kvcache import MemoryPlan
 from sim.hardware.perf import PerfModel, saturation_throughput
+from sim.hardware.speculative import tokens_per_step
 from sim.pricing.cost import fleet_costs
 from sim.results.failures import failure_summary
 from sim.results.metrics import api_projection, arrival_span, requests_frame, summarize
@@ -113,6 +114,9 @@ def _counters(
         extra["prefix_shared_fraction"] = wl.shared_fraction
     if closed is not None:
         extra.update(closed.counters)
+    if cfg.engine.speculative.method != "none":
+        spec = cfg.engine.speculative
+        extra["spec_tokens_per_step"] = tokens_per_step(spec.acceptance, spec.k)
     if out.prefix:
         extra["prefix_block_hit_rate"] = out.prefix_hits / out.prefix_lookups if out.prefix_lookups else 0.0
     if out.api is not None:
