@@ -86,6 +86,21 @@ class _Timer(simpy.Timeout):
         env.schedule(self, priority, delay)
 
 
+def _prefix_caching(cfg: Config, workload: Workload, plan: MemoryPlan) -> bool:
+    """Whether the replicas cache prefix blocks: only whole KV blocks are cached, so prefix ids
+    finer than a block leave nothing to share."""
+    prefix = (
+        cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
+    )
+    if prefix and workload.block_tokens % plan.block_size:
+        raise ConfigError(
+            "engine.block_size",
+            plan.block_size,
+            f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
+        )
+    return bool(prefix)
+
+
 class Fleet:
     def __init__(
         self,
@@ -103,8 +118,7 @@ class Fleet:
         sent so far: nothing, but its prefix-block layout). `fed`: a pool whose requests are
         handed to it (`inject`, then `end_feed`; `sim.des.pools`, `sim.des.disagg`). `on_end(i,
         now)`: called once request i's GPU or rejection record is written (`sim.des.disagg`).
-        `role`: "prefill" or "decode" for a disaggregated pool (what one replica's capacity
-        counts, `replica_rps`), else "whole"."""
+        `role`: a disaggregated pool's "prefill" or "decode" (`replica_rps`), else "whole"."""
         self.env = env
         self.role = role
         self.on_end = on_end
@@ -130,17 +144,7 @@ class Fleet:
         self.router_queue: deque[Request] = deque()
         self._init_accounting(workload, users)
         self._init_lifecycle()
-        # only whole KV blocks are cached: prefix ids finer than a block leave nothing to share
-        prefix = (
-            cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
-        )
-        self.prefix = prefix
-        if prefix and workload.block_tokens % plan.block_size:
-            raise ConfigError(
-                "engine.block_size",
-                plan.block_size,
-                f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
-            )
+        self.prefix = _prefix_caching(cfg, workload, plan)
         self.router = make_router(f.router, self)
         self.overflow = OVERFLOW[cfg.api.overflow](cfg.api) if cfg.api.enabled else None
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
