@@ -586,10 +586,11 @@ class SloConfig:
 @dataclass
 class FailureModesConfig:
     """The autoscaler's failure modes counted in the summary and the fleet plot
-    (output.failure_modes; docs/metrics.md). They are reported when `report` is true, or when
-    a key that causes one is set (fleet.drain=false, fleet.warmup, fleet.pending_gpu)."""
+    (output.failure_modes; docs/metrics.md). `report`: true or false, or null (the default):
+    reported for a fleet with an autoscaler other than `fixed`, or when a key that causes one is
+    set (fleet.drain=false, fleet.warmup, fleet.pending_gpu)."""
 
-    report: bool = False
+    report: bool | None = None
     reversal_intervals: Positive[int] = 3  # a change of direction within this many autoscaler intervals reverses
     zero_traffic_s: Positive[float] = 600.0  # a stretch this long with no request in the system is zero traffic
 
@@ -985,7 +986,10 @@ def failure_modes_on(cfg: Config) -> bool:
     """Whether the run reports the autoscaler's failure modes (`FailureModesConfig`)."""
     f = cfg.fleet
     warmup = f.warmup.factor != 1.0 and f.warmup.duration_s > 0
-    return cfg.output.failure_modes.report or not f.drain or warmup or f.pending_gpu.dist != "none"
+    report = cfg.output.failure_modes.report
+    if report is not None:
+        return report
+    return f.autoscaler.name != "fixed" or not f.drain or warmup or f.pending_gpu.dist != "none"
 
 
 def batch_limits(e: EngineConfig, g: GpuConfig) -> tuple[int, int]:

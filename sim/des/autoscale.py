@@ -195,8 +195,10 @@ def predict_next(history: deque[float], how: str) -> float:
 
 
 class Dynamo:
-    """NVIDIA Dynamo's planner on one aggregated pool (fleetsim has no separate prefill and
-    decode pools yet), deciding every `adjustment_interval_s` and holding its answer between."""
+    """NVIDIA Dynamo's planner on one pool, deciding every `adjustment_interval_s` and holding
+    its answer between. On a disaggregated deployment each pool has its own, and the fleet's
+    capacity model counts only that pool's work (`Fleet.replica_rps`): prefill and decode are
+    scaled separately, as Dynamo's planner does."""
 
     activator = True
 

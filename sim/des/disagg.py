@@ -136,8 +136,8 @@ def simulate_disagg(
     empty = Workload(np.zeros(0), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     pcfg, dcfg = cfgs
     proxy = Handoff(env, workload, dc, kv_bytes_per_token(pcfg.model, pcfg.engine.kv_cache_dtype))
-    proxy.prefill = Fleet(env, pcfg, empty, perfs[0], plans[0], fed=True, on_end=proxy.prefilled)
-    proxy.decode = Fleet(env, dcfg, empty, perfs[1], plans[1], fed=True)
+    proxy.prefill = Fleet(env, pcfg, empty, perfs[0], plans[0], fed=True, on_end=proxy.prefilled, role="prefill")
+    proxy.decode = Fleet(env, dcfg, empty, perfs[1], plans[1], fed=True, role="decode")
     env.process(proxy.arrivals())
     env.run(until=simpy.AllOf(env, [proxy.prefill.finished, proxy.decode.finished]))
     end = env.now

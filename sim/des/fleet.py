@@ -58,7 +58,7 @@ from sim.des.records import (
 )
 from sim.des.router import NOT_ROUTABLE, SLEEP_PENALTY, make_router
 from sim.hardware.kvcache import MemoryPlan
-from sim.hardware.perf import PerfModel, slo_throughput
+from sim.hardware.perf import PerfModel, saturation_throughput, slo_throughput
 from sim.workload.build import Workload, stream
 
 if TYPE_CHECKING:
@@ -86,6 +86,21 @@ class _Timer(simpy.Timeout):
         env.schedule(self, priority, delay)
 
 
+def _prefix_caching(cfg: Config, workload: Workload, plan: MemoryPlan) -> bool:
+    """Whether the replicas cache prefix blocks: only whole KV blocks are cached, so prefix ids
+    finer than a block leave nothing to share."""
+    prefix = (
+        cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
+    )
+    if prefix and workload.block_tokens % plan.block_size:
+        raise ConfigError(
+            "engine.block_size",
+            plan.block_size,
+            f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
+        )
+    return bool(prefix)
+
+
 class Fleet:
     def __init__(
         self,
@@ -97,12 +112,15 @@ class Fleet:
         users: Conversations | None = None,
         fed: bool = False,
         on_end: Callable[[int, float], None] | None = None,
+        role: str = "whole",
     ):
         """`users`: closed-loop users who send the requests (`workload` is then what they have
         sent so far: nothing, but its prefix-block layout). `fed`: a pool whose requests are
         handed to it (`inject`, then `end_feed`; `sim.des.pools`, `sim.des.disagg`). `on_end(i,
-        now)`: called once request i's GPU or rejection record is written (`sim.des.disagg`)."""
+        now)`: called once request i's GPU or rejection record is written (`sim.des.disagg`).
+        `role`: a disaggregated pool's "prefill" or "decode" (`replica_rps`), else "whole"."""
         self.env = env
+        self.role = role
         self.on_end = on_end
         self.cfg = cfg
         self.workload = workload
@@ -126,17 +144,7 @@ class Fleet:
         self.router_queue: deque[Request] = deque()
         self._init_accounting(workload, users)
         self._init_lifecycle()
-        # only whole KV blocks are cached: prefix ids finer than a block leave nothing to share
-        prefix = (
-            cfg.engine.prefix_caching and workload.hash_offsets is not None and workload.block_tokens >= plan.block_size
-        )
-        self.prefix = prefix
-        if prefix and workload.block_tokens % plan.block_size:
-            raise ConfigError(
-                "engine.block_size",
-                plan.block_size,
-                f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
-            )
+        self.prefix = _prefix_caching(cfg, workload, plan)
         self.router = make_router(f.router, self)
         self.overflow = OVERFLOW[cfg.api.overflow](cfg.api) if cfg.api.enabled else None
         self.api = ApiBackend(cfg.api, stream(cfg.seed, "api")) if cfg.api.enabled else None
@@ -160,7 +168,7 @@ class Fleet:
         self.rec = Recorder()  # the time series and its live integrals
         self._tokens_prev = 0
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
-        self._sent = [0, 0, 0]  # closed loop: requests sent so far, their prompt and output tokens
+        self._sent = [0, 0, 0]  # closed loop, fed pool: requests sent so far, their prompt and output tokens
         self._cum: tuple[np.ndarray, np.ndarray] | None = None  # open workload: cumulative tokens by arrival
         self._rps: dict[tuple[int, int], float] = {}  # one replica's capacity by token mix (FleetModel)
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
@@ -460,6 +468,10 @@ class Fleet:
         fed = self.fed
         i = len(fed)  # type: ignore[arg-type]
         fed.append((self.env.now, prompt, output))  # type: ignore[union-attr]
+        sent = self._sent  # (what an autoscaler's "window" signals count)
+        sent[0] += 1
+        sent[1] += prompt
+        sent[2] += output
         if i >= len(self.records):
             self.records.resize(2 * (i + 1))
         req = self._enter(i, self.env.now, prompt, output)
@@ -621,12 +633,20 @@ class Fleet:
 
     def replica_rps(self, prompt: float, output: float) -> float:
         """Requests/s one replica sustains at this mix within the TPOT SLO (`slo_throughput`),
-        cached by the whole-token mix."""
+        cached by the whole-token mix. A disaggregated prefill pool's replica is sized by its
+        saturated prefill throughput (its requests emit one token: no TPOT to keep), a decode
+        pool's by decoding within the TPOT SLO with the prompt's KV there but nothing to
+        prefill (Dynamo's planner sizes the two pools apart the same way)."""
         key = (round(prompt), round(output))
         got = self._rps.get(key)
         if got is None:
-            plan = self.plan
-            got = slo_throughput(self.perf, plan.kv_tokens, self.max_seqs, self.max_tokens, *key, self.cfg.slo.tpot_s)
+            kv = self.plan.kv_tokens
+            if self.role == "prefill":
+                got = saturation_throughput(self.perf, kv, self.max_seqs, self.max_tokens, key[0], 1.0)
+            else:
+                fill = 1.0 if self.role == "decode" else None
+                tpot = self.cfg.slo.tpot_s
+                got = slo_throughput(self.perf, kv, self.max_seqs, self.max_tokens, *key, tpot, fill)
             self._rps[key] = got
         return got
 
@@ -644,8 +664,8 @@ class Fleet:
 
     def _arrived(self) -> tuple[int, int, int]:
         """Requests arrived by now and their prompt and output tokens (open workloads: from the
-        arrival times known ahead; closed loops: counted as users send)."""
-        if self.users is not None:
+        arrival times known ahead; closed loops and fed pools: counted as requests come)."""
+        if self.users is not None or self.fed is not None:
             return self._sent[0], self._sent[1], self._sent[2]
         wl = self.workload
         if self._cum is None:

@@ -341,16 +341,19 @@ def slo_throughput(
     prompt: float,
     output: float,
     tpot_s: float,
+    prefill: float | None = None,
 ) -> float:
     """Requests per second one replica completes at the largest batch whose mean iteration time
     (the time per output token its sequences see) stays within `tpot_s`: `saturation_throughput`
     with `max_num_seqs` capped, as a planner sizes a pool from profiled throughput under its
-    inter-token-latency SLO. If even one sequence misses the SLO, the one-sequence rate."""
+    inter-token-latency SLO. If even one sequence misses the SLO, the one-sequence rate.
+    `prefill`: prompt tokens computed per request (a disaggregated decode pool computes 1)."""
     p, n = max(prompt, 1.0), max(output, 1.0)
+    fill = p if prefill is None else min(max(prefill, 0.0), p)
 
     def rate(cap: int) -> tuple[float, float]:  # (requests/s, mean iteration time)
-        thr = saturation_throughput(perf, kv_tokens, cap, max_num_batched_tokens, p, n)
-        return thr, _saturated_batch(kv_tokens, cap, max_num_batched_tokens, p, n, p) / (n * thr)
+        thr = saturation_throughput(perf, kv_tokens, cap, max_num_batched_tokens, p, n, fill)
+        return thr, _saturated_batch(kv_tokens, cap, max_num_batched_tokens, p, n, fill) / (n * thr)
 
     lo, hi = 1, max(1, max_num_seqs)
     best = rate(hi)
