@@ -58,6 +58,11 @@ def test_the_keys_appear_only_when_asked_for_or_caused():
     assert all(k in s for k in FAILURE_KEYS)
     assert s["autoscale_reversals"] == s["dropped_on_scale_down"] == s["pending_gpu_waits"] == 0
     assert "autoscale_reversals" in sim.run(cfg(*base, "fleet.drain=false")).summary
+    autoscaled = sim.run(cfg(*base, "fleet=autoscaled")).summary  # an autoscaled fleet: reported by default
+    assert all(k in autoscaled for k in FAILURE_KEYS)
+    assert not any(
+        k in sim.run(cfg(*base, "fleet=autoscaled", "output.failure_modes.report=false")).summary for k in FAILURE_KEYS
+    )
 
 
 # ----------------------------------------------------------------------------- 1. oscillation
@@ -164,6 +169,30 @@ def test_scaleups_during_warmup_are_counted():
 
 
 # ----------------------------------------------------------------------------- 3. zero traffic
+
+
+def test_slow_first_iterations_pollute_dynamos_correction_and_it_runs_away():
+    """Dynamo's planner reads observed over expected ITL as a correction factor; slow first
+    iterations after cold starts inflate it, so the planner adds replicas whose own warm-up
+    inflates it again (why Dynamo documents --no-correction "when cold-start artifacts
+    dominate"). 60 req/s of Llama-3 8B on H100s for 20 minutes, warm-up 3x for 300 s."""
+    base = [
+        "fleet=autoscaled",
+        "fleet/autoscaler=dynamo",
+        "fleet.autoscaler.adjustment_interval_s=60",
+        "workload.rate=60",
+        "workload.duration_s=1200",
+        "output.plots=false",
+        "output.requests=false",
+    ]
+    warm = ["fleet.warmup.factor=3", "fleet.warmup.duration_s=300"]
+    clean = sim.run(cfg(*base)).summary
+    polluted = sim.run(cfg(*base, *warm)).summary
+    off = sim.run(cfg(*base, *warm, "fleet.autoscaler.correction=false")).summary
+    assert polluted["itl_correction_max"] > 1.5 * clean["itl_correction_max"]
+    assert polluted["mean_replicas"] > 1.5 * clean["mean_replicas"]
+    assert polluted["cold_starts"] > 2 * clean["cold_starts"] and polluted["scaleups_during_warmup"] > 0
+    assert off["max_replicas"] <= clean["max_replicas"] and "itl_correction_max" not in off
 
 
 def test_zero_traffic_windows_are_the_long_empty_stretches():

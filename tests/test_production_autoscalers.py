@@ -55,11 +55,62 @@ def test_dynamo_throughput_sizes_the_pool_for_the_forecast_rate(predictor, want)
     calls: list = []
     cfg_ = DynamoAutoscaler(adjustment_interval_s=60, predictor=predictor, predictor_window=3)
     a = make_autoscaler(cfg_, 1, model=_model(rps=10.0, calls=calls))
-    assert isinstance(a, Dynamo) and a.needs == {"window"}
+    assert isinstance(a, Dynamo) and a.needs == {"window", "latency"}
     # a rising load: 10, 20, 30 requests/s in three adjustment intervals, one replica does 10/s
     got = [a.decide(60.0 * (k + 1), 0.0, 1, 1, s) for k, s in enumerate(_arrivals([10, 20, 30], 60))]
     assert got[-1] == want  # linear: 40/s next, four replicas; constant: 30/s; mean: 20/s
     assert calls[-1] == pytest.approx((1000.0, 200.0))  # the capacity at the forecast token mix
+
+
+def _profiled(step_s: float = 0.02, ttft_s: float = 0.2, role: str = "whole", calls: list | None = None) -> FleetModel:
+    """A profile: 10 requests/s per replica at the 50 ms TPOT SLO, proportionally fewer at a
+    tighter target; a decode step of `step_s` whatever the batch; a TTFT of `ttft_s`."""
+
+    def replica_rps(prompt: float, output: float, tpot_s: float = 0.05) -> float:
+        if calls is not None:
+            calls.append(tpot_s)
+        return 10.0 * tpot_s / 0.05
+
+    return FleetModel(replica_rps, 1000.0, 1.0, 0.05, lambda b, c: step_s, lambda p: ttft_s, role)
+
+
+def _observed(rate: float, period: float, itl_s: float, ttft_s: float, output: int = 200) -> Signals:
+    """One interval at `rate` requests/s whose finished requests saw this ITL and TTFT."""
+    n = round(rate * period)
+    tokens = n * (output - 1)
+    return Signals(
+        arrivals=n,
+        prompt_tokens=n * 1000,
+        output_tokens=n * output,
+        itl_s_sum=tokens * itl_s,
+        itl_tokens=tokens,
+        ttft_s_sum=n * ttft_s,
+        ttft_n=n,
+    )
+
+
+def test_dynamo_correction_tightens_the_itl_target_by_observed_over_expected():
+    """Dynamo's decode correction: observed ITL twice the profile's halves the ITL target the
+    capacity is read at (corrected_itl = target / correction), so the pool doubles; at the
+    profile's ITL nothing moves; with correction off the observations are not read."""
+    calls: list = []
+    a = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled(calls=calls))
+    assert a.decide(60.0, 0.0, 3, 3, _observed(30, 60, itl_s=0.04, ttft_s=0.2)) == 6
+    assert calls[-1] == pytest.approx(0.025) and a.corrections[-1][2] == pytest.approx(2.0)
+    b = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled())
+    assert b.decide(60.0, 0.0, 3, 3, _observed(30, 60, itl_s=0.02, ttft_s=0.2)) == 3
+    off = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60, correction=False), 1, model=_profiled())
+    assert off.needs == {"window"}
+    assert off.decide(60.0, 0.0, 3, 3, _observed(30, 60, itl_s=0.04, ttft_s=0.2)) == 3
+
+
+def test_dynamo_prefill_correction_only_lowers_the_prefill_load():
+    """On a prefill pool the load is scaled by min(1, observed / expected TTFT): cache hits
+    (a faster TTFT) shrink the pool, queueing (a slower one) does not grow it."""
+    fast = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled(role="prefill"))
+    assert fast.decide(60.0, 0.0, 4, 4, _observed(40, 60, itl_s=0.02, ttft_s=0.1)) == 2
+    slow = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled(role="prefill"))
+    assert slow.decide(60.0, 0.0, 4, 4, _observed(40, 60, itl_s=0.02, ttft_s=0.8)) == 4
 
 
 def test_dynamo_holds_its_answer_between_adjustments():

@@ -350,7 +350,7 @@ class ScheduleAutoscaler(AutoscalerConfig):
 
 @dataclass
 class DynamoAutoscaler(AutoscalerConfig):
-    """NVIDIA Dynamo's planner on the one (aggregated) pool: `throughput` forecasts the request
+    """NVIDIA Dynamo's planner on one pool: `throughput` forecasts the request
     rate and token mix and divides by one replica's capacity under the SLO; `load` steps one
     replica up or down from KV-cache use and waiting requests."""
 
@@ -364,6 +364,9 @@ class DynamoAutoscaler(AutoscalerConfig):
     kv_low: Share[float] = 0.5  # load: below this (and the queue below queue_low) removes one
     queue_high: NonNeg[float] = 5.0  # load: waiting requests per replica above this adds a replica
     queue_low: NonNeg[float] = 0.2  # load: waiting requests per replica below this allows removing one
+    # throughput: scale by Dynamo's correction factors, observed over expected ITL (and TTFT on a
+    # prefill pool), as its planner does unless run with --no-correction
+    correction: bool = True
 
 
 @dataclass

@@ -67,16 +67,28 @@ class Signals:
     kv: float = 0.0  # "engines": KV-cache use of the awake replicas, 0-1
     prefill_backlog: int = 0  # "engines": prompt tokens still to prefill (router queue included)
     ttft_s: float = math.nan  # "ttft": the TTFT a request of the mean prompt would get now
+    # "latency": what requests finished so far saw (cumulative): decode seconds and the tokens
+    # they spaced (their mean is the token-weighted ITL), and the sum and count of TTFTs
+    itl_s_sum: float = 0.0
+    itl_tokens: int = 0
+    ttft_s_sum: float = 0.0
+    ttft_n: int = 0
 
 
 @dataclass(frozen=True)
 class FleetModel:
-    """What the fleet knows ahead: one replica's requests/s at a (prompt, output) mix under the
-    TPOT SLO, its prefill tokens/s, and the TTFT SLO."""
+    """What the fleet knows ahead (its "profile"): one replica's requests/s at a (prompt, output)
+    mix under a TPOT target (the SLO's by default), its prefill tokens/s, the TTFT SLO, and for
+    Dynamo's correction factors the expected decode step at a batch and context and the
+    expected TTFT of a prompt; `role`: a disaggregated pool's "prefill" or "decode", else "whole"."""
 
-    replica_rps: Callable[[float, float], float]
+    replica_rps: Callable[..., float]
     prefill_tokens_per_s: float
     ttft_slo_s: float
+    tpot_slo_s: float = math.inf
+    decode_step_s: Callable[[float, float], float] | None = None
+    ttft_expected_s: Callable[[float], float] | None = None
+    role: str = "whole"
 
 
 class Fixed:
@@ -207,7 +219,10 @@ class Dynamo:
     ):
         self.cfg = cfg
         self.model = model
-        self.needs = frozenset({"window"} if cfg.mode == "throughput" else {"engines"})
+        needs = {"window", "latency"} if cfg.correction else {"window"}
+        self.needs = frozenset(needs if cfg.mode == "throughput" else {"engines"})
+        self._seen = (0.0, 0, 0.0, 0)  # latency signals at the last adjustment
+        self.corrections: list[tuple[float, float, float]] = []  # (time, prefill, decode) factors used
         self._desired = replicas
         self._next = cfg.adjustment_interval_s
         self._last = (0.0, 0, 0, 0)  # (time, arrivals, prompt tokens, output tokens) at the last adjustment
@@ -227,14 +242,15 @@ class Dynamo:
         while self._next <= now + EPS:
             self._next += self.cfg.adjustment_interval_s
         if self.cfg.mode == "throughput":
-            self._desired = self._throughput(now, s)
+            self._desired = self._throughput(now, s, ready)
         else:
             self._desired = self._load(ready, capacity)
         return self._desired
 
-    def _throughput(self, now: float, s: Signals) -> int:
+    def _throughput(self, now: float, s: Signals, ready: int) -> int:
         """Observe the interval's rate and mean lengths, forecast the next, and size the pool."""
         t0, a0, p0, o0 = self._last
+        span = now - t0
         n = s.arrivals - a0
         if now > t0:
             self._rates.append(n / (now - t0))
@@ -248,7 +264,31 @@ class Dynamo:
             return 1  # Dynamo keeps at least one worker
         prompt = max(predict_next(self._prompts, how), 1.0)
         output = max(predict_next(self._outputs, how), 1.0)
-        return max(1, math.ceil(rate / self.model.replica_rps(prompt, output) - EPS))
+        m = self.model
+        pre, dec = self._corrections(s, span, ready, prompt, output) if self.cfg.correction else (1.0, 1.0)
+        if self.cfg.correction:
+            self.corrections.append((now, pre, dec))
+        if m.role == "prefill":  # Dynamo: the prefill load scaled by min(1, correction)
+            return max(1, math.ceil(rate * min(1.0, pre) / m.replica_rps(prompt, output) - EPS))
+        rps = m.replica_rps(prompt, output, m.tpot_slo_s / dec) if dec != 1.0 else m.replica_rps(prompt, output)
+        return max(1, math.ceil(rate / rps - EPS))
+
+    def _corrections(self, s: Signals, span: float, ready: int, prompt: float, output: float) -> tuple[float, float]:
+        """Dynamo's correction factors over the interval just ended: observed over expected TTFT
+        (expected: the profile's for the mean prompt) and ITL (expected: the profile's decode
+        step at the batch the observed decode rate and ITL imply, Little's law, and Dynamo's
+        context isl + osl / 2). 1.0 where the interval finished nothing to observe."""
+        i0, k0, t0, n0 = self._seen
+        self._seen = (s.itl_s_sum, s.itl_tokens, s.ttft_s_sum, s.ttft_n)
+        m = self.model
+        pre = dec = 1.0
+        if s.ttft_n > n0 and m.ttft_expected_s is not None:
+            pre = (s.ttft_s_sum - t0) / (s.ttft_n - n0) / m.ttft_expected_s(prompt)
+        if s.itl_tokens > k0 and m.decode_step_s is not None and span > 0 and ready > 0:
+            itl = (s.itl_s_sum - i0) / (s.itl_tokens - k0)
+            batch = max((s.itl_tokens - k0) / span / ready * itl, 1.0)
+            dec = itl / m.decode_step_s(batch, batch * (prompt + output / 2))
+        return pre, dec
 
     def _load(self, ready: int, capacity: int) -> int:
         """One replica up when the interval's mean KV use or waiting requests per replica pass

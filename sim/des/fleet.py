@@ -151,6 +151,8 @@ class Fleet:
         clock = workload.clock_start_s or 0.0
         self.autoscaler = make_autoscaler(f.autoscaler, f.replicas, clock, self._fleet_model())
         self._needs: frozenset[str] = self.autoscaler.needs  # the signals its decisions read
+        self._observe = "latency" in self._needs
+        self._seen: tuple[float, int, float, int] = (0.0, 0, 0.0, 0)  # "latency" signals (Signals)
         self.predict = Predictor(
             env, cfg, workload, perf, self.nodes, self.router_queue, self.max_tokens, self.cold_start_s, self.wake_s
         )
@@ -170,7 +172,7 @@ class Fleet:
         self._tokens_rate = 0.0  # tokens_per_s over the last autoscaler interval
         self._sent = [0, 0, 0]  # closed loop, fed pool: requests sent so far, their prompt and output tokens
         self._cum: tuple[np.ndarray, np.ndarray] | None = None  # open workload: cumulative tokens by arrival
-        self._rps: dict[tuple[int, int], float] = {}  # one replica's capacity by token mix (FleetModel)
+        self._rps: dict[tuple[int, int, float], float] = {}  # one replica's capacity by token mix (FleetModel)
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
         a = self.cfg.fleet.autoscaler
         self.failures = ScaleEvents(self.cfg.output.failure_modes.reversal_intervals * a.interval_s)
@@ -629,15 +631,34 @@ class Fleet:
     def _fleet_model(self) -> FleetModel:
         """The figures an autoscaler may size the fleet with (`sim.des.autoscale.FleetModel`)."""
         prefill_s = self.perf.iteration_time(0, 0, [(self.max_tokens, 0)]) / self.max_tokens
-        return FleetModel(self.replica_rps, 1.0 / prefill_s, self.cfg.slo.ttft_s)
+        slo = self.cfg.slo
+        return FleetModel(
+            self.replica_rps, 1.0 / prefill_s, slo.ttft_s, slo.tpot_s, self._decode_step, self._ttft_expected, self.role
+        )
 
-    def replica_rps(self, prompt: float, output: float) -> float:
+    def _decode_step(self, batch: float, context: float) -> float:
+        """The profile's decode step at this batch and context (Dynamo's expected ITL)."""
+        return self.perf.iteration_time(max(round(batch), 1), round(context), [])
+
+    def _ttft_expected(self, prompt: float) -> float:
+        """The profile's TTFT of a prompt on an idle replica, in chunks of the token budget, with
+        the API server's time (Dynamo's expected TTFT)."""
+        left, context, t = max(round(prompt), 1), 0, self.request_overhead
+        while left > 0:
+            c = min(left, self.max_tokens)
+            t += self.perf.iteration_time(0, 0, [(c, context)])
+            left, context = left - c, context + c
+        return t
+
+    def replica_rps(self, prompt: float, output: float, tpot_s: float | None = None) -> float:
         """Requests/s one replica sustains at this mix within the TPOT SLO (`slo_throughput`),
-        cached by the whole-token mix. A disaggregated prefill pool's replica is sized by its
+        cached by the whole-token mix and the TPOT target (`tpot_s`, the SLO's by default; Dynamo's
+        correction moves it). A disaggregated prefill pool's replica is sized by its
         saturated prefill throughput (its requests emit one token: no TPOT to keep), a decode
         pool's by decoding within the TPOT SLO with the prompt's KV there but nothing to
         prefill (Dynamo's planner sizes the two pools apart the same way)."""
-        key = (round(prompt), round(output))
+        tpot = self.cfg.slo.tpot_s if tpot_s is None else tpot_s
+        key = (round(prompt), round(output), tpot)
         got = self._rps.get(key)
         if got is None:
             kv = self.plan.kv_tokens
@@ -645,8 +666,7 @@ class Fleet:
                 got = saturation_throughput(self.perf, kv, self.max_seqs, self.max_tokens, key[0], 1.0)
             else:
                 fill = 1.0 if self.role == "decode" else None
-                tpot = self.cfg.slo.tpot_s
-                got = slo_throughput(self.perf, kv, self.max_seqs, self.max_tokens, *key, tpot, fill)
+                got = slo_throughput(self.perf, kv, self.max_seqs, self.max_tokens, key[0], key[1], tpot, fill)
             self._rps[key] = got
         return got
 
@@ -660,7 +680,8 @@ class Fleet:
         if "ttft" in needs:
             ttft = self._predicted_ttft(arrived[1] / arrived[0] if arrived[0] else 1.0)
         concurrency = sum(n.out for n in self.nodes if n.state != STOPPED) + len(self.router_queue)
-        return Signals(float(concurrency), self._tokens_rate, *arrived, *engines, ttft)  # type: ignore[arg-type]
+        seen = self._seen if "latency" in needs else (0.0, 0, 0.0, 0)
+        return Signals(float(concurrency), self._tokens_rate, *arrived, *engines, ttft, *seen)  # type: ignore[arg-type]
 
     def _arrived(self) -> tuple[int, int, int]:
         """Requests arrived by now and their prompt and output tokens (open workloads: from the
@@ -729,6 +750,8 @@ class Fleet:
         if req.cached:
             rec.cached[i] = req.cached
         self.rec.served(now, req.prompt + req.output)
+        if self._observe:  # what requests saw, for an autoscaler's correction factors
+            self._saw(req, now, ov)
         self.n_closed += 1
         if self.n_closed == self.n_total:
             self.finished.succeed()
@@ -738,6 +761,14 @@ class Fleet:
             if node.cache is not None:  # the KV of the answer stays cached, as the prompt's does
                 node.cache.insert(self.users.answer_blocks(i, req.output))
             self._answered(i, req.output, ov)
+
+    def _saw(self, req: Request, now: float, ov: float) -> None:
+        """Add a finished request's decode time, spaced tokens and TTFT to the "latency" signals."""
+        itl_sum, itl_tokens, ttft_sum, ttft_n = self._seen
+        if req.output > 1:
+            itl_sum += now - req.first_token
+            itl_tokens += req.output - 1
+        self._seen = (itl_sum, itl_tokens, ttft_sum + req.first_token + ov - req.arrival, ttft_n + 1)
 
     def _reject(self, i: int, reason: int, *, served: bool = True) -> None:
         """Record a rejection; `served=False` for a request already counted in the system."""

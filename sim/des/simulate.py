@@ -100,7 +100,17 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
             "reversal_cold_starts": fleet.failures.reversal_cold_starts,
             "scaleups_during_warmup": fleet.failures.scaleups_during_warmup,
             "dropped_on_scale_down": life.dropped,
+            **_corrections(fleet.autoscaler),
         },
         scale_marks=list(fleet.failures.marks),
         pending=list(life.pending),
     )
+
+
+def _corrections(autoscaler) -> dict:
+    """Dynamo's decode correction factors over the run (observed over expected ITL; a capacity
+    estimate that cold starts' slow first iterations can pollute), where it used them."""
+    used = [d for _, _, d in getattr(autoscaler, "corrections", ())]
+    if not used:
+        return {}
+    return {"itl_correction_mean": sum(used) / len(used), "itl_correction_max": max(used)}

@@ -134,6 +134,8 @@ def _failure_lines(s: dict) -> list[str]:
         f"p95 {_s(s['pending_gpu_wait_s_p95'])}); {s['idle_zero_traffic_gpu_s'] / 3600:,.2f} GPU-hours idle at zero "
         f"traffic (${s['idle_zero_traffic_cost']:,.2f}); priced: ${s['failure_cost_per_month']:,.0f}/month"
     )
+    if "itl_correction_max" in s:
+        line += f"; ITL correction up to {s['itl_correction_max']:.2f} (mean {s['itl_correction_mean']:.2f})"
     return [f"  failures   {line}"]
 
 

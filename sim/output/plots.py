@@ -201,6 +201,8 @@ def failure_title(s: dict) -> str:
         f"{s['pending_gpu_waits']:,} GPU waits (mean {s['pending_gpu_wait_s_mean']:.0f} s)",
         f"idle at zero traffic \\${s['idle_zero_traffic_cost']:,.2f}",
     ]
+    if "itl_correction_max" in s:
+        items.append(f"ITL correction up to {s['itl_correction_max']:.2f}")
     return "failure modes: " + ", ".join(items)
 
 
