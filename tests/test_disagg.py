@@ -39,7 +39,8 @@ def test_kv_transfer_time_is_bytes_over_bandwidth_plus_latency():
     m = compose(["model=llama3-8b"]).model
     per_token = kv_bytes_per_token(m, "bf16")
     assert per_token == 2 * 32 * 8 * 128 * 2  # K and V, 32 layers, 8 KV heads of 128, bf16
-    assert kv_transfer_s(4096, per_token, 25.0, 2.0) == 4096 * per_token / 25e9 + 0.002
+    # 4,096 tokens of 128 KiB: 512 MiB (536,870,912 bytes) over 25 GB/s is 21.47 ms, plus 2 ms
+    assert kv_transfer_s(4096, per_token, 25.0, 2.0) == pytest.approx(0.02347483648, rel=1e-12)
     assert kv_transfer_s(0, per_token, 25.0, 0.0) == 0.0
 
 

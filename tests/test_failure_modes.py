@@ -80,6 +80,15 @@ def test_a_reversal_is_a_change_of_direction_within_the_window():
     assert [m[2] for m in ev.marks] == [False, True, True, False, False]
 
 
+def test_dynamos_reversals_are_counted_on_its_adjustment_interval():
+    """Dynamo decides every adjustment_interval_s (its interval_s only pulls metrics): a change
+    one adjustment after the opposite one is a reversal."""
+    over = ("fleet=autoscaled", "fleet/autoscaler=dynamo", "fleet.autoscaler.adjustment_interval_s=60")
+    run = ("workload=bursty", "workload.duration_s=1200", "output.plots=false", "output.requests=false")
+    s = sim.run(cfg(*over, *run)).summary
+    assert s["autoscale_reversals"] >= 1
+
+
 def test_a_jumpy_autoscaler_on_bursty_load_reverses_and_pays_for_cold_starts():
     over = (
         "fleet=autoscaled",
@@ -320,7 +329,6 @@ def test_pending_gpu_waits_are_reported_and_not_billed():
     s = sim.run(cfg(*over, "fleet.pending_gpu.dist=exponential", "fleet.pending_gpu.mean_s=90")).summary
     assert s["pending_gpu_waits"] == s["cold_starts"] > 0
     assert 0 < s["pending_gpu_wait_s_mean"] <= s["pending_gpu_wait_s_p95"] * 3
-    assert s["pending_gpu_wait_s_total"] == pytest.approx(s["pending_gpu_waits"] * s["pending_gpu_wait_s_mean"])
     # billed starting time: whole cold starts only (those cut short by a scale-down bill less)
     assert s["gpu_hours.provisioning"] * 3600 <= s["cold_starts"] * 30 + 1e-6
 

@@ -4,6 +4,7 @@ signals, then a diurnal day end to end for each, with every request accounted fo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -96,12 +97,25 @@ def test_dynamo_correction_tightens_the_itl_target_by_observed_over_expected():
     calls: list = []
     a = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled(calls=calls))
     assert a.decide(60.0, 0.0, 3, 3, _observed(30, 60, itl_s=0.04, ttft_s=0.2)) == 6
-    assert calls[-1] == pytest.approx(0.025) and a.corrections[-1][2] == pytest.approx(2.0)
+    assert calls[-1] == pytest.approx(0.025) and a.observed["itl"] == [pytest.approx(2.0)]
     b = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled())
     assert b.decide(60.0, 0.0, 3, 3, _observed(30, 60, itl_s=0.02, ttft_s=0.2)) == 3
     off = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60, correction=False), 1, model=_profiled())
     assert off.needs == {"window"}
     assert off.decide(60.0, 0.0, 3, 3, _observed(30, 60, itl_s=0.04, ttft_s=0.2)) == 3
+
+
+def test_dynamo_keeps_its_last_factor_through_an_interval_with_nothing_to_observe():
+    calls: list = []
+    a = make_autoscaler(DynamoAutoscaler(adjustment_interval_s=60), 1, model=_profiled(calls=calls))
+    first = _observed(30, 60, itl_s=0.04, ttft_s=0.2)
+    assert a.decide(60.0, 0.0, 3, 3, first) == 6
+    # the next interval: 30 more arrivals/s, but no request finished (the latency sums stand still)
+    quiet = dataclasses.replace(
+        first, arrivals=2 * first.arrivals, prompt_tokens=2 * first.prompt_tokens, output_tokens=2 * first.output_tokens
+    )
+    assert a.decide(120.0, 0.0, 6, 6, quiet) == 6 and calls[-1] == pytest.approx(0.025)
+    assert a.observed["itl"] == [pytest.approx(2.0)]  # one interval observed, one not
 
 
 def test_dynamo_prefill_correction_only_lowers_the_prefill_load():

@@ -285,4 +285,4 @@ def test_a_measured_table_cannot_speculate(tmp_path):
     e = dataclasses.replace(e, perf_table=str(table))
     e.speculative.method = "mtp"
     with pytest.raises(ConfigError, match=r"engine\.speculative\.method"):
-        validate_speculative(e)
+        validate_speculative(e, load_option("model", "llama3-8b"))

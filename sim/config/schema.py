@@ -453,8 +453,8 @@ class WarmupConfig:
     and allocator warm-up. An iteration that starts within `duration_s` of the replica becoming
     active takes `factor` times as long (1: off)."""
 
-    factor: Annotated[float, at_least(1, "1: off; 2: twice as slow")] = 1.0
-    duration_s: NonNeg[float] = 0.0
+    factor: Annotated[float, Bound(1, 100, why="1: off; 2: twice as slow")] = 1.0
+    duration_s: Annotated[float, Bound(0, 30 * 86400, why="seconds; at most 30 days")] = 0.0
 
 
 @dataclass
@@ -464,8 +464,8 @@ class PendingGpuConfig:
     generator; the replica is not billed while it waits. none: capacity on hand."""
 
     dist: PendingDist = PendingDist.none  # none | exponential | lognormal
-    mean_s: NonNeg[float] = 0.0
-    sigma: Positive[float] = 1.0  # lognormal: standard deviation of log(wait)
+    mean_s: Annotated[float, Bound(0, 7 * 86400, why="seconds; at most 7 days")] = 0.0
+    sigma: Annotated[float, Bound(0, 10, lo_open=True)] = 1.0  # lognormal: standard deviation of log(wait)
 
 
 @dataclass
@@ -1642,7 +1642,7 @@ def validate_engine(e: EngineConfig, m: ModelConfig, g: GpuConfig) -> None:
             e.max_model_len,
             f"must not exceed model.max_position ({m.max_position})",
         )
-    validate_speculative(e)
+    validate_speculative(e, m)
     check(e.kv_offload, "engine.kv_offload")
 
 
@@ -1654,19 +1654,33 @@ def draft_model_config(e: EngineConfig) -> ModelConfig | None:
     return load_option("model", spec.draft_model)
 
 
-def validate_speculative(e: EngineConfig) -> None:
+def validate_speculative(e: EngineConfig, m: ModelConfig) -> None:
     """Speculation needs the roofline (a measured table has no verify pass) and, with a draft
-    model, one that exists and shards over the TP group."""
+    model, one that exists and shards over the TP group; MTP heads are layers of the target."""
     spec = e.speculative
     check(spec, "engine.speculative")
     if spec.method == "none":
         return
+    if spec.method == "mtp":
+        require(
+            spec.mtp_layers <= m.layers,
+            "engine.speculative.mtp_layers",
+            spec.mtp_layers,
+            f"must not exceed the target's layers ({m.layers})",
+        )
     require(
         e.perf_table is None,
         "engine.speculative.method",
         spec.method,
         "needs the roofline: engine.perf_table must be null (a measured table has no verify pass)",
     )
+    if spec.method != "draft":
+        require(
+            spec.draft_model is None,
+            "engine.speculative.draft_model",
+            spec.draft_model,
+            f"is used by method draft only (method is {spec.method}): leave it null",
+        )
     if spec.method == "draft":
         key = "engine.speculative.draft_model"
         known = options("model")

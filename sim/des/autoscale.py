@@ -222,7 +222,10 @@ class Dynamo:
         needs = {"window", "latency"} if cfg.correction else {"window"}
         self.needs = frozenset(needs if cfg.mode == "throughput" else {"engines"})
         self._seen = (0.0, 0, 0.0, 0)  # latency signals at the last adjustment
-        self.corrections: list[tuple[float, float, float]] = []  # (time, prefill, decode) factors used
+        # Dynamo's correction factors as last observed (kept through an interval with nothing to
+        # observe), and every one observed: TTFT (prefill), ITL (decode)
+        self._factors = (1.0, 1.0)
+        self.observed: dict[str, list[float]] = {"ttft": [], "itl": []}
         self._desired = replicas
         self._next = cfg.adjustment_interval_s
         self._last = (0.0, 0, 0, 0)  # (time, arrivals, prompt tokens, output tokens) at the last adjustment
@@ -266,8 +269,6 @@ class Dynamo:
         output = max(predict_next(self._outputs, how), 1.0)
         m = self.model
         pre, dec = self._corrections(s, span, ready, prompt, output) if self.cfg.correction else (1.0, 1.0)
-        if self.cfg.correction:
-            self.corrections.append((now, pre, dec))
         if m.role == "prefill":  # Dynamo: the prefill load scaled by min(1, correction)
             return max(1, math.ceil(rate * min(1.0, pre) / m.replica_rps(prompt, output) - EPS))
         rps = m.replica_rps(prompt, output, m.tpot_slo_s / dec) if dec != 1.0 else m.replica_rps(prompt, output)
@@ -277,17 +278,21 @@ class Dynamo:
         """Dynamo's correction factors over the interval just ended: observed over expected TTFT
         (expected: the profile's for the mean prompt) and ITL (expected: the profile's decode
         step at the batch the observed decode rate and ITL imply, Little's law, and Dynamo's
-        context isl + osl / 2). 1.0 where the interval finished nothing to observe."""
+        context isl + osl / 2). A factor with nothing to observe in the interval keeps its last
+        value (1.0 before any)."""
         i0, k0, t0, n0 = self._seen
         self._seen = (s.itl_s_sum, s.itl_tokens, s.ttft_s_sum, s.ttft_n)
         m = self.model
-        pre = dec = 1.0
+        pre, dec = self._factors
         if s.ttft_n > n0 and m.ttft_expected_s is not None:
             pre = (s.ttft_s_sum - t0) / (s.ttft_n - n0) / m.ttft_expected_s(prompt)
+            self.observed["ttft"].append(pre)
         if s.itl_tokens > k0 and m.decode_step_s is not None and span > 0 and ready > 0:
             itl = (s.itl_s_sum - i0) / (s.itl_tokens - k0)
             batch = max((s.itl_tokens - k0) / span / ready * itl, 1.0)
             dec = itl / m.decode_step_s(batch, batch * (prompt + output / 2))
+            self.observed["itl"].append(dec)
+        self._factors = (pre, dec)
         return pre, dec
 
     def _load(self, ready: int, capacity: int) -> int:

@@ -98,6 +98,17 @@ def _prefix_caching(cfg: Config, workload: Workload, plan: MemoryPlan) -> bool:
             plan.block_size,
             f"must divide the workload's prefix block of {workload.block_tokens} tokens for prefix caching",
         )
+    gib = cfg.engine.kv_offload.cpu_gib
+    if gib and not prefix:  # the host tier holds cached prefix blocks: without them it would hold nothing
+        why = (
+            "needs engine.prefix_caching=true" if not cfg.engine.prefix_caching else "needs a workload with prefix ids"
+        )
+        raise ConfigError(
+            "engine.kv_offload.cpu_gib", gib, f"{why} (a trace with hash ids, shared prefixes or sessions); 0: off"
+        )
+    if gib and gib * 2**30 < workload.block_tokens * plan.kv_bytes_per_token:
+        need = workload.block_tokens * plan.kv_bytes_per_token / 2**30
+        raise ConfigError("engine.kv_offload.cpu_gib", gib, f"holds no prefix block (one takes {need:.3g} GiB)")
     return bool(prefix)
 
 
@@ -175,7 +186,8 @@ class Fleet:
         self._rps: dict[tuple[int, int, float], float] = {}  # one replica's capacity by token mix (FleetModel)
         self.stats = {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0, "router_queue_max": 0}
         a = self.cfg.fleet.autoscaler
-        self.failures = ScaleEvents(self.cfg.output.failure_modes.reversal_intervals * a.interval_s)
+        period = getattr(a, "adjustment_interval_s", a.interval_s)  # how often it decides (Dynamo: adjusts)
+        self.failures = ScaleEvents(self.cfg.output.failure_modes.reversal_intervals * period)
 
     def _init_lifecycle(self) -> None:
         """The replicas' lifecycle, with the fleet's hooks, and its slot lists (the same objects),
@@ -657,7 +669,7 @@ class Fleet:
         saturated prefill throughput (its requests emit one token: no TPOT to keep), a decode
         pool's by decoding within the TPOT SLO with the prompt's KV there but nothing to
         prefill (Dynamo's planner sizes the two pools apart the same way)."""
-        tpot = self.cfg.slo.tpot_s if tpot_s is None else tpot_s
+        tpot = self.cfg.slo.tpot_s if tpot_s is None else round(tpot_s, 4)  # (0.1 ms: the cache hits)
         key = (round(prompt), round(output), tpot)
         got = self._rps.get(key)
         if got is None:

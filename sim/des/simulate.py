@@ -108,9 +108,15 @@ def outcome(fleet: Fleet, end: float, records: RecordArrays) -> Outcome:
 
 
 def _corrections(autoscaler) -> dict:
-    """Dynamo's decode correction factors over the run (observed over expected ITL; a capacity
-    estimate that cold starts' slow first iterations can pollute), where it used them."""
-    used = [d for _, _, d in getattr(autoscaler, "corrections", ())]
-    if not used:
-        return {}
-    return {"itl_correction_mean": sum(used) / len(used), "itl_correction_max": max(used)}
+    """Dynamo's correction factors as observed over the run (observed over expected ITL, and
+    TTFT on a prefill pool; capacity estimates that cold starts' slow first iterations can
+    pollute), where it used them."""
+    out = {}
+    observed = getattr(autoscaler, "observed", {})
+    role = autoscaler.model.role if getattr(autoscaler, "model", None) is not None else "whole"
+    for kind in ("ttft", "itl") if role == "prefill" else ("itl",):
+        got = observed.get(kind)
+        if got:
+            out[f"{kind}_correction_mean"] = sum(got) / len(got)
+            out[f"{kind}_correction_max"] = max(got)
+    return out

@@ -75,7 +75,7 @@ def failure_summary(cfg: Config, df: pd.DataFrame, out: Outcome) -> dict:
         "pending_gpu_wait_s_mean": float(waits.mean()) if len(waits) else 0.0,
         "pending_gpu_wait_s_p95": float(np.percentile(waits, 95)) if len(waits) else 0.0,
         "pending_gpu_wait_s_total": float(waits.sum()),
-        **{k: fails[k] for k in ("itl_correction_mean", "itl_correction_max") if k in fails},
+        **{k: v for k, v in fails.items() if k.endswith(("_correction_mean", "_correction_max"))},
         "failure_cost": cost,
         "failure_cost_per_month": cost / out.end_s * 3600.0 * HOURS_PER_MONTH if out.end_s > 0 else 0.0,
     }
