@@ -97,3 +97,17 @@ def test_conservation_with_a_host_tier():
     assert served.finish_s.notna().all() and served.ttft_s.notna().all()
     assert s["output_tokens"] == served.output_tokens.sum()
     assert (served.cached_tokens < served.prompt_tokens).all()
+
+
+def test_the_console_names_the_host_tier_and_speculation():
+    from sim.apps.cli import format_summary
+
+    c = with_(cfg(*SHARED[1:], "workload.duration_s=20"), {"engine.kv_offload.cpu_gib": 64.0})
+    r = sim.run(c)
+    text = format_summary(r.summary, c)
+    blocks = r.summary["kv_offload_reloaded_blocks"]
+    assert blocks > 0 and f"host KV    64 GiB per replica: {blocks:,} prefix blocks reloaded" in text
+    c = cfg("engine=vllm_draft", "workload.duration_s=10")
+    assert "speculate  draft model llama3.2-1b, k=3, acceptance 0.7: 2.53 tokens per target step" in format_summary(
+        sim.run(c).summary, c
+    )

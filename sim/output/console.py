@@ -54,6 +54,7 @@ def format_summary(summary: dict, cfg: Config) -> str:
         lines.pop()  # no GPUs in this run: no GPU line
     if s.get("users"):
         lines.insert(2, _users_line(s, cfg))
+    lines += _serving_lines(s, cfg)
     lines += _event_lines(s, cfg)
     lines += _failure_lines(s)
     lines += _api_lines(s, cfg)
@@ -120,6 +121,25 @@ def _event_lines(s: dict, cfg: Config) -> list[str]:
     if s.get("router_queue_max"):
         shown.append(f"up to {_count(s['router_queue_max'])} requests waiting at the router for a replica")
     return [f"  events     {'; '.join(shown)}"] if shown else []
+
+
+def _serving_lines(s: dict, cfg: Config) -> list[str]:
+    """Speculative decoding and the host KV tier, when the engine uses them."""
+    out = []
+    spec = cfg.engine.speculative
+    if "spec_tokens_per_step" in s:
+        drafter = f"draft model {spec.draft_model}" if spec.method == "draft" else f"{spec.mtp_layers} MTP layer(s)"
+        out.append(
+            f"  speculate  {drafter}, k={spec.k}, acceptance {spec.acceptance:g}: "
+            f"{s['spec_tokens_per_step']:.2f} tokens per target step"
+        )
+    if "kv_offload_reloaded_blocks" in s:
+        out.append(
+            f"  host KV    {cfg.engine.kv_offload.cpu_gib:g} GiB per replica: "
+            f"{_count(s['kv_offload_reloaded_blocks'])} prefix blocks reloaded instead of recomputed "
+            f"({_s(s['kv_offload_reload_s'])} of copying)"
+        )
+    return out
 
 
 def _failure_lines(s: dict) -> list[str]:
