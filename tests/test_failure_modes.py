@@ -8,21 +8,19 @@ import math
 
 import numpy as np
 import pytest
-import simpy
 
 import sim
 from sim.config.errors import ConfigError
 from sim.config.schema import Config, validate
 from sim.des.failures import ScaleEvents
-from sim.des.lifecycle import Lifecycle
-from sim.des.recorder import Recorder
 from sim.des.records import ACTIVE, PROVISIONING, STOPPED
 from sim.output.plots import failure_title
 from sim.pricing.cost import Span
 from sim.results.failures import held_in_windows, zero_traffic_windows
 from tests.conftest import cfg
 from tests.test_engine import _compare
-from tests.test_lifecycle import COLD, WAKE, StubEngine
+from tests.test_lifecycle import COLD
+from tests.test_lifecycle import _life as lifecycle_under_test
 
 FAILURE_KEYS = (
     "autoscale_reversals",
@@ -271,18 +269,7 @@ def test_nothing_is_lost_on_scale_down_with_or_without_drain(drain):
 
 
 def _life(cfg: Config):
-    env = simpy.Environment()
-    life = Lifecycle(
-        env,
-        cfg,
-        np.random.default_rng(0),
-        Recorder(),
-        {"cold_starts": 0, "wakes": 0, "sleeps": 0, "spot_preemptions": 0},
-        (COLD, WAKE),
-        make_engine=StubEngine,
-        on_ready=lambda: None,
-        on_evacuated=lambda reqs: None,
-    )
+    env, life, _ = lifecycle_under_test(cfg)
     return env, life
 
 

@@ -9,7 +9,7 @@ import pytest
 import sim
 from sim.des.prefix import BlockPool
 from sim.hardware.kvcache import memory_plan
-from tests.conftest import cfg
+from tests.conftest import assert_conserved, cfg
 from tests.test_engine import _compare
 from tests.test_prefix_cache import SYNC, _workload
 from tests.test_speculative import with_
@@ -90,12 +90,8 @@ def test_fast_forward_equals_per_iteration_with_a_host_tier():
 
 def test_conservation_with_a_host_tier():
     r = sim.run(cfg(*SHARED, "workload.rate=4", "engine.kv_offload.cpu_gib=8", "engine.max_model_len=4500"))
-    df, s = r.requests, r.summary
-    assert s["n_gpu"] + s["n_api"] + s["n_rejected"] == s["n_requests"] == len(df)
-    assert s["n_rejected"] > 0 and s["n_gpu"] > 0
-    served = df[df.route == "gpu"]
-    assert served.finish_s.notna().all() and served.ttft_s.notna().all()
-    assert s["output_tokens"] == served.output_tokens.sum()
+    assert_conserved(r)
+    served = r.requests[r.requests.route == "gpu"]
     assert (served.cached_tokens < served.prompt_tokens).all()
 
 

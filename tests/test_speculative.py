@@ -15,7 +15,7 @@ from sim.config.schema import load_option
 from sim.hardware.kvcache import memory_plan, weight_bytes
 from sim.hardware.perf import build_perf, saturation_throughput
 from sim.hardware.speculative import SpeculativePerf, tokens_per_step
-from tests.conftest import cfg
+from tests.conftest import assert_conserved, cfg
 from tests.test_engine import _compare
 
 DRAFT = ("engine.speculative.method=draft", "engine.speculative.draft_model=llama3.2-1b")
@@ -267,12 +267,7 @@ def test_cost_per_token_follows_throughput(base):
 
 def test_conservation_with_speculation():
     r = sim.run(cfg(*MTP, "workload.duration_s=60", "workload.rate=10", "engine.max_model_len=3000"))
-    df, s = r.requests, r.summary
-    assert s["n_gpu"] + s["n_api"] + s["n_rejected"] == s["n_requests"] == len(df)
-    assert s["n_rejected"] > 0 and s["n_gpu"] > 0
-    served = df[df.route == "gpu"]
-    assert served.finish_s.notna().all() and served.ttft_s.notna().all()
-    assert s["output_tokens"] == served.output_tokens.sum()
+    assert_conserved(r)
 
 
 def test_a_measured_table_cannot_speculate(tmp_path):

@@ -28,8 +28,8 @@ import simpy
 
 from sim.config.schema import Config, DisaggConfig
 from sim.des.fleet import Fleet
-from sim.des.pools import PoolRun, subset
-from sim.des.records import ROUTE_GPU, ROUTE_NONE
+from sim.des.pools import PoolRun, close_fed, subset
+from sim.des.records import ROUTE_GPU
 from sim.des.simulate import outcome
 from sim.hardware.kvcache import MemoryPlan, kv_bytes_per_token, kv_transfer_s
 from sim.hardware.perf import PerfModel
@@ -143,12 +143,7 @@ def simulate_disagg(
     end = env.now
     runs = []
     for role, f, users in (("prefill", proxy.prefill, proxy.pre_users), ("decode", proxy.decode, proxy.dec_users)):
-        f.take_sample()
-        f.life.stop_all()
-        f.records.resize(len(f.fed))  # type: ignore[arg-type]
-        records = f.records.arrays()
-        if int((records.route == ROUTE_NONE).sum()):
-            raise RuntimeError(f"{role} pool: request(s) ended neither served nor rejected")
+        records = close_fed(f, f"{role} pool")
         ids = np.asarray(users, dtype=np.int64)
         fed = f.fed  # type: ignore[union-attr]  # (arrival, prompt, output) as the pool got them
         part = replace(

@@ -90,12 +90,7 @@ def simulate_pools(
     end = env.now
     runs = []
     for j, f in enumerate(fleets):
-        f.take_sample()
-        f.life.stop_all()
-        f.records.resize(len(f.fed))  # type: ignore[arg-type]
-        records = f.records.arrays()
-        if int((records.route == ROUTE_NONE).sum()):
-            raise RuntimeError(f"pool {j}: request(s) ended neither served nor rejected")
+        records = close_fed(f, f"pool {j}")
         ids = np.flatnonzero(pool_of == j)
         runs.append(PoolRun(outcome(f, end, records), ids, subset(workload, ids)))
     return runs, front.sent
@@ -111,6 +106,18 @@ def _arrivals(env: simpy.Environment, wl: Workload, fleets: list[Fleet], front: 
         fleets[j].inject(prompts[i], outputs[i])
     for f in fleets:
         f.end_feed()
+
+
+def close_fed(f: Fleet, label: str):
+    """End a fed pool's run: its last sample, its replicas stopped, its records cut to the
+    requests it was handed (every one must have ended served or rejected)."""
+    f.take_sample()
+    f.life.stop_all()
+    f.records.resize(len(f.fed))  # type: ignore[arg-type]
+    records = f.records.arrays()
+    if int((records.route == ROUTE_NONE).sum()):
+        raise RuntimeError(f"{label}: request(s) ended neither served nor rejected")
+    return records
 
 
 def subset(wl: Workload, ids: np.ndarray) -> Workload:
