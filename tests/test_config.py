@@ -115,6 +115,7 @@ BAD = [
     ),
     (("engine.enable_chunked_prefill=false",), "engine.max_num_batched_tokens", "chunked prefill"),
     (("engine.eta_flops=0",), "engine.eta_flops", "(0, 1]"),
+    (("engine.eta_prefill=1.5",), "engine.eta_prefill", "(0, 1]"),
     (("engine.reserve_gib=-1",), "engine.reserve_gib", ">= 0"),
     (("engine.memory_profiler=v0.99",), "engine.memory_profiler", "v0.15"),
     (("engine.cudagraph_gib=-0.5",), "engine.cudagraph_gib", ">= 0"),

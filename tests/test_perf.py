@@ -80,6 +80,24 @@ def test_prefill_is_compute_bound_and_linear_in_tokens():
     assert 1.8 < t2 / t1 < 2.2
 
 
+def test_eta_prefill_times_prefill_chunks_only():
+    """Prefill chunks run at their end-to-end efficiency, decoding sequences at the GEMM kernels':
+    halving eta_prefill doubles a compute-bound prefill's compute and leaves decode untouched."""
+    base = roofline("engine.eta_prefill=0.6", "engine.eta_flops=0.6")
+    slow = roofline("engine.eta_prefill=0.3", "engine.eta_flops=0.6")
+    for b, ctx in ((1, 0), (64, 20_000), (2048, 100_000)):  # memory- and compute-bound decode
+        assert slow.iteration_time(b, ctx, []) == base.iteration_time(b, ctx, [])
+    chunks = [(4096, 1000), (2048, 0)]
+    f0, m0, c0 = base.pass_terms(0, 1, 0, chunks)
+    f1, m1, c1 = slow.pass_terms(0, 1, 0, chunks)
+    assert (f1, m1) == (f0, m0) and c1 == pytest.approx(2 * c0, rel=1e-12)
+    assert slow.iteration_time(0, 0, chunks) - base.iteration_time(0, 0, chunks) == pytest.approx(c0, rel=1e-12)
+    # mixed: the decoders' share of the compute keeps eta_flops
+    _, _, mixed0 = base.pass_terms(32, 1, 50_000, chunks)
+    _, _, mixed1 = slow.pass_terms(32, 1, 50_000, chunks)
+    assert mixed1 - mixed0 == pytest.approx(c0, rel=1e-9)
+
+
 def test_moe_reads_more_experts_as_the_batch_grows():
     perf = roofline("model=qwen3-30b-a3b", "engine.eta_moe=1")
     assert perf.weight_time(1) < perf.weight_time(8) < perf.weight_time(256)

@@ -284,7 +284,8 @@ class EngineConfig:
     # performance model (roofline): eta_kv, eta_flops from scripts/calibrate.py; the rest from scripts/fit_engine.py
     eta_weights: Fraction[float]
     eta_kv: Fraction[float]
-    eta_flops: Fraction[float]
+    eta_flops: Fraction[float]  # matmuls of decoding sequences (GEMM kernels)
+    eta_prefill: Fraction[float]  # prefill chunks end to end (matmuls, attention, norms, activations)
     eta_moe: Fraction[float]  # expert-weight reads relative to dense ones (grouped GEMM)
     step_overhead_ms: NonNeg[float]
     step_overhead_per_seq_us: NonNeg[float]  # per-iteration time that grows with the batch (per sequence)

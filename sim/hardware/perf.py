@@ -4,10 +4,13 @@ The default is a roofline per GPU of the tensor-parallel group:
 
     T = T_fixed + max(T_mem, T_compute) + T_allreduce
     T_mem     = weight bytes read / (eta_w BW) + KV bytes read / (eta_kv BW)
-    T_compute = (2 P_flop n_tokens + 4 L H d_head n_pairs) / (TP eta_f FLOPS)
+    T_compute = (2 P_flop n_dec + 4 L H d_head pairs_dec) / (TP eta_f FLOPS)
+              + (2 P_flop n_pre + 4 L H d_head pairs_pre) / (TP eta_p FLOPS)
 
-where n_tokens counts the prefill-chunk tokens plus one per decoding sequence and n_pairs the
-(query, key) pairs attention computes. MoE models read only the experts the batch's tokens
+where n_dec counts one token per decoding sequence, n_pre the prefill-chunk tokens and pairs_*
+the (query, key) pairs their attention computes. Decoding sequences' matmuls run at the GEMM
+kernels' efficiency eta_f; a prefill chunk at its end-to-end efficiency eta_p (attention, norms,
+activations and the gaps between kernels count too). MoE models read only the experts the batch's tokens
 touch. A measured table (batch_size, tokens, context -> iteration_ms) can replace the formula.
 
 A run of decode-only iterations with a fixed batch is the engine's hot path: the context grows
@@ -67,8 +70,12 @@ class Roofline:
         fp8 = model.weight_dtype == "fp8" and gpu.fp8_tflops
         flops = (gpu.fp8_tflops if fp8 else gpu.bf16_tflops) * 1e12 * engine.eta_flops * tp * gpu.efficiency
         flop_params = model.flop_params_b or active
-        self._tok = 2 * flop_params * 1e9 / flops  # s per token through the matmuls
+        self._tok = 2 * flop_params * 1e9 / flops  # s per decoding token through the matmuls
         self._pair = 4 * model.layers * model.heads * model.head_dim / flops  # s per (q, k) pair
+        # a prefill chunk reaches a lower share of peak end to end than the GEMM kernels alone
+        # (attention, norms, activations, launch gaps between them): eta_prefill, not eta_flops
+        pre = engine.eta_prefill / engine.eta_flops
+        self._tok_p, self._pair_p = self._tok / pre, self._pair / pre
         self._fixed = engine.step_overhead_ms / 1000
         self._per_seq = engine.step_overhead_per_seq_us * 1e-6
         self._pass_fixed = 0.0  # fixed time of any forward pass (a draft's too): the all-reduce latency
@@ -90,16 +97,15 @@ class Roofline:
     def iteration_time(self, n_decode: int, context: int, chunks: Chunks) -> float:
         n = n_decode
         kv = context + n_decode
-        pairs = kv
+        comp = self._tok * n_decode + self._pair * kv
         for c, k0 in chunks:
             n += c
             kv += k0 + c
-            pairs += c * k0 + c * (c + 1) / 2
+            comp += self._tok_p * c + self._pair_p * (c * k0 + c * (c + 1) / 2)
         # (weight_time, inline)
         mem = (
             self._w_dense + self._w_expert * (1.0 - self._miss**n) if self._w_expert else self._w_dense
         ) + self._kv * kv
-        comp = self._tok * n + self._pair * pairs
         return (
             self._fixed + self._per_seq * (n_decode + len(chunks)) + (mem if mem >= comp else comp) + self._ar_tok * n
         )
@@ -114,15 +120,15 @@ class Roofline:
         decode step; k + 1: a speculative verify pass), plus prefill chunks."""
         n = q * n_decode
         kv = context + n
-        pairs = q * context + n_decode * q * (q + 1) / 2
+        comp = self._tok * n + self._pair * (q * context + n_decode * q * (q + 1) / 2)
         for c, k0 in chunks:
             n += c
             kv += k0 + c
-            pairs += c * k0 + c * (c + 1) / 2
+            comp += self._tok_p * c + self._pair_p * (c * k0 + c * (c + 1) / 2)
         return (
             self._pass_fixed + self._ar_tok * n,
             self.weight_time(n) + self._kv * kv,
-            self._tok * n + self._pair * pairs,
+            comp,
         )
 
     def pass_run(self, n_decode: int, q: int, context: float) -> tuple[float, float, float, float, float]:

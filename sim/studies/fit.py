@@ -12,8 +12,12 @@ adjusts the factors that only whole-server measurements reveal, by replaying mea
 - `eta_weights`, `eta_kv`: achieved bandwidth reading weights and the KV cache;
 - `eta_moe`: expert-weight reads relative to dense ones (grouped GEMMs over few tokens).
 
-`eta_flops` stays at its kernel fit: the measured runs hit the prefix cache on almost every
-prompt, so they hardly measure prefill compute.
+`eta_flops` (decoding sequences' matmuls) stays at its kernel fit, and `eta_prefill` (prefill
+chunks end to end) at its default. The runs hit the prefix cache on almost every prompt, except
+their first requests: each distinct prompt is prefilled whole the first time. Where those cold
+prompts are at least 1% of the first stage (and the model has their prefill compute-bound), the
+stage's TTFT p99 falls among them: `fit_prefill` reads the eta_prefill they ask for, reported
+beside the fit (docs/calibration.md), not adopted.
 
 Published vLLM step-time points on the runs' GPU (batch latency, concurrency-1 ITL: a points
 file in the layout of published_points.yaml) join the fit, one log error each: they add models
@@ -46,7 +50,10 @@ PARAMS = (
 LOWER = np.array([0.0, 0.0, 0.0, 0.4, 0.3])
 UPPER = np.array([10.0, 200.0, 50.0, 1.0, 1.0])
 START = np.array([0.773, 5.0, 5.0, 0.716, 1.0])
+PREFILL_BOUNDS = (0.15, 1.0)  # eta_prefill's search range (`fit_prefill`)
 FIT_METRICS = ("ttft_mean", "itl_mean")
+COLD_SHARE = 0.01  # a first stage's TTFT p99 falls among its cold prompts when they are >= 1% of it
+F_SCALE = 0.05  # the robust loss's scale: log errors beyond ~5% count linearly, not squared
 FIT_STAGE_S = 300.0  # stages shortened to this for the fit (the report replays them whole)
 
 
@@ -87,8 +94,8 @@ def fit_points(points: list[dict], gpu: str = "h100") -> list[dict]:
     ]
 
 
-def engine_of(theta) -> dict:
-    return {k: float(v) for k, v in zip(PARAMS, theta, strict=True)}
+def engine_of(theta, **extra) -> dict:
+    return {**{k: float(v) for k, v in zip(PARAMS, theta, strict=True)}, **extra}
 
 
 def _one(args) -> pd.DataFrame:
@@ -98,9 +105,10 @@ def _one(args) -> pd.DataFrame:
     return simulate(item, models, inflation, 0, engine, max_stage_s).assign(source="run")
 
 
-def replay(data: Runs, theta, max_stage_s: float | None = None, workers: int = 1) -> pd.DataFrame:
-    """Every run and point replayed with the factors `theta` (`source`: run or point)."""
-    engine = engine_of(theta)
+def replay(data: Runs, theta, max_stage_s: float | None = None, workers: int = 1, **extra) -> pd.DataFrame:
+    """Every run and point replayed with the factors `theta` and `extra` engine keys (`source`:
+    run or point)."""
+    engine = engine_of(theta, **extra)
     jobs = [(r, data.models, data.inflation, engine, max_stage_s) for r in data.runs]
     jobs += [(p, data.point_models, None, engine, None) for p in data.points]
     if workers > 1 and len(jobs) > 1:
@@ -111,12 +119,69 @@ def replay(data: Runs, theta, max_stage_s: float | None = None, workers: int = 1
     return pd.concat(frames, ignore_index=True)
 
 
+def cold_prefill(run: dict, models: dict, inflation: dict) -> bool:
+    """Whether a run's first-stage TTFT p99 measures prefill compute (`eta_prefill`): its
+    distinct prompts, each prefilled whole the first time (the prefix cache starts empty), are at
+    least COLD_SHARE of the stage's requests, so its slowest 1% are among them; and the model
+    has that prefill compute-bound even at the GEMM kernels' efficiency (eta_flops), so
+    eta_prefill acts on it whatever its value (an MoE's is bound by its expert-weight reads)."""
+    import dataclasses
+
+    from sim.hardware.perf import Roofline
+    from sim.studies.validate import prompt_tokens, run_config
+
+    spec = run["workload_spec"]
+    rate, duration = spec["stages"][0]
+    if int(spec["num_groups"]) * int(spec["prompts_per_group"]) < COLD_SHARE * int(rate * duration):
+        return False
+    cfg = run_config(run, models)
+    engine = dataclasses.replace(cfg.engine, eta_prefill=cfg.engine.eta_flops)
+    chunk = min(prompt_tokens(run, models, inflation), engine.max_num_batched_tokens or math.inf)
+    _, mem, comp = Roofline(cfg.model, cfg.gpu, engine).pass_terms(0, 1, 0, [(int(chunk), 0)])
+    return comp > mem
+
+
 def residuals(df: pd.DataFrame) -> np.ndarray:
     """log(simulated / measured) of each stage's fitted metrics (stages, not the whole run, so
     a two-stage run is not counted three times) and of each point."""
     runs = (df["source"] == "run") & (df["stage"] >= 0) & df["metric"].isin(FIT_METRICS)
     rows = df[runs | (df["source"] == "point")]
     return np.log(rows["simulated"].to_numpy() / rows["measured"].to_numpy())
+
+
+def _soft_l1(z: np.ndarray) -> float:
+    """least_squares' soft-L1 loss at f_scale F_SCALE, summed."""
+    return float(np.sum(2 * F_SCALE**2 * (np.sqrt(1 + (z / F_SCALE) ** 2) - 1)))
+
+
+def first_stage(run: dict) -> dict:
+    """The run cut to its first stage and that stage's measurements."""
+    spec = {**run["workload_spec"], "stages": run["workload_spec"]["stages"][:1]}
+    return {**run, "workload_spec": spec, "actual_ms": {"0": (run.get("actual_ms") or {}).get("0", {})}}
+
+
+def cold_runs(data: Runs) -> Runs:
+    """The runs whose first stage measures prefill (`cold_prefill`), cut to that stage."""
+    keep = [first_stage(r) for r in data.runs if cold_prefill(r, data.models, data.inflation)]
+    return Runs(keep, data.models, data.inflation)
+
+
+def fit_prefill(data: Runs, theta, workers: int = 1) -> float | None:
+    """The eta_prefill the cold prefills ask for, given the other factors `theta`: the value whose
+    replays of the cold runs' first stages (whole) match their TTFT p99 best (soft-L1 on the log
+    errors). None without cold runs."""
+    from scipy.optimize import minimize_scalar
+
+    cold = cold_runs(data)
+    if not cold.runs:
+        return None
+
+    def loss(eta: float) -> float:
+        df = replay(cold, theta, None, workers, eta_prefill=eta)
+        p99 = df[(df["stage"] == 0) & (df["metric"] == "ttft_p99")]
+        return _soft_l1(np.log(p99["simulated"].to_numpy() / p99["measured"].to_numpy()))
+
+    return float(minimize_scalar(loss, bounds=PREFILL_BOUNDS, method="bounded", options={"xatol": 2e-3}).x)
 
 
 def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
@@ -132,7 +197,7 @@ def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
         x_scale=np.maximum(np.abs(start), 0.1),
         diff_step=0.02,
         loss="soft_l1",  # robust: a run the model cannot explain does not drag the rest
-        f_scale=0.05,
+        f_scale=F_SCALE,
         xtol=1e-3,
         ftol=1e-4,
         max_nfev=80,

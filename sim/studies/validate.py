@@ -95,6 +95,18 @@ class Stages:
     ids: list[np.ndarray]
 
 
+def inflation_factor(run: dict, models: dict, inflation: dict) -> float:
+    """How much the server's tokenizer inflates the run's prompts (1.05 where not measured)."""
+    tokenizer = models[run["model"]].get("tokenizer", "")
+    return float((inflation.get(tokenizer) or {}).get("factor", 1.05))
+
+
+def prompt_tokens(run: dict, models: dict, inflation: dict) -> int:
+    """The prompt length the server sees: system prompt plus question, each inflated."""
+    spec, factor = run["workload_spec"], inflation_factor(run, models, inflation)
+    return round(spec["system_prompt_len"] * factor) + round(spec["question_len"] * factor)
+
+
 def generate(spec: dict, inflation: float, seed: int, max_stage_s: float | None = None) -> Stages:
     """inference-perf's shared-prefix workload under its constant load timer, stage by stage."""
     from sim.workload.build import stream
@@ -167,9 +179,8 @@ def simulate(
 
     cfg = run_config(run, models, engine)
     tokenizer = models[run["model"]].get("tokenizer", "")
-    factor = float((inflation.get(tokenizer) or {}).get("factor", 1.05))
     client = float(run.get("client_output_factor", CLIENT_OUTPUT.get(tokenizer, 1.0)))
-    stages = generate(run["workload_spec"], factor, seed, max_stage_s)
+    stages = generate(run["workload_spec"], inflation_factor(run, models, inflation), seed, max_stage_s)
     starts: list[float] = []
     result = stage = None
     for _ in stages.rel_t:  # each stage starts once the previous one has drained
