@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shlex
+import sys
 import textwrap
 from pathlib import Path
 
@@ -684,15 +685,15 @@ def billing_section() -> list[str]:
 # Seed 003's cascade (docs/platforms.md's `platform=cascade3`) is worked by the commands its
 # section shows, not by this script: a rerun keeps the section as it stands.
 CASCADE = "## Seed 003: a three-tier cascade"
+WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 
 def kept_section(heading: str) -> list[str]:
     """The section under `heading` of the current docs/economics.md (up to the next heading of
     its level), as lines; none if the doc or the section is missing."""
-    if not OUT.exists():
-        return []
-    doc = OUT.read_text().split("\n")
+    doc = OUT.read_text().split("\n") if OUT.exists() else []
     if heading not in doc:
+        print(f"warning: {OUT.name} has no section {heading!r} to keep; it is left out", file=sys.stderr)
         return []
     start = doc.index(heading)
     end = next((i for i in range(start + 1, len(doc)) if doc[i].startswith("## ")), len(doc))
@@ -772,7 +773,8 @@ def main() -> None:
         "",
         "Two hours of Llama-3 8B chat traffic at 10 req/s on average, arriving in bursts of 6x the",
         "calm rate (30 s bursts, 270 s calm: `workload=bursty`). One H100 carries the calm rate; the",
-        f"bursts need {peak[0]} in all. `api.overflow=ttft` sends a request to the API when the replica's",
+        f"bursts need {WORDS.get(peak[0], peak[0])} in all. `api.overflow=ttft` sends a request to the API when the"
+        " replica's",
         "predicted TTFT (its prefill backlog, and the wait for a batch slot when the batch is full)",
         "would break the SLO; `api.overflow=slo` also when its predicted TPOT would.",
         "",

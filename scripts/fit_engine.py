@@ -105,7 +105,7 @@ def section(theta, folds: dict, inside: pd.DataFrame, held: pd.DataFrame, comman
             lines.append(
                 f"| {r.run} | {r.model} | {r.metric} | {r.measured:.4g} | {r.error_pct:+.1f}% / {cv_err[r.run]:+.1f}% |"
             )
-    if prefill is not None:
+    if prefill is not None and prefill[1] is not None:
         lines += prefill_section(*prefill)
     if gens is not None:
         factors, rows = gens
@@ -135,8 +135,11 @@ def prefill_estimates(data: Runs, theta, folds: dict, workers: int) -> tuple[dic
     the all-runs estimate."""
     from sim.config.schema import load_option
 
-    shipped = load_option("engine", "vllm").eta_prefill
+    engine = load_option("engine", "vllm")
+    shipped = engine.eta_prefill or engine.eta_flops
     est = {"all runs": fit_prefill(data, theta, workers)}
+    if est["all runs"] is None:  # no run's first stage measures prefill
+        return est, None
     for model, t in folds.items():
         est[f"without {model}"] = fit_prefill(data.subset(lambda m, model=model: m != model), t, workers)
     cold = cold_runs(data)
@@ -148,10 +151,10 @@ def prefill_estimates(data: Runs, theta, folds: dict, workers: int) -> tuple[dic
 
 
 def prefill_section(est: dict, rows: pd.DataFrame) -> list[str]:
-    shipped = rows[rows["at"] == "shipped"].set_index("run")
-    at_est = rows[rows["at"] == "estimate"].set_index("run")["error_pct"]
     from sim.config.schema import load_option
 
+    shipped = rows[rows["at"] == "shipped"].set_index("run")
+    at_est = rows[rows["at"] == "estimate"].set_index("run")["error_pct"]
     eta, flops = est["all runs"], load_option("engine", "vllm").eta_flops
     folds = [v for k, v in est.items() if k != "all runs" and v is not None]
     lines = [
@@ -159,30 +162,34 @@ def prefill_section(est: dict, rows: pd.DataFrame) -> list[str]:
         "### Prefill efficiency from the cold prefills (reported, not applied)",
         "",
         "The runs hit the prefix cache on almost every prompt, except their first requests: each",
-        "distinct prompt is prefilled whole the first time. Where those cold prompts are at least 1%",
-        "of a run's first stage and the model has their prefill compute-bound even at the GEMM",
-        "efficiency (the dense models here; an MoE's is bound by its expert reads), the stage's TTFT",
-        "p99 falls among them and measures prefill (`sim.studies.fit.cold_prefill`). Replaying those",
-        f"first stages whole, the p99s ask for `eta_prefill` = {eta:.3f}"
-        + (f" ({min(folds):.2f}-{max(folds):.2f} leaving one model out)" if folds else ""),
-        f"against the GEMM kernels' {flops:.3f}:",
+        "distinct prompt is prefilled the first time (beyond its group's system prompt, cached after",
+        "the group's first). Where those cold prompts are at least 1% of a run's first stage and the",
+        "model has their prefill compute-bound even at the GEMM efficiency (the dense models here; an",
+        "MoE's is bound by its expert reads), the stage's TTFT p99 can fall among them and measure",
+        "prefill (`sim.studies.fit.cold_prefill`). Replaying those first stages whole, the p99s ask",
+        f"for `eta_prefill` of about {eta:.2f}"
+        + (f" ({min(folds):.2f}-{max(folds):.2f} leaving one model out;" if folds else " (")
+        + " the loss is flat within a few",
+        f"hundredths) against the GEMM kernels' {flops:.3f}:",
         "",
-        f"| run | model | measured TTFT p99 (ms) | error at the shipped eta_prefill | error at {eta:.3f} |",
+        f"| run | model | measured TTFT p99 (ms) | error at {flops:.3f} | error at {eta:.2f} |",
         "|---|---|---:|---:|---:|",
     ]
     for run, r in shipped.iterrows():
         lines.append(f"| {run} | {r.model} | {r.measured:.1f} | {r.error_pct:+.1f}% | {at_est[run]:+.1f}% |")
+    spread = float(at_est.std())
     lines += [
         "",
-        "It is not the default: it rests on these eight p99s alone, whose scatter is about 20% and",
-        "which cannot tell a slow prefill from other slowness in a run's first seconds; vLLM's CI",
-        "throughputs (docs/validation.md), the only saturated prefill-heavy vLLM measurements here,",
-        "are already low at the shipped value and would fall further; and it would move every",
-        f"prefill-bound answer (TTFT of long prompts, capacity at long-prompt mixes) by up to {flops / eta:.1f}x.",
-        "What it does say: TensorRT-LLM's published prefill-heavy throughputs, an upper bound for",
-        "vLLM, lie below fleetsim's at the shipped value (the checks above). For",
-        f"TTFT-bound or long-prompt plans, run `engine.eta_prefill={eta:.2f}` as a sensitivity: it",
-        "slows prefill chunks only, not decoding.",
+        f"It is not the default: it rests on these {len(shipped)} p99s alone, which scatter by {spread:.0f}%",
+        "around it and cannot tell a slow prefill from other slowness in a run's first seconds (at",
+        f"{flops:.3f} warm requests, not cold ones, set some of them); vLLM's CI throughputs",
+        "(docs/validation.md), the only saturated prefill-heavy vLLM measurements here, fall",
+        "further from the measured with it; and it would make every uncached prefill chunk",
+        f"{flops / eta:.1f}x as long, and queued TTFT and TPOT more. What it does say: TensorRT-LLM's",
+        "published prefill-heavy throughputs, an upper bound for vLLM, lie below fleetsim's at the",
+        "default (the checks above). For TTFT-bound or long-prompt plans, run `engine.eta_prefill`",
+        f"at {min([eta, *folds]):.2f}-{max([eta, *folds]):.2f} as a sensitivity: it slows prefill chunks only, not"
+        " decoding.",
     ]
     return lines
 

@@ -87,6 +87,11 @@ def test_eta_prefill_times_prefill_chunks_only():
     slow = roofline("engine.eta_prefill=0.3", "engine.eta_flops=0.6")
     for b, ctx in ((1, 0), (64, 20_000), (2048, 100_000)):  # memory- and compute-bound decode
         assert slow.iteration_time(b, ctx, []) == base.iteration_time(b, ctx, [])
+        assert slow.decode_run(b, ctx, 100).time(100) == base.decode_run(b, ctx, 100).time(100)
+        assert slow.pass_run(b, 4, ctx) == base.pass_run(b, 4, ctx)  # a speculative verify pass
+    # null follows eta_flops: the same times as eta_prefill = eta_flops
+    follow = roofline("engine.eta_prefill=null", "engine.eta_flops=0.6")
+    assert follow.iteration_time(8, 4000, [(2048, 0)]) == base.iteration_time(8, 4000, [(2048, 0)])
     chunks = [(4096, 1000), (2048, 0)]
     f0, m0, c0 = base.pass_terms(0, 1, 0, chunks)
     f1, m1, c1 = slow.pass_terms(0, 1, 0, chunks)

@@ -124,14 +124,14 @@ def test_the_cold_prefills_ask_for_a_lower_prefill_efficiency(shared_dir):
     shipped = load_option("engine", "vllm")
     theta = [getattr(shipped, p) for p in PARAMS]
     eta = fit_prefill(runs, theta)
-    assert 0.25 < eta < 0.5 < shipped.eta_prefill
+    assert 0.25 < eta < 0.5 < shipped.eta_flops
     cold = cold_runs(runs)
 
     def p99_error(value):
         df = replay(cold, theta, eta_prefill=value)
         return df[df["metric"] == "ttft_p99"]["error_pct"].median()
 
-    assert p99_error(shipped.eta_prefill) < -15.0
+    assert p99_error(shipped.eta_flops) < -15.0
     assert abs(p99_error(eta)) < 10.0
 
 

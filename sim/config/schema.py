@@ -285,7 +285,7 @@ class EngineConfig:
     eta_weights: Fraction[float]
     eta_kv: Fraction[float]
     eta_flops: Fraction[float]  # matmuls of decoding sequences (GEMM kernels)
-    eta_prefill: Fraction[float]  # prefill chunks end to end (matmuls, attention, norms, activations)
+    eta_prefill: Fraction[float] | None = None  # prefill chunks end to end (attention, norms included); null: eta_flops
     eta_moe: Fraction[float]  # expert-weight reads relative to dense ones (grouped GEMM)
     step_overhead_ms: NonNeg[float]
     step_overhead_per_seq_us: NonNeg[float]  # per-iteration time that grows with the batch (per sequence)

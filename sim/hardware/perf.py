@@ -74,7 +74,7 @@ class Roofline:
         self._pair = 4 * model.layers * model.heads * model.head_dim / flops  # s per (q, k) pair
         # a prefill chunk reaches a lower share of peak end to end than the GEMM kernels alone
         # (attention, norms, activations, launch gaps between them): eta_prefill, not eta_flops
-        pre = engine.eta_prefill / engine.eta_flops
+        pre = (engine.eta_prefill or engine.eta_flops) / engine.eta_flops  # null: the GEMMs' efficiency
         self._tok_p, self._pair_p = self._tok / pre, self._pair / pre
         self._fixed = engine.step_overhead_ms / 1000
         self._per_seq = engine.step_overhead_per_seq_us * 1e-6

@@ -50,7 +50,7 @@ PARAMS = (
 LOWER = np.array([0.0, 0.0, 0.0, 0.4, 0.3])
 UPPER = np.array([10.0, 200.0, 50.0, 1.0, 1.0])
 START = np.array([0.773, 5.0, 5.0, 0.716, 1.0])
-PREFILL_BOUNDS = (0.15, 1.0)  # eta_prefill's search range (`fit_prefill`)
+PREFILL_LOW = 0.15  # the least eta_prefill `fit_prefill` tries (the most: the GEMMs' eta_flops)
 FIT_METRICS = ("ttft_mean", "itl_mean")
 COLD_SHARE = 0.01  # a first stage's TTFT p99 falls among its cold prompts when they are >= 1% of it
 F_SCALE = 0.05  # the robust loss's scale: log errors beyond ~5% count linearly, not squared
@@ -120,11 +120,13 @@ def replay(data: Runs, theta, max_stage_s: float | None = None, workers: int = 1
 
 
 def cold_prefill(run: dict, models: dict, inflation: dict) -> bool:
-    """Whether a run's first-stage TTFT p99 measures prefill compute (`eta_prefill`): its
-    distinct prompts, each prefilled whole the first time (the prefix cache starts empty), are at
-    least COLD_SHARE of the stage's requests, so its slowest 1% are among them; and the model
-    has that prefill compute-bound even at the GEMM kernels' efficiency (eta_flops), so
-    eta_prefill acts on it whatever its value (an MoE's is bound by its expert-weight reads)."""
+    """Whether a run's first-stage TTFT p99 can measure prefill compute (`eta_prefill`): it was
+    measured; the stage's distinct prompts, each prefilled the first time beyond its group's
+    cached system prompt (the prefix cache starts empty), are at least COLD_SHARE of its
+    requests, so its slowest 1% can fall among them (in the replays they do at eta_prefill ~0.35;
+    at the GEMMs' 0.637 warm requests set two runs' p99); and the model has that prefill
+    compute-bound even at the GEMMs' efficiency, so eta_prefill at or below it acts on it (an
+    MoE's is bound by its expert-weight reads)."""
     import dataclasses
 
     from sim.hardware.perf import Roofline
@@ -132,10 +134,12 @@ def cold_prefill(run: dict, models: dict, inflation: dict) -> bool:
 
     spec = run["workload_spec"]
     rate, duration = spec["stages"][0]
+    if "ttft_p99" not in ((run.get("actual_ms") or {}).get("0") or {}):
+        return False
     if int(spec["num_groups"]) * int(spec["prompts_per_group"]) < COLD_SHARE * int(rate * duration):
         return False
     cfg = run_config(run, models)
-    engine = dataclasses.replace(cfg.engine, eta_prefill=cfg.engine.eta_flops)
+    engine = dataclasses.replace(cfg.engine, eta_prefill=None)  # the GEMMs' efficiency
     chunk = min(prompt_tokens(run, models, inflation), engine.max_num_batched_tokens or math.inf)
     _, mem, comp = Roofline(cfg.model, cfg.gpu, engine).pass_terms(0, 1, 0, [(int(chunk), 0)])
     return comp > mem
@@ -181,7 +185,10 @@ def fit_prefill(data: Runs, theta, workers: int = 1) -> float | None:
         p99 = df[(df["stage"] == 0) & (df["metric"] == "ttft_p99")]
         return _soft_l1(np.log(p99["simulated"].to_numpy() / p99["measured"].to_numpy()))
 
-    return float(minimize_scalar(loss, bounds=PREFILL_BOUNDS, method="bounded", options={"xatol": 2e-3}).x)
+    from sim.config.schema import load_option
+
+    top = load_option("engine", "vllm").eta_flops
+    return float(minimize_scalar(loss, bounds=(PREFILL_LOW, top), method="bounded", options={"xatol": 2e-3}).x)
 
 
 def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:

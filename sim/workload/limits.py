@@ -48,16 +48,7 @@ def check_config(cfg: Config) -> None:
     if is_closed(w):
         _closed(cfg)
     elif synthetic and w.duration_s is not None:
-        horizon = _generation_horizon(w)
-        base = sum(s.rate for s in synthetic.values()) * w.duration_s
-        first = next(iter(synthetic))
-        rate_key = f"workload.sources.{first}.rate" if w.sources else "workload.rate"
-        for est, k, v in (
-            (base, rate_key, synthetic[first].rate),
-            (base * horizon / w.duration_s, "workload.rate_scale", w.rate_scale),
-            (base * horizon / w.duration_s * w.load_scale, "workload.load_scale", w.load_scale),
-        ):
-            _requests(lim, est, k, v)
+        _synthetic_requests(cfg, synthetic)
         _horizon(cfg, w.duration_s, None)
     if synthetic and (w.duration_s is not None or is_closed(w)):
         for name, s in synthetic.items():
@@ -72,6 +63,27 @@ def check_config(cfg: Config) -> None:
     n = len(sources)
     if n > lim.max_classes:
         raise _over("workload.sources", f"[{n}]", "classes", n, "max_classes", lim.max_classes, "merge some")
+
+
+def _synthetic_requests(cfg: Config, synthetic: dict) -> None:
+    """About how many requests synthetic sources send over the run, against the limits: their
+    rates x duration, scaled; a diurnal weekend at weekend_factor x the rate at most."""
+    lim, w = cfg.limits, cfg.workload
+    horizon = _generation_horizon(w)
+    base = sum(s.rate for s in synthetic.values()) * w.duration_s
+    first = next(iter(synthetic))
+    rate_key = f"workload.sources.{first}.rate" if w.sources else "workload.rate"
+    checks = [
+        (base, rate_key, synthetic[first].rate),
+        (base * horizon / w.duration_s, "workload.rate_scale", w.rate_scale),
+        (base * horizon / w.duration_s * w.load_scale, "workload.load_scale", w.load_scale),
+    ]
+    for name, s in synthetic.items():
+        if s.arrival == "diurnal" and s.weekend_factor > 1:
+            prefix = f"workload.sources.{name}" if w.sources else "workload"
+            checks.append((base * s.weekend_factor, f"{prefix}.weekend_factor", s.weekend_factor))
+    for est, k, v in checks:
+        _requests(lim, est, k, v)
 
 
 def _closed(cfg: Config) -> None:
