@@ -101,10 +101,14 @@ def inflation_factor(run: dict, models: dict, inflation: dict) -> float:
     return float((inflation.get(tokenizer) or {}).get("factor", 1.05))
 
 
+def prompt_lengths(spec: dict, inflation: float) -> tuple[int, int]:
+    """The system prompt's and the question's lengths as the server sees them (inflated)."""
+    return round(spec["system_prompt_len"] * inflation), round(spec["question_len"] * inflation)
+
+
 def prompt_tokens(run: dict, models: dict, inflation: dict) -> int:
     """The prompt length the server sees: system prompt plus question, each inflated."""
-    spec, factor = run["workload_spec"], inflation_factor(run, models, inflation)
-    return round(spec["system_prompt_len"] * factor) + round(spec["question_len"] * factor)
+    return sum(prompt_lengths(run["workload_spec"], inflation_factor(run, models, inflation)))
 
 
 def generate(spec: dict, inflation: float, seed: int, max_stage_s: float | None = None) -> Stages:
@@ -113,8 +117,7 @@ def generate(spec: dict, inflation: float, seed: int, max_stage_s: float | None 
 
     rng = stream(seed, "validation")
     groups, per_group = int(spec["num_groups"]), int(spec["prompts_per_group"])
-    sys_len = round(spec["system_prompt_len"] * inflation)
-    q_len = round(spec["question_len"] * inflation)
+    sys_len, q_len = prompt_lengths(spec, inflation)
     prompt_len = sys_len + q_len
     n_blocks = prompt_len // BLOCK
     sys_blocks = sys_len // BLOCK
