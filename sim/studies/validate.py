@@ -241,6 +241,10 @@ POINT_MODELS = (
     (r"qwen3-235b", "qwen3-235b-a22b"),
 )
 SHAREGPT_MEANS = (230, 195)  # the vLLM CI's ShareGPT sample: ~230 prompt, ~190-200 output tokens
+# Stand-in samples a ShareGPT throughput point is averaged over. One sample's figure swings by
+# about ±25% with its longest output (10-90% of the draws), so a single draw says more about its
+# seed than about the model; 200 draws put the Monte Carlo standard error of the mean near 1.5%.
+SHAREGPT_DRAWS = 200
 
 
 def sharegpt_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -320,9 +324,6 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
     engine keys to override, e.g. fitted factors)."""
     import re
 
-    from sim.studies.run import run as simulate_run
-    from sim.workload.build import Workload
-
     metric, usage = point_kind(point)
     cfg = point_config(point, models, usage, engine)
     wl = str(point["workload"])
@@ -337,21 +338,20 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
         n = int(found.group(1)) if found else 1000
         p, o = int(point["input_tokens"]), int(point["output_tokens"])
     cfg.workload.duration_s, cfg.workload.rate = 1.0, float(n)
+    band = (math.nan, math.nan)
     if metric == "throughput_rps":
-        prompts, outputs = sharegpt_like(n)
+        draws = np.array([n / _batch(cfg, *sharegpt_like(n, seed))["finish_s"].max() for seed in range(SHAREGPT_DRAWS)])
+        sim, band = float(draws.mean()), tuple(float(x) for x in np.percentile(draws, [10, 90]))
     else:
-        prompts, outputs = np.full(n, p, dtype=np.int64), np.full(n, o, dtype=np.int64)
-    w = Workload(np.zeros(n), prompts, outputs)
-    df = simulate_run(cfg, workload=w).requests
-    end = float(df["finish_s"].max())
-    if metric == "batch_latency_ms":
-        sim = end * 1000
-    elif metric == "itl_ms":
-        sim = float(((df["e2e_s"] - df["ttft_s"]) / (df["output_tokens"] - 1)).mean() * 1000)
-    elif metric == "throughput_rps":
-        sim = n / end
-    else:
-        sim = float(outputs.sum()) / end
+        outputs = np.full(n, o, dtype=np.int64)
+        df = _batch(cfg, np.full(n, p, dtype=np.int64), outputs)
+        end = float(df["finish_s"].max())
+        if metric == "batch_latency_ms":
+            sim = end * 1000
+        elif metric == "itl_ms":
+            sim = float(((df["e2e_s"] - df["ttft_s"]) / (df["output_tokens"] - 1)).mean() * 1000)
+        else:
+            sim = float(outputs.sum()) / end
     m = float(point["measured"])
     return {
         "run": str(point.get("id")),
@@ -363,7 +363,17 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
         "simulated": sim,
         "error_pct": (sim - m) / m * 100,
         "bound": "TensorRT" in str(point.get("engine", "")),  # another, faster engine: an upper bound
+        "p10": band[0],  # ShareGPT throughput: 10-90% of the stand-in samples' figures
+        "p90": band[1],
     }
+
+
+def _batch(cfg: Config, prompts: np.ndarray, outputs: np.ndarray) -> pd.DataFrame:
+    """The requests of one batch submitted at t = 0, simulated."""
+    from sim.studies.run import run as simulate_run
+    from sim.workload.build import Workload
+
+    return simulate_run(cfg, workload=Workload(np.zeros(len(prompts)), prompts, outputs)).requests
 
 
 COLUMNS = ["run", "stage", "metric", "measured", "simulated", "error_pct", "model", "workload"]
@@ -457,7 +467,7 @@ def point_groups(pts: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def points_report(pts: pd.DataFrame) -> str:
     lines = [f"  {'point':<34s} {'metric':<20s} {'measured':>10s} {'simulated':>10s} {'error':>8s}"]
     for _, r in pts.iterrows():
-        tag = "  (bound)" if r["bound"] else ""
+        tag = "  (bound)" if r["bound"] else _band(r)
         lines.append(
             f"  {r['run']:<34s} {r['metric']:<20s} {r['measured']:>10.4g} {r['simulated']:>10.4g}"
             f" {r['error_pct']:>+7.1f}%{tag}"
@@ -467,6 +477,13 @@ def points_report(pts: pd.DataFrame) -> str:
             e = g["error_pct"]
             lines.append(f"  {name}: median {e.median():+.1f}% / {e.abs().median():.1f}% ({len(g)} points)")
     return "\n".join(lines)
+
+
+def _band(r: pd.Series) -> str:
+    """A ShareGPT throughput's spread over its stand-in samples, in words."""
+    if not math.isfinite(r.get("p10", math.nan)):
+        return ""
+    return f"  (one sample: {r['p10']:.3g}-{r['p90']:.3g}, 10-90%)"
 
 
 def load_file(path: Path) -> dict:
@@ -560,10 +577,13 @@ def points_markdown(pts: pd.DataFrame) -> list[str]:
         "Each point's set-up replayed (`simulate_point`): vLLM's benchmark_latency as one batch of 8",
         "at t = 0 (the batch's completion time), concurrency-1 ITL as one request, the CI's ShareGPT",
         "throughput as 200 requests at t = 0 whose lengths stand in for the unpublished sample",
-        "(lognormal, the sample's means, cv 1, the benchmark's filters: the batch ends with its longest",
-        "output, so these figures lean on that assumption), trtllm-bench as N fixed-length requests at",
-        "t = 0. TensorRT-LLM is a different, faster engine: its throughputs bound vLLM's from above, so",
-        "a positive error there means fleetsim is optimistic for vLLM at saturation.",
+        "(lognormal, the sample's means, cv 1, the benchmark's filters), trtllm-bench as N",
+        "fixed-length requests at t = 0. A ShareGPT batch ends with its longest output, so one",
+        "stand-in sample's throughput swings by about ±25% with its draw: the figure is the mean over",
+        f"{SHAREGPT_DRAWS} samples (Monte Carlo standard error about 1.5%), and the table gives the range",
+        "that holds 80% of single samples; the measured figure is one such sample. TensorRT-LLM is a",
+        "different, faster engine: its throughputs bound vLLM's from above, so a positive error there",
+        "means fleetsim is optimistic for vLLM at saturation.",
         "",
         "| group | median signed | median abs | points |",
         "|---|---:|---:|---:|",
@@ -572,10 +592,16 @@ def points_markdown(pts: pd.DataFrame) -> list[str]:
         if len(g):
             e = g["error_pct"]
             lines.append(f"| {name} | {e.median():+.1f}% | {e.abs().median():.1f}% | {len(g)} |")
-    lines += ["", "| point | metric | measured | simulated | error |", "|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "| point | metric | measured | simulated | error | one sample, 10-90% |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for _, r in pts.iterrows():
+        band = f"{r['p10']:.4g}-{r['p90']:.4g}" if math.isfinite(r.get("p10", math.nan)) else ""
         lines.append(
-            f"| {r['run']} | {r['metric']} | {r['measured']:.4g} | {r['simulated']:.4g} | {r['error_pct']:+.1f}% |"
+            f"| {r['run']} | {r['metric']} | {r['measured']:.4g} | {r['simulated']:.4g}"
+            f" | {r['error_pct']:+.1f}% | {band} |"
         )
     return [*lines, ""]
 
@@ -642,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
         if not frames and not points:
             raise UserError("no run to validate (check --runs)")
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COLUMNS)
-        pts = pd.DataFrame(points, columns=[*COLUMNS, "bound"])
+        pts = pd.DataFrame(points, columns=[*COLUMNS, "bound", "p10", "p90"])
         if frames:
             print(text_report(df))
         if points:
