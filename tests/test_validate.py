@@ -3,6 +3,8 @@ and the errors against the shared real-vLLM runs (a guard against regressions)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -171,3 +173,36 @@ def test_a_sharegpt_throughput_is_the_mean_over_stand_in_samples(shared_dir, mon
     assert r["metric"] == "throughput_rps" and r["simulated"] == pytest.approx(np.mean(each), rel=1e-12)
     assert min(each) < r["p10"] <= r["p90"] < max(each)
     assert max(each) / min(each) > 1.05
+
+
+def test_directly_timed_prefills_match_the_default():
+    """vLLM's prefill timed as one request's TTFT, 10k-100k tokens (calibration/prefill_points.yaml,
+    read off a vLLM blog figure), against fleetsim's default prefill rate: a regression guard
+    (measured: median 3.1%, at most 4.7%). The replay is the prompt's prefill: at half the prefill
+    efficiency the 100k-token TTFT nearly doubles."""
+    from sim.config.schema import load_option
+
+    path = Path(__file__).resolve().parents[1] / "calibration" / "prefill_points.yaml"
+    data = yaml.safe_load(path.read_text())
+    pts = [v.simulate_point(p, data["models"]) for p in data["performance_points"]]
+    assert len(pts) == 10 and {p["metric"] for p in pts} == {"ttft_ms"}
+    errs = np.abs([p["error_pct"] for p in pts])
+    assert np.median(errs) <= 5.0 and errs.max() <= 8.0
+    longest = data["performance_points"][-1]
+    half = v.simulate_point(longest, data["models"], {"eta_prefill": load_option("engine", "vllm").eta_flops / 2})
+    assert 1.9 < half["simulated"] / pts[-1]["simulated"] < 2.0
+
+
+def test_a_users_points_file_names_its_own_model(tmp_path, capsys):
+    """A points file whose `model` is a key of its own `models` replays through the command."""
+    point = {
+        "id": "mine", "gpu": "H100", "tp": 1, "model": "my-8b", "weights_dtype": "bf16",
+        "workload": "single request TTFT, nothing cached", "input_tokens": 4000, "output_tokens": 1,
+        "measured": 100.0,
+    }  # fmt: skip
+    f = tmp_path / "mine.yaml"
+    f.write_text(yaml.safe_dump({"models": {"my-8b": LLAMA3_8B}, "performance_points": [point]}))
+    assert v.main([str(f), "--out", str(tmp_path)]) == 0
+    row = pd.read_csv(tmp_path / "validation.csv").iloc[0]
+    assert row["run"] == "mine" and row["metric"] == "ttft_ms" and row["model"] == "my-8b"
+    assert 0 < row["simulated"] < 1000 and "vLLM prefill" in capsys.readouterr().out

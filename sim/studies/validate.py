@@ -279,8 +279,12 @@ def catalog_arch(spec: dict) -> dict:
 
 
 def point_model(point: dict, models: dict) -> str:
+    """The key in `models` of a point's architecture: the point's `model` itself, or a published
+    name (a Hugging Face id, say) one of `POINT_MODELS` recognises."""
     import re
 
+    if point.get("model") in models:
+        return str(point["model"])
     name = str(point.get("model", "")).lower()
     for pattern, key in POINT_MODELS:
         if re.search(pattern, name) and key in models:
@@ -308,6 +312,8 @@ def point_config(point: dict, models: dict, usage: str, engine: dict | None = No
 def point_kind(point: dict) -> tuple[str, str]:
     """(metric, usage) of a published point, from its workload line."""
     wl = str(point.get("workload", ""))
+    if "TTFT" in wl:  # one request's first token: its prompt's prefill
+        return "ttft_ms", "api_server" if "serve" in wl else "offline"
     if "benchmark_latency" in wl:
         return "batch_latency_ms", "offline"
     if "ITL" in wl:
@@ -329,8 +335,8 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
     wl = str(point["workload"])
     if metric == "batch_latency_ms":  # one batch, all at t = 0: the batch's completion time
         n, p, o = 8, int(point["input_tokens"]), int(point["output_tokens"])
-    elif metric == "itl_ms":  # concurrency 1: one request at a time, the decode steps between tokens
-        n, p, o = 1, int(point["input_tokens"]), int(point["output_tokens"])
+    elif metric in ("itl_ms", "ttft_ms"):  # concurrency 1: one request, nothing else running
+        n, p, o = 1, int(point["input_tokens"]), int(point.get("output_tokens", 1))
     elif metric == "throughput_rps":  # vLLM CI: 200 ShareGPT prompts at once (lengths: `sharegpt_like`)
         n, p, o = 200, 0, 0
     else:  # trtllm-bench: N requests of fixed ISL/OSL at once
@@ -350,6 +356,8 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
             sim = end * 1000
         elif metric == "itl_ms":
             sim = float(((df["e2e_s"] - df["ttft_s"]) / (df["output_tokens"] - 1)).mean() * 1000)
+        elif metric == "ttft_ms":
+            sim = float(df["ttft_s"].iloc[0] * 1000)
         else:
             sim = float(outputs.sum()) / end
     m = float(point["measured"])
@@ -460,6 +468,7 @@ def point_groups(pts: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [
         ("vLLM decode / latency", vllm[vllm["metric"].isin(DECODE_METRICS)]),
         ("vLLM throughput", vllm[vllm["metric"] == "throughput_rps"]),
+        ("vLLM prefill (one request's TTFT)", vllm[vllm["metric"] == "ttft_ms"]),
         ("TensorRT-LLM throughput (upper bound for vLLM)", pts[pts["bound"].astype(bool)]),
     ]
 
@@ -575,9 +584,10 @@ def points_markdown(pts: pd.DataFrame) -> list[str]:
         "## Published points",
         "",
         "Each point's set-up replayed (`simulate_point`): vLLM's benchmark_latency as one batch of 8",
-        "at t = 0 (the batch's completion time), concurrency-1 ITL as one request, the CI's ShareGPT",
-        "throughput as 200 requests at t = 0 whose lengths stand in for the unpublished sample",
-        "(lognormal, the sample's means, cv 1, the benchmark's filters), trtllm-bench as N",
+        "at t = 0 (the batch's completion time), concurrency-1 ITL as one request, a single request's",
+        "TTFT (nothing cached, nothing else running: its prompt's prefill) as that request alone, the",
+        "CI's ShareGPT throughput as 200 requests at t = 0 whose lengths stand in for the unpublished",
+        "sample (lognormal, the sample's means, cv 1, the benchmark's filters), trtllm-bench as N",
         "fixed-length requests at t = 0. A ShareGPT batch ends with its longest output, so one",
         "stand-in sample's throughput swings by about ±25% with its draw: the figure is the mean over",
         f"{SHAREGPT_DRAWS} samples (Monte Carlo standard error about 1.5%), and the table gives the range",
@@ -647,6 +657,13 @@ Each stage sends int(rate x duration) requests whose exponential gaps are rescal
 stage exactly, and starts about 1 s after the previous one drained; a request is one group's
 system prompt plus one of the group's questions, at random, and returns exactly `output_len`
 tokens. `itl_mean` = (mean E2E - mean TTFT) / (mean client-counted output tokens - 1).
+
+Single published figures go in a points file (`calibration/prefill_points.yaml` is one): `models`
+as above and `performance_points`, each with `id`, `gpu`, `tp`, `model` (a key of `models`),
+`weights_dtype`, `kv_cache_dtype`, `input_tokens`, `output_tokens`, `measured` and a
+`workload` line whose words pick the replay: `TTFT` (one request alone, ms), `benchmark_latency`
+(a batch of 8 at once, ms), `ITL` (one request's decode steps, ms), `requests/s` (ShareGPT, 200
+at once) or `output tokens/s` (`N requests` of fixed lengths at once).
 """
 
 
