@@ -145,7 +145,7 @@ def direct_prefill(theta, etas: dict) -> dict:
 
 
 def prefill_estimates(data: Runs, theta, folds: dict, workers: int) -> tuple[dict, pd.DataFrame, dict]:
-    """The eta_prefill the cold prefills ask for with all runs and leaving each model out (its
+    """The eta_prefill the cold prefills would ask for with all runs and leaving each model out (its
     fold's factors), each cold run's first-stage TTFT p99 at the shipped eta_prefill and at the
     all-runs estimate, and the directly timed prefills' errors at both."""
     from sim.config.schema import load_option
@@ -175,15 +175,15 @@ def prefill_section(est: dict, rows: pd.DataFrame, direct: dict) -> list[str]:
     folds = [v for k, v in est.items() if k != "all runs" and v is not None]
     lines = [
         "",
-        "### Prefill efficiency from the cold prefills (reported, not applied)",
+        "### Cold first requests (reported, not applied)",
         "",
         "The runs hit the prefix cache on almost every prompt, except their first requests: each",
         "distinct prompt is prefilled the first time (beyond its group's system prompt, cached after",
         "the group's first). Where those cold prompts are at least 1% of a run's first stage and the",
         "model has their prefill compute-bound even at the GEMM efficiency (the dense models here; an",
-        "MoE's is bound by its expert reads), the stage's TTFT p99 can fall among them and measure",
-        "prefill (`sim.studies.fit.cold_prefill`). Replaying those first stages whole, the p99s ask",
-        f"for `eta_prefill` of about {eta:.2f}"
+        "MoE's is bound by its expert reads), the stage's TTFT p99 can fall among them",
+        "(`sim.studies.fit.cold_prefill`). Replaying those first stages whole, the p99s would ask,",
+        f"if prefill set them, for `eta_prefill` of about {eta:.2f}"
         + (f" ({min(folds):.2f}-{max(folds):.2f} leaving one model out;" if folds else " (")
         + " the loss is flat within a few",
         f"hundredths) against the GEMM kernels' {flops:.3f}:",
@@ -198,17 +198,18 @@ def prefill_section(est: dict, rows: pd.DataFrame, direct: dict) -> list[str]:
     med0, med1 = (float(pd.Series(e).abs().median()) for e in (at0, at1))
     lines += [
         "",
-        "It is not a prefill efficiency, and not the default. vLLM's prefill timed directly, one",
-        f"request alone at each of {len(at0)} prompt lengths from 10k to 100k tokens on Llama-3.1-8B in BF16 on an",
-        "H100 (`calibration/prefill_points.yaml`, read off a vLLM blog figure; docs/validation.md),",
+        "Prefill is the wrong suspect for long prompts, and the value is not the default. vLLM's",
+        "prefill timed directly, one request alone at each of",
+        f"{len(at0)} prompt lengths from 10k to 100k tokens on Llama-3.1-8B in BF16 on an H100",
+        "(`calibration/prefill_points.yaml`, read off a vLLM blog figure; docs/validation.md),",
         f"matches fleetsim at the default within a median {med0:.1f}% ({at0[0]:+.0f} to {at0[-1]:+.0f}%)",
-        f"and would take {med1:.0f}% longer ({at1[0]:+.0f} to {at1[-1]:+.0f}%) at {eta:.2f}. So what slows the",
-        "runs' slowest first requests is not the compute rate of a long prefill; candidates not",
-        "measured here are fixed costs per forward pass that prompts of a few hundred tokens do",
-        "not amortise, and warm-up in a server's first seconds. The p99s scatter by",
-        f"{spread:.0f}% around the estimate, and at {flops:.3f} warm requests, not cold ones, set some of",
-        f"them. The value would make every uncached prefill chunk {flops / eta:.1f}x as long. Keep",
-        "`engine.eta_prefill` at its default; lower it only to see how much a plan's TTFT",
+        f"and would take {med1:.0f}% longer ({at1[0]:+.0f} to {at1[-1]:+.0f}%) at {eta:.2f}. Prompts of a few",
+        "hundred tokens, like the runs', are not timed there: fixed costs per forward pass that",
+        "they do not amortise, and warm-up in a server's first seconds, are candidates not",
+        f"measured here. The p99s scatter by {spread:.0f}% around the estimate, and at {flops:.3f} warm",
+        "requests, not cold ones, set some of them. The value would make every uncached prefill",
+        f"chunk {flops / eta:.1f}x as long. Keep `engine.eta_prefill` at its default; lower it only to",
+        "see how much a plan's TTFT",
         "hinges on slow cold prompts (it slows prefill chunks only, not decoding).",
     ]
     return lines
@@ -319,7 +320,7 @@ def main() -> None:
     gens = generation_factors(theta)
     print("gpu.efficiency:", ", ".join(f"{g}={f:.3f}" for g, f in gens[0].items()))
     prefill = prefill_estimates(data, theta, folds, args.workers)
-    print("eta_prefill the cold prefills ask for:", ", ".join(f"{k} {v:.3f}" for k, v in prefill[0].items() if v))
+    print("eta_prefill the cold prefills would ask for:", ", ".join(f"{k} {v:.3f}" for k, v in prefill[0].items() if v))
     cmd = f"python scripts/fit_engine.py {args.runs}" + (f" --points {args.points}" if args.points else "")
     cmd += " --write" if args.write else ""
     write_section(args.out, section(theta, folds, inside, held, cmd, gens, prefill))

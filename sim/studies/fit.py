@@ -16,8 +16,9 @@ adjusts the factors that only whole-server measurements reveal, by replaying mea
 chunks end to end) at its default. The runs hit the prefix cache on almost every prompt, except
 their first requests: each distinct prompt is prefilled whole the first time. Where those cold
 prompts are at least 1% of the first stage (and the model has their prefill compute-bound), the
-stage's TTFT p99 falls among them: `fit_prefill` reads the eta_prefill they ask for, reported
-beside the fit (docs/calibration.md), not adopted.
+stage's TTFT p99 falls among them: `fit_prefill` reads the eta_prefill they would ask for if
+prefill set them, reported beside the fit (docs/calibration.md), not adopted: vLLM's prefill
+timed directly (calibration/prefill_points.yaml) matches the default, so it is not their cause.
 
 Published vLLM step-time points on the runs' GPU (batch latency, concurrency-1 ITL: a points
 file in the layout of published_points.yaml) join the fit, one log error each: they add models
@@ -171,7 +172,7 @@ def cold_runs(data: Runs) -> Runs:
 
 
 def fit_prefill(data: Runs, theta, workers: int = 1) -> float | None:
-    """The eta_prefill the cold prefills ask for, given the other factors `theta`: the value whose
+    """The eta_prefill the cold prefills would ask for, given the other factors `theta`: the value whose
     replays of the cold runs' first stages (whole) match their TTFT p99 best (soft-L1 on the log
     errors). None without cold runs."""
     from scipy.optimize import minimize_scalar
