@@ -18,6 +18,7 @@ ENTRY = {
     "fleetsim": "from sim.apps.cli import main; main()",
     "fleetsim-plan": "from sim.apps.cli import plan_main; plan_main()",
     "fleetsim-trace": "from sim.apps.trace_tool import entry; entry()",
+    "fleetsim-validate": "from sim.studies.validate import entry; entry()",
 }
 
 
@@ -41,7 +42,7 @@ def write_files(where: Path, files: dict) -> None:
 def run_case(case: dict, where: Path) -> subprocess.CompletedProcess:
     write_files(where, case.get("files"))
     args = [str(a) for a in case["args"]]
-    if case["cmd"] != "fleetsim-trace" and not any(a.startswith("hydra.run.dir=") for a in args):
+    if case["cmd"] in ("fleetsim", "fleetsim-plan") and not any(a.startswith("hydra.run.dir=") for a in args):
         args.append(f"hydra.run.dir={where / 'run'}")
     # traces/ paths are the checkout's example traces
     args = [str(ROOT / a) if a.startswith("traces/") else a for a in args]

@@ -3,12 +3,29 @@ as a measured-runs file or the calibration catalog gives it."""
 
 from __future__ import annotations
 
+from sim.config.errors import UserError
 from sim.config.schema import ModelConfig
+
+SHAPES = ("layers", "hidden", "heads", "kv_heads", "head_dim", "vocab")
+
+
+def check_architecture(name: str, spec) -> None:
+    """A one-line error unless `spec` gives every shape the parameter count needs, each a whole
+    number > 0 (an MoE: `experts_per_token` and `moe_intermediate` too)."""
+    if not isinstance(spec, dict):
+        raise UserError(f"models.{name}: must be a mapping of architecture shapes ({', '.join(SHAPES)}, ...)")
+    moe = spec.get("experts") or 0
+    need = [*SHAPES, "experts", "experts_per_token", "moe_intermediate"] if moe else [*SHAPES, "intermediate"]
+    for key in need:
+        value = spec.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"models.{name}.{key}: must be a whole number > 0, not {value!r}")
 
 
 def model_config(name: str, spec: dict) -> ModelConfig:
     """A model config from an architecture (layers, hidden, heads, KV heads, head dim, MLP and
     expert widths, vocabulary): parameters counted from the shapes."""
+    check_architecture(name, spec)
     h, layers = spec["hidden"], spec["layers"]
     q, kv = spec["heads"] * spec["head_dim"], spec["kv_heads"] * spec["head_dim"]
     attn = h * q + 2 * h * kv + q * h

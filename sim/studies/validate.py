@@ -95,6 +95,66 @@ class Stages:
     ids: list[np.ndarray]
 
 
+RUN_WHOLE = ("tp", "max_num_seqs", "max_num_batched_tokens", "max_model_len", "vllm_gpu_kv_blocks")
+SPEC_WHOLE = ("num_groups", "prompts_per_group", "question_len", "output_len")
+MAX_REQUESTS = 1_000_000  # a run file's requests, all stages: the shared runs send at most 7,200
+
+
+def check_run(run: dict) -> None:
+    """A one-line error naming the key unless `run` has what its replay reads, in range."""
+    key = f"runs[{run.get('id')}]"
+    for name in RUN_WHOLE:
+        if run.get(name) is not None:
+            positive(run[name], f"{key}.{name}", whole=True)
+    if run.get("client_output_factor") is not None:
+        positive(run["client_output_factor"], f"{key}.client_output_factor")
+    if (
+        run.get("gpu_memory_utilization") is not None
+        and positive(run["gpu_memory_utilization"], f"{key}.gpu_memory_utilization") > 1
+    ):
+        raise UserError(f"{key}.gpu_memory_utilization: must be at most 1, not {run['gpu_memory_utilization']!r}")
+    stages = check_spec(run.get("workload_spec"), f"{key}.workload_spec", int(run.get("max_model_len") or 4096))
+    check_actual(run.get("actual_ms"), key, stages)
+
+
+def check_spec(spec, key: str, max_model_len: int) -> int:
+    """A run's `workload_spec` checked (a one-line error naming the key); its number of stages."""
+    if not isinstance(spec, dict):
+        raise UserError(f"{key}: must be a mapping (num_groups, prompts_per_group, ..., stages)")
+    sizes = {name: positive(spec.get(name), f"{key}.{name}", whole=True) for name in SPEC_WHOLE}
+    sys_len = spec.get("system_prompt_len", 0)
+    if isinstance(sys_len, bool) or not isinstance(sys_len, int) or sys_len < 0:
+        raise UserError(f"{key}.system_prompt_len: must be a whole number >= 0, not {sys_len!r}")
+    if sys_len + sizes["question_len"] + sizes["output_len"] > max_model_len:
+        raise UserError(f"{key}: prompt + output exceed max_model_len ({max_model_len}); vLLM refuses such requests")
+    stages = spec.get("stages")
+    if not isinstance(stages, list) or not stages or not all(isinstance(st, list) and len(st) == 2 for st in stages):
+        raise UserError(f"{key}.stages: must be a list of [rate req/s, duration s]")
+    n = sum(
+        positive(rate, f"{key}.stages rate") * positive(duration, f"{key}.stages duration") for rate, duration in stages
+    )
+    if n > MAX_REQUESTS:
+        raise UserError(f"{key}.stages: {n:.3g} requests, more than fleetsim-validate replays ({MAX_REQUESTS:,})")
+    return len(stages)
+
+
+def check_actual(actual, key: str, stages: int) -> None:
+    """`actual_ms`: stage ('-1': the whole run) -> metric -> milliseconds > 0."""
+    if not isinstance(actual, dict) or not actual:
+        raise UserError(f"{key}.actual_ms: must map stages ('-1': the whole run) to measured metrics")
+    for st, got in actual.items():
+        try:
+            stage = int(str(st))
+        except ValueError:
+            stage = None
+        if stage is None or not -1 <= stage < stages:
+            raise UserError(f"{key}.actual_ms: stage {st!r} is not -1 or one of the {stages} stages")
+        if not isinstance(got, dict):
+            raise UserError(f"{key}.actual_ms.{st}: must map metrics (ttft_mean, itl_mean, ...) to milliseconds")
+        for metric, value in got.items():
+            positive(value, f"{key}.actual_ms.{st}.{metric}")
+
+
 def inflation_factor(run: dict, models: dict, inflation: dict) -> float:
     """How much the server's tokenizer inflates the run's prompts (1.05 where not measured)."""
     tokenizer = models[run["model"]].get("tokenizer", "")
@@ -272,6 +332,8 @@ def sharegpt_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def catalog_arch(spec: dict) -> dict:
     """An architecture in the calibration catalog's spelling, in the run file's."""
+    if not isinstance(spec, dict):
+        raise UserError(f"models: an architecture must be a mapping of shapes, not {spec!r}")
     out = dict(spec)
     out.setdefault("experts_per_token", spec.get("experts_per_tok"))
     out.setdefault("tied", spec.get("tied_embeddings", False))
@@ -301,7 +363,8 @@ def point_config(point: dict, models: dict, usage: str, engine: dict | None = No
     if str(point.get("weights_dtype", "")).lower() in ("fp8", "int8", "w8a8"):
         m.weight_dtype = "fp8"
     gpu: GpuConfig = load_option("gpu", str(point.get("gpu", "h100")).lower())
-    e = dataclasses.replace(load_option("engine", "vllm"), tensor_parallel_size=int(point.get("tp", 1)), usage=usage)
+    tp = int(point_number(point, "tp", 1, integer=True))
+    e = dataclasses.replace(load_option("engine", "vllm"), tensor_parallel_size=tp, usage=usage)
     if str(point.get("kv_cache_dtype", "")).lower().startswith("fp8"):
         e.kv_cache_dtype = "fp8"
     for name, value in (engine or {}).items():
@@ -310,6 +373,24 @@ def point_config(point: dict, models: dict, usage: str, engine: dict | None = No
     c.output.plots = False
     c.output.requests = True
     return c
+
+
+def positive(value, where: str, whole: bool = False) -> float:
+    """`value` as a number > 0 (a whole one if `whole`), or a one-line error naming `where`. A
+    string is refused too: YAML reads 1e9 (no dot) as one."""
+    x = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    if not (math.isfinite(x) and x > 0) or (whole and not x.is_integer()):
+        raise UserError(f"{where}: must be {'a whole number' if whole else 'a number'} > 0, not {value!r}")
+    return x
+
+
+def point_number(point: dict, key: str, default: float | None = None, integer: bool = False) -> float:
+    """A point's positive number `key` (a whole one if `integer`), or a one-line error naming it."""
+    return positive(point.get(key, default), f"point {point.get('id')}: `{key}`", integer)
+
+
+def _tokens(point: dict, key: str, default: int | None = None) -> int:
+    return int(point_number(point, key, default, integer=True))
 
 
 def point_kind(point: dict) -> tuple[str, str]:
@@ -338,18 +419,19 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
     metric, usage = point_kind(point)
     cfg = point_config(point, models, usage, engine)
     wl = str(point["workload"])
+    m = point_number(point, "measured")
     if metric == "batch_latency_ms":  # one batch, all at t = 0: the batch's completion time
-        n, p, o = 8, int(point["input_tokens"]), int(point["output_tokens"])
+        n, p, o = 8, _tokens(point, "input_tokens"), _tokens(point, "output_tokens")
     elif metric == "itl_ms":  # concurrency 1: one request, the decode steps between its tokens
-        n, p, o = 1, int(point["input_tokens"]), int(point["output_tokens"])
+        n, p, o = 1, _tokens(point, "input_tokens"), _tokens(point, "output_tokens")
     elif metric == "ttft_ms":  # one request alone: its prompt's prefill
-        n, p, o = 1, int(point["input_tokens"]), int(point.get("output_tokens", 1))
+        n, p, o = 1, _tokens(point, "input_tokens"), _tokens(point, "output_tokens", 1)
     elif metric == "throughput_rps":  # vLLM CI: 200 ShareGPT prompts at once (lengths: `sharegpt_like`)
         n, p, o = 200, 0, 0
     else:  # trtllm-bench: N requests of fixed ISL/OSL at once
         found = re.search(r"(\d+) requests", wl)
         n = int(found.group(1)) if found else 1000
-        p, o = int(point["input_tokens"]), int(point["output_tokens"])
+        p, o = _tokens(point, "input_tokens"), _tokens(point, "output_tokens")
     cfg.workload.duration_s, cfg.workload.rate = 1.0, float(n)
     band = (math.nan, math.nan)
     if metric == "throughput_rps":
@@ -368,7 +450,6 @@ def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dic
             sim = float(df["ttft_s"].iloc[0] * 1000)
         else:
             sim = float(outputs.sum()) / end
-    m = float(point["measured"])
     return {
         "run": str(point.get("id")),
         "model": point_model(point, models),
@@ -516,6 +597,12 @@ def load_file(path: Path) -> dict:
         isinstance(data.get("runs"), list) or isinstance(data.get("performance_points"), list)
     ):
         raise UserError(f"{path}: needs a `runs` list (and `models`) or `performance_points`: see docs/validation.md")
+    for key in ("runs", "performance_points"):
+        if not isinstance(data.get(key) or [], list):
+            raise UserError(f"{path}: `{key}` must be a list, not {data[key]!r}")
+        for i, item in enumerate(data.get(key) or []):
+            if not isinstance(item, dict):
+                raise UserError(f"{path}: {key}[{i}] must be a mapping (id, model, gpu, ...), not {item!r}")
     return data
 
 
@@ -722,7 +809,11 @@ def _replay_files(files: list[Path], want: set | None, seed: int) -> tuple[list,
     for path in files:
         data = load_file(path)
         models, inflation = data.get("models") or {}, data.get("token_inflation") or {}
+        if not isinstance(models, dict) or not isinstance(inflation, dict):
+            raise UserError(f"{path}: `models` and `token_inflation` must be mappings (name: ...)")
         runs = [r for r in data.get("runs") or [] if want is None or str(r.get("id")) in want]
+        for run in runs:
+            check_run(run)
         frames += [simulate(run, models, inflation, seed) for run in runs]
         offload += [str(r.get("id")) for r in runs if r.get("cpu_offload")]
         chosen = [p for p in data.get("performance_points") or [] if want is None or str(p.get("id")) in want]
