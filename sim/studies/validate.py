@@ -411,27 +411,33 @@ def point_kind(point: dict) -> tuple[str, str]:
     raise UserError(f"point {point.get('id')}: workload {wl!r} is not one fleetsim-validate replays")
 
 
+def point_shape(point: dict, metric: str) -> tuple[int, int, int]:
+    """(requests, prompt tokens, output tokens) a published point's benchmark sends at t = 0."""
+    import re
+
+    if metric == "throughput_rps":  # vLLM CI: 200 ShareGPT prompts at once (lengths: `sharegpt_like`)
+        return 200, 0, 0
+    p = _tokens(point, "input_tokens")
+    if metric == "batch_latency_ms":  # one batch of 8: the batch's completion time
+        return 8, p, _tokens(point, "output_tokens")
+    if metric == "ttft_ms":  # one request alone: its prompt's prefill
+        return 1, p, _tokens(point, "output_tokens", 1)
+    o = _tokens(point, "output_tokens")
+    if metric == "itl_ms":  # concurrency 1: one request, the decode steps between its tokens
+        if o < 2:
+            raise UserError(f"point {point.get('id')}: `output_tokens` must be at least 2 for an ITL, not {o}")
+        return 1, p, o
+    found = re.search(r"(\d+) requests", str(point["workload"]))  # trtllm-bench: N fixed-length requests
+    return (int(found.group(1)) if found else 1000), p, o
+
+
 def simulate_point(point: dict, models: dict, engine: dict | None = None) -> dict:
     """A published point replayed: its workload on its set-up, the metric it reports (`engine`:
     engine keys to override, e.g. fitted factors)."""
-    import re
-
     metric, usage = point_kind(point)
     cfg = point_config(point, models, usage, engine)
-    wl = str(point["workload"])
     m = point_number(point, "measured")
-    if metric == "batch_latency_ms":  # one batch, all at t = 0: the batch's completion time
-        n, p, o = 8, _tokens(point, "input_tokens"), _tokens(point, "output_tokens")
-    elif metric == "itl_ms":  # concurrency 1: one request, the decode steps between its tokens
-        n, p, o = 1, _tokens(point, "input_tokens"), _tokens(point, "output_tokens")
-    elif metric == "ttft_ms":  # one request alone: its prompt's prefill
-        n, p, o = 1, _tokens(point, "input_tokens"), _tokens(point, "output_tokens", 1)
-    elif metric == "throughput_rps":  # vLLM CI: 200 ShareGPT prompts at once (lengths: `sharegpt_like`)
-        n, p, o = 200, 0, 0
-    else:  # trtllm-bench: N requests of fixed ISL/OSL at once
-        found = re.search(r"(\d+) requests", wl)
-        n = int(found.group(1)) if found else 1000
-        p, o = _tokens(point, "input_tokens"), _tokens(point, "output_tokens")
+    n, p, o = point_shape(point, metric)
     cfg.workload.duration_s, cfg.workload.rate = 1.0, float(n)
     band = (math.nan, math.nan)
     if metric == "throughput_rps":
