@@ -80,6 +80,30 @@ def test_the_command_writes_validation_csv(tmp_path, capsys):
     assert "median" in capsys.readouterr().out and "# Validation" in (tmp_path / "v.md").read_text()
 
 
+def test_a_stages_client_count_comes_from_its_three_means():
+    # the ground truth: itl_mean = (e2e_mean - ttft_mean) / (client-counted output - 1)
+    got = {"ttft_mean": 40.0, "e2e_mean": 40.0 + 12.5 * 193, "itl_mean": 12.5}
+    assert v.client_count(got, 250) == pytest.approx(194 / 250)
+    assert v.client_count({k: got[k] for k in ("ttft_mean", "itl_mean")}, 250) is None  # no E2E
+    assert v.client_count({**got, "itl_mean": 2.0}, 250) is None  # 1207 of 250: another ITL definition
+    assert v.client_count({**got, "e2e_mean": "n/a"}, 250) is None
+
+
+def test_the_simulated_itl_divides_by_the_stages_client_count(tmp_path):
+    models = {"m": {**LLAMA3_8B, "tokenizer": "x"}}
+    run = yaml.safe_load(_file(tmp_path).read_text())["runs"][0]
+    got = run["actual_ms"]["0"]
+    share = v.client_count(got, SPEC["output_len"])
+    assert share == pytest.approx(((500 - 40) / 9 + 1) / 50)  # 52.1 of 50 tokens
+    df = v.simulate(run, models, {}, max_stage_s=10)
+    row = {m: df[(df.stage == 0) & (df.metric == m)].simulated.item() for m in ("ttft_mean", "e2e_mean", "itl_mean")}
+    assert row["itl_mean"] == pytest.approx((row["e2e_mean"] - row["ttft_mean"]) / (50 * share - 1))
+    # a run's own factor wins; the whole run (only itl_mean measured) falls back to it as well
+    pinned = v.simulate({**run, "client_output_factor": 1.0}, models, {}, max_stage_s=10)
+    itl = pinned[(pinned.stage == 0) & (pinned.metric == "itl_mean")].simulated.item()
+    assert itl == pytest.approx((row["e2e_mean"] - row["ttft_mean"]) / 49)
+
+
 def test_a_bad_run_file_is_one_line_and_exit_2(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("runs: 3\n")
@@ -205,3 +229,25 @@ def test_a_users_points_file_names_its_own_model(tmp_path, capsys):
     row = pd.read_csv(tmp_path / "validation.csv").iloc[0]
     assert row["run"] == "mine" and row["metric"] == "ttft_ms" and row["model"] == "my-8b"
     assert 0 < row["simulated"] < 1000 and "vLLM prefill" in capsys.readouterr().out
+
+
+def test_a_refit_replaces_the_shipped_factors_only_when_it_scores_better(tmp_path):
+    from sim.studies.fit import PARAMS, RESOLUTION, Runs, loss, settle, shipped
+
+    d = yaml.safe_load(_file(tmp_path).read_text())
+    data = Runs(d["runs"], d["models"], {})
+    current = shipped()
+    assert current.tolist() == [getattr(v.load_option("engine", "vllm"), p) for p in PARAMS]
+    # a point of the valley as good as the shipped one within RESOLUTION: the shipped factors stay
+    same = current * np.where(np.array(PARAMS) == "request_overhead_ms", 1.0001, 1.0)
+    st = settle(data, same, current)
+    assert st.kept and st.theta is not st.fitted and np.array_equal(st.theta, current)
+    assert st.fitted_loss == pytest.approx(loss(data, same)) and st.fitted_loss >= st.shipped_loss * (1 - RESOLUTION)
+    # two points far apart (half the weight bandwidth): the better one wins either way round
+    other = current * np.where(np.array(PARAMS) == "eta_weights", 0.5, 1.0)
+    better, worse = sorted((current, other), key=lambda t: loss(data, t))
+    assert loss(data, better) < loss(data, worse) * (1 - RESOLUTION)
+    st = settle(data, better, worse)
+    assert not st.kept and st.theta is st.fitted
+    st = settle(data, worse, better)
+    assert st.kept and np.array_equal(st.theta, better)

@@ -56,6 +56,7 @@ FIT_METRICS = ("ttft_mean", "itl_mean")
 COLD_SHARE = 0.01  # a first stage's TTFT p99 falls among its cold prompts when they are >= 1% of it
 F_SCALE = 0.05  # the robust loss's scale: log errors beyond ~5% count linearly, not squared
 FIT_STAGE_S = 300.0  # stages shortened to this for the fit (the report replays them whole)
+RESOLUTION = 0.005  # a refit replaces the shipped factors only if it lowers the loss by more than this share
 
 
 @dataclass
@@ -211,6 +212,43 @@ def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
         max_nfev=80,
     )
     return sol.x
+
+
+def loss(data: Runs, theta, workers: int = 1) -> float:
+    """The fit's objective at `theta`: the soft-L1 sum of the log errors (`residuals`)."""
+    return _soft_l1(residuals(replay(data, theta, FIT_STAGE_S, workers)))
+
+
+def shipped() -> np.ndarray:
+    """The factors conf/engine/vllm.yaml ships."""
+    from sim.config.schema import load_option
+
+    engine = load_option("engine", "vllm")
+    return np.array([float(getattr(engine, p)) for p in PARAMS])
+
+
+@dataclass
+class Settled:
+    """The factors to ship (`theta`): the fit's optimum, unless the shipped ones score within
+    RESOLUTION of it. The per-step and per-sequence overheads trade for each other along a
+    valley of nearly equal loss, so refits land at different points of it; moving to one would
+    shift every figure derived from the factors by a gain the data cannot show."""
+
+    theta: np.ndarray
+    fitted: np.ndarray
+    fitted_loss: float
+    shipped_loss: float
+
+    @property
+    def kept(self) -> bool:
+        return self.theta is not self.fitted
+
+
+def settle(data: Runs, fitted, current, workers: int = 1) -> Settled:
+    fitted, current = np.asarray(fitted, float), np.asarray(current, float)
+    new, old = loss(data, fitted, workers), loss(data, current, workers)
+    keep = math.isfinite(old) and new >= old * (1 - RESOLUTION)
+    return Settled(current if keep else fitted, fitted, new, old)
 
 
 def _fold(args):

@@ -19,7 +19,8 @@ to the stage's duration, the first request one gap after the stage starts (infer
 ConstantLoadTimer, inference_perf/loadgen/load_timer.py), and starts about 1 s after the previous
 one has drained. Metrics follow the
 ground truth: means and percentiles of TTFT and E2E over a stage's requests, and
-itl_mean = (mean E2E - mean TTFT) / (mean client-counted output - 1).
+itl_mean = (mean E2E - mean TTFT) / (mean client-counted output - 1), the count recovered from
+each stage's three measured means (`client_count`).
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ METRICS = ("ttft_mean", "ttft_p90", "ttft_p99", "e2e_mean", "e2e_p90", "e2e_p99"
 BLOCK = 16  # vLLM's prefix-cache block: full blocks of 16 tokens are hashed and shared
 DRAIN_GAP_S = 1.0  # the next stage starts about this long after the previous one drained
 # tokens the client counts against those the server generated; the ground truth's ITL divides by
-# the client's count (vllm_runs.yaml: "about 0.78x for Llama-2-7B", 0.96-1.01x for the others)
+# the client's count (vllm_runs.yaml: "about 0.78x for Llama-2-7B", 0.96-1.01x for the others).
+# A stage measured with all three means gives its own count (`client_count`); this table is the
+# fallback for stages without them.
 CLIENT_OUTPUT = {"llama2-sp": 0.78}
+CLIENT_RANGE = (0.5, 1.5)  # a count recovered outside this share of output_len is not trusted
 
 
 # ----------------------------------------------------------------------------- model and engine
@@ -242,7 +246,8 @@ def simulate(
 
     cfg = run_config(run, models, engine)
     tokenizer = models[run["model"]].get("tokenizer", "")
-    client = float(run.get("client_output_factor", CLIENT_OUTPUT.get(tokenizer, 1.0)))
+    fallback = float(run.get("client_output_factor", CLIENT_OUTPUT.get(tokenizer, 1.0)))
+    output_len = int(run["workload_spec"]["output_len"])
     stages = generate(run["workload_spec"], inflation_factor(run, models, inflation), seed, max_stage_s)
     starts: list[float] = []
     result = stage = None
@@ -254,6 +259,7 @@ def simulate(
     rows = []
     for key, got in (run.get("actual_ms") or {}).items():
         st = int(key)
+        client = fallback if "client_output_factor" in run else client_count(got, output_len) or fallback
         sim = figures(df if st == -1 else df[df["stage"] == st], client)
         for metric in METRICS:
             if metric in got and metric in sim:
@@ -271,6 +277,20 @@ def simulate(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def client_count(got: dict, output_len: int) -> float | None:
+    """The share of `output_len` the client counted in a stage, recovered from the stage's own
+    measured means: the ground truth's itl_mean = (e2e_mean - ttft_mean) / (count - 1). None
+    where a mean is missing or the count falls outside CLIENT_RANGE (a different ITL definition)."""
+    try:
+        e2e, ttft, itl = (float(got[k]) for k in ("e2e_mean", "ttft_mean", "itl_mean"))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (itl > 0 and e2e > ttft and output_len > 1):
+        return None
+    share = ((e2e - ttft) / itl + 1) / output_len
+    return share if CLIENT_RANGE[0] <= share <= CLIENT_RANGE[1] else None
 
 
 def figures(df: pd.DataFrame, client_output: float = 1.0) -> dict:
@@ -741,7 +761,8 @@ runs:
   max_model_len: 4096
   prefix_caching_real: true
   vllm_gpu_kv_blocks: 20000  # from vLLM's start-up log: pins the KV cache (engine.kv_blocks)
-  client_output_factor: 1.0  # output tokens the client counted / generated (ITL's denominator)
+  client_output_factor: 1.0  # optional: output tokens the client counted / generated (ITL's
+                             # denominator); default: each stage's own, from its three means
   workload: my-workload
   workload_spec:             # inference-perf's shared_prefix workload
     num_groups: 8
@@ -757,7 +778,11 @@ runs:
 Each stage sends int(rate x duration) requests whose exponential gaps are rescaled to span the
 stage exactly, and starts about 1 s after the previous one drained; a request is one group's
 system prompt plus one of the group's questions, at random, and returns exactly `output_len`
-tokens. `itl_mean` = (mean E2E - mean TTFT) / (mean client-counted output tokens - 1).
+tokens. `itl_mean` = (mean E2E - mean TTFT) / (mean client-counted output tokens - 1). A stage
+that gives all three means gives that count too, and its simulated ITL divides by it (the
+client's tokenizer can count fewer tokens than the server generated: 0.77-0.79x for Llama-2-7B,
+0.98-1.00x for the others in the shared runs); `client_output_factor` overrides it for a whole
+run, and a stage without the three means falls back to 0.78 for Llama-2's tokenizer, 1 otherwise.
 
 Single published figures go in a points file (`calibration/prefill_points.yaml` is one): `models`
 as above and `performance_points`, each with `id`, `gpu`, `tp`, `model` (a key of `models`),
