@@ -87,6 +87,20 @@ def test_a_stages_client_count_comes_from_its_three_means():
     assert v.client_count({k: got[k] for k in ("ttft_mean", "itl_mean")}, 250) is None  # no E2E
     assert v.client_count({**got, "itl_mean": 2.0}, 250) is None  # 1207 of 250: another ITL definition
     assert v.client_count({**got, "e2e_mean": "n/a"}, 250) is None
+    assert v.client_count({**got, "itl_mean": 0.0}, 250) is None  # no division by zero
+    assert v.client_count({**got, "e2e_mean": 30.0}, 250) is None  # E2E before TTFT
+    assert v.client_count(got, 1) is None  # one output token has no interval
+    assert v.client_count({**got, "itl_mean": 40.0}, 250) is None  # 61 of 250: below CLIENT_RANGE
+
+
+def test_a_runs_factor_beats_the_stages_count_which_beats_the_tokenizers():
+    got = {"ttft_mean": 40.0, "e2e_mean": 40.0 + 12.5 * 193, "itl_mean": 12.5}
+    run = {"workload_spec": {"output_len": 250}}
+    assert v.client_share(run, "llama2-sp", got) == pytest.approx(194 / 250)
+    assert v.client_share({**run, "client_output_factor": 0.9}, "llama2-sp", got) == 0.9
+    assert v.client_share({**run, "client_output_factor": None}, "llama2-sp", got) == pytest.approx(194 / 250)
+    assert v.client_share(run, "llama2-sp", {"itl_mean": 12.5}) == v.CLIENT_OUTPUT["llama2-sp"] == 0.78
+    assert v.client_share(run, "other", {"itl_mean": 12.5}) == 1.0
 
 
 def test_the_simulated_itl_divides_by_the_stages_client_count(tmp_path):
@@ -98,10 +112,19 @@ def test_the_simulated_itl_divides_by_the_stages_client_count(tmp_path):
     df = v.simulate(run, models, {}, max_stage_s=10)
     row = {m: df[(df.stage == 0) & (df.metric == m)].simulated.item() for m in ("ttft_mean", "e2e_mean", "itl_mean")}
     assert row["itl_mean"] == pytest.approx((row["e2e_mean"] - row["ttft_mean"]) / (50 * share - 1))
-    # a run's own factor wins; the whole run (only itl_mean measured) falls back to it as well
+    # a run's own factor wins over the stage's count
     pinned = v.simulate({**run, "client_output_factor": 1.0}, models, {}, max_stage_s=10)
     itl = pinned[(pinned.stage == 0) & (pinned.metric == "itl_mean")].simulated.item()
     assert itl == pytest.approx((row["e2e_mean"] - row["ttft_mean"]) / 49)
+
+    # the whole run measured only itl_mean: its tokenizer's factor, 1 for "x"
+    def whole(frame):
+        return frame[(frame.stage == -1) & (frame.metric == "itl_mean")].simulated.item()
+
+    assert whole(df) == pytest.approx(whole(pinned))
+    assert whole(df) != pytest.approx(
+        whole(v.simulate({**run, "client_output_factor": 0.78}, models, {}, max_stage_s=10))
+    )
 
 
 def test_a_bad_run_file_is_one_line_and_exit_2(tmp_path, capsys):
@@ -231,23 +254,39 @@ def test_a_users_points_file_names_its_own_model(tmp_path, capsys):
     assert 0 < row["simulated"] < 1000 and "vLLM prefill" in capsys.readouterr().out
 
 
-def test_a_refit_replaces_the_shipped_factors_only_when_it_scores_better(tmp_path):
+def test_a_refit_replaces_the_shipped_factors_only_when_it_scores_better(monkeypatch):
+    from sim.studies import fit
+
+    losses: dict = {}
+    monkeypatch.setattr(fit, "loss", lambda data, theta, workers=1: losses[float(theta[0])])
+    a, b = np.array([1.0, 2.0]), np.array([3.0, 4.0])
+
+    def settle(new: float, old: float) -> fit.Settled:
+        losses.update({1.0: new, 3.0: old})
+        return fit.settle(None, a, b)
+
+    st = settle(0.99, 1.0)  # 1% better: the fit's factors
+    assert not st.kept and st.theta.tolist() == a.tolist() and (st.fitted_loss, st.shipped_loss) == (0.99, 1.0)
+    st = settle(0.996, 1.0)  # 0.4% better: within RESOLUTION, the shipped ones stay
+    assert fit.RESOLUTION == 0.005 and st.kept and st.theta.tolist() == b.tolist()
+    assert settle(1.2, 1.0).kept  # worse
+    assert settle(float("nan"), 1.0).kept  # a broken fit never wins
+    assert not settle(5.0, float("nan")).kept  # nor broken shipped factors
+    losses[1.0] = 0.7
+    assert fit.settle(None, a, a).kept  # the same factors: nothing to replace
+
+
+def test_the_fits_loss_tells_far_apart_factors_apart(tmp_path):
     from sim.studies.fit import PARAMS, RESOLUTION, Runs, loss, settle, shipped
 
     d = yaml.safe_load(_file(tmp_path).read_text())
     data = Runs(d["runs"], d["models"], {})
     current = shipped()
     assert current.tolist() == [getattr(v.load_option("engine", "vllm"), p) for p in PARAMS]
-    # a point of the valley as good as the shipped one within RESOLUTION: the shipped factors stay
-    same = current * np.where(np.array(PARAMS) == "request_overhead_ms", 1.0001, 1.0)
-    st = settle(data, same, current)
-    assert st.kept and st.theta is not st.fitted and np.array_equal(st.theta, current)
-    assert st.fitted_loss == pytest.approx(loss(data, same)) and st.fitted_loss >= st.shipped_loss * (1 - RESOLUTION)
-    # two points far apart (half the weight bandwidth): the better one wins either way round
+    # half the weight bandwidth moves the replay far: the better point wins either way round
     other = current * np.where(np.array(PARAMS) == "eta_weights", 0.5, 1.0)
     better, worse = sorted((current, other), key=lambda t: loss(data, t))
     assert loss(data, better) < loss(data, worse) * (1 - RESOLUTION)
-    st = settle(data, better, worse)
-    assert not st.kept and st.theta is st.fitted
+    assert not settle(data, better, worse).kept
     st = settle(data, worse, better)
     assert st.kept and np.array_equal(st.theta, better)

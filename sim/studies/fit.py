@@ -229,26 +229,24 @@ def shipped() -> np.ndarray:
 
 @dataclass
 class Settled:
-    """The factors to ship (`theta`): the fit's optimum, unless the shipped ones score within
-    RESOLUTION of it. The per-step and per-sequence overheads trade for each other along a
-    valley of nearly equal loss, so refits land at different points of it; moving to one would
-    shift every figure derived from the factors by a gain the data cannot show."""
+    """The factors to ship (`theta`) and how they were chosen (`settle`)."""
 
     theta: np.ndarray
-    fitted: np.ndarray
+    fitted: np.ndarray  # the fit's optimum
     fitted_loss: float
     shipped_loss: float
-
-    @property
-    def kept(self) -> bool:
-        return self.theta is not self.fitted
+    kept: bool  # theta is the shipped factors
 
 
 def settle(data: Runs, fitted, current, workers: int = 1) -> Settled:
-    fitted, current = np.asarray(fitted, float), np.asarray(current, float)
+    """The fit's optimum, unless the shipped factors `current` score within RESOLUTION of it. The
+    per-step and per-sequence overheads trade for each other along a valley of nearly equal loss,
+    so refits land at different points of it; moving to one would shift every figure derived from
+    the factors by a gain the data cannot show. A non-finite loss never wins."""
+    fitted, current = np.array(fitted, float), np.array(current, float)
     new, old = loss(data, fitted, workers), loss(data, current, workers)
-    keep = math.isfinite(old) and new >= old * (1 - RESOLUTION)
-    return Settled(current if keep else fitted, fitted, new, old)
+    keep = math.isfinite(old) and not (new < old * (1 - RESOLUTION))
+    return Settled(current if keep else fitted, fitted, new, old, keep)
 
 
 def _fold(args):

@@ -246,8 +246,6 @@ def simulate(
 
     cfg = run_config(run, models, engine)
     tokenizer = models[run["model"]].get("tokenizer", "")
-    fallback = float(run.get("client_output_factor", CLIENT_OUTPUT.get(tokenizer, 1.0)))
-    output_len = int(run["workload_spec"]["output_len"])
     stages = generate(run["workload_spec"], inflation_factor(run, models, inflation), seed, max_stage_s)
     starts: list[float] = []
     result = stage = None
@@ -259,8 +257,7 @@ def simulate(
     rows = []
     for key, got in (run.get("actual_ms") or {}).items():
         st = int(key)
-        client = fallback if "client_output_factor" in run else client_count(got, output_len) or fallback
-        sim = figures(df if st == -1 else df[df["stage"] == st], client)
+        sim = figures(df if st == -1 else df[df["stage"] == st], client_share(run, tokenizer, got))
         for metric in METRICS:
             if metric in got and metric in sim:
                 m, s = float(got[metric]), sim[metric]
@@ -277,6 +274,15 @@ def simulate(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+def client_share(run: dict, tokenizer: str, got: dict) -> float:
+    """The share of output_len the client counted in a stage with measurements `got`: the run's
+    `client_output_factor`; else the stage's own (`client_count`); else its tokenizer's."""
+    pinned = run.get("client_output_factor")
+    if pinned is not None:
+        return float(pinned)
+    return client_count(got, int(run["workload_spec"]["output_len"])) or CLIENT_OUTPUT.get(tokenizer, 1.0)
 
 
 def client_count(got: dict, output_len: int) -> float | None:
@@ -761,8 +767,8 @@ runs:
   max_model_len: 4096
   prefix_caching_real: true
   vllm_gpu_kv_blocks: 20000  # from vLLM's start-up log: pins the KV cache (engine.kv_blocks)
-  client_output_factor: 1.0  # optional: output tokens the client counted / generated (ITL's
-                             # denominator); default: each stage's own, from its three means
+  # client_output_factor: 0.9  # output tokens the client counted / generated (ITL's denominator)
+                               # for every stage; left out: each stage's own, from its three means
   workload: my-workload
   workload_spec:             # inference-perf's shared_prefix workload
     num_groups: 8
@@ -783,6 +789,8 @@ that gives all three means gives that count too, and its simulated ITL divides b
 client's tokenizer can count fewer tokens than the server generated: 0.77-0.79x for Llama-2-7B,
 0.98-1.00x for the others in the shared runs); `client_output_factor` overrides it for a whole
 run, and a stage without the three means falls back to 0.78 for Llama-2's tokenizer, 1 otherwise.
+With the three means the ITL error is the error of the mean decode span (E2E - TTFT), counted
+per token: the measured ITL is derived from the other two means, not measured apart.
 
 Single published figures go in a points file (`calibration/prefill_points.yaml` is one): `models`
 as above and `performance_points`, each with `id`, `gpu`, `tp`, `model` (a key of `models`),
