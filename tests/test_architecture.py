@@ -72,6 +72,8 @@ def test_the_cycle_finder_finds_a_cycle():
         ("sim.results.metrics", ("simpy", "hydra", "omegaconf", "matplotlib")),
         ("sim.studies.sweep", ("simpy", "hydra", "omegaconf")),
         ("sim.output.plots", ("simpy", "hydra", "omegaconf")),
+        ("sim.output.validation", ("simpy", "hydra", "omegaconf")),
+        ("sim.studies.validate", ("hydra", "omegaconf", "matplotlib")),
         ("sim.studies.run", ("hydra", "omegaconf")),
         ("sim", ("simpy", "hydra", "omegaconf", "matplotlib", "pandas")),
     ],

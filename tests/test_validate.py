@@ -80,6 +80,59 @@ def test_the_command_writes_validation_csv(tmp_path, capsys):
     assert "median" in capsys.readouterr().out and "# Validation" in (tmp_path / "v.md").read_text()
 
 
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_the_command_draws_the_same_figure_every_time(tmp_path):
+    from sim.output.validation import SIZE_IN
+
+    runs = _file(tmp_path)
+    md = tmp_path / "docs" / "validation.md"
+    assert v.main([str(runs), "--out", str(tmp_path / "a"), "--markdown", str(md)]) == 0
+    assert v.main([str(runs), "--out", str(tmp_path / "b")]) == 0
+    png = (tmp_path / "a" / "validation.png").read_bytes()
+    assert len(png) > 10_000 and _png_size(png) == (round(SIZE_IN[0] * 110), round(SIZE_IN[1] * 110))
+    assert png == (tmp_path / "b" / "validation.png").read_bytes()  # no date or version stamped
+    assert png == (tmp_path / "docs" / "img" / "validation.png").read_bytes()  # --markdown: img/ beside it
+    head = md.read_text().split("## Medians")[0]
+    assert "](img/validation.png)" in head and v.FIGURE_CAPTION in head
+
+
+def test_the_figure_draws_published_points_and_bounds(tmp_path):
+    """Points of several kinds, a ShareGPT one with its 10-90% range, TensorRT-LLM bounds, and no
+    measured run: the figure still has its size."""
+    from sim.output.validation import SIZE_IN, validation_plot
+
+    rows = [
+        ("lat", "batch_latency_ms", 100.0, 90.0, False, np.nan, np.nan),
+        ("tput", "throughput_rps", 10.0, 9.0, False, 7.0, 12.0),
+        ("ttft", "ttft_ms", 200.0, 210.0, False, np.nan, np.nan),
+        ("trt", "output_tokens_per_s", 1000.0, 1300.0, True, np.nan, np.nan),
+    ]
+    pts = pd.DataFrame(
+        [
+            {"run": r, "model": "m", "workload": "", "stage": -1, "metric": k, "measured": m, "simulated": s,
+             "error_pct": (s - m) / m * 100, "bound": b, "p10": lo, "p90": hi}
+            for r, k, m, s, b, lo, hi in rows
+        ]
+    )  # fmt: skip
+    path = tmp_path / "v.png"
+    validation_plot(pd.DataFrame(columns=v.COLUMNS), v.point_groups(pts), path)
+    assert _png_size(path.read_bytes()) == (round(SIZE_IN[0] * 110), round(SIZE_IN[1] * 110))
+
+
+def test_importing_the_command_loads_no_matplotlib():
+    import subprocess
+    import sys
+
+    code = "import sys, sim.studies.validate; print('matplotlib' in sys.modules)"
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_a_stages_client_count_comes_from_its_three_means():
     # the ground truth: itl_mean = (e2e_mean - ttft_mean) / (client-counted output - 1)
     got = {"ttft_mean": 40.0, "e2e_mean": 40.0 + 12.5 * 193, "itl_mean": 12.5}

@@ -27,9 +27,11 @@ class Result(Protocol):
     spans: list
 
 
-def _save(fig: Figure, path: Path) -> None:
+def _save(fig: Figure, path: Path, tight: bool = True) -> None:
+    """`fig` as a PNG at 110 dpi with no software version stamped, so the same figure gives the
+    same bytes; `tight` crops it to what is drawn, else it keeps the figure's size in pixels."""
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(path, dpi=110, bbox_inches="tight" if tight else None, metadata={"Software": None})
 
 
 def _cdf(ax, values: np.ndarray, threshold: float, label: str, unit_scale: float, unit: str, pct: float) -> None:

@@ -3,6 +3,10 @@ from the measurements.
 
     fleetsim-validate FILE... [--out DIR] [--markdown PATH] [--runs ID,...]
 
+--out DIR writes DIR/validation.csv (every figure compared) and DIR/validation.png (a picture:
+simulated against measured whole-run means, and the published points' errors); --markdown PATH
+writes the report with the same picture in img/ beside it.
+
 A run file has the layout of ../shared/calibration/vllm_runs.yaml (docs/validation.md):
 `models` (architectures), `token_inflation` (per tokenizer), and `runs`, each with the server
 settings (GPU, precision, TP, max_num_seqs, max_num_batched_tokens, gpu_memory_utilization,
@@ -668,7 +672,9 @@ def markdown(
     pts: pd.DataFrame | None = None,
     kv: pd.DataFrame | None = None,
     offload: list[str] | None = None,
+    image: str | None = None,
 ) -> str:
+    """The report (docs/validation.md), with the figure at `image` (a path relative to it) on top."""
     t = summary_table(df)
     cols = [c for c in METRICS if c in t.columns]
     lines = [
@@ -678,6 +684,7 @@ def markdown(
         "(sim/studies/validate.py says how) and compared with the measurement; signed error: + means",
         "fleetsim is slower than the real server.",
         "",
+        *([f"![fleetsim-validate's figure]({image})", "", f"*{FIGURE_CAPTION}*", ""] if image else []),
         "## Medians over the runs (whole run, stage -1)",
         "",
         "| metric | median signed error | median absolute error |",
@@ -746,7 +753,8 @@ def points_markdown(pts: pd.DataFrame) -> list[str]:
 FORMAT = """## Your own measurements
 
 A run file is YAML with the layout of `../shared/calibration/vllm_runs.yaml`; add your runs and
-validate them the same way (`fleetsim-validate mine.yaml --out DIR`):
+validate them the same way (`fleetsim-validate mine.yaml --out DIR`: DIR/validation.csv and the
+figure above, DIR/validation.png):
 
 ```yaml
 models:                      # architectures, by name
@@ -806,8 +814,10 @@ def main(argv: list[str] | None = None) -> int:
         prog="fleetsim-validate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("files", nargs="+", type=Path, help="run files (the layout of vllm_runs.yaml)")
-    ap.add_argument("--out", type=Path, help="write DIR/validation.csv")
-    ap.add_argument("--markdown", type=Path, help="write a markdown report (docs/validation.md)")
+    ap.add_argument("--out", type=Path, help="write DIR/validation.csv and DIR/validation.png (a figure)")
+    ap.add_argument(
+        "--markdown", type=Path, help="write a markdown report (docs/validation.md), its figure in img/ beside it"
+    )
     ap.add_argument("--runs", help="only these run ids, comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -827,17 +837,43 @@ def main(argv: list[str] | None = None) -> int:
         kv = kv_points(args.files, want)
         if len(kv):
             print(kv_report(kv))
-        if args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            both = pd.concat([d for d in (df[COLUMNS], pts[COLUMNS], kv[COLUMNS]) if len(d)], ignore_index=True)
-            both.to_csv(args.out / "validation.csv", index=False)
-        if args.markdown:
-            cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
-            args.markdown.write_text(markdown(df, f"{cmd} --markdown {args.markdown}", pts, kv, offload))
+        _write(args, df, pts, kv, offload)
         return 0
     except UserError as exc:
         print(f"fleetsim-validate: error: {exc}", file=sys.stderr)
         return 2
+
+
+FIGURE = "validation.png"
+FIGURE_CAPTION = (
+    "Simulated against measured: each run's whole-run mean TTFT, ITL and E2E (top; shaded: within"
+    " \u00b110%), and each published point's signed error (bottom; TensorRT-LLM throughputs are upper"
+    " bounds for vLLM's)."
+)
+
+
+def _write(args: argparse.Namespace, df: pd.DataFrame, pts: pd.DataFrame, kv: pd.DataFrame, offload: list) -> None:
+    """--out: DIR/validation.csv and DIR/validation.png; --markdown PATH: the report, its figure in
+    PATH's folder's img/."""
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        both = pd.concat([d for d in (df[COLUMNS], pts[COLUMNS], kv[COLUMNS]) if len(d)], ignore_index=True)
+        both.to_csv(args.out / "validation.csv", index=False)
+        figure(df, pts, args.out / FIGURE)
+    if args.markdown:
+        figure(df, pts, args.markdown.parent / "img" / FIGURE)
+        cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
+        text = markdown(df, f"{cmd} --markdown {args.markdown}", pts, kv, offload, f"img/{FIGURE}")
+        args.markdown.write_text(text)
+
+
+def figure(df: pd.DataFrame, pts: pd.DataFrame, path: Path) -> None:
+    """The validation figure (sim.output.validation, imported here so that importing this module
+    loads no matplotlib)."""
+    from sim.output.validation import validation_plot
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    validation_plot(df, point_groups(pts), path)
 
 
 def _replay_files(files: list[Path], want: set | None, seed: int) -> tuple[list, list, list[str]]:
