@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -855,25 +856,32 @@ FIGURE_CAPTION = (
 def _write(args: argparse.Namespace, df: pd.DataFrame, pts: pd.DataFrame, kv: pd.DataFrame, offload: list) -> None:
     """--out: DIR/validation.csv and DIR/validation.png; --markdown PATH: the report, its figure in
     PATH's folder's img/."""
+    drawn: Path | None = None  # the figure is drawn once and copied where else it goes
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         both = pd.concat([d for d in (df[COLUMNS], pts[COLUMNS], kv[COLUMNS]) if len(d)], ignore_index=True)
         both.to_csv(args.out / "validation.csv", index=False)
-        figure(df, pts, args.out / FIGURE)
+        drawn = figure(df, pts, args.out / FIGURE)
     if args.markdown:
-        figure(df, pts, args.markdown.parent / "img" / FIGURE)
+        img = args.markdown.parent / "img" / FIGURE
+        if drawn is None:
+            figure(df, pts, img)
+        else:
+            img.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(drawn, img)
         cmd = " ".join(["fleetsim-validate", *map(str, args.files)])
         text = markdown(df, f"{cmd} --markdown {args.markdown}", pts, kv, offload, f"img/{FIGURE}")
         args.markdown.write_text(text)
 
 
-def figure(df: pd.DataFrame, pts: pd.DataFrame, path: Path) -> None:
-    """The validation figure (sim.output.validation, imported here so that importing this module
-    loads no matplotlib)."""
+def figure(df: pd.DataFrame, pts: pd.DataFrame, path: Path) -> Path:
+    """The validation figure written to `path` (sim.output.validation, imported here so that
+    importing this module loads no matplotlib)."""
     from sim.output.validation import validation_plot
 
     path.parent.mkdir(parents=True, exist_ok=True)
     validation_plot(df, point_groups(pts), path)
+    return path
 
 
 def _replay_files(files: list[Path], want: set | None, seed: int) -> tuple[list, list, list[str]]:
