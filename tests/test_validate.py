@@ -343,3 +343,21 @@ def test_the_fits_loss_tells_far_apart_factors_apart(tmp_path):
     assert not settle(data, better, worse).kept
     st = settle(data, worse, better)
     assert st.kept and np.array_equal(st.theta, better)
+
+
+def test_the_fits_polish_descends_a_staircase_and_keeps_to_the_bounds():
+    from sim.studies import fit
+
+    # the last factors' optimum lies beyond UPPER (eta_weights, eta_moe <= 1)
+    target = fit.START * np.array([1.3, 0.8, 1.2, 1.5, 1.2])
+
+    def staircase(theta):  # flat between steps, as a replay is between whole iterations
+        return float(np.floor(1e3 * np.sum(np.log(theta / target) ** 2))) / 1e3
+
+    start = staircase(fit.START)
+    out = fit.polish(staircase, fit.START, evals=200)
+    assert np.all(out >= fit.LOWER) and np.all(out <= fit.UPPER)
+    assert staircase(out) < 0.5 * start  # most of the way down
+    assert out[3] > 0.95 and out[4] > 0.95  # pressed against their bound, toward the optimum
+    best = np.minimum(target, fit.UPPER)  # the optimum within the bounds: never left for a worse point
+    assert staircase(fit.polish(staircase, best, evals=30)) == staircase(best)

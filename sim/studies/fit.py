@@ -56,6 +56,7 @@ FIT_METRICS = ("ttft_mean", "itl_mean")
 COLD_SHARE = 0.01  # a first stage's TTFT p99 falls among its cold prompts when they are >= 1% of it
 F_SCALE = 0.05  # the robust loss's scale: log errors beyond ~5% count linearly, not squared
 FIT_STAGE_S = 300.0  # stages shortened to this for the fit (the report replays them whole)
+POLISH_EVALS = 120  # Nelder-Mead's replays after least_squares (`polish`)
 RESOLUTION = 0.005  # a refit replaces the shipped factors only if it lowers the loss by more than this share
 
 
@@ -193,14 +194,19 @@ def fit_prefill(data: Runs, theta, workers: int = 1) -> float | None:
     return float(minimize_scalar(loss, bounds=(PREFILL_LOW, top), method="bounded", options={"xatol": 2e-3}).x)
 
 
-def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
+def fit(data: Runs, workers: int = 1, starts=(START,)) -> np.ndarray:
+    """The factors that minimise `loss` on `data`: from each of `starts`, least_squares and then
+    `polish`; the lowest loss wins (the first start on ties)."""
+    found = [polish(lambda theta: loss(data, theta, workers), _least_squares(data, s, workers)) for s in starts]
+    return min(found, key=lambda theta: loss(data, theta, workers))
+
+
+def _least_squares(data: Runs, start, workers: int) -> np.ndarray:
     from scipy.optimize import least_squares
 
-    def f(theta):
-        return residuals(replay(data, theta, FIT_STAGE_S, workers))
-
+    start = np.asarray(start, float)
     sol = least_squares(
-        f,
+        lambda theta: residuals(replay(data, theta, FIT_STAGE_S, workers)),
         np.clip(start, LOWER, UPPER),
         bounds=(LOWER, UPPER),
         x_scale=np.maximum(np.abs(start), 0.1),
@@ -212,6 +218,27 @@ def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
         max_nfev=80,
     )
     return sol.x
+
+
+def polish(objective, theta, evals: int = POLISH_EVALS) -> np.ndarray:
+    """A Nelder-Mead search from `theta` within LOWER..UPPER: the point of lowest `objective` it
+    finds in `evals` evaluations (never worse than `theta`). A replay is piecewise in the factors
+    (whole steps, discrete admissions), so near the optimum least_squares' finite-difference
+    Jacobian misleads it and it stops (xtol) short; a simplex needs no derivatives. Each factor is
+    searched relative to its starting value, the first simplex 5% off it."""
+    from scipy.optimize import minimize
+
+    scale = np.maximum(np.abs(np.asarray(theta, float)), 0.1)
+    bounds = list(zip(LOWER / scale, UPPER / scale, strict=True))
+    x0 = np.clip(np.asarray(theta, float), LOWER, UPPER) / scale
+    sol = minimize(
+        lambda u: objective(np.clip(u * scale, LOWER, UPPER)),
+        x0,
+        method="Nelder-Mead",
+        bounds=bounds,
+        options={"maxfev": evals, "xatol": 1e-4, "fatol": 1e-7},
+    )
+    return np.clip(sol.x * scale, LOWER, UPPER)
 
 
 def loss(data: Runs, theta, workers: int = 1) -> float:
