@@ -7,9 +7,8 @@ python scripts/fit_engine.py ../shared/calibration/vllm_runs.yaml \
 ... --write      # also store the factors in conf/engine/vllm.yaml (their only home): the fit's,
                  # if they lower its loss by more than 0.5% against the shipped ones
 
-About 40 minutes on 2 cores: 9 fits (all runs, from two starts, and one per held-out model), each
-~40 replays of the 13 runs and 4 points by least_squares and 120 by the Nelder-Mead polish, and
-the cold-prefill estimate of eta_prefill for each.
+About 8 minutes on 2 cores (9 fits of ~40-100 replays of the 13 runs and 4 points each, the
+cold-prefill estimate of eta_prefill for each, and the loss's grain: `roughness`).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ import yaml
 from sim.studies.fit import (
     PARAMS,
     RESOLUTION,
-    START,
+    ROUGH_STEP,
     Runs,
     Settled,
     cold_runs,
@@ -37,7 +36,9 @@ from sim.studies.fit import (
     leave_one_model_out,
     medians,
     replay,
+    roughness,
     settle,
+    shippable,
     shipped,
 )
 
@@ -56,19 +57,32 @@ SHOWN = ("ttft_mean", "itl_mean", "e2e_mean")
 
 def settled_lines(st: Settled) -> list[str]:
     """What the script does with this fit's optimum for all runs (`sim.studies.fit.settle`)."""
+    grain = (
+        f" For scale: moving every shipped factor by {ROUGH_STEP:.2%} of itself moves this loss by up to"
+        f" {st.grain:.1%} (`sim.studies.fit.roughness`): a replay is piecewise in the factors, so the"
+        " loss has a grain, and differences of that size do not say which factors fit better."
+        if math.isfinite(st.grain)
+        else ""
+    )
+    scored = (
+        "Both are scored as they would be stored (four significant digits) on the runs' whole stages,"
+        " the replays the errors below come from."
+    )
     if not st.kept:
         text = (
             f"This fit's optimum lowers the loss from {st.shipped_loss:.5f} (the factors shipped before) to"
             f" {st.fitted_loss:.5f}, more than the {RESOLUTION:.1%} the script asks before `--write` stores it."
+            f" {scored}{grain}"
         )
     else:
-        values = ", ".join(f"{p} {v:.4g}" for p, v in zip(PARAMS, st.fitted, strict=True))
+        values = ", ".join(f"{p} {v:g}" for p, v in zip(PARAMS, st.fitted, strict=True))
         text = (
             f"This fit's optimum for all runs ({values}) scores a loss of {st.fitted_loss:.5f} against the"
             f" shipped factors' {st.shipped_loss:.5f}, not {RESOLUTION:.1%} lower, which the script asks before"
-            " it replaces them; so they stay, and the in-sample errors below are theirs. The per-step and"
-            " per-sequence overheads trade for each other along a valley of nearly equal loss: the runs cannot"
-            " tell such points apart, and moving would shift every figure the factors feed for nothing."
+            f" it replaces them; so they stay, and the in-sample errors below are theirs. {scored}{grain} The"
+            " per-step and per-sequence overheads trade for each other along a valley of nearly equal loss: the"
+            " runs cannot tell such points apart, and moving would shift every figure the factors feed for"
+            " nothing."
         )
     return ["", *textwrap.wrap(text, 95, break_on_hyphens=False)]
 
@@ -144,12 +158,6 @@ def section(
         "its kernel fit and `eta_prefill` (prefill chunks end to end) its default, which vLLM's",
         "prefill timed directly supports (the subsection below). Every run counts the same; no",
         "factor is tuned to one run.",
-        "",
-        "The search is least_squares followed by a Nelder-Mead polish (`sim.studies.fit.polish`): a",
-        "replay is piecewise in the factors (whole steps, discrete admissions), so finite differences",
-        "stop least_squares short of the optimum, and a simplex needs no derivatives. The fit to all",
-        "runs searches from a fixed start and from the shipped factors and keeps the lower loss; each",
-        "fold searches from the fixed start alone (the shipped factors have seen the held-out model).",
         "",
         *factor_table(theta, folds, st),
     ]
@@ -332,14 +340,15 @@ def write_section(path: Path, text: str) -> None:
 def write_defaults(theta) -> None:
     """The factors `settle` chose become the defaults: conf/engine/vllm.yaml (EngineConfig has no
     default for them, so the YAML is their only source)."""
-    values = dict(zip(PARAMS, theta, strict=True))
+    values = dict(zip(PARAMS, shippable(theta), strict=True))  # what settle scored
     conf = ROOT / "conf" / "engine" / "vllm.yaml"
     out = []
     for line in conf.read_text().splitlines():
         key, _, rest = line.partition(":")
         if key in values:
             comment = rest[rest.index("#") :] if "#" in rest else ""
-            line = f"{key}: {values[key]:.4g}".ljust(32) + comment if comment else f"{key}: {values[key]:.4g}"
+            text = f"{key}: {values[key]:g}"
+            line = text.ljust(32) + comment if comment else text
         out.append(line)
     conf.write_text("\n".join(out) + "\n")
 
@@ -371,9 +380,9 @@ def main() -> None:
         pts = yaml.safe_load(args.points.read_text())
         data.points = fit_points(pts.get("performance_points") or [])
         data.point_models = pts.get("models") or catalog_models(args.points)
-    # the shipped factors are a second start: the loss is rough, and where a search ends depends on
-    # where it begins (the folds start from START alone: the shipped factors have seen every model)
-    st = settle(data, fit(data, args.workers, starts=(START, shipped())), shipped(), args.workers)
+    st = settle(data, fit(data, args.workers), shipped(), args.workers)
+    st.grain = roughness(data, shipped(), args.workers)
+    print(f"the loss's grain: {st.grain:.2%} when every shipped factor moves by {ROUGH_STEP:.2%}")
     theta = st.theta
     print("fitted:", ", ".join(f"{p}={v:.4g}" for p, v in zip(PARAMS, st.fitted, strict=True)))
     print(

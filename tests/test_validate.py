@@ -311,7 +311,13 @@ def test_a_refit_replaces_the_shipped_factors_only_when_it_scores_better(monkeyp
     from sim.studies import fit
 
     losses: dict = {}
-    monkeypatch.setattr(fit, "loss", lambda data, theta, workers=1: losses[float(theta[0])])
+    scored = []
+
+    def loss(data, theta, workers=1, max_stage_s=fit.FIT_STAGE_S):
+        scored.append(max_stage_s)
+        return losses[float(theta[0])]
+
+    monkeypatch.setattr(fit, "loss", loss)
     a, b = np.array([1.0, 2.0]), np.array([3.0, 4.0])
 
     def settle(new: float, old: float) -> fit.Settled:
@@ -327,6 +333,11 @@ def test_a_refit_replaces_the_shipped_factors_only_when_it_scores_better(monkeyp
     assert not settle(5.0, float("nan")).kept  # nor broken shipped factors
     losses[1.0] = 0.7
     assert fit.settle(None, a, a).kept  # the same factors: nothing to replace
+    assert set(scored) == {None}  # judged on whole stages, not the fit's shortened ones
+    # the optimum is judged as it would be stored: its digits beyond DIGITS are not
+    losses.update({1.235: 0.9, 1.2345678: 0.1, 3.0: 1.0})
+    st = fit.settle(None, np.array([1.2345678, 2.0]), b)
+    assert st.fitted.tolist() == [1.235, 2.0] and st.fitted_loss == 0.9 and st.theta.tolist() == [1.235, 2.0]
 
 
 def test_the_fits_loss_tells_far_apart_factors_apart(tmp_path):
@@ -345,19 +356,22 @@ def test_the_fits_loss_tells_far_apart_factors_apart(tmp_path):
     assert st.kept and np.array_equal(st.theta, better)
 
 
-def test_the_fits_polish_descends_a_staircase_and_keeps_to_the_bounds():
+def test_fit_engine_stores_the_factors_settle_scored(tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+
     from sim.studies import fit
 
-    # the last factors' optimum lies beyond UPPER (eta_weights, eta_moe <= 1)
-    target = fit.START * np.array([1.3, 0.8, 1.2, 1.5, 1.2])
-
-    def staircase(theta):  # flat between steps, as a replay is between whole iterations
-        return float(np.floor(1e3 * np.sum(np.log(theta / target) ** 2))) / 1e3
-
-    start = staircase(fit.START)
-    out = fit.polish(staircase, fit.START, evals=200)
-    assert np.all(out >= fit.LOWER) and np.all(out <= fit.UPPER)
-    assert staircase(out) < 0.5 * start  # most of the way down
-    assert out[3] > 0.95 and out[4] > 0.95  # pressed against their bound, toward the optimum
-    best = np.minimum(target, fit.UPPER)  # the optimum within the bounds: never left for a worse point
-    assert staircase(fit.polish(staircase, best, evals=30)) == staircase(best)
+    spec = importlib.util.spec_from_file_location("fit_engine", Path(__file__).parents[1] / "scripts" / "fit_engine.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    conf = Path(__file__).parents[1] / "conf" / "engine" / "vllm.yaml"
+    (tmp_path / "conf" / "engine").mkdir(parents=True)
+    shutil.copy(conf, tmp_path / "conf" / "engine" / "vllm.yaml")
+    monkeypatch.setattr(script, "ROOT", tmp_path)
+    theta = np.array([0.70412345, 5.4129876, 7.76654321, 0.78412349, 0.85387654])
+    script.write_defaults(theta)
+    written = yaml.safe_load((tmp_path / "conf" / "engine" / "vllm.yaml").read_text())
+    assert [written[p] for p in fit.PARAMS] == fit.shippable(theta).tolist() == [0.7041, 5.413, 7.767, 0.7841, 0.8539]
+    old, new = conf.read_text().splitlines(), (tmp_path / "conf" / "engine" / "vllm.yaml").read_text().splitlines()
+    assert len(old) == len(new) and [ln.partition("#")[2] for ln in old] == [ln.partition("#")[2] for ln in new]

@@ -56,7 +56,8 @@ FIT_METRICS = ("ttft_mean", "itl_mean")
 COLD_SHARE = 0.01  # a first stage's TTFT p99 falls among its cold prompts when they are >= 1% of it
 F_SCALE = 0.05  # the robust loss's scale: log errors beyond ~5% count linearly, not squared
 FIT_STAGE_S = 300.0  # stages shortened to this for the fit (the report replays them whole)
-POLISH_EVALS = 120  # Nelder-Mead's replays after least_squares (`polish`)
+DIGITS = 4  # significant digits conf/engine/vllm.yaml stores of each fitted factor
+ROUGH_STEP, ROUGH_TRIES = 1e-4, 4  # `roughness`: each factor moved by 0.01%, four times
 RESOLUTION = 0.005  # a refit replaces the shipped factors only if it lowers the loss by more than this share
 
 
@@ -194,19 +195,14 @@ def fit_prefill(data: Runs, theta, workers: int = 1) -> float | None:
     return float(minimize_scalar(loss, bounds=(PREFILL_LOW, top), method="bounded", options={"xatol": 2e-3}).x)
 
 
-def fit(data: Runs, workers: int = 1, starts=(START,)) -> np.ndarray:
-    """The factors that minimise `loss` on `data`: from each of `starts`, least_squares and then
-    `polish`; the lowest loss wins (the first start on ties)."""
-    found = [polish(lambda theta: loss(data, theta, workers), _least_squares(data, s, workers)) for s in starts]
-    return min(found, key=lambda theta: loss(data, theta, workers))
-
-
-def _least_squares(data: Runs, start, workers: int) -> np.ndarray:
+def fit(data: Runs, workers: int = 1, start=START) -> np.ndarray:
     from scipy.optimize import least_squares
 
-    start = np.asarray(start, float)
+    def f(theta):
+        return residuals(replay(data, theta, FIT_STAGE_S, workers))
+
     sol = least_squares(
-        lambda theta: residuals(replay(data, theta, FIT_STAGE_S, workers)),
+        f,
         np.clip(start, LOWER, UPPER),
         bounds=(LOWER, UPPER),
         x_scale=np.maximum(np.abs(start), 0.1),
@@ -220,30 +216,29 @@ def _least_squares(data: Runs, start, workers: int) -> np.ndarray:
     return sol.x
 
 
-def polish(objective, theta, evals: int = POLISH_EVALS) -> np.ndarray:
-    """A Nelder-Mead search from `theta` within LOWER..UPPER: the point of lowest `objective` it
-    finds in `evals` evaluations (never worse than `theta`). A replay is piecewise in the factors
-    (whole steps, discrete admissions), so near the optimum least_squares' finite-difference
-    Jacobian misleads it and it stops (xtol) short; a simplex needs no derivatives. Each factor is
-    searched relative to its starting value, the first simplex 5% off it."""
-    from scipy.optimize import minimize
-
-    scale = np.maximum(np.abs(np.asarray(theta, float)), 0.1)
-    bounds = list(zip(LOWER / scale, UPPER / scale, strict=True))
-    x0 = np.clip(np.asarray(theta, float), LOWER, UPPER) / scale
-    sol = minimize(
-        lambda u: objective(np.clip(u * scale, LOWER, UPPER)),
-        x0,
-        method="Nelder-Mead",
-        bounds=bounds,
-        options={"maxfev": evals, "xatol": 1e-4, "fatol": 1e-7},
-    )
-    return np.clip(sol.x * scale, LOWER, UPPER)
+def loss(data: Runs, theta, workers: int = 1, max_stage_s: float | None = FIT_STAGE_S) -> float:
+    """The fit's objective at `theta`: the soft-L1 sum of the log errors (`residuals`), stages cut
+    to `max_stage_s` (the fit's shortcut) or whole (None: the replays the reports show)."""
+    return _soft_l1(residuals(replay(data, theta, max_stage_s, workers)))
 
 
-def loss(data: Runs, theta, workers: int = 1) -> float:
-    """The fit's objective at `theta`: the soft-L1 sum of the log errors (`residuals`)."""
-    return _soft_l1(residuals(replay(data, theta, FIT_STAGE_S, workers)))
+def shippable(theta) -> np.ndarray:
+    """The factors as conf/engine/vllm.yaml stores them: DIGITS significant digits."""
+    return np.array([float(f"{float(v):.{DIGITS}g}") for v in theta])
+
+
+def roughness(data: Runs, theta, workers: int = 1, tries: int = ROUGH_TRIES) -> float:
+    """How much the whole-replay loss moves, as a share of its value at `theta`, when every factor
+    moves by ROUGH_STEP of itself (signs drawn with a fixed seed): the largest of `tries`. A replay
+    is piecewise in the factors (whole steps, discrete admissions), so the loss has a grain; a
+    difference of that size says nothing about which factors fit better."""
+    rng = np.random.default_rng(0)
+    base = loss(data, theta, workers, None)
+    moved = [
+        loss(data, np.asarray(theta, float) * (1 + ROUGH_STEP * rng.choice([-1.0, 1.0], len(theta))), workers, None)
+        for _ in range(tries)
+    ]
+    return max(abs(m / base - 1) for m in moved)
 
 
 def shipped() -> np.ndarray:
@@ -259,19 +254,23 @@ class Settled:
     """The factors to ship (`theta`) and how they were chosen (`settle`)."""
 
     theta: np.ndarray
-    fitted: np.ndarray  # the fit's optimum
-    fitted_loss: float
+    fitted: np.ndarray  # the fit's optimum, as it would be stored (`shippable`)
+    fitted_loss: float  # whole-replay losses (`loss` with whole stages)
     shipped_loss: float
     kept: bool  # theta is the shipped factors
+    grain: float = math.nan  # the loss's `roughness` at the shipped factors, where measured
 
 
 def settle(data: Runs, fitted, current, workers: int = 1) -> Settled:
-    """The fit's optimum, unless the shipped factors `current` score within RESOLUTION of it. The
-    per-step and per-sequence overheads trade for each other along a valley of nearly equal loss,
-    so refits land at different points of it; moving to one would shift every figure derived from
-    the factors by a gain the data cannot show. A non-finite loss never wins."""
-    fitted, current = np.array(fitted, float), np.array(current, float)
-    new, old = loss(data, fitted, workers), loss(data, current, workers)
+    """The fit's optimum, unless the shipped factors `current` score within RESOLUTION of it. Both
+    are scored as they would ship (`shippable`: the optimum's later digits are not stored, and the
+    loss moves at that scale) on whole stages (the fit's 300 s cut chooses candidates; the
+    replays the reports show decide). The per-step and per-sequence overheads trade for each other
+    along a valley of nearly equal loss, so refits land at different points of it; moving to one
+    would shift every figure derived from the factors by a gain the data cannot show. A
+    non-finite loss never wins."""
+    fitted, current = shippable(fitted), np.array(current, float)
+    new, old = loss(data, fitted, workers, None), loss(data, current, workers, None)
     keep = math.isfinite(old) and not (new < old * (1 - RESOLUTION))
     return Settled(current if keep else fitted, fitted, new, old, keep)
 
