@@ -375,3 +375,15 @@ def test_fit_engine_stores_the_factors_settle_scored(tmp_path, monkeypatch):
     assert [written[p] for p in fit.PARAMS] == fit.shippable(theta).tolist() == [0.7041, 5.413, 7.767, 0.7841, 0.8539]
     old, new = conf.read_text().splitlines(), (tmp_path / "conf" / "engine" / "vllm.yaml").read_text().splitlines()
     assert len(old) == len(new) and [ln.partition("#")[2] for ln in old] == [ln.partition("#")[2] for ln in new]
+
+
+def test_the_losss_grain_is_zero_for_a_zero_step_and_grows_with_it(tmp_path, monkeypatch):
+    from sim.studies import fit
+
+    d = yaml.safe_load(_file(tmp_path).read_text())
+    data = fit.Runs(d["runs"], d["models"], {})
+    theta = fit.shipped()
+    monkeypatch.setattr(fit, "ROUGH_STEP", 0.0)
+    assert fit.roughness(data, theta, tries=2) == 0.0  # replays are deterministic
+    monkeypatch.setattr(fit, "ROUGH_STEP", 0.2)
+    assert fit.roughness(data, theta, tries=2) > 0.01  # a 20% move is far beyond the grain

@@ -229,15 +229,13 @@ def shippable(theta) -> np.ndarray:
 
 def roughness(data: Runs, theta, workers: int = 1, tries: int = ROUGH_TRIES) -> float:
     """How much the whole-replay loss moves, as a share of its value at `theta`, when every factor
-    moves by ROUGH_STEP of itself (signs drawn with a fixed seed): the largest of `tries`. A replay
-    is piecewise in the factors (whole steps, discrete admissions), so the loss has a grain; a
-    difference of that size says nothing about which factors fit better."""
+    moves by ROUGH_STEP of itself (signs drawn with a fixed seed; within LOWER..UPPER): the largest
+    of `tries`. A replay is piecewise in the factors (whole steps, discrete admissions), so the
+    loss has a grain; a difference of that size says nothing about which factors fit better."""
     rng = np.random.default_rng(0)
     base = loss(data, theta, workers, None)
-    moved = [
-        loss(data, np.asarray(theta, float) * (1 + ROUGH_STEP * rng.choice([-1.0, 1.0], len(theta))), workers, None)
-        for _ in range(tries)
-    ]
+    steps = [1 + ROUGH_STEP * rng.choice([-1.0, 1.0], len(theta)) for _ in range(tries)]
+    moved = [loss(data, np.clip(np.asarray(theta, float) * s, LOWER, UPPER), workers, None) for s in steps]
     return max(abs(m / base - 1) for m in moved)
 
 
