@@ -55,7 +55,7 @@ def test_api_cost_is_tokens_times_prices_to_the_cent():
     ("rate", "states"),
     [
         (1, {"provisioning", "active", "sleeping", "waking"}),  # min_replicas kept asleep, woken for bursts
-        (2, {"provisioning", "active", "draining"}),  # busy replicas shed after bursts
+        (4, {"provisioning", "active", "draining"}),  # busy replicas shed after bursts
     ],
 )
 def test_gpu_cost_is_billed_seconds_times_rate_from_the_lifecycle(rate, states):

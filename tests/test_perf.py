@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.config.schema import EngineConfig, load_option
+from sim.hardware import kvcache
+from sim.hardware.architecture import model_config
 from sim.hardware.perf import LinearDecodeRun, Roofline, TablePerf
 from tests.conftest import cfg
 
@@ -107,14 +110,39 @@ def test_moe_reads_more_experts_as_the_batch_grows():
     perf = roofline("model=qwen3-30b-a3b", "engine.eta_moe=1")
     assert perf.weight_time(1) < perf.weight_time(8) < perf.weight_time(256)
     c = cfg("model=qwen3-30b-a3b")
-    dense_equiv = c.model.params_b * 2e9 / (c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12)
-    assert perf.weight_time(10_000) == pytest.approx(dense_equiv, rel=1e-6)
-    active = c.model.active_params_b * 2e9 / (c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12)
-    assert perf.weight_time(1) == pytest.approx(active, rel=1e-6)
+    table = c.model.vocab * c.model.hidden * 2  # the embedding table: looked up, not streamed
+    bw = c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12
+    assert perf.weight_time(10_000) == pytest.approx((c.model.params_b * 2e9 - table) / bw, rel=1e-6)
+    assert perf.weight_time(1) == pytest.approx((c.model.active_params_b * 2e9 - table) / bw, rel=1e-6)
     # eta_moe slows the expert reads only: at half the efficiency the expert part takes twice as long
     half = roofline("model=qwen3-30b-a3b", "engine.eta_moe=0.5")
     dense = perf.weight_time(10_000) - perf._w_expert
     assert half.weight_time(10_000) - dense == pytest.approx(2 * perf._w_expert, rel=1e-9)
+
+
+def test_a_pass_streams_every_weight_but_the_embedding_table():
+    """The embedding is a lookup of the batch's rows; the lm_head is read whole (a tied matrix
+    once, as the lm_head; in bf16 in a quantized checkpoint)."""
+    c = cfg()  # Llama 3.1 8B, untied, bf16
+    table = 128256 * 4096
+    assert kvcache.streamed_weight_bytes(c.model) == pytest.approx((8.03e9 - table) * 2)
+    tied = dataclasses.replace(c.model, tied_embeddings=True)
+    assert kvcache.streamed_weight_bytes(tied) == pytest.approx(8.03e9 * 2)
+    fp8 = dataclasses.replace(c.model, weight_dtype="fp8")  # embedding and lm_head kept in bf16
+    assert kvcache.streamed_weight_bytes(fp8) == pytest.approx((8.03e9 - 2 * table) * 1 + table * 2)
+    bw = c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12 * c.gpu.efficiency
+    assert roofline().weight_time(1) == pytest.approx((8.03e9 - table) * 2 / bw, rel=1e-9)
+    # the table's bytes are the whole difference a tied matrix makes to a step
+    t_tied = Roofline(tied, c.gpu, c.engine).iteration_time(1, 1000, [])
+    assert t_tied - roofline().iteration_time(1, 1000, []) == pytest.approx(table * 2 / bw, rel=1e-6)
+
+
+def test_the_lm_head_is_a_matmul_even_when_tied():
+    spec = {"layers": 16, "hidden": 2048, "heads": 32, "kv_heads": 8, "head_dim": 64, "intermediate": 8192}
+    untied = model_config("m", {**spec, "vocab": 128256, "tied": False})
+    tied = model_config("m", {**spec, "vocab": 128256, "tied": True})
+    assert untied.flop_params_b == pytest.approx(tied.flop_params_b)
+    assert untied.params_b - tied.params_b == pytest.approx(128256 * 2048 / 1e9)
 
 
 def test_tensor_parallel_splits_work_and_adds_allreduce():

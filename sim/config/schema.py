@@ -1598,6 +1598,14 @@ def validate_model(m: ModelConfig) -> None:
         require(
             value is None or value <= m.params_b, f"model.{k}", value, f"must not exceed model.params_b ({m.params_b})"
         )
+    table = m.vocab * m.hidden * (1 if m.tied_embeddings else 2) / 1e9  # embedding and lm_head
+    require(
+        m.params_b > table,
+        "model.params_b",
+        m.params_b,
+        f"must exceed the embedding and lm_head ({table:.3g}B: model.vocab x model.hidden"
+        + (")" if m.tied_embeddings else " each)"),
+    )
     if m.experts:
         require(
             1 <= m.experts_per_token < m.experts,

@@ -46,7 +46,8 @@ def model_config(name: str, spec: dict) -> ModelConfig:
         name=name,
         params_b=total / 1e9,
         active_params_b=active / 1e9 if experts else None,
-        flop_params_b=(active - embed) / 1e9,  # the embedding is a lookup, not a matmul
+        # the embedding is a lookup, not a matmul; the lm_head is one (a tied one uses the table)
+        flop_params_b=(layers * layer_active + spec["vocab"] * h) / 1e9,
         layers=layers,
         hidden=h,
         heads=spec["heads"],

@@ -136,6 +136,20 @@ def weight_bytes(model: ModelConfig) -> float:
     return (total - keep) * WEIGHT_BYTES[model.weight_dtype] + keep * 2
 
 
+def streamed_weight_bytes(model: ModelConfig) -> float:
+    """Bytes of weights one forward pass reads (all GPUs together): every weight but the
+    embedding table, of which it gathers only its tokens' rows (a tied matrix is read whole, as
+    the lm_head). The parameters a quantized checkpoint keeps in bf16 (`weight_bytes`) are read
+    at two bytes: the lm_head at least."""
+    total = model.params_b * 1e9
+    lookup = 0.0 if model.tied_embeddings else float(model.vocab * model.hidden)
+    if model.weight_dtype == "bf16":
+        return (total - lookup) * 2
+    keep = embedding_params(model) if model.bf16_params_b is None else model.bf16_params_b * 1e9
+    keep = min(keep, total)
+    return (total - keep) * WEIGHT_BYTES[model.weight_dtype] + max(keep - lookup, 0.0) * 2
+
+
 def rope_cache_bytes(model: ModelConfig) -> float:
     """vLLM's rotary embedding keeps a cos/sin table of max_position x head_dim in the model dtype
     on every GPU (vllm/model_executor/layers/rotary_embedding/base.py); it is allocated while the

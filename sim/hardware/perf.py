@@ -10,8 +10,10 @@ The default is a roofline per GPU of the tensor-parallel group:
 where n_dec counts one token per decoding sequence, n_pre the prefill-chunk tokens and pairs_*
 the (query, key) pairs their attention computes. Decoding sequences' matmuls run at the GEMM
 kernels' efficiency eta_f; a prefill chunk at its end-to-end efficiency eta_p (attention, norms,
-activations and the gaps between kernels count too). MoE models read only the experts the batch's tokens
-touch. A measured table (batch_size, tokens, context -> iteration_ms) can replace the formula.
+activations and the gaps between kernels count too). The weight bytes are every weight but the
+embedding table, of which a pass gathers only its tokens' rows (the lm_head is read whole, in bf16
+in a quantized checkpoint). MoE models read only the experts the batch's tokens touch. A measured
+table (batch_size, tokens, context -> iteration_ms) can replace the formula.
 
 A run of decode-only iterations with a fixed batch is the engine's hot path: the context grows
 by the batch size every step, so both roofline terms are linear in the step index and the
@@ -29,7 +31,7 @@ import numpy as np
 from sim.config.errors import ConfigError
 from sim.config.schema import WEIGHT_BYTES, EngineConfig, GpuConfig, ModelConfig, draft_model_config
 from sim.hardware.decoderun import Chunks, DecodeRun, LinearDecodeRun
-from sim.hardware.kvcache import kv_bytes_per_token
+from sim.hardware.kvcache import kv_bytes_per_token, streamed_weight_bytes
 from sim.hardware.speculative import SpeculativePerf, mtp_fraction
 
 
@@ -52,7 +54,6 @@ class Roofline:
         # gpu.efficiency: this generation's achieved share of peak relative to the H100 the
         # engine factors were fitted on (docs/calibration.md)
         bw = gpu.mem_bw_tbps * 1e12 * gpu.efficiency
-        wbytes = WEIGHT_BYTES[model.weight_dtype] * 1e9 / tp  # per GPU, per billion params
         total = model.params_b
         active = model.active_params_b or total
         if model.experts:
@@ -62,9 +63,12 @@ class Roofline:
         else:
             expert_params = 0.0
             self._miss = 0.0
-        self._w_dense = (total - expert_params) * wbytes / (engine.eta_weights * bw)
+        # per GPU: a pass reads every weight but the embedding table (a lookup of its tokens' rows)
+        expert_bytes = expert_params * 1e9 * WEIGHT_BYTES[model.weight_dtype] / tp
+        dense_bytes = streamed_weight_bytes(model) / tp - expert_bytes
+        self._w_dense = dense_bytes / (engine.eta_weights * bw)
         # grouped expert GEMMs stream their weights less efficiently than dense layers: eta_moe
-        self._w_expert = expert_params * wbytes / (engine.eta_weights * engine.eta_moe * bw)
+        self._w_expert = expert_bytes / (engine.eta_weights * engine.eta_moe * bw)
         kv_gpu = kv_bytes_per_token(model, engine.kv_cache_dtype) / min(tp, model.kv_heads)
         self._kv = kv_gpu / (engine.eta_kv * bw)  # s per KV token read
         fp8 = model.weight_dtype == "fp8" and gpu.fp8_tflops

@@ -257,7 +257,7 @@ MISSES = [
     "  vLLM beats TensorRT-LLM, the faster engine; the catalogue puts TensorRT-LLM's own 2048/128",
     "  figure at about 45% of the FP8 peak). Long BF16 prefills are not the cause: vLLM's prefill",
     "  of Llama-3.1-8B in BF16 on an H100, timed directly as one request's TTFT at 10k-100k tokens,",
-    "  matches fleetsim's default within 5%, median 3.1% (`calibration/prefill_points.yaml`,",
+    "  matches fleetsim's default within 5%, median 3.0% (`calibration/prefill_points.yaml`,",
     "  docs/validation.md); prompts of a few thousand tokens are not timed there. FP8 GEMMs are a",
     "  candidate: fleetsim times them at the BF16 kernels' share (`eta_flops`) of a doubled peak,",
     "  and no vLLM FP8 prefill timing is at hand to fit them. For prefill-heavy FP8 plans, lower",
@@ -266,7 +266,7 @@ MISSES = [
     "  prefill puts a full token-budget chunk into every iteration, so the KV-limited decode batch",
     "  advances one token per long iteration. TensorRT-LLM's scheduler does better there; fleetsim",
     "  reports what the vLLM policy does.",
-    "- **H100 vs B200 batch-1 decode**: one set of factors is +7-16% on H100 and -1-7% on B200; the",
+    "- **H100 vs B200 batch-1 decode**: one set of factors is +6-13% on H100 and -1-6% on B200; the",
     "  two engines' published intercepts imply more fixed overhead per step on B200.",
     "",
 ]
