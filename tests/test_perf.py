@@ -130,6 +130,14 @@ def test_a_pass_streams_every_weight_but_the_embedding_table():
     assert kvcache.streamed_weight_bytes(tied) == pytest.approx(8.03e9 * 2)
     fp8 = dataclasses.replace(c.model, weight_dtype="fp8")  # embedding and lm_head kept in bf16
     assert kvcache.streamed_weight_bytes(fp8) == pytest.approx((8.03e9 - 2 * table) * 1 + table * 2)
+    int4 = dataclasses.replace(c.model, weight_dtype="int4")
+    assert kvcache.streamed_weight_bytes(int4) == pytest.approx((8.03e9 - 2 * table) * 0.5 + table * 2)
+    tied8 = dataclasses.replace(fp8, tied_embeddings=True)  # one bf16 matrix, read as the lm_head
+    assert kvcache.streamed_weight_bytes(tied8) == pytest.approx((8.03e9 - table) * 1 + table * 2)
+    more = dataclasses.replace(fp8, bf16_params_b=3.0)  # an ignore list that keeps more in bf16
+    assert kvcache.streamed_weight_bytes(more) == pytest.approx((8.03e9 - 3e9) * 1 + (3e9 - table) * 2)
+    less = dataclasses.replace(fp8, bf16_params_b=0.0)  # nothing kept: the table is still not read
+    assert kvcache.streamed_weight_bytes(less) == pytest.approx((8.03e9 - table) * 1)
     bw = c.engine.eta_weights * c.gpu.mem_bw_tbps * 1e12 * c.gpu.efficiency
     assert roofline().weight_time(1) == pytest.approx((8.03e9 - table) * 2 / bw, rel=1e-9)
     # the table's bytes are the whole difference a tied matrix makes to a step

@@ -1598,11 +1598,14 @@ def validate_model(m: ModelConfig) -> None:
         require(
             value is None or value <= m.params_b, f"model.{k}", value, f"must not exceed model.params_b ({m.params_b})"
         )
-    table = m.vocab * m.hidden * (1 if m.tied_embeddings else 2) / 1e9  # embedding and lm_head
+    # the parameters a token uses hold the embedding and lm_head (a forward pass streams all but the
+    # embedding table): fewer would read a negative number of bytes
+    table = m.vocab * m.hidden * (1 if m.tied_embeddings else 2) / 1e9
+    key, used = ("active_params_b", m.active_params_b) if m.active_params_b is not None else ("params_b", m.params_b)
     require(
-        m.params_b > table,
-        "model.params_b",
-        m.params_b,
+        used > table,
+        f"model.{key}",
+        used,
         f"must exceed the embedding and lm_head ({table:.3g}B: model.vocab x model.hidden"
         + (")" if m.tied_embeddings else " each)"),
     )

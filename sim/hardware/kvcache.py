@@ -147,7 +147,7 @@ def streamed_weight_bytes(model: ModelConfig) -> float:
         return (total - lookup) * 2
     keep = embedding_params(model) if model.bf16_params_b is None else model.bf16_params_b * 1e9
     keep = min(keep, total)
-    return (total - keep) * WEIGHT_BYTES[model.weight_dtype] + max(keep - lookup, 0.0) * 2
+    return (total - max(keep, lookup)) * WEIGHT_BYTES[model.weight_dtype] + max(keep - lookup, 0.0) * 2
 
 
 def rope_cache_bytes(model: ModelConfig) -> float:
