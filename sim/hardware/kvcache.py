@@ -131,9 +131,15 @@ def weight_bytes(model: ModelConfig) -> float:
     total = model.params_b * 1e9
     if model.weight_dtype == "bf16":
         return total * 2
-    keep = embedding_params(model) if model.bf16_params_b is None else model.bf16_params_b * 1e9
-    keep = min(keep, total)
+    keep = bf16_kept(model)
     return (total - keep) * WEIGHT_BYTES[model.weight_dtype] + keep * 2
+
+
+def bf16_kept(model: ModelConfig) -> float:
+    """Parameters a quantized checkpoint keeps in bf16: `model.bf16_params_b`, or the embedding
+    and lm_head (at most all of them)."""
+    keep = embedding_params(model) if model.bf16_params_b is None else model.bf16_params_b * 1e9
+    return min(keep, model.params_b * 1e9)
 
 
 def streamed_weight_bytes(model: ModelConfig) -> float:
@@ -145,8 +151,7 @@ def streamed_weight_bytes(model: ModelConfig) -> float:
     lookup = 0.0 if model.tied_embeddings else float(model.vocab * model.hidden)
     if model.weight_dtype == "bf16":
         return (total - lookup) * 2
-    keep = embedding_params(model) if model.bf16_params_b is None else model.bf16_params_b * 1e9
-    keep = min(keep, total)
+    keep = bf16_kept(model)
     return (total - max(keep, lookup)) * WEIGHT_BYTES[model.weight_dtype] + max(keep - lookup, 0.0) * 2
 
 
